@@ -1,0 +1,189 @@
+"""The VAT text-audio-video dataset and its Lightning DataModule.
+
+An item is one ``sequence_length``-frame window of one pre-cut clip, with the audio of exactly those
+frames. Everything that can be read once (the stem list, frame counts, captions and their token ids) is
+read at construction and stored in numpy/tensor arrays rather than lists of Python objects, so forked
+DataLoader workers do not copy-on-write the index (the RAM growth users of the upstream lineage saw).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from tav.data.audio import chunk_per_frame, fit_length, load_array_pickle, read_audio
+from tav.data.config import DataConfig
+from tav.data.layout import clip_files
+from tav.data.text import build_tokenizer
+from tav.data.video import probe_video, read_video, resize_center_crop, to_model_range
+from tav.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def list_stems(split_dir: Path) -> list[str]:
+    """Stems of ``split_dir/txt/*.txt``, sorted; a missing or unreadable folder is a one-line error."""
+    txt = split_dir / "txt"
+    try:
+        names = os.listdir(txt)
+    except FileNotFoundError as e:
+        raise InputError(f"{txt}: no such folder; expected <data_path>/<split>/txt/<stem>.txt "
+                         "(see datasets/README.md)") from e
+    except (PermissionError, NotADirectoryError) as e:
+        raise InputError(f"{txt}: cannot list this folder ({e.strerror}); fix its permissions") from e
+    stems = sorted(n[:-4] for n in names if n.endswith(".txt") and not n.startswith("."))
+    if not stems:
+        raise InputError(f"{txt}: holds no .txt captions; nothing to load")
+    return stems
+
+
+def read_caption(path: Path) -> str:
+    """The caption in ``path``: UTF-8, lines joined by spaces; empty or undecodable is a one-line error."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: caption is not UTF-8 text ({e.reason} at byte {e.start}); "
+                         "re-save it as UTF-8") from e
+    caption = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    if not caption:
+        raise InputError(f"{path}: caption is empty; write one sentence describing the clip")
+    return caption
+
+
+def crop_start(mode: str, n_frames: int, span: int, stem: str, seed: int, rng: torch.Generator | None) -> int:
+    """First frame of the window. ``seeded`` depends only on (seed, stem): the same on every machine."""
+    last = n_frames - span
+    if mode == "random":
+        return int(torch.randint(0, last + 1, (1,), generator=rng))
+    if mode == "center":
+        return last // 2
+    if mode == "seeded":
+        return int(np.random.default_rng([seed, zlib.crc32(stem.encode())]).integers(0, last + 1))
+    return min(max(int(mode), 0), last)
+
+
+class VATDataset(Dataset):
+    """``<root>/<split>/{mp4,txt,audio|wav,stft_pickle}/<stem>.*`` as training items.
+
+    Item (a dict):
+      video   float32 (3, T, R, R) in [-0.5, 0.5], T = sequence_length, R = resolution
+      audio   float32 (T, spf * sample_every_n_frames) in [-1, 1]: row t is the sound of frame t
+      text    long (L,) caption token ids (L = text_seq_len for BERT, 77 for CLIP, 0 for none)
+      caption str;  stem str;  start int (first frame of the window in the file)
+      stft    float32 (1, T, F, t) in [-1, 1], only with ``cfg.load_stft``
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, cfg: DataConfig, train: bool | None = None):
+        self.cfg = cfg
+        self.split_dir = Path(root) / split
+        self.train = (split == "train") if train is None else train
+        self.crop = self.cfg.train_crop if self.train else self.cfg.eval_crop
+        stems = list_stems(self.split_dir)
+        frames = [self._check_clip(s) for s in stems]
+        captions = [read_caption(clip_files(self.split_dir, s).txt) for s in stems]
+        self.stems = np.array(stems)  # fixed-width unicode: no per-item Python objects to refcount
+        self.captions = np.array(captions)
+        self.frame_counts = np.array(frames, dtype=np.int64)
+        self.text = build_tokenizer(cfg.tokenizer, cfg.text_seq_len, cfg.tokenizer_path)(captions)
+
+    def _check_clip(self, stem: str) -> int:
+        f = clip_files(self.split_dir, stem)
+        if not f.mp4.is_file():
+            raise InputError(f"{f.txt}: has a caption but {f.mp4} is missing; add the video or remove the caption")
+        if self.cfg.load_stft and not f.stft.is_file():
+            raise InputError(f"{f.stft}: missing (load_stft is on); add it or turn load_stft off")
+        n = probe_video(f.mp4).frames
+        if n != self.cfg.frames_per_file:
+            log.warning("%s: has %d frames, config says load_vid_len=%d; using %d", f.mp4, n,
+                        self.cfg.frames_per_file, n)
+        if n < self.cfg.span:
+            raise InputError(f"{f.mp4}: has {n} frames, fewer than the {self.cfg.span} one item needs; "
+                             "remove it or lower --sequence_length")
+        return n
+
+    def __len__(self) -> int:
+        return len(self.stems)
+
+    def __getitem__(self, idx: int) -> dict:
+        cfg, stem = self.cfg, str(self.stems[idx])
+        n_frames = int(self.frame_counts[idx])
+        start = crop_start(self.crop, n_frames, cfg.span, stem, cfg.crop_seed, None)
+        files = clip_files(self.split_dir, stem)
+        frames, _ = read_video(files.mp4, start, cfg.span)
+        video = to_model_range(frames[:: cfg.sample_every_n_frames])
+        item = {
+            "video": resize_center_crop(video, cfg.resolution).contiguous(),
+            "audio": torch.from_numpy(self._audio(files, n_frames, start)),
+            "text": self.text[idx],
+            "caption": str(self.captions[idx]),
+            "stem": stem,
+            "start": start,
+        }
+        if cfg.load_stft:
+            item["stft"] = self._stft(files.stft, start)
+        return item
+
+    def _audio(self, files, n_frames: int, start: int) -> np.ndarray:
+        cfg, spf = self.cfg, self.cfg.samples_per_frame
+        source = files.audio if files.audio.is_file() else files.mp4
+        wave = read_audio(source, cfg.sample_rate)
+        need = n_frames * spf
+        if len(wave) < need - spf:
+            raise InputError(f"{source}: audio has {len(wave)} samples at {cfg.sample_rate} Hz but the "
+                             f"{n_frames}-frame clip needs {need}; re-export the audio at full length")
+        if len(wave) != need:  # up to a frame's worth short, or longer: fit to the video
+            log.debug("%s: fitting %d audio samples to %d", source, len(wave), need)
+        chunks = chunk_per_frame(fit_length(wave, need), n_frames, spf)
+        window = chunks[start : start + cfg.span]  # (span, spf)
+        return np.ascontiguousarray(window.reshape(cfg.sequence_length, -1))
+
+    def _stft(self, path: Path, start: int) -> torch.Tensor:
+        spec = load_array_pickle(path)
+        if spec.ndim != 3 or spec.shape[0] < start + self.cfg.span:
+            raise InputError(f"{path}: spectrogram shape {spec.shape}; expected (frames>={start + self.cfg.span}, "
+                             "freq, time)")
+        x = torch.from_numpy(np.asarray(spec[start : start + self.cfg.span : self.cfg.sample_every_n_frames],
+                                        dtype=np.float32)) * 2 - 1  # [0,1] -> [-1,1]
+        x = F.interpolate(x[:, None], size=tuple(self.cfg.stft_size), mode="bilinear", align_corners=False)
+        return x.permute(1, 0, 2, 3).contiguous()  # (1, T, F, t)
+
+
+class VATDataModule(pl.LightningDataModule):
+    """Train on ``<data_path>/train``, validate and test on ``<data_path>/test``.
+
+    Under DDP, Lightning swaps in a ``DistributedSampler`` for each loader (shuffled for train only).
+    """
+
+    def __init__(self, data_path: str | os.PathLike, cfg: DataConfig, batch_size: int = 8,
+                 num_workers: int = 4, pin_memory: bool = True):
+        super().__init__()
+        self.data_path, self.cfg = Path(data_path), cfg
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self._sets: dict[str, VATDataset] = {}
+
+    def dataset(self, split: str) -> VATDataset:
+        if split not in self._sets:
+            self._sets[split] = VATDataset(self.data_path, split, self.cfg)
+        return self._sets[split]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
+                          drop_last=shuffle, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
