@@ -12,14 +12,16 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from tav.errors import InputError
 from tav.utils.fileio import atomic_path
+
+if TYPE_CHECKING:  # torch is imported lazily: I/O-only processes (dataset builder workers) stay light
+    import torch
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,8 @@ def _encode_audio(container, stream, audio: np.ndarray, sample_rate: int) -> Non
 
 def to_model_range(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 ``(T, H, W, 3)`` -> float32 ``(3, T, H, W)`` in [-0.5, 0.5]."""
+    import torch
+
     x = torch.as_tensor(frames)
     return x.permute(3, 0, 1, 2).float().div(255.0).sub(0.5)
 
@@ -168,6 +172,8 @@ def to_uint8(video: torch.Tensor) -> torch.Tensor:
 
     Values outside the range are clamped (the VQGAN decoder has no output activation).
     """
+    import torch
+
     x = ((video.detach().float() + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return x.movedim(-4, -1)
 
@@ -178,6 +184,8 @@ def resize_center_crop(video: torch.Tensor, resolution: int) -> torch.Tensor:
     Bilinear, ``align_corners=False``, no antialiasing, long side rounded up: the upstream recipe, so the
     released weights see the inputs they were trained on.
     """
+    import torch.nn.functional as F
+
     c, t, h, w = video.shape
     if h <= w:
         size = (resolution, math.ceil(w * resolution / h))

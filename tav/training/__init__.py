@@ -1,0 +1,1 @@
+"""Training plumbing shared by the stages: Trainer construction, run directories, Lightning modules."""
