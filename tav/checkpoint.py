@@ -1,0 +1,215 @@
+"""Checkpoint I/O shared by all stages: safe loading, the ``tav`` format, and stage detection.
+
+Nothing is ever plain-unpickled (spec README decision 3, ta2v.md §12). ``safe_load`` is
+``torch.load(weights_only=True)`` plus a short allow-list: ``argparse.Namespace`` (the upstream
+Lightning-1.5 ``hyper_parameters['args']``) and inert stand-ins for Lightning class names that such files
+may reference. Any other global is refused with a one-line ``InputError`` naming the file and the global.
+
+Formats read (``read_checkpoint``):
+- ``tav``: ``{"stage", "config" (plain dict), "state_dict", "version"}`` written by ``save_checkpoint``;
+- ``lightning``: a Lightning 2.x checkpoint of our own training, ``hyper_parameters = {"stage", "config"}``;
+- ``legacy-lightning``: an upstream Lightning-1.5 ``.ckpt``, ``hyper_parameters = {"args": Namespace}``;
+- ``state_dict``: a bare ``{name: tensor}`` file (guided-diffusion ``.pt``, AudioCLIP, ...), or a dict
+  holding one under ``state_dict`` / ``model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tav.errors import InputError
+from tav.utils.fileio import atomic_path
+
+FORMAT_VERSION = 1
+
+# Lightning classes that legacy checkpoints may name (ModelCheckpoint is a callback-state key in
+# Lightning <= 1.4-style files). Only the name is ever needed; we never import Lightning 1.x.
+_LIGHTNING_NAMES = ("pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",)
+
+
+def _inert_class(qualified: str) -> type:
+    module, _, name = qualified.rpartition(".")
+    return type(name, (), {"__module__": module, "__qualname__": name,
+                           "__doc__": f"Inert stand-in for {qualified}, read from a legacy checkpoint."})
+
+
+LIGHTNING_STAND_INS: dict[str, type] = {q: _inert_class(q) for q in _LIGHTNING_NAMES}
+SAFE_GLOBALS: list[Any] = [argparse.Namespace, *LIGHTNING_STAND_INS.values()]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:300]
+
+
+def safe_load(path: str | os.PathLike) -> Any:
+    """``torch.load`` of ``path`` on CPU with ``weights_only=True`` and tav's allow-list.
+
+    Raises ``InputError`` naming the file when it is missing, corrupt, or needs a global outside the
+    allow-list (the error names that global; the file is not executed).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(
+            r"(unrecognized function \S+|new object for \S+ .*?got \S+|types allowlisted .*?got \S+)", text)
+        if found or "Weights only load failed" in text:
+            what = found.group(1) if found else _first_line(err)
+            raise InputError(f"{path}: refused to unpickle {what}: not on tav's checkpoint allow-list "
+                             "(loading it would run arbitrary code); convert the file with trusted code") from None
+        raise InputError(f"{path}: not a readable PyTorch checkpoint (corrupt?): {_first_line(err)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as err:
+        raise InputError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
+                         f"{_first_line(err)}") from None
+
+
+def save_checkpoint(path: str | os.PathLike, stage: str, config: Mapping[str, Any],
+                    state_dict: Mapping[str, Tensor], **extra: Any) -> Path:
+    """Write a ``tav`` checkpoint atomically: ``{"stage", "config", "state_dict", "version", **extra}``.
+
+    ``config`` must be a plain dict (``tav.config.to_dict``) so the file reloads with ``weights_only``.
+    Tensors are saved detached on CPU.
+    """
+    obj = {"stage": stage, "config": dict(config), "version": FORMAT_VERSION,
+           "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, **extra}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- detection
+# (stage, description, predicate on the key set) for files that do not record their stage.
+_KEY_RULES: list[tuple[str, str, Any]] = [
+    ("gpt", "a TA2V GPT checkpoint (transformer_text.*, first_stage_model.*)",
+     lambda ks: any(k.startswith(("transformer_text.", "first_stage_model.")) for k in ks)),
+    ("vqgan", "a video VQGAN checkpoint (encoder.*, decoder.*, codebook.*)",
+     lambda ks: "codebook.embeddings" in ks or any(k.startswith("encoder.conv_first.") for k in ks)),
+    ("unet", "a diffusion U-Net state dict (input_blocks.*, time_embed.*)",
+     lambda ks: any(k.startswith("input_blocks.") for k in ks) and any(k.startswith("time_embed.") for k in ks)),
+    ("beats", "a BEATs checkpoint", lambda ks: "post_extract_proj.weight" in ks),
+    ("wav2clip", "a wav2clip checkpoint", lambda ks: any(k.startswith(("audio_encoder.", "transform.")) for k in ks)),
+    ("audioclip", "an AudioCLIP checkpoint",
+     lambda ks: any(k.startswith("audio.") for k in ks) and any(k.startswith("visual.") for k in ks)),
+]
+STAGE_DESCRIPTIONS = {stage: text for stage, text, _ in _KEY_RULES}
+
+
+def state_dict_of(obj: Any) -> dict[str, Tensor] | None:
+    """The tensor mapping inside a loaded checkpoint (``state_dict``, ``model``, or the object itself)."""
+    if not isinstance(obj, Mapping):
+        return None
+    for key in ("state_dict", "model"):
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+            return dict(inner)
+    if obj and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
+        return dict(obj)
+    return None
+
+
+def _recorded_stage(obj: Mapping) -> str | None:
+    if isinstance(obj.get("stage"), str):
+        return obj["stage"]
+    hp = obj.get("hyper_parameters")
+    if isinstance(hp, Mapping) and isinstance(hp.get("stage"), str):
+        return hp["stage"]
+    return None
+
+
+def detect_stage(obj: Any) -> str | None:
+    """Which model a loaded checkpoint holds.
+
+    The recorded stage of ``tav`` and our Lightning checkpoints (``"vqgan"``, ``"gpt"``, ...); for files
+    that record none, the family guessed from the keys: ``"vqgan"``, ``"gpt"``, ``"unet"`` (any
+    guided-diffusion U-Net: TA2V diffusion or a TIA2V U-Net), ``"beats"``, ``"wav2clip"``,
+    ``"audioclip"``. ``None`` when unknown.
+    """
+    if not isinstance(obj, Mapping):
+        return None
+    recorded = _recorded_stage(obj)
+    if recorded is not None:
+        return recorded
+    sd = state_dict_of(obj)
+    keys = set(sd) if sd else set()
+    for stage, _, rule in _KEY_RULES:
+        if rule(keys):
+            return stage
+    return None
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read by ``read_checkpoint``.
+
+    ``config`` is the plain-dict config of ``tav``/``lightning`` files; ``legacy_args`` the upstream
+    Namespace as a dict (``legacy-lightning``); ``raw`` the whole loaded object (optimizer states etc.).
+    """
+
+    path: Path
+    stage: str | None
+    format: str  # "tav" | "lightning" | "legacy-lightning" | "state_dict"
+    state_dict: dict[str, Tensor]
+    config: dict[str, Any] | None
+    legacy_args: dict[str, Any] | None
+    raw: Any
+
+
+def _format_of(obj: Mapping) -> tuple[str, dict | None, dict | None]:
+    hp = obj.get("hyper_parameters")
+    if "stage" in obj and "config" in obj:
+        version = obj.get("version", FORMAT_VERSION)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise InputError(f"checkpoint format version {version!r} is newer than this tav ({FORMAT_VERSION})")
+        return "tav", dict(obj["config"]), None
+    if isinstance(hp, Mapping) and "config" in hp and "stage" in hp:
+        return "lightning", dict(hp["config"]), None
+    if isinstance(hp, Mapping) and "args" in hp:
+        args = hp["args"]
+        args = vars(args) if isinstance(args, argparse.Namespace) else args
+        if isinstance(args, Mapping):
+            return "legacy-lightning", None, dict(args)
+    return "state_dict", None, None
+
+
+def read_checkpoint(path: str | os.PathLike, expect: str) -> Checkpoint:
+    """``safe_load`` a checkpoint and check that it holds stage ``expect`` (e.g. ``"vqgan"``).
+
+    A file of another stage, or one without tensors, raises a one-line ``InputError`` that names the
+    file, what it holds and what was expected.
+    """
+    path = Path(path)
+    obj = safe_load(path)
+    stage = detect_stage(obj)
+    sd = state_dict_of(obj)
+    wanted = STAGE_DESCRIPTIONS.get(expect, f"a {expect} checkpoint")
+    if stage != expect:
+        if stage is None:
+            got = "no recognisable model"
+        elif isinstance(obj, Mapping) and _recorded_stage(obj) is not None:
+            got = f"a tav {stage!r} checkpoint"
+        else:
+            got = STAGE_DESCRIPTIONS.get(stage, f"a {stage} checkpoint")
+        raise InputError(f"{path}: holds {got}, but {wanted} was expected")
+    if sd is None:
+        raise InputError(f"{path}: has no state dict of tensors; expected {wanted}")
+    try:
+        fmt, config, legacy = _format_of(obj)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
+    return Checkpoint(path, stage, fmt, sd, config, legacy, obj)

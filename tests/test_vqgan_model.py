@@ -1,0 +1,350 @@
+"""VQGAN library: shapes, the released key layout, the EMA codebook, losses, odd sizes, LPIPS loading."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tav.errors import InputError
+from tav.vqgan import VQGAN, VQGANConfig, vqgan_config_from_dict, vqgan_preset
+from tav.vqgan.losses import (
+    build_perceptual,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+    hinge_d_loss,
+    random_frame_index,
+    select_frames,
+    vanilla_d_loss,
+)
+from tav.vqgan.quantizer import EMACodebook
+
+TSV = Path("/work/shared/spec/state_dicts/ta2v_vqgan.tsv")
+if not TSV.is_file():
+    TSV = Path(__file__).resolve().parents[2] / "shared/spec/state_dicts/ta2v_vqgan.tsv"
+
+
+def small_cfg(**kw) -> VQGANConfig:
+    """Narrow model, real down-sampling: only shapes matter."""
+    base = dict(embedding_dim=8, n_codes=32, n_hiddens=8, norm="batch", disc_channels=8, disc_layers=2,
+                resolution=16, sequence_length=4, downsample=(2, 4, 4))
+    base.update(kw)
+    return VQGANConfig(**base)
+
+
+def clip(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) - 0.5
+
+
+def read_tsv() -> tuple[list[tuple[str, list[int], str]], str]:
+    lines = TSV.read_text().splitlines()
+    header = "\n".join(line for line in lines if line.startswith("#"))
+    rows = [line.split("\t") for line in lines if not line.startswith("#")][1:]
+    return [(k, eval(s), d) for k, s, d in rows], header
+
+
+@pytest.fixture(scope="module")
+def random_lpips():
+    with pytest.warns(UserWarning, match="random VGG16"):
+        return build_perceptual(2.0, random_backbone=True)
+
+
+# ------------------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("res,latent", [(96, (4, 12, 12)), (64, (4, 8, 8))])
+def test_latent_shapes_urmp_landscape(res, latent):
+    cfg = small_cfg(downsample=(4, 8, 8), resolution=res, sequence_length=16)
+    assert cfg.latent_shape == latent
+    model = VQGAN(cfg).eval()
+    with torch.no_grad():
+        codes = model.encode(clip(1, 3, 16, res, res))
+        assert codes.shape == (1, *latent) and codes.dtype == torch.long
+        assert int(codes.min()) >= 0 and int(codes.max()) < cfg.n_codes
+        assert model.decode(codes).shape == (1, 3, 16, res, res)
+
+
+def test_presets():
+    assert vqgan_preset("urmp").latent_shape == (4, 12, 12)
+    assert vqgan_preset("urmp").n_latents == 576
+    assert vqgan_preset("landscape").latent_shape == (4, 8, 8)
+    tiny = vqgan_preset("tiny")
+    assert tiny.latent_shape == (2, 4, 4) and tiny.norm == "batch"
+
+
+def test_config_validation():
+    with pytest.raises(InputError, match="powers of two"):
+        VQGANConfig(downsample=(3, 8, 8))
+    with pytest.raises(InputError, match="GroupNorm"):
+        VQGANConfig(n_hiddens=8, norm="group")
+    with pytest.raises(InputError, match="unknown key"):
+        vqgan_config_from_dict({"n_hidden": 32})
+    # not a multiple of the factors: allowed (padded), latent rounds up
+    assert VQGANConfig(resolution=9, sequence_length=16).latent_shape == (4, 2, 2)
+
+
+def test_urmp_state_dict_matches_released_layout():
+    rows, header = read_tsv()
+    model = VQGAN(vqgan_preset("urmp"))
+    ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
+    released = [r for r in rows if not r[0].startswith("perceptual_model.")]
+    assert [r for r in ours if r[0] != "codebook.initialised"] == released
+    parts = dict(re.findall(r"(\w+)=([\d,]+)", header.split("per-part parameters:")[1].splitlines()[0]))
+    for name, count in parts.items():
+        if name != "perceptual_model":
+            assert sum(p.numel() for p in getattr(model, name).parameters()) == int(count.replace(",", ""))
+    total = int(re.search(r"total parameters \(nn.Parameter elements\): ([\d,]+)", header)[1].replace(",", ""))
+    lpips_params = int(parts["perceptual_model"].replace(",", ""))
+    assert sum(p.numel() for p in model.parameters()) == total - lpips_params == 37_476_613
+
+
+def test_discriminator_shapes():
+    cfg = small_cfg(disc_layers=3)
+    model = VQGAN(cfg).eval()
+    logits, feats = model.image_discriminator(clip(2, 3, 96, 96))
+    assert logits.shape == (2, 1, 15, 15) and len(feats) == 5 and feats[-1] is logits
+    logits, _ = model.video_discriminator(clip(1, 3, 16, 32, 32))
+    assert logits.shape == (1, 1, 5, 7, 7)
+
+
+# ------------------------------------------------------------------------------------------- codebook
+def test_codebook_assignment_and_ema_update_by_hand():
+    cb = EMACodebook(n_codes=3, dim=2, decay=0.9, commitment_weight=0.25, random_restart=False)
+    e = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    cb.embeddings.copy_(e)
+    cb.z_avg.copy_(e)
+    cb.N.fill_(1.0)
+    cb.initialised.fill_(True)
+    rows = torch.tensor([[0.1, 0.1], [0.9, -0.1], [1.2, 0.2], [0.2, 1.5]])  # nearest: 0, 1, 1, 2
+    z = rows.t().reshape(1, 2, 1, 1, 4)  # (B, D, t, h, w) with the 4 rows along w
+    assert cb.assign(z).tolist() == [[[[0, 1, 1, 2]]]]
+
+    cb.train()
+    out = cb(z)
+    assert out["codes"].flatten().tolist() == [0, 1, 1, 2]
+    # hand computation: N <- 0.9 N + 0.1 n ; z_avg <- 0.9 z_avg + 0.1 sum ; e = z_avg / smoothed N
+    n_new = [0.9 + 0.1 * 1, 0.9 + 0.1 * 2, 0.9 + 0.1 * 1]
+    sums = [[0.1, 0.1], [2.1, 0.1], [0.2, 1.5]]
+    zavg = [[0.9 * e[k, j].item() + 0.1 * sums[k][j] for j in range(2)] for k in range(3)]
+    total = sum(n_new)
+    w = [(n + 1e-7) / (total + 3e-7) * total for n in n_new]
+    expect_e = [[zavg[k][j] / w[k] for j in range(2)] for k in range(3)]
+    torch.testing.assert_close(cb.N, torch.tensor(n_new))
+    torch.testing.assert_close(cb.z_avg, torch.tensor(zavg))
+    torch.testing.assert_close(cb.embeddings, torch.tensor(expect_e))
+    # outputs use the code vectors from before the update
+    q = e[[0, 1, 1, 2]]
+    torch.testing.assert_close(out["embeddings"].reshape(2, 4).t(), q)
+    torch.testing.assert_close(out["commitment_loss"], 0.25 * F.mse_loss(rows, q))
+    p = torch.tensor([0.25, 0.5, 0.25])
+    torch.testing.assert_close(out["perplexity"], torch.exp(-(p * p.log()).sum()))
+
+
+def test_codebook_data_dependent_init_and_restart():
+    torch.manual_seed(0)
+    cb = EMACodebook(n_codes=16, dim=4, random_restart=True, restart_thres=1.0).train()
+    assert not bool(cb.initialised)
+    z = torch.randn(1, 4, 1, 2, 3)  # 6 rows < 16 codes: tiled with small noise
+    cb(z)
+    assert bool(cb.initialised)
+    rows = z.movedim(1, -1).reshape(-1, 4)
+    # every code is one of the batch rows up to the 0.01/sqrt(D) tiling noise (or its EMA mean)
+    dist = torch.cdist(cb.embeddings, rows).min(1).values
+    assert float(dist.max()) < 0.1
+    # eval mode never changes the codebook
+    cb.eval()
+    before = cb.embeddings.clone()
+    cb(torch.randn(1, 4, 1, 2, 3) * 10)
+    assert torch.equal(before, cb.embeddings)
+
+
+def test_codebook_flag_absent_in_released_state_dict_means_initialised():
+    cb = EMACodebook(4, 2)
+    sd = {k: v for k, v in EMACodebook(4, 2).state_dict().items() if k != "initialised"}
+    cb.load_state_dict(sd, strict=True)
+    assert bool(cb.initialised)
+    fresh = EMACodebook(4, 2)
+    cb.load_state_dict(fresh.state_dict(), strict=True)
+    assert not bool(cb.initialised)
+
+
+def test_codebook_runs_in_float32_under_autocast():
+    torch.manual_seed(0)
+    cb = EMACodebook(n_codes=64, dim=8).train()
+    cb.initialised.fill_(True)
+    z = torch.randn(2, 8, 1, 3, 3).to(torch.bfloat16)
+    emb = cb.embeddings.clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        codes = cb.assign(z)
+        out = cb(z)
+    flat = z.float().movedim(1, -1).reshape(-1, 8)
+    assert torch.equal(codes.flatten(), torch.cdist(flat, emb).argmin(1))
+    assert torch.equal(out["codes"], codes)
+    assert out["embeddings"].dtype == torch.float32 and out["commitment_loss"].dtype == torch.float32
+
+
+def test_encode_does_not_touch_codebook_in_training_mode():
+    model = VQGAN(small_cfg()).train()
+    before = {k: v.clone() for k, v in model.codebook.state_dict().items()}
+    model.encode(clip(2, 3, 4, 16, 16))
+    assert all(torch.equal(before[k], v) for k, v in model.codebook.state_dict().items())
+
+
+def test_straight_through_gradient_reaches_encoder():
+    torch.manual_seed(0)
+    model = VQGAN(small_cfg()).train()
+    video = clip(2, 3, 4, 16, 16)
+    recon, vq = model(video)
+    assert recon.shape == video.shape and vq["codes"].shape == (2, 2, 4, 4)
+    (F.l1_loss(recon, video) + vq["commitment_loss"]).backward()
+    for mod in (model.encoder.conv_first, model.pre_vq_conv, model.post_vq_conv, model.decoder.conv_last):
+        assert mod.conv.weight.grad is not None and float(mod.conv.weight.grad.abs().sum()) > 0
+    assert model.image_discriminator.model0[0].weight.grad is None
+
+
+# ------------------------------------------------------------------------------------------- odd sizes
+@pytest.mark.parametrize("size", [(4, 9, 9), (5, 9, 11)])
+def test_odd_resolution_round_trips_to_same_shape(size):
+    cfg = small_cfg(resolution=9, sequence_length=4)
+    model = VQGAN(cfg).eval()
+    video = clip(1, 3, *size)
+    with torch.no_grad():
+        recon, vq = model(video)
+        codes = model.encode(video)
+    assert recon.shape == video.shape
+    assert codes.shape == (1, math.ceil(size[0] / 2), math.ceil(size[1] / 4), math.ceil(size[2] / 4))
+    assert torch.equal(codes, vq["codes"])
+    if size == cfg.input_shape:
+        assert model.decode(codes).shape == video.shape  # configured grid -> cropped to the config size
+    assert model.decode(codes, size=size).shape == video.shape
+
+
+def test_odd_resolution_training_losses_run(random_lpips):
+    cfg = small_cfg(resolution=9, sequence_length=4, discriminator_iter_start=0)
+    model = VQGAN(cfg).train()
+    video = clip(2, 3, 4, 9, 9)
+    recon, vq = model(video)
+    loss, parts = generator_loss(model, random_lpips, video, recon, vq, step=0, frame_idx=torch.tensor([1, 2]))
+    assert torch.isfinite(loss) and parts["perceptual_loss"] > 0 and "g_adv" in parts
+    d_loss, _ = discriminator_loss(model, video, recon, step=0, frame_idx=torch.tensor([1, 2]))
+    assert torch.isfinite(d_loss)
+
+
+def test_channels_last_gives_same_outputs():
+    model = VQGAN(small_cfg()).eval()
+    video = clip(2, 3, 4, 16, 16)
+    with torch.no_grad():
+        codes = model.encode(video)
+        ref = model.decode(codes)
+        model.to_channels_last()
+        assert model.encoder.conv_first.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        assert torch.equal(model.encode(video), codes)
+        torch.testing.assert_close(model.decode(codes), ref, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------- losses
+def test_hinge_and_vanilla_known_values():
+    real = torch.tensor([2.0, 0.5, -1.0])
+    fake = torch.tensor([-2.0, 0.0, 1.0])
+    # relu(1 - real) = [0, .5, 2] -> 2.5/3 ; relu(1 + fake) = [0, 1, 2] -> 1
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * (2.5 / 3 + 1.0))
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    expect = 0.5 * (sum(sp(-r) for r in real.tolist()) / 3 + sum(sp(f) for f in fake.tolist()) / 3)
+    assert vanilla_d_loss(real, fake).item() == pytest.approx(expect, rel=1e-6)
+
+
+def test_feature_matching_known_values():
+    fake = [torch.ones(2, 3), torch.zeros(4), torch.full((1,), 100.0)]  # last = logits, ignored
+    real = [torch.zeros(2, 3, requires_grad=True), torch.full((4,), 2.0), torch.zeros(1)]
+    loss = feature_matching_loss(fake, real, layer_weight=0.5)
+    assert loss.item() == pytest.approx(0.5 * (1.0 + 2.0))
+
+
+def test_select_frames():
+    video = torch.arange(2 * 1 * 3 * 1 * 1, dtype=torch.float32).view(2, 1, 3, 1, 1)
+    frames = select_frames(video, torch.tensor([2, 0]))
+    assert frames.flatten().tolist() == [2.0, 3.0]
+    idx = random_frame_index(video, torch.Generator().manual_seed(0))
+    assert idx.shape == (2,) and int(idx.max()) < 3
+
+
+def test_generator_and_discriminator_losses(random_lpips):
+    torch.manual_seed(0)
+    cfg = small_cfg(discriminator_iter_start=5)
+    model = VQGAN(cfg).train()
+    lp = random_lpips
+    video = clip(2, 3, 4, 16, 16)
+    recon, vq = model(video)
+    idx = torch.tensor([0, 3])
+    loss, parts = generator_loss(model, lp, video, recon, vq, step=0, frame_idx=idx)
+    assert set(parts) == {"recon_loss", "commitment_loss", "perceptual_loss", "perplexity"}
+    total = parts["recon_loss"] + parts["commitment_loss"] + parts["perceptual_loss"]
+    torch.testing.assert_close(loss.detach(), total)
+    torch.testing.assert_close(parts["recon_loss"], 4.0 * F.l1_loss(recon, video).detach())
+    d_loss, _ = discriminator_loss(model, video, recon, step=0, frame_idx=idx)
+    assert d_loss.item() == 0.0
+
+    loss, parts = generator_loss(model, lp, video, recon, vq, step=5, frame_idx=idx)
+    assert {"g_adv", "feat_match"} <= set(parts) and torch.isfinite(loss)
+    loss.backward()
+    assert float(model.encoder.conv_first.conv.weight.grad.abs().sum()) > 0
+    model.zero_grad()
+    d_loss, d_parts = discriminator_loss(model, video, recon, step=5, frame_idx=idx)
+    assert d_loss.item() > 0
+    assert d_loss.item() == pytest.approx((d_parts["d_image_loss"] + d_parts["d_video_loss"]).item())
+    d_loss.backward()
+    assert model.encoder.conv_first.conv.weight.grad is None  # inputs were detached
+    assert float(model.video_discriminator.model0[0].weight.grad.abs().sum()) > 0
+
+
+# ------------------------------------------------------------------------------------------- LPIPS
+def test_lpips_backbone_from_torchvision_file(tmp_path, monkeypatch, random_lpips):
+    monkeypatch.setenv("TAV_CKPT_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(InputError, match="vgg16-397923af.pth"):
+        build_perceptual()
+    ref = random_lpips
+    # a torchvision-layout file: features.{i}.weight / bias
+    vgg = {f"features.{k.split('.')[2]}.{k.split('.')[3]}": v.clone()
+           for k, v in ref.lpips.state_dict().items() if k.startswith("net.slice")}
+    torch.save(vgg, tmp_path / "vgg16-397923af.pth")
+    lp = build_perceptual(input_scale=1.0)
+    assert not lp.random_backbone
+    key = "net.slice5.28.weight"
+    torch.testing.assert_close(lp.lpips.state_dict()[key], ref.lpips.state_dict()[key])
+    x = clip(2, 3, 16, 16)
+    d = lp(x, x)
+    assert d.shape == (2,) and float(d.abs().max()) < 1e-6
+    lp.train()
+    assert not lp.lpips.training
+
+
+# ------------------------------------------------------------------------------------------- DDP
+def _ddp_codebook_worker(rank: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(100 + rank)  # different data and different local randomness per rank
+        cb = EMACodebook(n_codes=16, dim=4, random_restart=True, restart_thres=1.0).train()
+        for _ in range(3):
+            cb(torch.randn(1, 4, 1, 2, 3) + rank)
+        torch.save(cb.state_dict(), Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_codebook_stays_identical_across_two_ddp_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_codebook_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert bool(a["initialised"]) and set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    single = EMACodebook(n_codes=16, dim=4).train()
+    single(torch.randn(1, 4, 1, 2, 3))  # without a process group the same code runs unsynchronised
+    assert bool(single.initialised)
