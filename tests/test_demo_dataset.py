@@ -1,0 +1,156 @@
+"""The synthetic demo dataset (tav.data.demo), the contact sheet, and scripts/{make_demo_dataset,demo}.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scripts import demo as demo_script
+from scripts import make_demo_dataset
+from tav.data.audio import read_audio
+from tav.data.demo import COLOURS, INSTRUMENTS, SHAPES, build_demo_dataset, get_preset, make_clip
+from tav.data.layout import clip_files
+from tav.data.video import probe_video, read_video
+from tav.errors import InputError
+from tav.utils.contact_sheet import LABEL_HEIGHT, contact_sheet, save_png
+
+
+def _frame_change(frames: np.ndarray) -> np.ndarray:
+    """Mean absolute change from frame i-1 to frame i, for i = 1..T-1: float (T-1,)."""
+    return np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+
+
+def test_same_seed_same_clip_other_seed_other_clip():
+    f1, a1, c1, m1 = make_clip(7, "urmp", 32)
+    f2, a2, c2, m2 = make_clip(7, "urmp", 32)
+    assert np.array_equal(f1, f2) and np.array_equal(a1, a2) and c1 == c2 and m1 == m2
+    f3, a3, _, _ = make_clip(8, "urmp", 32)
+    assert not np.array_equal(f1, f3) and not np.array_equal(a1, a3)
+
+
+@pytest.mark.parametrize("preset, frames, fps", [("urmp", 90, 30), ("landscape", 30, 10)])
+def test_presets_shapes_and_ranges(preset, frames, fps):
+    f, a, _, meta = make_clip(3, preset, 48)
+    assert f.shape == (frames, 48, 48, 3) and f.dtype == np.uint8
+    assert a.shape == (144000,) and a.dtype == np.float32
+    assert 0.2 < np.abs(a).max() <= 1.0
+    assert meta["frames"] == frames and meta["fps"] == fps and meta["sample_rate"] == 48000
+    # the melody depends on the seed only: the same notes at the same times in both presets
+    assert meta["onset_samples"] == make_clip(3, "urmp", 16)[3]["onset_samples"]
+
+
+@pytest.mark.parametrize("preset", ["urmp", "landscape"])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_picture_jumps_exactly_at_note_onsets(preset, seed):
+    frames, _, _, meta = make_clip(seed, preset, 32)
+    onsets = meta["onsets"]
+    assert onsets[0] == 0 and len(onsets) >= 5
+    change = _frame_change(frames)
+    at_onset = np.zeros(len(frames), bool)
+    at_onset[onsets[1:]] = True
+    assert change[at_onset[1:]].min() > 1.0  # every onset moves the shape visibly
+    assert change[~at_onset[1:]].max() == 0.0  # and nothing moves between onsets
+
+
+def test_sound_starts_at_each_onset():
+    _, audio, _, meta = make_clip(5, "urmp", 16)
+    env = np.abs(audio)
+    for start in meta["onset_samples"]:
+        # each note fades in from silence (attack) and is loud a few ms later
+        assert env[start] < 0.05 and env[start + 480 : start + 2400].max() > 0.2
+
+
+def test_caption_names_colour_shape_and_instrument():
+    seen = set()
+    for seed in range(12):
+        _, _, caption, meta = make_clip(seed, "landscape", 16)
+        assert meta["colour"] in COLOURS and meta["shape"] in SHAPES and meta["instrument"] in INSTRUMENTS
+        words = caption.rstrip(".").split()
+        assert meta["colour"] in words and meta["shape"] in words
+        assert words[-1] == meta["instrument"]  # URMP-style: the class is the last word before the period
+        seen.add(meta["instrument"])
+    assert len(seen) >= 3
+
+
+def test_pitch_drives_height():
+    frames, _, _, meta = make_clip(11, "urmp", 64)
+    shape_rows = []
+    for onset in meta["onsets"]:
+        mask = np.abs(frames[onset].astype(int) - frames[onset][0, 0].astype(int)).sum(-1) > 60
+        shape_rows.append(np.nonzero(mask)[0].mean())
+    order = np.argsort(meta["pitches"])
+    assert np.all(np.diff(np.array(shape_rows)[order]) <= 1.0)  # higher pitch -> higher up (smaller row)
+
+
+def test_unknown_preset_raises():
+    with pytest.raises(InputError, match="urmp"):
+        get_preset("nope")
+
+
+def test_build_tiny_dataset_and_resume(tmp_path):
+    out = tmp_path / "demo"
+    s = build_demo_dataset(out, preset="urmp", n_train=3, n_test=2, size=32, seed=1)
+    assert (s.written, s.skipped, s.clips) == (5, 0, {"train": 3, "test": 2})
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["split"] for r in rows] == ["train"] * 3 + ["test"] * 2
+    assert len({r["stem"] for r in rows}) == 5
+    for r in rows:
+        f = clip_files(out / r["split"], r["stem"])
+        frames, fps = read_video(f.mp4)
+        assert frames.shape == (90, 32, 32, 3) and fps == 30
+        assert probe_video(f.mp4).has_audio
+        wav, from_mp4 = read_audio(f.audio, 48000), read_audio(f.mp4, 48000)
+        assert len(wav) == 144000 and abs(len(from_mp4) - 144000) <= 1024
+        assert f.txt.read_text().strip() == r["caption"]
+        assert np.load(f.stft).shape == (90, 96, 16)
+        ref, ref_audio, _, meta = make_clip(r["seed"], "urmp", 32)
+        assert meta["onsets"] == r["onsets"]
+        assert np.abs(frames.astype(int) - ref).mean() < 3  # lossy H.264, same picture
+        assert np.abs(wav - ref_audio).max() < 1e-3  # 16-bit wav
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")}
+    again = build_demo_dataset(out, preset="urmp", n_train=3, n_test=2, size=32, seed=1)
+    assert (again.written, again.skipped) == (0, 5)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")} == mtimes
+    with pytest.raises(InputError, match="another --out"):
+        build_demo_dataset(out, preset="urmp", n_train=3, n_test=2, size=48, seed=1)
+
+
+def test_make_demo_dataset_script_landscape(tmp_path, capsys):
+    make_demo_dataset.main(["--out", str(tmp_path), "--preset", "landscape", "--n_train", "1", "--n_test", "1",
+                            "--size", "16"])
+    assert "1 train, 1 test" in capsys.readouterr().out
+    (mp4,) = (tmp_path / "test" / "mp4").glob("*.mp4")
+    frames, fps = read_video(mp4)
+    assert frames.shape == (30, 16, 16, 3) and fps == 10
+
+
+def test_contact_sheet_shape_and_png(tmp_path):
+    videos = [np.full((9, 10, 12, 3), i * 40, np.uint8) for i in range(3)]
+    videos[1] = np.arange(5, dtype=np.uint8)[:, None, None, None].repeat(10, 1).repeat(12, 2).repeat(3, 3)
+    sheet = contact_sheet(videos, n_frames=4, pad=2)
+    assert sheet.shape == (3 * 12 + 2, 4 * 14 + 2, 3) and sheet.dtype == np.uint8
+    assert [sheet[14 + 2, 2 + 14 * c, 0] for c in range(4)] == [0, 1, 3, 4]  # evenly spaced, ends included
+    labelled = contact_sheet(videos, n_frames=4, labels=["a", "b", "c"])
+    assert labelled.shape == (3 * (12 + LABEL_HEIGHT) + 2, 4 * 14 + 2, 3)
+    path = save_png(tmp_path / "sheet.png", labelled)
+    assert np.array_equal(np.asarray(Image.open(path)), labelled)
+    with pytest.raises(ValueError):
+        contact_sheet([videos[0], np.zeros((4, 8, 8, 3), np.uint8)])
+
+
+def test_demo_script_tiny(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--n_train", "2", "--n_test", "1", "--size", "32", "--sheet_frames", "4"]
+    run = demo_script.main(argv)
+    text = capsys.readouterr().out
+    assert "[data]" in text and "2 train, 1 test" in text and "48000 Hz" in text
+    sheet = np.asarray(Image.open(out / "contact_sheet.png"))
+    assert sheet.shape == (3 * (32 + 2 + LABEL_HEIGHT) + 2, 4 * 34 + 2, 3)
+    frames, fps = read_video(out / "sample.mp4")
+    assert frames.shape == (90, 32, 32, 3) and fps == 30 and probe_video(out / "sample.mp4").has_audio
+    assert len(run.state["manifest"]) == 3
+    demo_script.main(argv)  # resumed: nothing rebuilt
+    assert "0 written, 3 already complete" in capsys.readouterr().out
