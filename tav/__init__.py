@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "load_vqgan": ("tav.vqgan.load", "load_vqgan"),
+    "load_gpt": ("tav.gpt.load", "load_gpt"),
     "VATDataset": ("tav.data.dataset", "VATDataset"),
     "VATDataModule": ("tav.data.dataset", "VATDataModule"),
     "load_data_config": ("tav.data.config", "load_data_config"),

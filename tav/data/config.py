@@ -59,10 +59,12 @@ def check_divisible(resolution: int, sequence_length: int, downsample: tuple[int
     """One-line error when the clip shape cannot be tiled by the VQGAN's (T, H, W) downsampling."""
     dt, dh, dw = downsample
     if resolution < 1 or resolution % dh or resolution % dw:
-        near = max(dh, round(resolution / dh) * dh)
-        hint = " (the seed README's `--resolution 9` is a typo for 96)" if resolution == 9 else ""
+        if resolution == 9:
+            hint = "96 (the seed README's `--resolution 9` is a typo for 96, the URMP setting)"
+        else:
+            hint = str(max(dh, round(resolution / dh) * dh))
         raise InputError(f"--resolution {resolution} is not divisible by the VQGAN spatial downsampling "
-                         f"{dh}x{dw}: use a multiple of {dh}, e.g. {near}{hint}")
+                         f"{dh}x{dw}: use a multiple of {dh}, e.g. {hint}")
     if sequence_length % dt:
         raise InputError(f"--sequence_length {sequence_length} is not divisible by the VQGAN temporal "
                          f"downsampling {dt}: use a multiple of {dt}, e.g. 16")

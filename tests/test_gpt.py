@@ -1,0 +1,441 @@
+"""Text -> video-token GPT: causality, KV cache, filters, sampling, config, checkpoint formats."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tav.checkpoint import Checkpoint, save_checkpoint
+from tav.config import to_dict
+from tav.errors import InputError
+from tav.gpt import (
+    GPT,
+    GPTConfig,
+    check_vqgan_compat,
+    embedded_vqgan_config,
+    file_sha256,
+    filter_logits,
+    gpt_from_state_dict,
+    gpt_preset,
+    load_gpt,
+    sample_codes,
+    save_gpt,
+    token_accuracy,
+)
+from tav.gpt.load import _base_config
+from tav.gpt.sampling import draw
+from tav.vqgan import VQGAN, VQGANConfig, save_vqgan, vqgan_from_state_dict, vqgan_preset
+
+TSV = Path("/work/shared/spec/state_dicts/ta2v_gpt.tsv")
+if not TSV.is_file():
+    TSV = Path(__file__).resolve().parents[2] / "shared/spec/state_dicts/ta2v_gpt.tsv"
+TSV_GPT_PARAMS = 76_766_208  # header of ta2v_gpt.tsv
+
+
+def tiny_cfg(**kw) -> GPTConfig:
+    base = dict(text_vocab_size=50, text_seq_len=4, n_codes=24, latent_shape=(2, 2, 3), block_size=32,
+                n_layer=2, n_head=2, n_embd=32, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def tiny_gpt(seed: int = 0, **kw) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(tiny_cfg(**kw)).eval()
+    with torch.no_grad():  # break the zero init of pos_emb so positions matter
+        model.pos_emb.normal_(0, 0.5)
+    return model
+
+
+def rand_ids(cfg: GPTConfig, batch: int, n_video: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, cfg.text_vocab_size, (batch, cfg.text_seq_len), generator=g)
+    codes = torch.randint(0, cfg.n_codes, (batch, n_video), generator=g)
+    return torch.cat([text, codes + cfg.video_offset], dim=1)
+
+
+# ------------------------------------------------------------------------------------------- config
+def test_presets_and_derived_sizes():
+    urmp, up, land, tiny = (gpt_preset(n) for n in ("urmp", "urmp_upstream", "landscape", "tiny"))
+    assert (urmp.video_offset, urmp.vocab_size, urmp.video_seq_len, urmp.seq_len) == (30522, 46906, 576, 588)
+    assert (up.video_offset, up.vocab_size, up.mask_text_logits_at_sampling) == (21128, 37512, False)
+    assert land.video_seq_len == 256 and tiny.latent_shape == vqgan_preset("tiny").latent_shape
+    assert tiny.n_codes == vqgan_preset("tiny").n_codes
+    clip = GPTConfig(text_mode="clip")
+    assert (clip.video_offset, clip.vocab_size) == (0, 16384)
+    for bad in (dict(n_head=3), dict(block_size=500), dict(text_mode="clip", text_vocab_offset=5),
+                dict(attn_pdrop=1.0), dict(text_vocab_offset=-1), dict(text_vocab_offset=10, n_codes=100)):
+        with pytest.raises(InputError):
+            GPTConfig(**bad)
+
+
+# ------------------------------------------------------------------------------------------- model
+def test_causality():
+    model = tiny_gpt()
+    cfg = model.cfg
+    tokens = rand_ids(cfg, 2, 12)
+    with torch.no_grad():
+        ref = model.logits(tokens)
+        assert ref.shape == (2, 16, cfg.vocab_size)
+        for j in (0, 5, 15):
+            changed = tokens.clone()
+            changed[:, j] = (changed[:, j] + 7) % cfg.vocab_size
+            out = model.logits(changed)
+            assert torch.equal(out[:, :j], ref[:, :j]), j
+            assert not torch.allclose(out[:, j], ref[:, j])
+
+
+@pytest.mark.parametrize("mode", ["bert", "clip"])
+def test_cached_decoding_matches_full_forward(mode):
+    model = tiny_gpt(text_mode=mode)
+    cfg = model.cfg
+    n = cfg.video_seq_len
+    codes = torch.randint(0, cfg.n_codes, (3, n), generator=torch.Generator().manual_seed(1))
+    if mode == "clip":
+        prefix = torch.randn(3, cfg.text_seq_len, cfg.clip_dim)
+        full_args = dict(tokens=codes[:, :-1], prefix_emb=prefix)
+        first = dict(tokens=None, prefix_emb=prefix)
+    else:
+        text = torch.randint(0, cfg.text_vocab_size, (3, cfg.text_seq_len))
+        full_args = dict(tokens=torch.cat([text, codes[:, :-1] + cfg.video_offset], 1))
+        first = dict(tokens=text)
+    L = cfg.text_seq_len
+    with torch.no_grad():
+        full = model(**full_args)
+        cache = model.new_cache(3, capacity=L + n - 1)
+        steps = [model(**first, cache=cache)]
+        for i in range(n - 1):
+            steps.append(model(codes[:, i: i + 1] + cfg.video_offset, cache=cache, start=L + i))
+        torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
+        # chunks after cached positions (explicit mask path)
+        cache = model.new_cache(3)
+        head = model(**first, cache=cache)
+        rest = [model(codes[:, a: b] + cfg.video_offset, cache=cache, start=L + a) for a, b in ((0, 4), (4, n - 1))]
+        torch.testing.assert_close(torch.cat([head, *rest], 1), full, atol=1e-5, rtol=0)
+
+
+def test_training_logits_loss_and_accuracy():
+    model = tiny_gpt().train()
+    cfg = model.cfg
+    text = torch.randint(0, cfg.text_vocab_size, (2, cfg.text_seq_len))
+    codes = torch.randint(0, cfg.n_codes, (2, *cfg.latent_shape))
+    logits, targets = model.training_logits(text, codes)
+    assert logits.shape == (2, cfg.video_seq_len, cfg.vocab_size)
+    assert torch.equal(targets, codes.flatten(1) + cfg.video_offset)
+    full = model.eval().logits(torch.cat([text, targets], 1))
+    torch.testing.assert_close(model.training_logits(text, codes)[0], full[:, cfg.text_seq_len - 1: -1])
+    loss = model.train().loss(text, codes)
+    assert abs(loss.item() - math.log(cfg.vocab_size)) < 0.5
+    loss.backward()
+    assert model.tok_emb.weight.grad is not None and model.pos_emb.grad.abs().sum() > 0
+    acc1, acc5 = token_accuracy(torch.eye(5)[None], torch.tensor([[0, 1, 2, 4, 0]]))
+    assert (round(acc1.item(), 4), acc5.item()) == (0.6, 1.0)
+    clip = tiny_gpt(text_mode="clip")
+    clip_loss = clip.loss(torch.randn(2, cfg.text_seq_len, cfg.clip_dim), codes)
+    clip_loss.backward()
+    assert clip.text_proj.weight.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------- filters
+def test_top_k_keeps_ties():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 2.0, 0.0], [5.0, 4.0, 3.0, 2.0, 1.0]])
+    out = filter_logits(logits, top_k=2)
+    inf = float("-inf")
+    assert torch.equal(out, torch.tensor([[inf, 3.0, 2.0, 2.0, inf], [5.0, 4.0, inf, inf, inf]]))
+    assert torch.equal(filter_logits(logits, top_k=5), logits) and torch.equal(filter_logits(logits), logits)
+    with pytest.raises(InputError):
+        filter_logits(logits, top_k=0)
+
+
+def test_top_p_on_hand_made_distributions():
+    probs = torch.tensor([[0.1, 0.5, 0.25, 0.15], [0.97, 0.01, 0.01, 0.01]])
+    logits = probs.log()
+    keep = lambda out: torch.isfinite(out)  # noqa: E731
+    # sorted 0.5, 0.25, 0.15, 0.1; cumulative 0.5, 0.75, 0.9, 1.0
+    assert keep(filter_logits(logits, top_p=0.6)).tolist() == [[False, True, True, False], [True, False, False, False]]
+    assert keep(filter_logits(logits, top_p=0.8))[0].tolist() == [False, True, True, True]
+    assert keep(filter_logits(logits, top_p=0.4))[0].tolist() == [False, True, False, False]  # at least one
+    assert keep(filter_logits(logits, top_p=1.0)).all()
+    # top-p after top-k renormalises: top-2 -> 0.667, 0.333, so p=0.6 now keeps one token instead of two
+    assert keep(filter_logits(logits, top_k=2, top_p=0.6))[0].tolist() == [False, True, False, False]
+    assert keep(filter_logits(logits, top_k=2, top_p=0.7))[0].tolist() == [False, True, True, False]
+    assert keep(filter_logits(logits, top_k=3, top_p=0.55))[0].tolist() == [False, True, False, False]
+    # kept logits are unchanged
+    out = filter_logits(logits, top_p=0.8)
+    assert torch.equal(out[keep(out)], logits[keep(out)])
+
+
+def test_filter_matches_upstream_reference():
+    """The top-k fast path and the sort path agree with upstream's top_k_top_p_filtering."""
+    def reference(logits, k, p):
+        logits = logits.masked_fill(logits < logits.topk(k)[0][..., -1:], float("-inf"))
+        vals, idx = logits.sort(descending=True)
+        remove = vals.softmax(-1).cumsum(-1) > p
+        remove[..., 1:] = remove[..., :-1].clone()
+        remove[..., 0] = False
+        return logits.masked_fill(remove.scatter(1, idx, remove), float("-inf"))
+
+    logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(0)) * 2
+    for k, p in ((20, 0.5), (100, 0.9), (299, 0.3), (1, 0.9)):
+        assert torch.equal(filter_logits(logits, k, p), reference(logits, k, p))
+    tied = logits.round()  # many ties at the k-th value (sort path); which tie top-p cuts is arbitrary
+    assert torch.equal(filter_logits(tied, 20, 0.9).sort()[0], reference(tied, 20, 0.9).sort()[0])
+    assert torch.equal(filter_logits(tied, 20), reference(tied, 20, 1.0))
+
+
+def test_draw_follows_the_filtered_distribution():
+    logits = torch.tensor([[0.0, math.log(3.0), -1e9, float("-inf")]]).repeat(4000, 1)
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    ids = draw(logits, gens)
+    assert set(ids.tolist()) == {0, 1}
+    assert abs((ids == 1).float().mean().item() - 0.75) < 0.03
+    assert torch.equal(draw(logits[:3], gens[:3], temperature=0), torch.ones(3, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------------------- sampling
+def test_sampled_ids_in_video_range_and_compat_mode():
+    model = tiny_gpt()
+    cfg = model.cfg
+    with torch.no_grad():  # make every text id far likelier than any video id
+        model.ln_f.bias.fill_(1.0)
+        model.head.weight[: cfg.video_offset] = 1.0
+    text = torch.randint(0, cfg.text_vocab_size, (3, cfg.text_seq_len))
+    codes = sample_codes(model, text, seeds=[0, 1, 2], top_k=10, top_p=0.9)
+    assert codes.shape == (3, *cfg.latent_shape) and codes.dtype == torch.long
+    assert codes.min() >= 0 and codes.max() < cfg.n_codes and codes.unique().numel() > 3
+    upstream = sample_codes(model, text, seeds=[0, 1, 2], restrict_to_video=False)  # text ids -> code 0
+    assert (upstream == 0).all()
+    assert not model.training and sample_codes(model.train(), text, steps=3, seeds=[0, 1, 2]).shape == (3, 3)
+    assert model.training
+
+
+def test_restricted_head_equals_masked_full_vocabulary():
+    model = tiny_gpt()
+    cfg = model.cfg
+    h = torch.randn(4, cfg.n_embd)
+    full = F.linear(h, model.head.weight)
+    full[:, : cfg.video_offset] = float("-inf")
+    video = F.linear(h, model.head.weight[cfg.video_offset:])
+    for k, p in ((None, None), (5, 0.8), (None, 0.5)):
+        a = filter_logits(full.detach(), top_k=k, top_p=p).softmax(-1)
+        b = filter_logits(video.detach(), top_k=k, top_p=p).softmax(-1)
+        assert (a[:, : cfg.video_offset] == 0).all()
+        torch.testing.assert_close(a[:, cfg.video_offset:], b)
+
+
+def test_greedy_sampling_matches_uncached_argmax():
+    model = tiny_gpt()
+    cfg = model.cfg
+    text = torch.randint(0, cfg.text_vocab_size, (2, cfg.text_seq_len))
+    codes = sample_codes(model, text, temperature=0).flatten(1)
+    seq = text
+    with torch.no_grad():
+        for _ in range(cfg.video_seq_len):
+            nxt = model.logits(seq)[:, -1, cfg.video_offset:].argmax(-1) + cfg.video_offset
+            seq = torch.cat([seq, nxt[:, None]], 1)
+    assert torch.equal(codes, seq[:, cfg.text_seq_len:] - cfg.video_offset)
+
+
+def test_per_sample_seeds_invariant_to_batch_size():
+    model = tiny_gpt()
+    cfg = model.cfg
+    text = torch.randint(0, cfg.text_vocab_size, (4, cfg.text_seq_len), generator=torch.Generator().manual_seed(3))
+    seeds = [11, 12, 13, 14]
+    kw = dict(top_k=12, top_p=0.95, temperature=1.3)
+    batch = sample_codes(model, text, seeds=seeds, **kw)
+    for i in range(4):
+        assert torch.equal(sample_codes(model, text[i: i + 1], seeds=[seeds[i]], **kw)[0], batch[i])
+    swapped = sample_codes(model, text[[2, 0]], seeds=[13, 11], **kw)
+    assert torch.equal(swapped, batch[[2, 0]])
+    assert not torch.equal(batch[0], batch[1])  # different prompts and seeds give different clips
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    assert torch.equal(sample_codes(model, text, generators=gens, **kw), batch)
+    torch.manual_seed(5)
+    a = sample_codes(model, text)
+    torch.manual_seed(5)
+    assert torch.equal(sample_codes(model, text), a)
+
+
+def test_sampling_input_checks_and_clip_mode():
+    model = tiny_gpt()
+    cfg = model.cfg
+    text = torch.randint(0, cfg.text_vocab_size, (2, cfg.text_seq_len))
+    for kw in (dict(seeds=[1]), dict(steps=cfg.block_size), dict(temperature=-1.0)):
+        with pytest.raises(InputError):
+            sample_codes(model, text, **kw)
+    with pytest.raises(InputError, match="text ids"):
+        sample_codes(model, text + cfg.text_vocab_size)
+    with pytest.raises(InputError, match="integer"):
+        sample_codes(model, text.float())
+    clip = tiny_gpt(text_mode="clip")
+    codes = sample_codes(clip, torch.randn(2, cfg.text_seq_len, cfg.clip_dim), seeds=[0, 1], top_k=5)
+    assert codes.shape == (2, *cfg.latent_shape) and codes.max() < cfg.n_codes
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def tsv_entries(prefix: str):
+    for line in TSV.read_text().splitlines():
+        if line.startswith("#") or line.startswith("key\t"):
+            continue
+        key, shape, dtype = line.split("\t")
+        if key.startswith(prefix):
+            yield key[len(prefix):], tuple(eval(shape)), dtype
+
+
+def test_tsv_state_dict_loads_strictly_with_upstream_offset():
+    cfg = gpt_preset("urmp_upstream")
+    sd = {}
+    for key, shape, _ in tsv_entries("transformer_text."):
+        sd[key] = torch.ones(shape).tril_() if key.endswith("attn.mask") else torch.full(shape, 0.01)
+    model = gpt_from_state_dict(cfg, sd)
+    assert sum(p.numel() for p in model.parameters()) == TSV_GPT_PARAMS
+    assert model.tok_emb.weight.shape == (37512, 512) and model.head.weight[0, 0].item() == pytest.approx(0.01)
+    with pytest.raises(InputError, match="tok_emb.weight.*text_vocab_offset") as err:
+        gpt_from_state_dict(gpt_preset("urmp"), sd)
+    assert "\n" not in str(err.value)
+    sd["blocks.3.attn.mask"] = torch.ones(1, 1, 1024, 1024)
+    with pytest.raises(InputError, match="blocks.3.attn.mask is not the lower-triangular"):
+        gpt_from_state_dict(cfg, sd)
+    # the embedded VQGAN's architecture comes from its shapes
+    vq_sd = {k: torch.zeros(s, dtype=getattr(torch, d)) for k, s, d in tsv_entries("first_stage_model.")}
+    vq_cfg = embedded_vqgan_config(vq_sd, {"resolution": 96, "sequence_length": 16})
+    urmp = vqgan_preset("urmp")
+    for name in ("n_codes", "embedding_dim", "n_hiddens", "norm", "downsample", "disc_channels", "disc_layers",
+                 "latent_shape"):
+        assert getattr(vq_cfg, name) == getattr(urmp, name), name
+    vqgan_from_state_dict(vq_cfg, vq_sd)  # strict
+
+
+def upstream_gpt_args(**kw) -> argparse.Namespace:
+    """A TA2V ``train_text_transformer.py`` namespace (model, data and trainer flags)."""
+    args = dict(vqvae="path/to/video/vqgan", stft_vqvae=None, unconditional=False, base_lr=4.5e-5, vocab_size=16384,
+                first_stage_vocab_size=16384, block_size=32, n_layer=2, n_head=2, n_embd=32, embd_pdrop=0.2,
+                resid_pdrop=0.2, attn_pdrop=0.2, n_unmasked=0, sample_every_n_latent_frames=0,
+                first_stage_key="video", cond1_stage_key="text", cond2_stage_key="label",
+                data_path="datasets/post_URMP/",
+                sequence_length=4, resolution=16, batch_size=8, num_workers=4, image_channels=3, vtokens=False,
+                vtokens_pos=False, text_stft_cond=True, text_emb_model="bert", audio_emb_model="STFT",
+                text_seq_len=4, truncate_captions=False, gpus=1, max_steps=500000, val_check_interval=0.5,
+                sync_batchnorm=True, class_cond_dim=None, default_root_dir="path/to/save")
+    args.update(kw)
+    return argparse.Namespace(**args)
+
+
+def tiny_vqgan(n_codes: int = 24) -> VQGAN:
+    torch.manual_seed(0)
+    return VQGAN(VQGANConfig(embedding_dim=8, n_codes=n_codes, n_hiddens=8, norm="batch", disc_channels=8,
+                             disc_layers=2, resolution=16, sequence_length=4, downsample=(4, 8, 8),
+                             lpips_input_scale=1.0)).eval()
+
+
+def upstream_gpt_file(tmp_path: Path, **arg_kw) -> tuple[Path, GPT, VQGAN]:
+    """A Lightning-1.5 GPT ``.ckpt`` laid out as upstream writes it, with tiny models."""
+    vqgan = tiny_vqgan(n_codes=16384)  # 21128 + 16384 ids cover the 30522 BERT ids, as upstream
+    gpt = tiny_gpt(text_vocab_size=30522, text_vocab_offset=21128, n_codes=16384, latent_shape=vqgan.latent_shape,
+                   embd_pdrop=0.2, resid_pdrop=0.2, attn_pdrop=0.2)
+    sd = {f"transformer_text.{k}": v for k, v in gpt.state_dict().items()}
+    for i in range(gpt.cfg.n_layer):
+        sd[f"transformer_text.blocks.{i}.attn.mask"] = torch.ones(32, 32).tril().view(1, 1, 32, 32)
+    sd.update({f"first_stage_model.{k}": v for k, v in vqgan.state_dict().items() if k != "codebook.initialised"})
+    sd["first_stage_model.perceptual_model.lin0.model.1.weight"] = torch.zeros(1, 64, 1, 1)
+    path = tmp_path / "best_checkpoint-val_text_loss=2.74.ckpt"
+    torch.save({"epoch": 3, "global_step": 1000, "pytorch-lightning_version": "1.5.10", "state_dict": sd,
+                "optimizer_states": [], "lr_schedulers": [], "hparams_name": "kwargs",
+                "hyper_parameters": {"args": upstream_gpt_args(**arg_kw), "ckpt_path": None, "ignore_keys": [],
+                                     "first_stage_key": "video", "cond1_stage_key": "text", "pkeep": 1.0,
+                                     "sos_token": 0}}, path)
+    return path, gpt, vqgan
+
+
+def test_upstream_ckpt_loads_strictly_with_embedded_vqgan(tmp_path):
+    path, gpt, vqgan = upstream_gpt_file(tmp_path)
+    loaded, vq = load_gpt(path, with_vqgan=True)
+    cfg = loaded.cfg
+    assert not loaded.training and (cfg.video_offset, cfg.vocab_size, cfg.latent_shape) == (21128, 37512, (1, 2, 2))
+    assert (cfg.n_layer, cfg.embd_pdrop, cfg.text_seq_len, cfg.mask_text_logits_at_sampling) == (2, 0.2, 4, True)
+    tokens = rand_ids(cfg, 2, cfg.video_seq_len - 1)
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(tokens), gpt.eval().logits(tokens))
+    assert vq.cfg.downsample == (4, 8, 8) and vq.n_codes == 16384 and bool(vq.codebook.initialised)
+    for k, v in vqgan.state_dict().items():
+        if k != "codebook.initialised":
+            assert torch.equal(vq.state_dict()[k], v), k
+    compat = load_gpt(path, mask_text_logits_at_sampling=False)
+    assert compat.cfg.mask_text_logits_at_sampling is False
+    with pytest.raises(InputError, match="tok_emb.weight") as err:
+        load_gpt(path, text_vocab_offset=None)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(InputError, match="unknown key"):
+        load_gpt(path, n_layers=3)
+    (tmp_path / "clip").mkdir()
+    clip_path, _, _ = upstream_gpt_file(tmp_path / "clip", text_emb_model="clip")
+    with pytest.raises(InputError, match="text_emb_model='clip'"):
+        load_gpt(clip_path)
+
+
+def test_tav_and_lightning_round_trip(tmp_path):
+    import tav
+
+    model = tiny_gpt(vqgan_hash="ab" * 32)
+    path = save_gpt(model, tmp_path / "gpt.pt", step=7)
+    loaded = tav.load_gpt(path)
+    assert loaded.cfg == model.cfg and not loaded.training
+    tokens = rand_ids(model.cfg, 2, 5)
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(tokens), model.logits(tokens))
+    assert load_gpt(path, with_vqgan=True)[1] is None
+    # our Lightning checkpoint: the GPT under "gpt.", a run config with the model under "model"
+    sd = {f"gpt.{k}": v for k, v in model.state_dict().items()}
+    sd["vqgan.codebook.embeddings"] = torch.zeros(24, 8)  # other parts of the module are ignored
+    light = tmp_path / "last.ckpt"
+    run = {"model": to_dict(model.cfg), "train": {"weight_decay": 0.01}}
+    torch.save({"state_dict": sd, "hyper_parameters": {"stage": "gpt", "config": run},
+                "pytorch-lightning_version": "2.6.0", "global_step": 3}, light)
+    with torch.no_grad():
+        assert torch.equal(load_gpt(light).logits(tokens), model.logits(tokens))
+
+
+def test_wrong_stage_and_mismatched_weights(tmp_path):
+    vq_path = save_vqgan(tiny_vqgan(), tmp_path / "vqgan.pt")
+    with pytest.raises(InputError, match="holds a tav 'vqgan' checkpoint.*GPT") as err:
+        load_gpt(vq_path)
+    assert "\n" not in str(err.value)
+    model = tiny_gpt()
+    sd = model.state_dict()
+    del sd["blocks.1.mlp.2.bias"]
+    bad = save_checkpoint(tmp_path / "bad.pt", "gpt", to_dict(model.cfg), sd)
+    with pytest.raises(InputError, match="1 missing"):
+        load_gpt(bad)
+
+
+def test_vqgan_mismatch_error(tmp_path):
+    vqgan = tiny_vqgan()
+    vq_path = save_vqgan(vqgan, tmp_path / "vqgan.pt")
+    cfg = tiny_cfg(latent_shape=vqgan.latent_shape)
+    check_vqgan_compat(cfg, vqgan, vq_path)
+    check_vqgan_compat(GPTConfig(**{**to_dict(cfg), "vqgan_hash": file_sha256(vq_path)}), vqgan, vq_path)
+    cases = [(tiny_cfg(n_codes=16, latent_shape=(1, 2, 2)), "24 codes.*16"),
+             (tiny_cfg(), r"code grid \(1, 2, 2\) differs.*\(2, 2, 3\)"),
+             (GPTConfig(**{**to_dict(cfg), "vqgan_hash": "0" * 64}), "sha256")]
+    for bad, pattern in cases:
+        with pytest.raises(InputError, match=pattern) as err:
+            check_vqgan_compat(bad, vqgan, vq_path)
+        assert "\n" not in str(err.value) and str(vq_path) in str(err.value)
+
+
+def test_embedded_vqgan_needs_config_for_other_factors(tmp_path):
+    vq = VQGAN(VQGANConfig(embedding_dim=8, n_codes=16384, n_hiddens=8, norm="batch", disc_channels=8, disc_layers=2,
+                           resolution=16, sequence_length=4, downsample=(2, 4, 4)))
+    sd = vq.state_dict()
+    with pytest.raises(InputError, match="2 encoder stages.*vqgan_config"):
+        embedded_vqgan_config(sd, {"resolution": 16})
+    legacy_sd = {"first_stage_model." + k: v for k, v in sd.items()}
+    ckpt = Checkpoint(tmp_path / "x.ckpt", "gpt", "legacy-lightning", legacy_sd, None,
+                      vars(upstream_gpt_args(block_size=64)), None)
+    cfg = _base_config(ckpt, vq.cfg)
+    assert cfg.latent_shape == (2, 4, 4) and cfg.n_codes == 16384 and cfg.block_size == 64
