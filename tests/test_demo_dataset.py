@@ -154,3 +154,15 @@ def test_demo_script_tiny(tmp_path, capsys):
     assert len(run.state["manifest"]) == 3
     demo_script.main(argv)  # resumed: nothing rebuilt
     assert "0 written, 3 already complete" in capsys.readouterr().out
+
+
+def test_captions_fit_the_gpt_text_prefix_untruncated():
+    """Every demo caption fits text_seq_len=12 word pieces, so the instrument name is never cut off."""
+    from tav.data.text import load_bert_tokenizer
+
+    tok = load_bert_tokenizer()
+    for seed in range(40):
+        caption = make_clip(seed, "landscape", size=16)[2]
+        ids = tok(caption)["input_ids"]
+        assert len(ids) <= 12, caption
+        assert caption.split()[-1].rstrip(".").lower() in tok.decode(ids)

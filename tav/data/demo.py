@@ -7,7 +7,7 @@ audible) and a coloured shape on a dark background that *jumps on every note ons
 - pitch   -> vertical position (high notes near the top);
 - loudness (note velocity) -> size.
 
-The caption names the colour, the shape and the instrument, e.g. ``"A red circle jumps to the notes of a
+The caption names the colour, the shape and the instrument, e.g. ``"A red circle moves to a
 Flute."`` (it ends with the URMP-style instrument class, as the URMP-VAT captions do). Onsets lie on a
 0.1-s grid, so they fall exactly on video-frame and audio-chunk boundaries in both presets; the melody
 depends on the seed only, not on the preset or the image size.
@@ -100,7 +100,7 @@ class ClipSpec:
     def caption(self) -> str:
         first = "An" if self.colour[0] in "aeiou" else "A"
         article = "an" if self.instrument[0] in "AEIOU" else "a"
-        return f"{first} {self.colour} {self.shape} jumps to the notes of {article} {self.instrument}."
+        return f"{first} {self.colour} {self.shape} moves to {article} {self.instrument}."
 
 
 def get_preset(name: str) -> DemoPreset:

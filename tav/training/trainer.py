@@ -87,6 +87,8 @@ def build_trainer(opts: TrainerOptions, callbacks: list[Callback] | None = None,
         enable_progress_bar=opts.progress_bar_refresh_rate > 0, log_every_n_steps=opts.log_every_n_steps,
         default_root_dir=opts.default_root_dir, callbacks=callbacks, logger=logger,
     )
+    if isinstance(kwargs["val_check_interval"], int):  # every N training batches, across epoch boundaries
+        kwargs["check_val_every_n_epoch"] = None
     if not manual_optimization:
         kwargs.update(accumulate_grad_batches=opts.accumulate_grad_batches,
                       gradient_clip_val=opts.gradient_clip_val)
