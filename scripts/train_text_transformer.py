@@ -157,6 +157,7 @@ def _sections(args: argparse.Namespace) -> dict:
     train.update(load_yaml(preset_path("gpt", args.config)).get("train") or {})
     train.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     data = to_dict(load_data_config(args.data_config))
+    data["load_audio"] = False  # audio never enters the GPT (spec §4.2)
     data.update({k: v for k, v in {"frames_per_file": args.load_vid_len, "resolution": args.resolution,
                                    "sequence_length": args.sequence_length}.items() if v is not None})
     return {"model": model, "train": train, "data": data}

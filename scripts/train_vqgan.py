@@ -128,7 +128,7 @@ def _sections(args: argparse.Namespace) -> dict:
     train = to_dict(VQGANTrainConfig())
     train.update({k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None})
     data = to_dict(load_data_config(args.data_config))
-    data["tokenizer"] = "none"  # the VQGAN reads video only
+    data["tokenizer"], data["load_audio"] = "none", False  # the VQGAN reads video only
     data.update({k: v for k, v in {"frames_per_file": args.load_vid_len,
                                    "sample_every_n_frames": args.sample_every_n_frames}.items() if v is not None})
     return {"model": model, "train": train, "data": data}

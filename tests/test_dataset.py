@@ -79,6 +79,14 @@ def test_subsampling_and_stft(urmp_root):
     assert item["stft"].min() >= -1 and item["stft"].max() <= 1
 
 
+def test_video_only_items_skip_audio(urmp_root, tmp_path):
+    root = _copy(urmp_root, tmp_path / "d")
+    for wav in (root / "test" / "audio").glob("*.wav"):
+        wav.write_bytes(b"not audio")  # never read when audio is off
+    item = VATDataset(root, "test", load_data_config("urmp", resolution=32, load_audio=False))[0]
+    assert "audio" not in item and item["video"].shape == (3, 16, 32, 32)
+
+
 def test_clip_tokenizer_and_collate(urmp_root):
     cfg = load_data_config("urmp", resolution=32, tokenizer="clip")
     dm = VATDataModule(urmp_root, cfg, batch_size=2, num_workers=0)

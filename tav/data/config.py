@@ -29,6 +29,7 @@ class DataConfig:
     eval_crop: str = "seeded"  # test/val crops are deterministic: seeded per stem, centre, or fixed
     crop_seed: int = 0  # seed of the "seeded" crop start
     downsample: tuple[int, ...] = (4, 8, 8)  # VQGAN (T, H, W) downsampling the clips must divide into
+    load_audio: bool = True  # return `audio`; video-only stages (VQGAN, GPT) turn it off to skip the decode
     load_stft: bool = False  # also return the stft_pickle spectrogram as `stft`
     stft_size: tuple[int, ...] = (96, 16)  # (freq, time) size the per-frame spectrogram is resized to
 

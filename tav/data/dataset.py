@@ -76,6 +76,7 @@ class VATDataset(Dataset):
     Item (a dict):
       video   float32 (3, T, R, R) in [-0.5, 0.5], T = sequence_length, R = resolution
       audio   float32 (T, spf * sample_every_n_frames) in [-1, 1]: row t is the sound of frame t
+              (absent with ``cfg.load_audio = False``)
       text    long (L,) caption token ids (L = text_seq_len for BERT, 77 for CLIP, 0 for none)
       caption str;  stem str;  start int (first frame of the window in the file)
       stft    float32 (1, T, F, t) in [-1, 1], only with ``cfg.load_stft``
@@ -121,12 +122,13 @@ class VATDataset(Dataset):
         video = to_model_range(frames[:: cfg.sample_every_n_frames])
         item = {
             "video": resize_center_crop(video, cfg.resolution).contiguous(),
-            "audio": torch.from_numpy(self._audio(files, n_frames, start)),
             "text": self.text[idx],
             "caption": str(self.captions[idx]),
             "stem": stem,
             "start": start,
         }
+        if cfg.load_audio:
+            item["audio"] = torch.from_numpy(self._audio(files, n_frames, start))
         if cfg.load_stft:
             item["stft"] = self._stft(files.stft, start)
         return item
