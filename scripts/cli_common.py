@@ -1,13 +1,28 @@
 """Argument groups shared by the training scripts: Trainer flags (incl. the seed's Lightning 1.x ones),
-data flags, ``--config`` / ``--set`` overrides and logging set-up. Scripts stay thin by importing this."""
+data flags, ``--config`` / ``--set`` overrides and logging set-up, plus the run plumbing both scripts share
+(devices and DDP strategy, ``--resume``, ``log.txt``, ``main()`` exit codes). Scripts stay thin by importing this."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
-from tav.training.trainer import TrainerOptions
+import pytorch_lightning as pl
+import torch
+
+from tav.errors import InputError
+from tav.training.callbacks import best_or_last
+from tav.training.trainer import TrainerOptions, resolve_devices
+from tav.training.vqgan_module import NonFiniteLossError
+from tav.utils.fileio import write_text_atomic
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_FIND_UNUSED = {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
+                "ddp_fork": "ddp_fork_find_unused_parameters_true"}
 
 
 def str2bool(value: str) -> bool:
@@ -55,4 +70,106 @@ def add_config_flags(p: argparse.ArgumentParser, kind: str, default: str) -> Non
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+                        format=LOG_FORMAT, datefmt="%H:%M:%S")
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The ``data`` group with the flags both scripts take (``--data_path``, ``--data_config``,
+    ``--load_vid_len``); returns the group for the script's own data flags."""
+    d = p.add_argument_group("data")
+    d.add_argument("--data_path", required=True, help="dataset root with train/ and test/ (VAT layout)")
+    d.add_argument("--data_config", "--dataset", dest="data_config", default="urmp", help="urmp | landscape | YAML")
+    d.add_argument("--load_vid_len", type=int, default=None, help="frames per pre-cut clip (URMP 90, Landscape 30)")
+    return d
+
+
+def resolve_devices_and_strategy(opts: TrainerOptions, find_unused: bool) -> tuple[TrainerOptions, int]:
+    """Apply the seed's ``--gpus`` once (recorded as accelerator/devices) and pick the strategy: DDP when more
+    than one process. ``find_unused`` turns the DDP strategies into their ``*_find_unused_parameters_true``
+    variants (the VQGAN needs it: its discriminators sit out the generator pass). Returns the updated
+    options and the world size (processes per node x nodes)."""
+    accelerator, devices = resolve_devices(opts)
+    if isinstance(devices, list):
+        n, devices = len(devices), ",".join(map(str, devices))
+    elif isinstance(devices, int):
+        n, devices = devices, str(devices)
+    else:  # "auto" / "-1": every visible GPU, else one CPU process
+        n = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") else 1
+    opts.accelerator, opts.devices, opts.gpus = accelerator, devices, None
+    world = max(n, 1) * opts.num_nodes
+    if opts.strategy == "auto" and world > 1:
+        opts.strategy = "ddp"
+    if find_unused:
+        opts.strategy = _FIND_UNUSED.get(opts.strategy, opts.strategy)
+    return opts, world
+
+
+def resume_path(value: str | None, root: Path) -> str | None:
+    """``--resume`` -> a checkpoint path: ``last`` means ``<root>/checkpoints/last.ckpt``; ``None`` stays
+    ``None``; a missing file is a one-line ``InputError``."""
+    if value is None:
+        return None
+    path = root / "checkpoints" / "last.ckpt" if value == "last" else Path(value)
+    if not path.is_file():
+        raise InputError(f"--resume {value}: {path} does not exist")
+    return str(path)
+
+
+def check_resumed_settings(resume: str, old: dict, now: dict, arch_fields: Iterable[str],
+                           logger: logging.Logger) -> None:
+    """Compare the model config ``old`` of the ``--resume`` checkpoint with this run's ``now``: a difference in
+    ``arch_fields`` (fields that shape the state dict) is a one-line ``InputError`` naming the first of them
+    in ``arch_fields`` order; other changed settings are one warning on ``logger``."""
+    arch = [k for k in arch_fields if old.get(k) != now[k]]
+    if arch:
+        raise InputError(f"--resume {resume}: trained with {arch[0]}={old.get(arch[0])!r} but this run has "
+                         f"{arch[0]}={now[arch[0]]!r}; pass the same model settings")
+    changed = [k for k in now if old.get(k) != now[k]]
+    if changed:
+        logger.warning("resuming with changed settings: %s", ", ".join(f"{k}: {old.get(k)!r} -> {now[k]!r}"
+                                                                          for k in changed))
+
+
+@contextlib.contextmanager
+def run_log(root: Path, main_process: bool) -> Iterator[None]:
+    """Log to ``<root>/log.txt`` on the main process (rank 0) while the block runs; on the other ranks the
+    root logger is set to warnings only (and stays so)."""
+    if not main_process:
+        logging.getLogger().setLevel(logging.WARNING)
+        yield
+        return
+    handler = logging.FileHandler(root / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def fit_run(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule, root: Path,
+            config_yaml: Callable[[], str], resume: str | None) -> Path | None:
+    """Train with ``trainer``: rank 0 first writes ``config_yaml()`` to ``<root>/config.yaml``; ``log.txt`` as
+    in :func:`run_log`; ``resume`` continues from that checkpoint. Returns the best checkpoint under
+    ``<root>/checkpoints``, else ``last.ckpt`` (``best_or_last``)."""
+    if trainer.is_global_zero:
+        write_text_atomic(root / "config.yaml", config_yaml())
+    with run_log(root, trainer.is_global_zero):
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    return best_or_last(root / "checkpoints", trainer)
+
+
+def run_main(name: str, train_fn: Callable[[list[str] | None], Path | None], argv: list[str] | None) -> int:
+    """A script's ``main()``: set up logging and run ``train_fn(argv)``. Returns the exit code: 0 (the
+    checkpoint, if any, is logged), 2 for an ``InputError`` and 1 for a ``NonFiniteLossError``, each
+    printed as one line ``<name>: error: ...`` on stderr."""
+    setup_logging()
+    try:
+        path = train_fn(argv)
+    except (InputError, NonFiniteLossError) as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, InputError) else 1
+    if path is not None:
+        logging.getLogger(name).info("checkpoint: %s", path)
+    return 0

@@ -8,8 +8,13 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
   ``<out>/data`` (resumed if present), ``<out>/contact_sheet.png`` (8 clips x 8 frames read back from the
   mp4s) and ``<out>/sample.mp4`` (one test clip with its audio track).
 
-Later stages (VQGAN, GPT, diffusion) append themselves to ``STAGES`` and read what earlier ones left in
-``run.state``.
+- ``vqgan``: a tiny VQGAN (``configs/vqgan/demo.yaml``) trained on the demo clips; test reconstructions in
+  ``<out>/vqgan_recon.png`` and ``<out>/vqgan_recon.mp4`` (real | reconstruction, with sound).
+- ``gpt``: a tiny caption-prefixed GPT (``configs/gpt/demo.yaml``) over the VQGAN's codes; clips sampled
+  from test captions in ``<out>/gpt_samples.png``.
+
+Later stages read what earlier ones left in ``run.state``; a stage whose run folder holds a finished
+checkpoint reuses it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ from tav.data.demo import build_demo_dataset, format_summary
 from tav.data.layout import clip_files
 from tav.data.video import read_video, write_video
 from tav.utils.contact_sheet import contact_sheet, save_png
+
+try:  # imported as scripts.demo (tests) or run as a file (scripts/ is then on sys.path)
+    from scripts.demo_stages import stage_gpt, stage_vqgan
+except ImportError:
+    from demo_stages import stage_gpt, stage_vqgan
 
 
 @dataclass
@@ -62,6 +72,8 @@ def stage_data(run: DemoRun) -> None:
 
 STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [
     ("data", stage_data),
+    ("vqgan", stage_vqgan),
+    ("gpt", stage_gpt),
 ]
 
 
@@ -80,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help=hidden)
     p.add_argument("--sheet_clips", type=int, default=8, help=hidden)
     p.add_argument("--sheet_frames", type=int, default=8, help=hidden)
+    p.add_argument("--vqgan_steps", type=int, default=300, help=hidden)
+    p.add_argument("--gpt_steps", type=int, default=300, help=hidden)
     args = p.parse_args(argv)
     if args.n_train + args.n_test < 1:
         p.error("--n_train + --n_test must be at least 1")

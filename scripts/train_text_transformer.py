@@ -30,22 +30,19 @@ runs) instead of encoding every batch (``tav.data.token_cache``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import shlex
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 import yaml
 
 try:  # imported as scripts.train_text_transformer (tests, demo) or run as a file
-    from scripts.cli_common import add_config_flags, add_trainer_flags, setup_logging, trainer_options
+    from scripts import cli_common as cli
 except ImportError:
-    from cli_common import add_config_flags, add_trainer_flags, setup_logging, trainer_options
+    import cli_common as cli
 
 from tav.checkpoint import read_checkpoint
 from tav.config import apply_overrides, from_dict, load_yaml, preset_path, to_dict
@@ -55,11 +52,9 @@ from tav.data.token_cache import TokenDataModule
 from tav.errors import InputError
 from tav.gpt.config import GPTConfig, gpt_config_from_dict, gpt_preset
 from tav.gpt.load import check_vqgan_compat, file_sha256
-from tav.training.callbacks import best_or_last, checkpoint_callbacks, run_loggers
+from tav.training.callbacks import checkpoint_callbacks, run_loggers
 from tav.training.gpt_module import GPTModule, GPTTrainConfig, effective_lr, train_config_from_dict
-from tav.training.trainer import TrainerOptions, build_trainer, resolve_devices
-from tav.training.vqgan_module import NonFiniteLossError
-from tav.utils.fileio import write_text_atomic
+from tav.training.trainer import TrainerOptions, build_trainer
 from tav.utils.paths import ckpt_dir
 from tav.vqgan.load import load_vqgan
 from tav.vqgan.model import VQGAN
@@ -79,8 +74,8 @@ CLIP_WEIGHTS = "ViT-B-32.pt"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_flags(p, "gpt", "urmp")
-    add_trainer_flags(p)
+    cli.add_config_flags(p, "gpt", "urmp")
+    cli.add_trainer_flags(p)
     p.set_defaults(max_steps=None)  # None: the preset's train.max_steps
     m = p.add_argument_group("model (seed flags; override the --config preset)")
     for name, tp in MODEL_FLAGS.items():
@@ -94,10 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--precompute_tokens", action="store_true", default=None, help="encode each split once")
     v.add_argument("--token_cache_dir", default=None, help="token cache folder (<default_root_dir>/token_cache)")
     v.add_argument("--token_stride", type=int, default=None, help="cache every N-th window start (1)")
-    d = p.add_argument_group("data")
-    d.add_argument("--data_path", required=True, help="dataset root with train/ and test/ (VAT layout)")
-    d.add_argument("--data_config", "--dataset", dest="data_config", default="urmp", help="urmp | landscape | YAML")
-    d.add_argument("--load_vid_len", type=int, default=None, help="frames per pre-cut clip (URMP 90, Landscape 30)")
+    d = cli.add_data_flags(p)
     d.add_argument("--resolution", type=int, default=None, help="clip size; must be the VQGAN's")
     d.add_argument("--sequence_length", type=int, default=None, help="frames per clip; must be the VQGAN's")
     d.add_argument("--text_stft_cond", action="store_true", help="seed flag: text-audio-video data (always)")
@@ -208,39 +200,14 @@ def resolve_run(args: argparse.Namespace, argv: list[str]) -> tuple[RunConfig, V
     model = gpt_config_from_dict(tree["model"], where="gpt config")
     data = from_dict(DataConfig, tree["data"], where="data config")
     train = train_config_from_dict(tree["train"], where="train config")
-    opts = trainer_options(args)
+    opts = cli.trainer_options(args)
     opts.max_steps = train.max_steps
-    opts, world = _resolve_devices(opts)
+    opts, world = cli.resolve_devices_and_strategy(opts, find_unused=False)
     for split in ("train", "test"):
         list_stems(Path(args.data_path) / split)  # a missing dataset fails here, not after model set-up
-    resume = _resume_path(args.resume, Path(opts.default_root_dir))
+    resume = cli.resume_path(args.resume, Path(opts.default_root_dir))
     command = shlex.join(["scripts/train_text_transformer.py", *argv])
     return RunConfig(model, train, data, args.data_path, args.vqvae, opts, world, resume, command), vqgan
-
-
-def _resolve_devices(opts: TrainerOptions) -> tuple[TrainerOptions, int]:
-    """Apply the seed's ``--gpus`` once (recorded as accelerator/devices); DDP when > 1 process."""
-    accelerator, devices = resolve_devices(opts)
-    if isinstance(devices, list):
-        n, devices = len(devices), ",".join(map(str, devices))
-    elif isinstance(devices, int):
-        n, devices = devices, str(devices)
-    else:  # "auto" / "-1": every visible GPU, else one CPU process
-        n = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") else 1
-    opts.accelerator, opts.devices, opts.gpus = accelerator, devices, None
-    world = max(n, 1) * opts.num_nodes
-    if opts.strategy == "auto" and world > 1:
-        opts.strategy = "ddp"
-    return opts, world
-
-
-def _resume_path(value: str | None, root: Path) -> str | None:
-    if value is None:
-        return None
-    path = root / "checkpoints" / "last.ckpt" if value == "last" else Path(value)
-    if not path.is_file():
-        raise InputError(f"--resume {value}: {path} does not exist")
-    return str(path)
 
 
 def check_resume(run: RunConfig, vqgan: VQGAN) -> None:
@@ -254,15 +221,7 @@ def check_resume(run: RunConfig, vqgan: VQGAN) -> None:
         check_vqgan_compat(saved, vqgan, run.vqgan_path)
     except InputError as err:
         raise InputError(f"--resume {run.resume}: {err}") from None
-    old, now = to_dict(saved), to_dict(run.model)
-    arch = [k for k in ARCH_FIELDS if old.get(k) != now[k]]
-    if arch:
-        raise InputError(f"--resume {run.resume}: trained with {arch[0]}={old.get(arch[0])!r} but this run has "
-                         f"{arch[0]}={now[arch[0]]!r}; pass the same model settings")
-    changed = [k for k in now if old.get(k) != now[k]]
-    if changed:
-        log.warning("resuming with changed settings: %s", ", ".join(f"{k}: {old.get(k)!r} -> {now[k]!r}"
-                                                                       for k in changed))
+    cli.check_resumed_settings(run.resume, to_dict(saved), to_dict(run.model), ARCH_FIELDS, log)
 
 
 def train(argv: list[str] | None = None, callbacks: list | None = None) -> Path | None:
@@ -282,23 +241,6 @@ def train(argv: list[str] | None = None, callbacks: list | None = None) -> Path 
     return fit(run, vqgan, callbacks or [])
 
 
-@contextlib.contextmanager
-def _run_log(root: Path, main_process: bool) -> Iterator[None]:
-    """``log.txt`` in the run directory on rank 0; warnings only on the other ranks."""
-    if not main_process:
-        logging.getLogger().setLevel(logging.WARNING)
-        yield
-        return
-    handler = logging.FileHandler(root / "log.txt", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-
-
 def fit(run: RunConfig, vqgan: VQGAN, extra_callbacks: list) -> Path | None:
     """Build module, data and Trainer; write config.yaml (rank 0); train; return a checkpoint."""
     pl.seed_everything(run.train.seed, workers=True, verbose=False)
@@ -314,23 +256,12 @@ def fit(run: RunConfig, vqgan: VQGAN, extra_callbacks: list) -> Path | None:
     callbacks = [*checkpoint_callbacks(root / "checkpoints", "val_text_loss", t.save_every_n_steps),
                  *extra_callbacks]
     trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root))
-    if trainer.is_global_zero:
-        write_text_atomic(root / "config.yaml", run.to_yaml())
-    with _run_log(root, trainer.is_global_zero):
-        trainer.fit(module, datamodule=data, ckpt_path=run.resume, weights_only=True)
-    return best_or_last(root / "checkpoints", trainer)
+    return cli.fit_run(trainer, module, data, root, run.to_yaml, run.resume)
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    try:
-        path = train(argv)
-    except (InputError, NonFiniteLossError) as err:
-        print(f"train_text_transformer: error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, InputError) else 1
-    if path is not None:
-        log.info("checkpoint: %s", path)
-    return 0
+    """Command-line entry: 0 on success, 2 for bad input (one line on stderr), 1 when the loss diverges."""
+    return cli.run_main("train_text_transformer", train, argv)
 
 
 if __name__ == "__main__":

@@ -29,28 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 import yaml
 
 try:  # imported as scripts.train_vqgan (tests, demo) or run as a file (scripts/ is then on sys.path)
-    from scripts.cli_common import add_config_flags, add_trainer_flags, setup_logging, trainer_options
+    from scripts import cli_common as cli
 except ImportError:
-    from cli_common import add_config_flags, add_trainer_flags, setup_logging, trainer_options
+    import cli_common as cli
 
 from tav.checkpoint import read_checkpoint
 from tav.config import apply_overrides, from_dict, to_dict
 from tav.data.config import DataConfig, load_data_config
 from tav.data.dataset import VATDataModule, list_stems
 from tav.errors import InputError
-from tav.training.callbacks import VideoSampleLogger, best_or_last, checkpoint_callbacks, run_loggers
-from tav.training.trainer import TrainerOptions, build_trainer, resolve_devices
-from tav.training.vqgan_module import (
-    NonFiniteLossError,
-    VQGANModule,
-    VQGANTrainConfig,
-    train_config_from_dict,
-)
-from tav.utils.fileio import write_text_atomic
+from tav.training.callbacks import VideoSampleLogger, checkpoint_callbacks, run_loggers
+from tav.training.trainer import TrainerOptions, build_trainer
+from tav.training.vqgan_module import VQGANModule, VQGANTrainConfig, train_config_from_dict
 from tav.vqgan.config import VQGANConfig, vqgan_config_from_dict, vqgan_preset
 
 log = logging.getLogger("train_vqgan")
@@ -66,14 +59,12 @@ TRAIN_FLAGS = ("batch_size", "num_workers", "accumulate_grad_batches", "gradient
                "save_every_n_steps", "sample_every_n_steps", "lr_scaling", "input_key")
 ARCH_FIELDS = ("embedding_dim", "n_codes", "n_hiddens", "downsample", "norm", "image_channels", "disc_channels",
                "disc_layers")  # fields that shape the state dict: a resumed run must match them
-_FIND_UNUSED = {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
-                "ddp_fork": "ddp_fork_find_unused_parameters_true"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_config_flags(p, "vqgan", "urmp")
-    add_trainer_flags(p)
+    cli.add_config_flags(p, "vqgan", "urmp")
+    cli.add_trainer_flags(p)
     m = p.add_argument_group("model (seed flags; override the --config preset)")
     for name, tp in MODEL_FLAGS.items():
         m.add_argument(f"--{name}", type=tp, default=None)
@@ -82,10 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--padding_type", choices=["replicate", "constant", "reflect", "circular"], default=None)
     m.add_argument("--disc_loss_type", choices=["hinge", "vanilla"], default=None)
     m.add_argument("--no_random_restart", dest="random_restart", action="store_const", const=False, default=None)
-    d = p.add_argument_group("data")
-    d.add_argument("--data_path", required=True, help="dataset root with train/ and test/ (VAT layout)")
-    d.add_argument("--data_config", "--dataset", dest="data_config", default="urmp", help="urmp | landscape | YAML")
-    d.add_argument("--load_vid_len", type=int, default=None, help="frames per pre-cut clip (URMP 90, Landscape 30)")
+    d = cli.add_data_flags(p)
     d.add_argument("--sample_every_n_frames", type=int, default=None)
     t = p.add_argument_group("training")
     t.add_argument("--batch_size", type=int, default=None, help="clips per device (default 8)")
@@ -147,43 +135,18 @@ def resolve_run(args: argparse.Namespace, argv: list[str]) -> RunConfig:
         tree["data"][key] = tree["model"][key]
     data = from_dict(DataConfig, tree["data"], where="data config")  # --resolution 9: "typo for 96"
     train = train_config_from_dict(tree["train"], where="train config")
-    opts = trainer_options(args)
+    opts = cli.trainer_options(args)
     if opts.precision.startswith("16"):
         raise InputError("--precision 16 is not supported for VQGAN training (two optimisers, one fp16 grad "
                          "scaler); use --precision bf16 or 32")
-    opts = _resolve_devices(opts)
+    # DDP must look for unused parameters: the discriminators sit out the generator pass (and every pass
+    # before ``discriminator_iter_start``)
+    opts, _ = cli.resolve_devices_and_strategy(opts, find_unused=True)
     for split in ("train", "test"):
         list_stems(Path(args.data_path) / split)  # a missing dataset fails here, not after model set-up
-    resume = _resume_path(args.resume, Path(opts.default_root_dir))
+    resume = cli.resume_path(args.resume, Path(opts.default_root_dir))
     command = shlex.join(["scripts/train_vqgan.py", *argv])
     return RunConfig(model, train, data, args.data_path, opts, resume, command)
-
-
-def _resolve_devices(opts: TrainerOptions) -> TrainerOptions:
-    """Apply the seed's ``--gpus`` once (recorded as accelerator/devices) and pick the strategy: DDP must
-    look for unused parameters, as the discriminators sit out the generator pass (and every pass before
-    ``discriminator_iter_start``)."""
-    accelerator, devices = resolve_devices(opts)
-    if isinstance(devices, list):
-        n, devices = len(devices), ",".join(map(str, devices))
-    elif isinstance(devices, int):
-        n, devices = devices, str(devices)
-    else:  # "auto" / "-1": every visible GPU, else one CPU process
-        n = torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") else 1
-    opts.accelerator, opts.devices, opts.gpus = accelerator, devices, None
-    if opts.strategy == "auto" and max(n, 1) * opts.num_nodes > 1:
-        opts.strategy = "ddp"
-    opts.strategy = _FIND_UNUSED.get(opts.strategy, opts.strategy)
-    return opts
-
-
-def _resume_path(value: str | None, root: Path) -> str | None:
-    if value is None:
-        return None
-    path = root / "checkpoints" / "last.ckpt" if value == "last" else Path(value)
-    if not path.is_file():
-        raise InputError(f"--resume {value}: {path} does not exist")
-    return str(path)
 
 
 def check_resume(run: RunConfig) -> None:
@@ -192,15 +155,7 @@ def check_resume(run: RunConfig) -> None:
     if ckpt.format != "lightning":
         raise InputError(f"{run.resume}: a {ckpt.format} file has no training state; --resume needs a checkpoint "
                          "written by scripts/train_vqgan.py")
-    saved, now = ckpt.config, to_dict(run.model)
-    changed = [k for k in now if saved.get(k) != now[k]]
-    arch = [k for k in changed if k in ARCH_FIELDS]
-    if arch:
-        raise InputError(f"--resume {run.resume}: trained with {arch[0]}={saved.get(arch[0])!r} but this run has "
-                         f"{arch[0]}={now[arch[0]]!r}; pass the same model settings")
-    if changed:
-        log.warning("resuming with changed settings: %s", ", ".join(f"{k}: {saved.get(k)!r} -> {now[k]!r}"
-                                                                       for k in changed))
+    cli.check_resumed_settings(run.resume, ckpt.config, to_dict(run.model), ARCH_FIELDS, log)
 
 
 def train(argv: list[str] | None = None, callbacks: list | None = None) -> Path | None:
@@ -233,33 +188,12 @@ def fit(run: RunConfig, extra_callbacks: list) -> Path | None:
                  VideoSampleLogger(root / "samples", run.train.sample_every_n_steps, run.train.n_sample_videos, fps),
                  *extra_callbacks]
     trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root), manual_optimization=True)
-    handler = None
-    if trainer.is_global_zero:
-        write_text_atomic(root / "config.yaml", run.to_yaml())
-        handler = logging.FileHandler(root / "log.txt", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger().addHandler(handler)
-    else:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=run.resume, weights_only=True)
-    finally:
-        if handler is not None:
-            logging.getLogger().removeHandler(handler)
-            handler.close()
-    return best_or_last(root / "checkpoints", trainer)
+    return cli.fit_run(trainer, module, data, root, run.to_yaml, run.resume)
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    try:
-        path = train(argv)
-    except (InputError, NonFiniteLossError) as err:
-        print(f"train_vqgan: error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, InputError) else 1
-    if path is not None:
-        log.info("checkpoint: %s", path)
-    return 0
+    """Command-line entry: 0 on success, 2 for bad input (one line on stderr), 1 when a loss diverges."""
+    return cli.run_main("train_vqgan", train, argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,26 +13,15 @@ from tav.errors import InputError
 from tav.vqgan import VQGAN, VQGANConfig, load_vqgan, save_vqgan, vqgan_preset
 from tav.vqgan.losses import build_perceptual
 
-TSV = Path("/work/shared/spec/state_dicts/ta2v_vqgan.tsv")
-if not TSV.is_file():
-    TSV = Path(__file__).resolve().parents[2] / "shared/spec/state_dicts/ta2v_vqgan.tsv"
+from .helpers import clip, read_tsv, spec_tsv, tiny_vqgan_cfg
 
-
-def tiny_cfg(**kw) -> VQGANConfig:
-    base = dict(embedding_dim=8, n_codes=32, n_hiddens=8, norm="batch", disc_channels=8, disc_layers=2,
-                resolution=16, sequence_length=4, downsample=(2, 4, 4))
-    base.update(kw)
-    return VQGANConfig(**base)
-
-
-def clip(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) - 0.5
+TSV = spec_tsv("ta2v_vqgan.tsv")
 
 
 def trained_tiny() -> VQGAN:
     """Tiny model whose codebook and BatchNorm statistics have moved away from their init."""
     torch.manual_seed(0)
-    model = VQGAN(tiny_cfg()).train()
+    model = VQGAN(tiny_vqgan_cfg()).train()
     with torch.no_grad():
         model(clip(2, 3, 4, 16, 16))
     return model.eval()
@@ -57,13 +45,9 @@ def tsv_state_dict(with_lpips: bool = True) -> dict[str, torch.Tensor]:
     """Random tensors with the released URMP VQGAN's keys, shapes and dtypes."""
     gen = torch.Generator().manual_seed(0)
     sd = {}
-    for line in TSV.read_text().splitlines():
-        if line.startswith("#") or line.startswith("key\t"):
-            continue
-        key, shape, dtype = line.split("\t")
+    for key, shape, dtype in read_tsv(TSV)[0]:
         if key.startswith("perceptual_model.") and not with_lpips:
             continue
-        shape = eval(shape)
         if dtype == "int64":
             sd[key] = torch.tensor(7)
         elif key.endswith("running_var") or key.endswith(".N"):
@@ -226,7 +210,7 @@ def test_shape_and_key_mismatch_errors(tmp_path):
     model = trained_tiny()
     sd = model.state_dict()
     path = tmp_path / "mismatch.pt"
-    save_checkpoint(path, "vqgan", to_dict(tiny_cfg(n_codes=64)), sd)
+    save_checkpoint(path, "vqgan", to_dict(tiny_vqgan_cfg(n_codes=64)), sd)
     with pytest.raises(InputError, match=r"codebook\.embeddings has shape \(32, 8\).*\(64, 8\)") as err:
         load_vqgan(path)
     assert str(path) in str(err.value)

@@ -239,3 +239,10 @@ def test_datamodule_under_two_process_ddp(tmp_path):
         a, b = seen[0][split], seen[1][split]
         assert len(a) == len(b) == 2 and not set(a) & set(b)
         assert sorted(a + b) == stems
+
+
+def test_too_few_training_clips_for_one_batch(urmp_root):
+    dm = VATDataModule(urmp_root, load_data_config("urmp", resolution=32), batch_size=3, num_workers=0)
+    with pytest.raises(InputError, match=r"2 training items, fewer than one batch \(3 x 1 processes\)"):
+        dm.train_dataloader()
+    assert len(dm.val_dataloader()) == 1  # validation keeps its incomplete batch

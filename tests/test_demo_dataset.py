@@ -143,7 +143,8 @@ def test_contact_sheet_shape_and_png(tmp_path):
 
 def test_demo_script_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["--out", str(out), "--n_train", "2", "--n_test", "1", "--size", "32", "--sheet_frames", "4"]
+    argv = ["--out", str(out), "--n_train", "2", "--n_test", "1", "--size", "32", "--sheet_frames", "4",
+            "--stages", "data"]
     run = demo_script.main(argv)
     text = capsys.readouterr().out
     assert "[data]" in text and "2 train, 1 test" in text and "48000 Hz" in text
@@ -166,3 +167,20 @@ def test_captions_fit_the_gpt_text_prefix_untruncated():
         ids = tok(caption)["input_ids"]
         assert len(ids) <= 12, caption
         assert caption.split()[-1].rstrip(".").lower() in tok.decode(ids)
+
+
+def test_demo_model_stages_tiny(tmp_path, capsys):
+    """The VQGAN and GPT stages train a few steps, reconstruct and sample, and reuse their runs."""
+    out = tmp_path / "demo"
+    argv = ["--out", str(out), "--n_train", "8", "--n_test", "2", "--size", "32", "--vqgan_steps", "2",
+            "--gpt_steps", "2"]
+    run = demo_script.main(argv)
+    text = capsys.readouterr().out
+    assert "[vqgan]" in text and "[gpt]" in text and "PSNR" in text
+    side, fps = read_video(out / "vqgan_recon.mp4")
+    assert side.shape == (90, 32, 64, 3) and fps == 30 and probe_video(out / "vqgan_recon.mp4").has_audio
+    sheet = np.asarray(Image.open(out / "gpt_samples.png"))
+    assert sheet.shape[0] == 2 * (32 + 2 + LABEL_HEIGHT) + 2  # one row per test caption
+    assert run.state["vqgan_ckpt"].is_file()
+    demo_script.main(argv)
+    assert capsys.readouterr().out.count("reusing") == 2

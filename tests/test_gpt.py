@@ -29,11 +29,11 @@ from tav.gpt import (
 )
 from tav.gpt.load import _base_config
 from tav.gpt.sampling import draw
-from tav.vqgan import VQGAN, VQGANConfig, save_vqgan, vqgan_from_state_dict, vqgan_preset
+from tav.vqgan import VQGAN, save_vqgan, vqgan_from_state_dict, vqgan_preset
 
-TSV = Path("/work/shared/spec/state_dicts/ta2v_gpt.tsv")
-if not TSV.is_file():
-    TSV = Path(__file__).resolve().parents[2] / "shared/spec/state_dicts/ta2v_gpt.tsv"
+from .helpers import read_tsv, spec_tsv, tiny_vqgan_cfg
+
+TSV = spec_tsv("ta2v_gpt.tsv")
 TSV_GPT_PARAMS = 76_766_208  # header of ta2v_gpt.tsv
 
 
@@ -279,12 +279,9 @@ def test_sampling_input_checks_and_clip_mode():
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def tsv_entries(prefix: str):
-    for line in TSV.read_text().splitlines():
-        if line.startswith("#") or line.startswith("key\t"):
-            continue
-        key, shape, dtype = line.split("\t")
+    for key, shape, dtype in read_tsv(TSV)[0]:
         if key.startswith(prefix):
-            yield key[len(prefix):], tuple(eval(shape)), dtype
+            yield key[len(prefix):], tuple(shape), dtype
 
 
 def test_tsv_state_dict_loads_strictly_with_upstream_offset():
@@ -328,9 +325,7 @@ def upstream_gpt_args(**kw) -> argparse.Namespace:
 
 def tiny_vqgan(n_codes: int = 24) -> VQGAN:
     torch.manual_seed(0)
-    return VQGAN(VQGANConfig(embedding_dim=8, n_codes=n_codes, n_hiddens=8, norm="batch", disc_channels=8,
-                             disc_layers=2, resolution=16, sequence_length=4, downsample=(4, 8, 8),
-                             lpips_input_scale=1.0)).eval()
+    return VQGAN(tiny_vqgan_cfg(n_codes=n_codes, downsample=(4, 8, 8), lpips_input_scale=1.0)).eval()
 
 
 def upstream_gpt_file(tmp_path: Path, **arg_kw) -> tuple[Path, GPT, VQGAN]:
@@ -429,8 +424,7 @@ def test_vqgan_mismatch_error(tmp_path):
 
 
 def test_embedded_vqgan_needs_config_for_other_factors(tmp_path):
-    vq = VQGAN(VQGANConfig(embedding_dim=8, n_codes=16384, n_hiddens=8, norm="batch", disc_channels=8, disc_layers=2,
-                           resolution=16, sequence_length=4, downsample=(2, 4, 4)))
+    vq = VQGAN(tiny_vqgan_cfg(n_codes=16384))
     sd = vq.state_dict()
     with pytest.raises(InputError, match="2 encoder stages.*vqgan_config"):
         embedded_vqgan_config(sd, {"resolution": 16})

@@ -4,7 +4,6 @@ line, checkpoints that load through tav.load_gpt, resume, token cache, VQGAN che
 import copy
 import dataclasses
 import hashlib
-import json
 import shutil
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from tav.gpt import GPT, check_vqgan_compat, gpt_preset, load_gpt, save_gpt
 from tav.training.gpt_module import GPTModule, GPTTrainConfig, effective_lr, lr_factor, param_groups
 from tav.vqgan import VQGAN, VQGANConfig, load_vqgan, save_vqgan, vqgan_preset
 
-from .vat_fixtures import make_vat
+from .helpers import make_tiny_vat, metrics, optimizer_steps
 
 SEED_LINE = (
     "--num_workers 4 --val_check_interval 0.5 --progress_bar_refresh_rate 100 --gpus 1 --sync_batchnorm "
@@ -34,22 +33,6 @@ SEED_LINE = (
     "--resolution 96 --sequence_length 16 --text_seq_len 12 --max_steps 500000 --embd_pdrop 0.2 --resid_pdrop 0.2 "
     "--attn_pdrop 0.2"
 ).split()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny CPU models on a shared machine: one intra-op thread is much faster than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Two 8-frame 16x16 clips per split: a tiny-VQGAN item is 4 frames (5 window starts per clip)."""
-    return make_vat(tmp_path_factory.mktemp("vat"), n_frames=8, fps=30, stems=("a_1", "b_2"), size=(16, 16),
-                    spectrogram=False)
 
 
 def _tiny_vqgan_file(path: Path, seed: int, data: Path) -> Path:
@@ -68,9 +51,9 @@ def _tiny_vqgan_file(path: Path, seed: int, data: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vqgans(tmp_path_factory, data):
+def vqgans(tmp_path_factory, vat):
     folder = tmp_path_factory.mktemp("vqgan")
-    return _tiny_vqgan_file(folder / "a.ckpt", 0, data), _tiny_vqgan_file(folder / "b.ckpt", 1, data)
+    return _tiny_vqgan_file(folder / "a.ckpt", 0, vat), _tiny_vqgan_file(folder / "b.ckpt", 1, vat)
 
 
 def sha(path) -> str:
@@ -81,11 +64,6 @@ def tiny(data, vqgan, root, *extra):
     return ["--config", "tiny", "--vqvae", str(vqgan), "--data_path", str(data), "--load_vid_len", "8",
             "--default_root_dir", str(root), "--accelerator", "cpu", "--devices", "1", "--num_workers", "0",
             "--progress_bar_refresh_rate", "0", "--log_every_n_steps", "1", *map(str, extra)]
-
-
-def metrics(root, key):
-    rows = [json.loads(line) for line in (Path(root) / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r[key]) for r in rows if key in r]
 
 
 class Probe(pl.Callback):
@@ -102,18 +80,14 @@ class Probe(pl.Callback):
         self.module = pl_module
 
 
-def adamw_steps(opt_state: dict) -> set[int]:
-    return {int(s["step"]) for s in opt_state["state"].values()}
-
-
 # ------------------------------------------------------------------------------------------- CLI
-def test_seed_line_parses(data, tmp_path, capsys):
+def test_seed_line_parses(vat, tmp_path, capsys):
     """The README line with its paths pointed at a URMP-shaped VQGAN (16384 codes, 96 px, 16 frames)."""
     cfg = VQGANConfig(embedding_dim=4, n_codes=16384, n_hiddens=4, norm="batch", disc_channels=4, disc_layers=1,
                       resolution=96, sequence_length=16, downsample=(4, 8, 8))
     vq = save_vqgan(VQGAN(cfg), tmp_path / "urmp_vqgan.ckpt")
     argv = list(SEED_LINE)
-    for flag, value in (("--vqvae", vq), ("--data_path", data), ("--default_root_dir", tmp_path / "run")):
+    for flag, value in (("--vqvae", vq), ("--data_path", vat), ("--default_root_dir", tmp_path / "run")):
         argv[argv.index(flag) + 1] = str(value)
     assert script.main([*argv, "--dry_run"]) == 0
     out = yaml.safe_load(capsys.readouterr().out)
@@ -167,15 +141,15 @@ def gpt_file(tmp_path):
     (["--lr_schedule", "cosine_steps", "--max_steps", "-1"], "give --max_steps > 0"),
     (["--data_path", "/nonexistent/vat"], "no such folder"),
 ])
-def test_bad_input_is_one_line_exit_2(data, vqgans, tmp_path, capsys, monkeypatch, extra, match):
+def test_bad_input_is_one_line_exit_2(vat, vqgans, tmp_path, capsys, monkeypatch, extra, match):
     monkeypatch.setenv("TAV_CKPT_DIR", str(tmp_path / "empty"))
-    assert script.main([*tiny(data, vqgans[0], tmp_path / "run"), *extra, "--dry_run"]) == 2
+    assert script.main([*tiny(vat, vqgans[0], tmp_path / "run"), *extra, "--dry_run"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and match in err, err
 
 
-def test_wrong_stage_vqvae_is_one_line_error(data, gpt_file, tmp_path, capsys):
-    assert script.main(tiny(data, gpt_file, tmp_path / "run", "--max_steps", 1)) == 2
+def test_wrong_stage_vqvae_is_one_line_error(vat, gpt_file, tmp_path, capsys):
+    assert script.main(tiny(vat, gpt_file, tmp_path / "run", "--max_steps", 1)) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(gpt_file) in err and "'gpt' checkpoint" in err and "VQGAN" in err
     assert not (tmp_path / "run").exists()
@@ -204,11 +178,11 @@ def test_lr_rule_schedule_and_decay_groups():
 
 # ------------------------------------------------------------------------------------------- train / resume
 @pytest.fixture(scope="module")
-def trained(data, vqgans, tmp_path_factory):
+def trained(vat, vqgans, tmp_path_factory):
     """3 steps (2 clips, batch 2: one batch per epoch), constant lr, a periodic checkpoint at step 2."""
     root = tmp_path_factory.mktemp("gpt_run")
     probe = Probe()
-    best = script.train(tiny(data, vqgans[0], root, "--batch_size", 2, "--max_steps", 3, "--save_every_n_steps", 2,
+    best = script.train(tiny(vat, vqgans[0], root, "--batch_size", 2, "--max_steps", 3, "--save_every_n_steps", 2,
                              "--lr_schedule", "constant", "--weight_decay", 0.05), callbacks=[probe])
     return root, best, probe
 
@@ -216,7 +190,7 @@ def trained(data, vqgans, tmp_path_factory):
 def test_checkpoints_load_through_load_gpt(trained, vqgans):
     root, best, probe = trained
     last = safe_load(root / "checkpoints" / "last.ckpt")
-    assert last["global_step"] == 3 and adamw_steps(last["optimizer_states"][0]) == {3}
+    assert last["global_step"] == 3 and optimizer_steps(last["optimizer_states"][0]) == {3}
     groups = last["optimizer_states"][0]["param_groups"]
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0] and [g["betas"] for g in groups][0] == (0.9, 0.95)
     assert groups[0]["lr"] == pytest.approx(effective_lr(1e-4, "upstream", 1, 1, 2))
@@ -247,26 +221,26 @@ def test_checkpoints_load_through_load_gpt(trained, vqgans):
                for _, v in metrics(root, key))
 
 
-def test_resume_last_continues_with_optimizer_state(trained, data, vqgans, tmp_path):
+def test_resume_last_continues_with_optimizer_state(trained, vat, vqgans, tmp_path):
     root = tmp_path / "run"
     shutil.copytree(trained[0], root)
     saved = safe_load(root / "checkpoints" / "last.ckpt")
     probe = Probe()
-    script.train(tiny(data, vqgans[0], root, "--batch_size", 2, "--max_steps", 4, "--save_every_n_steps", 2,
+    script.train(tiny(vat, vqgans[0], root, "--batch_size", 2, "--max_steps", 4, "--save_every_n_steps", 2,
                       "--lr_schedule", "constant", "--weight_decay", 0.05, "--resume", "last"), callbacks=[probe])
-    assert probe.start_step == 3 and adamw_steps(probe.start_opt) == {3}
+    assert probe.start_step == 3 and optimizer_steps(probe.start_opt) == {3}
     for key in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(probe.start_opt["state"][0][key], saved["optimizer_states"][0]["state"][0][key],
                                    rtol=0, atol=0)
     resumed = safe_load(root / "checkpoints" / "last.ckpt")
-    assert resumed["global_step"] == 4 and adamw_steps(resumed["optimizer_states"][0]) == {4}
+    assert resumed["global_step"] == 4 and optimizer_steps(resumed["optimizer_states"][0]) == {4}
     assert [s for s, _ in metrics(root, "train_text_loss")] == [1, 2, 3, 4]
 
 
-def test_vqgan_mismatch_on_resume_and_load(trained, data, vqgans, tmp_path, capsys):
+def test_vqgan_mismatch_on_resume_and_load(trained, vat, vqgans, tmp_path, capsys):
     root = tmp_path / "run"
     shutil.copytree(trained[0], root)
-    assert script.main(tiny(data, vqgans[1], root, "--batch_size", 2, "--max_steps", 4, "--resume", "last")) == 2
+    assert script.main(tiny(vat, vqgans[1], root, "--batch_size", 2, "--max_steps", 4, "--resume", "last")) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--resume" in err and "sha256" in err and str(vqgans[1]) in err
     gpt = load_gpt(root / "checkpoints" / "last.ckpt")
@@ -277,10 +251,10 @@ def test_vqgan_mismatch_on_resume_and_load(trained, data, vqgans, tmp_path, caps
 
 
 # ------------------------------------------------------------------------------------------- token cache
-def test_precomputed_tokens_match_on_the_fly_reuse_and_invalidate(data, vqgans, tmp_path, monkeypatch):
+def test_precomputed_tokens_match_on_the_fly_reuse_and_invalidate(vat, vqgans, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     common = ["--batch_size", 2, "--max_steps", 1, "--precompute_tokens", "--token_cache_dir", cache]
-    script.train(tiny(data, vqgans[0], tmp_path / "run1", *common))
+    script.train(tiny(vat, vqgans[0], tmp_path / "run1", *common))
     files = {p.name: p.stat().st_mtime_ns for p in cache.glob("tokens-*.pt")}
     assert sorted(n.split("-")[1] for n in files) == ["test", "train"]
     run_cfg = yaml.safe_load((tmp_path / "run1" / "config.yaml").read_text())
@@ -290,14 +264,14 @@ def test_precomputed_tokens_match_on_the_fly_reuse_and_invalidate(data, vqgans, 
     for split in ("train", "test"):
         obj = safe_load(next(cache.glob(f"tokens-{split}-*.pt")))
         assert obj["codes"].dtype == torch.int16 and obj["vqgan_hash"] == sha(vqgans[0])
-        ds = VATDataset(data, split, cfg)
+        ds = VATDataset(vat, split, cfg)
         if split == "train":
             assert obj["offsets"].tolist() == [0, 5, 10] and obj["starts"].tolist() == [0, 1, 2, 3, 4] * 2
         else:
             assert obj["starts"].tolist() == [ds[i]["start"] for i in range(2)]
         for row, start in enumerate(obj["starts"].tolist()):
             clip = row // 5 if split == "train" else row
-            fixed = VATDataset(data, split, from_dict(DataConfig, {**run_cfg["data"], "train_crop": str(start),
+            fixed = VATDataset(vat, split, from_dict(DataConfig, {**run_cfg["data"], "train_crop": str(start),
                                                                    "eval_crop": str(start)}))
             item = fixed[clip]
             _, codes = module.batch_inputs({"text": item["text"][None], "video": item["video"][None]})
@@ -309,12 +283,12 @@ def test_precomputed_tokens_match_on_the_fly_reuse_and_invalidate(data, vqgans, 
         raise AssertionError("the token cache was re-encoded")
 
     monkeypatch.setattr(token_cache, "encode_windows", no_encoding)
-    script.train(tiny(data, vqgans[0], tmp_path / "run2", *common))  # reused: no encoding at all
+    script.train(tiny(vat, vqgans[0], tmp_path / "run2", *common))  # reused: no encoding at all
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("tokens-*.pt")} == files
 
     calls = []
     monkeypatch.setattr(token_cache, "encode_windows", lambda *a, **k: calls.append(1) or real_encode(*a, **k))
-    script.train(tiny(data, vqgans[1], tmp_path / "run3", *common))  # another VQGAN: new cache files
+    script.train(tiny(vat, vqgans[1], tmp_path / "run3", *common))  # another VQGAN: new cache files
     new = {p.name for p in cache.glob("tokens-*.pt")} - set(files)
     assert len(new) == 2 and len(calls) == 4  # 2 clips x 2 splits
     assert all(safe_load(cache / n)["vqgan_hash"] == sha(vqgans[1]) for n in new)
@@ -326,7 +300,7 @@ real_encode = token_cache.encode_windows
 # ------------------------------------------------------------------------------------------- learning
 def test_overfits_one_clip(tmp_path, vqgans):
     """One 4-frame clip (a single window), cached codes: the video-token loss falls well below its start."""
-    one = make_vat(tmp_path / "one", n_frames=4, fps=30, stems=("c_3",), size=(16, 16), spectrogram=False)
+    one = make_tiny_vat(tmp_path / "one", n_frames=4, stems=("c_3",))
     root = tmp_path / "run"
     script.train(tiny(one, vqgans[0], root, "--load_vid_len", 4, "--batch_size", 1, "--max_steps", 60,
                       "--base_lr", 3e-3, "--lr_scaling", "none", "--lr_schedule", "constant", "--weight_decay", 0,

@@ -2,7 +2,6 @@
 non-finite loss, checkpoints that load through tav.vqgan.load_vqgan. Tiny configs on CPU."""
 
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from tav.training import vqgan_module
 from tav.training.vqgan_module import effective_lr
 from tav.vqgan import load_vqgan
 
-from .vat_fixtures import make_vat
+from .helpers import make_tiny_vat, metrics, optimizer_steps
 
 REPO = Path(__file__).resolve().parent.parent
 SEED_LINE = (
@@ -33,13 +32,6 @@ SEED_LINE = (
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Two 8-frame 16x16 clips per split: one tiny-config item is 4 frames at 16 px."""
-    return make_vat(tmp_path_factory.mktemp("vat"), n_frames=8, fps=30, stems=("a_1", "b_2"), size=(16, 16),
-                    spectrogram=False)
-
-
-@pytest.fixture(scope="module")
 def vgg_dir(tmp_path_factory):
     """A random-weight VGG16 in torchvision's file layout, under the name LPIPS looks for."""
     import torchvision
@@ -48,15 +40,6 @@ def vgg_dir(tmp_path_factory):
     features = torchvision.models.vgg16(weights=None).features.state_dict()
     torch.save({f"features.{k}": v for k, v in features.items()}, folder / "vgg16-397923af.pth")
     return folder
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny CPU models on a shared machine: one intra-op thread is much faster than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -71,17 +54,8 @@ def tiny(data, root, *extra):
             "--log_every_n_steps", "1", "--sample_every_n_steps", "0", *map(str, extra)]
 
 
-def metrics(root, key):
-    rows = [json.loads(line) for line in (Path(root) / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r[key]) for r in rows if key in r]
-
-
-def adam_steps(opt_state: dict) -> set[int]:
-    return {int(s["step"]) for s in opt_state["state"].values()}
-
-
 # ------------------------------------------------------------------------------------------- CLI
-def test_seed_line_parses_and_resolution_9_is_a_one_line_error(data, tmp_path, capsys):
+def test_seed_line_parses_and_resolution_9_is_a_one_line_error(vat, tmp_path, capsys):
     assert train_vqgan.main(SEED_LINE) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--resolution 9" in err and "typo for 96" in err
@@ -89,7 +63,7 @@ def test_seed_line_parses_and_resolution_9_is_a_one_line_error(data, tmp_path, c
 
     argv = [a for a in SEED_LINE]
     argv[argv.index("--resolution") + 1] = "96"
-    argv[argv.index("--data_path") + 1] = str(data)
+    argv[argv.index("--data_path") + 1] = str(vat)
     argv[argv.index("--default_root_dir") + 1] = str(tmp_path / "run")
     assert train_vqgan.main([*argv, "--dry_run"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
@@ -114,15 +88,15 @@ def test_seed_line_parses_and_resolution_9_is_a_one_line_error(data, tmp_path, c
     (["--set", "train.lr_scaling=linear"], "lr_scaling"),
     (["--data_path", "/nonexistent/vat"], "no such folder"),
 ])
-def test_bad_input_is_one_line_exit_2(data, tmp_path, capsys, extra, match):
-    assert train_vqgan.main([*tiny(data, tmp_path / "run"), *extra, "--dry_run"]) == 2
+def test_bad_input_is_one_line_exit_2(vat, tmp_path, capsys, extra, match):
+    assert train_vqgan.main([*tiny(vat, tmp_path / "run"), *extra, "--dry_run"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and match in err
 
 
-def test_missing_vgg_file_fails_before_training(data, tmp_path, capsys, monkeypatch):
+def test_missing_vgg_file_fails_before_training(vat, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TAV_CKPT_DIR", str(tmp_path / "empty"))
-    assert train_vqgan.main(tiny(data, tmp_path / "run", "--max_steps", 1)) == 2
+    assert train_vqgan.main(tiny(vat, tmp_path / "run", "--max_steps", 1)) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "vgg16-397923af.pth" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -146,17 +120,17 @@ class Probe(pl.Callback):
         self.module = pl_module
 
 
-def test_accumulate_resume_and_checkpoint_loads_through_load_vqgan(data, tmp_path):
+def test_accumulate_resume_and_checkpoint_loads_through_load_vqgan(vat, tmp_path):
     root = tmp_path / "run"
     # batch 1, 2 clips: 2 micro-batches per epoch = one optimiser step (accumulate 2)
-    argv = tiny(data, root, "--batch_size", 1, "--accumulate_grad_batches", 2, "--gradient_clip_val", 1.0,
+    argv = tiny(vat, root, "--batch_size", 1, "--accumulate_grad_batches", 2, "--gradient_clip_val", 1.0,
                 "--save_every_n_steps", 2, "--sample_every_n_steps", 2)
     first = Probe()
     train_vqgan.train([*argv, "--max_steps", "3"], callbacks=[first])
     assert first.start_step == 0 and first.batches == 6
     last = safe_load(root / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 3
-    assert [adam_steps(s) for s in last["optimizer_states"]] == [{3}, {3}]  # tiny: discriminators from step 0
+    assert [optimizer_steps(s) for s in last["optimizer_states"]] == [{3}, {3}]  # tiny: discriminators from step 0
     lr = last["optimizer_states"][0]["param_groups"][0]["lr"]
     assert lr == pytest.approx(effective_lr(3e-4, "upstream", 2, 1, 1))
     assert (root / "checkpoints" / "epoch=1-step=2.ckpt").is_file()
@@ -169,11 +143,11 @@ def test_accumulate_resume_and_checkpoint_loads_through_load_vqgan(data, tmp_pat
     second = Probe()
     best = train_vqgan.train([*argv, "--max_steps", "4", "--resume", "last"], callbacks=[second])
     assert second.start_step == 3 and second.batches == 2
-    assert [adam_steps(s) for s in second.start_opt] == [{3}, {3}]
+    assert [optimizer_steps(s) for s in second.start_opt] == [{3}, {3}]
     torch.testing.assert_close(second.start_opt[0]["state"][0]["exp_avg"],
                                last["optimizer_states"][0]["state"][0]["exp_avg"], rtol=0, atol=0)
     resumed = safe_load(root / "checkpoints" / "last.ckpt")
-    assert resumed["global_step"] == 4 and [adam_steps(s) for s in resumed["optimizer_states"]] == [{4}, {4}]
+    assert resumed["global_step"] == 4 and [optimizer_steps(s) for s in resumed["optimizer_states"]] == [{4}, {4}]
     assert [s for s, _ in metrics(root, "train_ae_loss")] == [0, 1, 1, 2, 2, 3, 3, 4]  # after the step, if any
     assert [s for s, _ in metrics(root, "val_recon_loss")] == [1, 2, 3, 4]
 
@@ -188,11 +162,11 @@ def test_accumulate_resume_and_checkpoint_loads_through_load_vqgan(data, tmp_pat
 
 
 # ------------------------------------------------------------------------------------------- DDP
-def test_two_process_cpu_ddp_keeps_codebooks_identical(data, tmp_path):
+def test_two_process_cpu_ddp_keeps_codebooks_identical(vat, tmp_path):
     out = tmp_path / "dump"
     out.mkdir()
     probe = Path(__file__).with_name("ddp_vqgan_probe.py")
-    argv = tiny(data, tmp_path / "run", "--devices", 2, "--strategy", "ddp", "--batch_size", 1, "--max_steps", 2,
+    argv = tiny(vat, tmp_path / "run", "--devices", 2, "--strategy", "ddp", "--batch_size", 1, "--max_steps", 2,
                 "--perceptual_weight", 0, "--gradient_clip_val", 1.0)
     env = dict(os.environ, PYTHONPATH=str(REPO))
     run = subprocess.run([sys.executable, str(probe), str(out), *argv], env=env, cwd=REPO, capture_output=True,
@@ -208,7 +182,7 @@ def test_two_process_cpu_ddp_keeps_codebooks_identical(data, tmp_path):
 # ------------------------------------------------------------------------------------------- learning
 def test_overfits_one_clip(tmp_path):
     """One fixed 4-frame clip, GAN off, LPIPS on (random VGG16 from the local file): recon loss halves."""
-    one = make_vat(tmp_path / "one", n_frames=4, fps=30, stems=("c_3",), size=(16, 16), spectrogram=False)
+    one = make_tiny_vat(tmp_path / "one", n_frames=4, stems=("c_3",))
     root = tmp_path / "run"
     argv = tiny(one, root, "--load_vid_len", 4, "--batch_size", 1, "--max_steps", 100, "--lr", 2e-3,
                 "--lr_scaling", "none", "--discriminator_iter_start", 1000, "--no_random_restart",
@@ -221,18 +195,18 @@ def test_overfits_one_clip(tmp_path):
     assert path == root / "checkpoints" / "last.ckpt"
 
 
-def test_bf16_autocast_runs(data, tmp_path):
+def test_bf16_autocast_runs(vat, tmp_path):
     # Discriminators off: on CPU, torch 2.14's oneDNN bf16 Conv3d(k4, s2, p2) weight gradients are garbage
     # (inf/NaN) for some small shapes, e.g. input (2, 8, 3, 9, 9); the NaN guard then stops the run.
     root = tmp_path / "run"
-    train_vqgan.train(tiny(data, root, "--batch_size", 2, "--max_steps", 2, "--precision", "bf16",
+    train_vqgan.train(tiny(vat, root, "--batch_size", 2, "--max_steps", 2, "--precision", "bf16",
                            "--perceptual_weight", 0, "--discriminator_iter_start", 100))
     assert all(torch.isfinite(torch.tensor(v)) for _, v in metrics(root, "train_ae_loss"))
     assert safe_load(root / "checkpoints" / "last.ckpt")["global_step"] == 2
 
 
 # ------------------------------------------------------------------------------------------- divergence
-def test_non_finite_loss_stops_with_step_and_last_good_checkpoint(data, tmp_path, capsys, monkeypatch):
+def test_non_finite_loss_stops_with_step_and_last_good_checkpoint(vat, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TAV_CKPT_DIR", str(tmp_path / "empty"))  # perceptual_weight 0: no LPIPS is built
     real = vqgan_module.generator_loss
 
@@ -242,7 +216,7 @@ def test_non_finite_loss_stops_with_step_and_last_good_checkpoint(data, tmp_path
 
     monkeypatch.setattr(vqgan_module, "generator_loss", nan_from_step_2)
     root = tmp_path / "run"
-    argv = tiny(data, root, "--batch_size", 2, "--max_steps", 5, "--save_every_n_steps", 1, "--perceptual_weight", 0)
+    argv = tiny(vat, root, "--batch_size", 2, "--max_steps", 5, "--save_every_n_steps", 1, "--perceptual_weight", 0)
     assert train_vqgan.main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "non-finite autoencoder loss at global step 2" in err

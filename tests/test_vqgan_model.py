@@ -24,28 +24,9 @@ from tav.vqgan.losses import (
 )
 from tav.vqgan.quantizer import EMACodebook
 
-TSV = Path("/work/shared/spec/state_dicts/ta2v_vqgan.tsv")
-if not TSV.is_file():
-    TSV = Path(__file__).resolve().parents[2] / "shared/spec/state_dicts/ta2v_vqgan.tsv"
+from .helpers import clip, read_tsv, spec_tsv, tiny_vqgan_cfg
 
-
-def small_cfg(**kw) -> VQGANConfig:
-    """Narrow model, real down-sampling: only shapes matter."""
-    base = dict(embedding_dim=8, n_codes=32, n_hiddens=8, norm="batch", disc_channels=8, disc_layers=2,
-                resolution=16, sequence_length=4, downsample=(2, 4, 4))
-    base.update(kw)
-    return VQGANConfig(**base)
-
-
-def clip(*shape: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) - 0.5
-
-
-def read_tsv() -> tuple[list[tuple[str, list[int], str]], str]:
-    lines = TSV.read_text().splitlines()
-    header = "\n".join(line for line in lines if line.startswith("#"))
-    rows = [line.split("\t") for line in lines if not line.startswith("#")][1:]
-    return [(k, eval(s), d) for k, s, d in rows], header
+TSV = spec_tsv("ta2v_vqgan.tsv")
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +38,7 @@ def random_lpips():
 # ------------------------------------------------------------------------------------------- shapes
 @pytest.mark.parametrize("res,latent", [(96, (4, 12, 12)), (64, (4, 8, 8))])
 def test_latent_shapes_urmp_landscape(res, latent):
-    cfg = small_cfg(downsample=(4, 8, 8), resolution=res, sequence_length=16)
+    cfg = tiny_vqgan_cfg(downsample=(4, 8, 8), resolution=res, sequence_length=16)
     assert cfg.latent_shape == latent
     model = VQGAN(cfg).eval()
     with torch.no_grad():
@@ -87,7 +68,7 @@ def test_config_validation():
 
 
 def test_urmp_state_dict_matches_released_layout():
-    rows, header = read_tsv()
+    rows, header = read_tsv(TSV)
     model = VQGAN(vqgan_preset("urmp"))
     ours = [(k, list(v.shape), str(v.dtype).removeprefix("torch.")) for k, v in model.state_dict().items()]
     released = [r for r in rows if not r[0].startswith("perceptual_model.")]
@@ -102,7 +83,7 @@ def test_urmp_state_dict_matches_released_layout():
 
 
 def test_discriminator_shapes():
-    cfg = small_cfg(disc_layers=3)
+    cfg = tiny_vqgan_cfg(disc_layers=3)
     model = VQGAN(cfg).eval()
     logits, feats = model.image_discriminator(clip(2, 3, 96, 96))
     assert logits.shape == (2, 1, 15, 15) and len(feats) == 5 and feats[-1] is logits
@@ -187,7 +168,7 @@ def test_codebook_runs_in_float32_under_autocast():
 
 
 def test_encode_does_not_touch_codebook_in_training_mode():
-    model = VQGAN(small_cfg()).train()
+    model = VQGAN(tiny_vqgan_cfg()).train()
     before = {k: v.clone() for k, v in model.codebook.state_dict().items()}
     model.encode(clip(2, 3, 4, 16, 16))
     assert all(torch.equal(before[k], v) for k, v in model.codebook.state_dict().items())
@@ -195,7 +176,7 @@ def test_encode_does_not_touch_codebook_in_training_mode():
 
 def test_straight_through_gradient_reaches_encoder():
     torch.manual_seed(0)
-    model = VQGAN(small_cfg()).train()
+    model = VQGAN(tiny_vqgan_cfg()).train()
     video = clip(2, 3, 4, 16, 16)
     recon, vq = model(video)
     assert recon.shape == video.shape and vq["codes"].shape == (2, 2, 4, 4)
@@ -208,7 +189,7 @@ def test_straight_through_gradient_reaches_encoder():
 # ------------------------------------------------------------------------------------------- odd sizes
 @pytest.mark.parametrize("size", [(4, 9, 9), (5, 9, 11)])
 def test_odd_resolution_round_trips_to_same_shape(size):
-    cfg = small_cfg(resolution=9, sequence_length=4)
+    cfg = tiny_vqgan_cfg(resolution=9, sequence_length=4)
     model = VQGAN(cfg).eval()
     video = clip(1, 3, *size)
     with torch.no_grad():
@@ -223,7 +204,7 @@ def test_odd_resolution_round_trips_to_same_shape(size):
 
 
 def test_odd_resolution_training_losses_run(random_lpips):
-    cfg = small_cfg(resolution=9, sequence_length=4, discriminator_iter_start=0)
+    cfg = tiny_vqgan_cfg(resolution=9, sequence_length=4, discriminator_iter_start=0)
     model = VQGAN(cfg).train()
     video = clip(2, 3, 4, 9, 9)
     recon, vq = model(video)
@@ -234,7 +215,7 @@ def test_odd_resolution_training_losses_run(random_lpips):
 
 
 def test_channels_last_gives_same_outputs():
-    model = VQGAN(small_cfg()).eval()
+    model = VQGAN(tiny_vqgan_cfg()).eval()
     video = clip(2, 3, 4, 16, 16)
     with torch.no_grad():
         codes = model.encode(video)
@@ -273,7 +254,7 @@ def test_select_frames():
 
 def test_generator_and_discriminator_losses(random_lpips):
     torch.manual_seed(0)
-    cfg = small_cfg(discriminator_iter_start=5)
+    cfg = tiny_vqgan_cfg(discriminator_iter_start=5)
     model = VQGAN(cfg).train()
     lp = random_lpips
     video = clip(2, 3, 4, 16, 16)

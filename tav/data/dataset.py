@@ -158,6 +158,14 @@ class VATDataset(Dataset):
         return x.permute(1, 0, 2, 3).contiguous()  # (1, T, F, t)
 
 
+def check_enough_items(datamodule: pl.LightningDataModule, n_items: int, where: Path) -> None:
+    """Training drops incomplete batches: fewer items than one batch per process would train on nothing."""
+    world = datamodule.trainer.world_size if datamodule.trainer is not None else 1
+    if n_items < datamodule.batch_size * world:
+        raise InputError(f"{where}: {n_items} training items, fewer than one batch ({datamodule.batch_size} x "
+                         f"{world} processes); lower --batch_size or add clips")
+
+
 class VATDataModule(pl.LightningDataModule):
     """Train on ``<data_path>/train``, validate and test on ``<data_path>/test``.
 
@@ -177,6 +185,8 @@ class VATDataModule(pl.LightningDataModule):
         return self._sets[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if shuffle:
+            check_enough_items(self, len(self.dataset(split)), self.data_path / split)
         return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
                           drop_last=shuffle, persistent_workers=self.num_workers > 0)

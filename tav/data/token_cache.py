@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tav.checkpoint import safe_load
 from tav.data.config import DataConfig
-from tav.data.dataset import VATDataset, crop_start
+from tav.data.dataset import VATDataset, check_enough_items, crop_start
 from tav.data.layout import clip_files
 from tav.data.video import read_video, resize_center_crop, to_model_range
 from tav.errors import InputError
@@ -227,6 +227,8 @@ class TokenDataModule(pl.LightningDataModule):
         return self._sets[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if shuffle:
+            check_enough_items(self, len(self.dataset(split)), self.data_path / split)
         return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, drop_last=shuffle, persistent_workers=self.num_workers > 0)
 

@@ -1,0 +1,110 @@
+"""The model stages of ``scripts/demo.py``: a tiny VQGAN and a tiny GPT trained on the demo dataset.
+
+Each stage trains through the same ``train()`` function its command-line script uses, reuses a finished
+run found in the output folder, and writes something to look at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tav.data.audio import read_audio
+from tav.data.layout import clip_files
+from tav.data.text import build_tokenizer
+from tav.data.video import read_video, resize_center_crop, to_model_range, to_uint8, write_video
+from tav.errors import InputError
+from tav.gpt import load_gpt, sample_codes
+from tav.utils.contact_sheet import contact_sheet, save_png
+from tav.vqgan import load_vqgan
+
+try:  # imported as scripts.demo_stages (tests) or next to scripts/demo.py (scripts/ on sys.path)
+    from scripts import train_text_transformer, train_vqgan
+except ImportError:
+    import train_text_transformer
+    import train_vqgan
+
+QUIET = ["--num_workers", "0", "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1",
+         "--lr_scaling", "none", "--limit_val_batches", "2"]
+
+
+def _steps(n: int) -> list[str]:
+    """Train ``n`` steps; validate and checkpoint once, at the end."""
+    return ["--max_steps", str(n), "--val_check_interval", str(n), "--save_every_n_steps", str(n)]
+
+
+def _trained(root: Path, argv: list[str], train_fn) -> Path:
+    """Train unless ``root/checkpoints/last.ckpt`` exists; return the best (else last) checkpoint."""
+    last = root / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        best = sorted((root / "checkpoints").glob("best-*.ckpt"))
+        print(f"  reusing {root} (delete it to retrain)")
+        return best[-1] if best else last
+    ckpt = train_fn(argv)
+    if ckpt is None:
+        raise InputError(f"{root}: training wrote no checkpoint (are there enough training clips for one batch?)")
+    return Path(ckpt)
+
+
+def _test_clips(run, n: int) -> list[dict]:
+    return [r for r in run.state["manifest"] if r["split"] == "test"][:n]
+
+
+def _clip_video(run, row: dict, resolution: int) -> tuple[torch.Tensor, np.ndarray]:
+    """One whole test clip as model input ``(1, 3, T, R, R)`` and its audio ``(N,)``."""
+    files = clip_files(run.state["data_root"] / row["split"], row["stem"])
+    frames, _ = read_video(files.mp4)
+    video = resize_center_crop(to_model_range(frames), resolution)[None]
+    return video, read_audio(files.audio, row["sample_rate"])
+
+
+def stage_vqgan(run) -> None:
+    """Train the demo VQGAN, then reconstruct whole test clips (it is convolutional in time)."""
+    a, root = run.args, run.out / "vqgan"
+    n_train = sum(r["split"] == "train" for r in run.state["manifest"])
+    argv = ["--config", "demo", "--data_path", str(run.state["data_root"]), "--default_root_dir", str(root),
+            "--batch_size", str(min(8, n_train)), "--sample_every_n_steps", str(a.vqgan_steps),
+            *_steps(a.vqgan_steps), *QUIET]
+    ckpt = _trained(root, argv, train_vqgan.train)
+    model = load_vqgan(ckpt)
+    res = model.cfg.resolution
+    reals, recons, psnrs = [], [], []
+    for row in _test_clips(run, 4):
+        video, audio = _clip_video(run, row, res)
+        with torch.inference_mode():
+            recon = model.decode(model.encode(video), size=tuple(video.shape[2:])).clamp(-0.5, 0.5)
+        mse = float(((recon - video) ** 2).mean())
+        psnrs.append(10 * np.log10(1.0 / max(mse, 1e-12)))
+        reals.append(to_uint8(video[0]).numpy())
+        recons.append(to_uint8(recon[0]).numpy())
+        if len(reals) == 1:  # real | reconstruction side by side, with the clip's sound
+            side = np.concatenate([reals[0], recons[0]], axis=2)
+            write_video(run.out / "vqgan_recon.mp4", side, row["fps"], audio=audio, sample_rate=row["sample_rate"])
+    sheet = contact_sheet([v for pair in zip(reals, recons, strict=True) for v in pair], n_frames=8,
+                          labels=[s for i in range(len(reals)) for s in (f"real {i}", f"recon {i}")])
+    save_png(run.out / "vqgan_recon.png", sheet)
+    run.state["vqgan_ckpt"] = ckpt
+    print(f"  checkpoint {ckpt}\n  test reconstructions: PSNR {np.mean(psnrs):.1f} dB (mean of {len(psnrs)} "
+          f"clips at {res} px); {run.out / 'vqgan_recon.png'}, {run.out / 'vqgan_recon.mp4'}")
+
+
+def stage_gpt(run) -> None:
+    """Train the demo GPT on the VQGAN's codes, then sample clips from test captions."""
+    a, root = run.args, run.out / "gpt"
+    vq = load_vqgan(run.state["vqgan_ckpt"])
+    argv = ["--config", "demo", "--vqvae", str(run.state["vqgan_ckpt"]), "--data_path", str(run.state["data_root"]),
+            "--default_root_dir", str(root), "--precompute_tokens", "--token_stride", "8",
+            "--batch_size", str(min(16, sum(r["split"] == "train" for r in run.state["manifest"]))),
+            *_steps(a.gpt_steps), *QUIET]
+    ckpt = _trained(root, argv, train_text_transformer.train)
+    gpt = load_gpt(ckpt)
+    rows = _test_clips(run, 4)
+    ids = build_tokenizer("bert", gpt.cfg.text_seq_len)([r["caption"] for r in rows])
+    with torch.inference_mode():
+        codes = sample_codes(gpt, ids, top_k=32, top_p=0.9, seeds=list(range(len(rows))))
+        videos = vq.decode(codes).clamp(-0.5, 0.5)
+    clips = [to_uint8(v).numpy() for v in videos]
+    save_png(run.out / "gpt_samples.png", contact_sheet(clips, n_frames=8, labels=[r["caption"] for r in rows]))
+    print(f"  checkpoint {ckpt}\n  {len(clips)} samples from test captions: {run.out / 'gpt_samples.png'}")

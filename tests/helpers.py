@@ -1,0 +1,64 @@
+"""Helpers shared by the test modules: the spec's state-dict tables, a tiny VQGAN config and noise clips,
+the tiny VAT dataset of the training tests and the metrics a training run logs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tav.vqgan import VQGANConfig
+
+from .vat_fixtures import make_vat
+
+STATE_DICTS = Path("/work/shared/spec/state_dicts")
+
+
+def spec_tsv(name: str) -> Path:
+    """The spec's state-dict table ``name`` (e.g. ``ta2v_vqgan.tsv``): under ``/work/shared``, else under the
+    ``shared/`` folder beside this checkout."""
+    path = STATE_DICTS / name
+    if not path.is_file():
+        path = Path(__file__).resolve().parents[2] / "shared/spec/state_dicts" / name
+    return path
+
+
+def read_tsv(path: Path) -> tuple[list[tuple[str, list[int], str]], str]:
+    """A state-dict table's rows ``(key, shape, dtype)`` in file order (the ``key`` column header skipped)
+    and its ``#`` comment lines joined by newlines."""
+    lines = path.read_text().splitlines()
+    header = "\n".join(line for line in lines if line.startswith("#"))
+    rows = [line.split("\t") for line in lines if not line.startswith("#") and not line.startswith("key\t")]
+    return [(key, eval(shape), dtype) for key, shape, dtype in rows], header
+
+
+def tiny_vqgan_cfg(**kw) -> VQGANConfig:
+    """Narrow VQGAN (8 channels, 32 codes, BatchNorm, small discriminators) with real (2, 4, 4) down-sampling
+    of 4-frame 16 px clips: only shapes matter. ``kw`` overrides fields."""
+    base = dict(embedding_dim=8, n_codes=32, n_hiddens=8, norm="batch", disc_channels=8, disc_layers=2,
+                resolution=16, sequence_length=4, downsample=(2, 4, 4))
+    base.update(kw)
+    return VQGANConfig(**base)
+
+
+def clip(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Uniform noise in [-0.5, 0.5) of ``shape`` (the models' pixel range), reproducible by ``seed``."""
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) - 0.5
+
+
+def make_tiny_vat(root: Path, n_frames: int = 8, stems: tuple[str, ...] = ("a_1", "b_2")) -> Path:
+    """A VAT dataset of 16x16 clips at 30 fps (``n_frames`` each, one per stem and split), no spectrograms. The
+    default, two 8-frame clips, gives a tiny-config item (4 frames at 16 px) 5 window starts per clip."""
+    return make_vat(root, n_frames=n_frames, fps=30, stems=stems, size=(16, 16), spectrogram=False)
+
+
+def metrics(root: Path | str, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every row of ``<root>/metrics.jsonl`` that logged ``key``."""
+    rows = [json.loads(line) for line in (Path(root) / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r[key]) for r in rows if key in r]
+
+
+def optimizer_steps(opt_state: dict) -> set[int]:
+    """The distinct ``step`` counts of an Adam/AdamW ``state_dict()``'s parameter states."""
+    return {int(s["step"]) for s in opt_state["state"].values()}
