@@ -119,6 +119,18 @@ def test_cached_decoding_matches_full_forward(mode):
         torch.testing.assert_close(torch.cat([head, *rest], 1), full, atol=1e-5, rtol=0)
 
 
+def test_video_only_training_logits_are_the_video_columns():
+    model = tiny_gpt().eval()
+    cfg = model.cfg
+    text = torch.randint(0, cfg.text_vocab_size, (2, cfg.text_seq_len))
+    codes = torch.randint(0, cfg.n_codes, (2, *cfg.latent_shape))
+    full, targets = model.training_logits(text, codes)
+    video, codes_flat = model.training_logits(text, codes, video_only=True)
+    off = cfg.video_offset
+    torch.testing.assert_close(video, full[..., off: off + cfg.n_codes])
+    assert torch.equal(codes_flat, targets - off) and torch.equal(codes_flat, codes.flatten(1))
+
+
 def test_training_logits_loss_and_accuracy():
     model = tiny_gpt().train()
     cfg = model.cfg

@@ -2,6 +2,7 @@
 line, checkpoints that load through tav.load_gpt, resume, token cache, VQGAN checks, overfit. Tiny, CPU."""
 
 import copy
+import math
 import dataclasses
 import hashlib
 import shutil
@@ -308,5 +309,6 @@ def test_overfits_one_clip(tmp_path, vqgans):
     losses = [v for _, v in metrics(root, "train_text_loss")]
     acc = [v for _, v in metrics(root, "train_text_acc1")]
     assert len(losses) == 60 and all(v == v for v in losses)
-    assert losses[0] > 9 and sum(losses[-5:]) / 5 < 0.25 * losses[0], (losses[0], losses[-5:])
+    # starts near chance over the 64 codes (the default softmax is over video codes only), then falls
+    assert abs(losses[0] - math.log(64)) < 0.5 and sum(losses[-5:]) / 5 < 0.25 * losses[0], (losses[0], losses[-5:])
     assert acc[-1] > 0.5

@@ -186,20 +186,27 @@ class GPT(nn.Module):
         """Codes ``(B, t, h, w)`` or ``(B, N)`` in ``[0, n_codes)`` -> ids ``(B, N)`` of the combined vocabulary."""
         return codes.reshape(codes.shape[0], -1) + self.cfg.video_offset
 
-    def training_logits(self, prefix: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
+    def training_logits(self, prefix: Tensor, codes: Tensor, video_only: bool = False) -> tuple[Tensor, Tensor]:
         """Teacher-forced logits at the video positions and their targets.
 
         ``prefix``: ``(B, L_text)`` BERT ids (bert) or ``(B, L_text, clip_dim)`` features (clip);
-        ``codes``: ``(B, t, h, w)`` or ``(B, N)``. Returns ``logits (B, N, vocab_size)``, ``targets (B, N)``
-        (video ids, i.e. codes + video_offset).
+        ``codes``: ``(B, t, h, w)`` or ``(B, N)``. Returns ``logits (B, N, V)`` and ``targets (B, N)``.
+        ``video_only=False``: V = vocab_size, targets are video ids (codes + video_offset), as upstream.
+        ``video_only=True``: the softmax runs over the video codes alone (V = n_codes, targets = codes),
+        matching sampling with text logits masked and skipping the text rows of the head.
+        The head runs on the video positions only.
         """
         targets = self.video_tokens(codes)
         n_text = prefix.shape[1]
         if self.cfg.text_mode == "clip":
-            logits = self(targets[:, :-1], prefix_emb=prefix)
+            h = self.features(targets[:, :-1], prefix_emb=prefix)
         else:
-            logits = self(torch.cat([prefix.long(), targets[:, :-1]], dim=1))
-        return logits[:, n_text - 1:], targets
+            h = self.features(torch.cat([prefix.long(), targets[:, :-1]], dim=1))
+        h = h[:, n_text - 1:]  # (B, N, d): the positions that predict video tokens
+        if video_only:
+            off = self.cfg.video_offset
+            return F.linear(h, self.head.weight[off: off + self.cfg.n_codes]), targets - off
+        return self.head(h), targets
 
     def loss(self, prefix: Tensor, codes: Tensor) -> Tensor:
         """Mean cross-entropy of the video tokens given the prefix (softmax over the full vocabulary)."""

@@ -70,6 +70,7 @@ class GPTTrainConfig:
     token_stride: int = 1  # cache every token_stride-th window start of random-crop training clips
     save_every_n_steps: int = 20000  # periodic checkpoints (0 = off); best-by-val and last.ckpt always kept
     seed: int = 1234  # seed_everything at start-up
+    softmax: Literal["video", "full"] = "video"  # loss over video codes only, or the full vocabulary (upstream)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -199,7 +200,8 @@ class GPTModule(pl.LightningModule):
 
     def _loss_and_accuracy(self, batch: dict) -> tuple[Tensor, Tensor, Tensor, int]:
         prefix, codes = self.batch_inputs(batch)
-        logits, targets = self.gpt.training_logits(prefix, codes)  # (B, N, V), (B, N): video positions only
+        video_only = self.train_cfg.softmax == "video"
+        logits, targets = self.gpt.training_logits(prefix, codes, video_only)  # (B, N, V), (B, N): video positions
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         acc1, acc5 = token_accuracy(logits.detach(), targets)
         return loss, acc1, acc5, prefix.shape[0]
