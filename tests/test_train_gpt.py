@@ -2,9 +2,9 @@
 line, checkpoints that load through tav.load_gpt, resume, token cache, VQGAN checks, overfit. Tiny, CPU."""
 
 import copy
-import math
 import dataclasses
 import hashlib
+import math
 import shutil
 from pathlib import Path
 
