@@ -12,16 +12,13 @@ from tav.vqgan import VQGANConfig
 
 from .vat_fixtures import make_vat
 
-STATE_DICTS = Path("/work/shared/spec/state_dicts")
+STATE_DICTS = Path(__file__).resolve().parent / "data" / "state_dicts"
 
 
 def spec_tsv(name: str) -> Path:
-    """The spec's state-dict table ``name`` (e.g. ``ta2v_vqgan.tsv``): under ``/work/shared``, else under the
-    ``shared/`` folder beside this checkout."""
-    path = STATE_DICTS / name
-    if not path.is_file():
-        path = Path(__file__).resolve().parents[2] / "shared/spec/state_dicts" / name
-    return path
+    """The spec's state-dict table ``name`` (e.g. ``ta2v_vqgan.tsv``), copied into ``tests/data/state_dicts/``
+    from the design notes (key, shape and dtype of every tensor of the released upstream models)."""
+    return STATE_DICTS / name
 
 
 def read_tsv(path: Path) -> tuple[list[tuple[str, list[int], str]], str]:
