@@ -92,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help=hidden)
     p.add_argument("--sheet_clips", type=int, default=8, help=hidden)
     p.add_argument("--sheet_frames", type=int, default=8, help=hidden)
-    p.add_argument("--vqgan_steps", type=int, default=250, help=hidden)
-    p.add_argument("--gpt_steps", type=int, default=200, help=hidden)
+    p.add_argument("--vqgan_steps", type=int, default=600, help=hidden)
+    p.add_argument("--gpt_steps", type=int, default=400, help=hidden)
     args = p.parse_args(argv)
     if args.n_train + args.n_test < 1:
         p.error("--n_train + --n_test must be at least 1")
