@@ -109,7 +109,7 @@ def test_config_validation():
         check_divisible(9, 16, (4, 8, 8))
     with pytest.raises(InputError, match="--sequence_length 10"):
         DataConfig(sequence_length=10)
-    with pytest.raises(InputError, match="whole number"):
+    with pytest.raises(InputError, match="audio samples per video frame; it must be a whole number"):
         DataConfig(fps=7)
     with pytest.raises(InputError, match="unknown key"):
         load_data_config("urmp", resolutoin=96)

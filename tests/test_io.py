@@ -123,3 +123,11 @@ def test_chunking_and_spectrogram():
     spec = spectrogram(tone, num_frames=10)
     assert spec.shape == (10, 96, 16) and spec.min() >= 0 and spec.max() == pytest.approx(1.0)
     assert int(spec.mean(axis=(0, 2)).argmax()) == 32  # 3 kHz at 93.75 Hz per bin
+
+
+def test_samples_per_frame_is_exact_or_an_error():
+    from tav.data.audio import samples_per_frame
+    assert samples_per_frame(48000, 30) == 1600 and samples_per_frame(48000, 10.0) == 4800
+    assert samples_per_frame(44100, 29.4) == 1500  # exact in decimal, not in binary floating point
+    with pytest.raises(InputError, match="--fps 7 = 6857.143 audio samples per video frame"):
+        samples_per_frame(48000, 7, "--sample_rate", "--fps")

@@ -92,6 +92,21 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> Pa
     return path
 
 
+def samples_per_frame(sample_rate: int, fps: float, rate_name: str = "sample_rate", fps_name: str = "fps") -> int:
+    """Audio samples owned by one video frame, ``sample_rate / fps``, exactly (1600 at 48 kHz and 30 fps).
+
+    Raises ``InputError`` naming both options when that is not a whole number: every frame must own an
+    equal chunk of the sound.
+    """
+    per_frame = Fraction(sample_rate) / Fraction(str(fps)) if fps > 0 else Fraction(1, 3)
+    if fps <= 0 or per_frame.denominator != 1:
+        raise InputError(f"{rate_name} {sample_rate} / {fps_name} {fps} = "
+                         f"{float(per_frame) if fps > 0 else float('nan'):.3f} audio samples per video frame; it "
+                         "must be a whole number: pick an fps that divides the sample rate (e.g. 48000 Hz at 30 or "
+                         "10 fps)")
+    return int(per_frame)
+
+
 def chunk_per_frame(wave: np.ndarray, num_frames: int, samples_per_frame: int) -> np.ndarray:
     """Cut ``wave (N,)`` into ``(num_frames, samples_per_frame)``: row i is the sound of video frame i.
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tav.config import from_dict, load_yaml, preset_path
+from tav.data.audio import samples_per_frame
 from tav.errors import InputError
 
 CROP_MODES = ("random", "center", "seeded")
@@ -34,10 +35,7 @@ class DataConfig:
     stft_size: tuple[int, ...] = (96, 16)  # (freq, time) size the per-frame spectrogram is resized to
 
     def __post_init__(self) -> None:
-        spf = self.sample_rate / self.fps
-        if self.fps <= 0 or spf != int(spf):
-            raise InputError(f"data config: sample_rate {self.sample_rate} / fps {self.fps} must be a whole "
-                             "number of audio samples per frame (e.g. 48000 Hz at 30 or 10 fps)")
+        samples_per_frame(self.sample_rate, self.fps, "data config: sample_rate", "fps")
         if self.sequence_length < 1 or self.sample_every_n_frames < 1:
             raise InputError("data config: sequence_length and sample_every_n_frames must be >= 1")
         for mode in (self.train_crop, self.eval_crop):
@@ -48,7 +46,7 @@ class DataConfig:
     @property
     def samples_per_frame(self) -> int:
         """Audio samples owned by one video frame: 1600 for URMP (48 kHz / 30 fps), 4800 for Landscape."""
-        return int(self.sample_rate / self.fps)
+        return samples_per_frame(self.sample_rate, self.fps)
 
     @property
     def span(self) -> int:

@@ -30,7 +30,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from tav.data.audio import fit_length, read_audio, spectrogram
+from tav.data.audio import fit_length, read_audio, samples_per_frame, spectrogram
 from tav.data.layout import SPLITS, clip_complete, clip_files, write_clip
 from tav.data.sources import (
     VIDEO_EXTENSIONS,
@@ -88,7 +88,7 @@ class PrepareConfig:
     @property
     def samples_per_frame(self) -> int:
         """Audio samples per video frame, ``sample_rate / fps`` (validated to be an integer)."""
-        return int(self.sample_rate / self.fps_fraction)
+        return samples_per_frame(self.sample_rate, self.fps, "--sample_rate", "--fps")
 
     @property
     def samples_per_clip(self) -> int:
@@ -112,11 +112,7 @@ class PrepareConfig:
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
-        per_frame = self.sample_rate / self.fps_fraction
-        if per_frame.denominator != 1:  # the dataset cuts the sound into one equal chunk per frame
-            raise InputError(
-                f"--sample_rate {self.sample_rate} / --fps {self.fps} = {float(per_frame):.3f} audio samples "
-                "per video frame; it must be an integer: pick an fps that divides the sample rate")
+        samples_per_frame(self.sample_rate, self.fps, "--sample_rate", "--fps")  # one equal chunk per frame
 
 
 @dataclass
