@@ -21,7 +21,6 @@ import math
 import multiprocessing
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -80,10 +79,6 @@ class PrepareConfig:
     @property
     def clip_stride(self) -> int:
         return self.load_vid_len if self.stride is None else self.stride
-
-    @property
-    def fps_fraction(self) -> Fraction:
-        return Fraction(str(self.fps))
 
     @property
     def samples_per_frame(self) -> int:
