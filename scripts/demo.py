@@ -12,6 +12,9 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
   ``<out>/vqgan_recon.png`` and ``<out>/vqgan_recon.mp4`` (real | reconstruction, with sound).
 - ``gpt``: a tiny caption-prefixed GPT (``configs/gpt/demo.yaml``) over the VQGAN's codes; clips sampled
   from test captions in ``<out>/gpt_samples.png``.
+- ``diffusion``: a tiny unconditional video diffusion prior (``configs/diffusion/demo.yaml``) trained on the
+  demo clips; prior samples (DDIM 50) and the GPT samples refined SDEdit-style in
+  ``<out>/diffusion_samples.png``.
 
 Later stages read what earlier ones left in ``run.state``; a stage whose run folder holds a finished
 checkpoint reuses it.
@@ -33,9 +36,9 @@ from tav.data.video import read_video, write_video
 from tav.utils.contact_sheet import contact_sheet, save_png
 
 try:  # imported as scripts.demo (tests) or run as a file (scripts/ is then on sys.path)
-    from scripts.demo_stages import stage_gpt, stage_vqgan
+    from scripts.demo_stages import stage_diffusion, stage_gpt, stage_vqgan
 except ImportError:
-    from demo_stages import stage_gpt, stage_vqgan
+    from demo_stages import stage_diffusion, stage_gpt, stage_vqgan
 
 
 @dataclass
@@ -74,6 +77,7 @@ STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [
     ("data", stage_data),
     ("vqgan", stage_vqgan),
     ("gpt", stage_gpt),
+    ("diffusion", stage_diffusion),
 ]
 
 
@@ -94,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sheet_frames", type=int, default=8, help=hidden)
     p.add_argument("--vqgan_steps", type=int, default=600, help=hidden)
     p.add_argument("--gpt_steps", type=int, default=400, help=hidden)
+    p.add_argument("--diffusion_steps", type=int, default=300, help=hidden)
     args = p.parse_args(argv)
     if args.n_train + args.n_test < 1:
         p.error("--n_train + --n_test must be at least 1")

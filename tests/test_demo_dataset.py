@@ -170,17 +170,20 @@ def test_captions_fit_the_gpt_text_prefix_untruncated():
 
 
 def test_demo_model_stages_tiny(tmp_path, capsys):
-    """The VQGAN and GPT stages train a few steps, reconstruct and sample, and reuse their runs."""
+    """The VQGAN, GPT and diffusion stages train a few steps, reconstruct and sample, and reuse their runs."""
     out = tmp_path / "demo"
     argv = ["--out", str(out), "--n_train", "8", "--n_test", "2", "--size", "32", "--vqgan_steps", "2",
-            "--gpt_steps", "2"]
+            "--gpt_steps", "2", "--diffusion_steps", "2"]
     run = demo_script.main(argv)
     text = capsys.readouterr().out
-    assert "[vqgan]" in text and "[gpt]" in text and "PSNR" in text
+    assert "[vqgan]" in text and "[gpt]" in text and "[diffusion]" in text and "PSNR" in text
     side, fps = read_video(out / "vqgan_recon.mp4")
     assert side.shape == (90, 32, 64, 3) and fps == 30 and probe_video(out / "vqgan_recon.mp4").has_audio
     sheet = np.asarray(Image.open(out / "gpt_samples.png"))
     assert sheet.shape[0] == 2 * (32 + 2 + LABEL_HEIGHT) + 2  # one row per test caption
     assert run.state["vqgan_ckpt"].is_file()
+    sheet = np.asarray(Image.open(out / "diffusion_samples.png"))  # 4 prior samples + 2 x (GPT, refined)
+    assert sheet.shape[0] == 8 * (32 + 2 + LABEL_HEIGHT) + 2
+    assert (out / "diffusion" / "ema000002.pt").is_file()
     demo_script.main(argv)
-    assert capsys.readouterr().out.count("reusing") == 2
+    assert capsys.readouterr().out.count("reusing") == 3

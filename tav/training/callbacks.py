@@ -95,7 +95,7 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
 
 def best_or_last(dirpath: str | os.PathLike, trainer: pl.Trainer) -> Path | None:
     """The best checkpoint of this fit if one was saved, else ``last.ckpt``, else None."""
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")  # LastCheckpoint alone has none
     if best and Path(best).is_file():
         return Path(best)
     last = Path(dirpath) / LAST_NAME

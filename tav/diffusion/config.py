@@ -1,0 +1,192 @@
+"""Typed configuration of the diffusion U-Net (guided-diffusion ``UNetModel`` layout, spec ta2v.md §5.1).
+
+Defaults are the TA2V released network (``model300000.pt``): 128 px, widths 128/128/256/384/512, three
+ResBlocks per level, attention at 16² and 8² (plus the middle block), FiLM conditioning on the timestep,
+legacy QKV channel order, 3D convs that never down-sample frames. The released file is a bare state dict,
+so :func:`unet_config_from_state_dict` reads the architecture back from its tensor shapes.
+
+``attention_resolutions`` keeps guided-diffusion's meaning: *spatial sizes* (for ``image_size``) at which
+the levels get attention; :attr:`UNetConfig.attention_ds` is the same set as down-sampling factors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import Tensor
+
+from tav.config import from_dict
+from tav.errors import InputError
+
+NORM_GROUPS = 32  # GroupNorm(32, C) everywhere, as upstream
+
+
+@dataclass
+class UNetConfig:
+    """Architecture of one guided-diffusion U-Net (2D images or 3D videos)."""
+
+    image_size: int = 128  # training H = W; only used to turn attention_resolutions into factors
+    in_channels: int = 3  # channels of x_t
+    model_channels: int = 128  # width of level 0; level i is model_channels * channel_mult[i] wide
+    out_channels: int = 6  # 2 * in_channels = epsilon and the learned-variance interpolation (learn_sigma)
+    channel_mult: tuple[int, ...] = (1, 1, 2, 3, 4)  # width multiplier per level (len - 1 down-samplings)
+    num_res_blocks: int = 3  # ResBlocks per level on the way down (one more per level on the way up)
+    attention_resolutions: tuple[int, ...] = (16, 8)  # spatial sizes with attention (image_size // ds)
+    num_heads: int = 4  # attention heads (used when num_head_channels == -1)
+    num_head_channels: int = -1  # fixed width per head instead of a fixed head count; -1 = use num_heads
+    use_scale_shift_norm: bool = True  # FiLM: norm(h) * (1 + scale) + shift from the timestep embedding
+    dropout: float = 0.0  # dropout inside each ResBlock
+    dims: int = 3  # 3 = videos (B, C, T, H, W) with frames never down-sampled; 2 = images (B, C, H, W)
+    use_new_attention_order: bool = False  # False = legacy per-head (q, k, v) channel order of the weights
+    gradient_checkpointing: bool = False  # recompute ResBlock/attention activations in the backward pass
+    attention_impl: Literal["sdpa", "math"] = "sdpa"  # F.scaled_dot_product_attention, or explicit softmax
+
+    def __post_init__(self) -> None:
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
+        _validate(self)
+
+    @property
+    def attention_ds(self) -> tuple[int, ...]:
+        """Down-sampling factors (1, 2, 4, ...) of the levels with attention, e.g. (8, 16) for the default."""
+        return tuple(sorted(self.image_size // r for r in self.attention_resolutions))
+
+    @property
+    def learn_sigma(self) -> bool:
+        """True when the network also outputs the variance interpolation (out = 2 * in channels)."""
+        return self.out_channels == 2 * self.in_channels
+
+    @property
+    def spatial_divisor(self) -> int:
+        """H and W must be multiples of this: ``2 ** (len(channel_mult) - 1)``."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def time_embed_dim(self) -> int:
+        """Width of the timestep embedding MLP: ``4 * model_channels``."""
+        return 4 * self.model_channels
+
+    def heads_for(self, channels: int) -> int:
+        """Attention heads of a block ``channels`` wide."""
+        return self.num_heads if self.num_head_channels == -1 else channels // self.num_head_channels
+
+
+def _validate(cfg: UNetConfig) -> None:
+    """Reject configs that cannot be built, naming the field."""
+    for name in ("image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks", "num_heads"):
+        if getattr(cfg, name) < 1:
+            raise InputError(f"unet.{name}={getattr(cfg, name)}: must be >= 1")
+    if not cfg.channel_mult or min(cfg.channel_mult) < 1:
+        raise InputError(f"unet.channel_mult={cfg.channel_mult}: need one or more positive multipliers")
+    if cfg.dims not in (2, 3):
+        raise InputError(f"unet.dims={cfg.dims}: must be 2 (images) or 3 (videos)")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise InputError(f"unet.dropout={cfg.dropout}: must be in [0, 1)")
+    if cfg.attention_impl not in ("sdpa", "math"):
+        raise InputError(f"unet.attention_impl={cfg.attention_impl!r}: must be 'sdpa' or 'math'")
+    if cfg.num_head_channels != -1 and cfg.num_head_channels < 1:
+        raise InputError(f"unet.num_head_channels={cfg.num_head_channels}: must be >= 1, or -1 to use num_heads")
+    widths = [cfg.model_channels * m for m in cfg.channel_mult]
+    for width in [cfg.model_channels, *widths]:
+        if width % NORM_GROUPS:
+            raise InputError(f"unet.model_channels={cfg.model_channels}, channel_mult={cfg.channel_mult}: width "
+                             f"{width} is not divisible by the {NORM_GROUPS} GroupNorm groups")
+    level_ds = [2**i for i in range(len(cfg.channel_mult))]
+    for res in cfg.attention_resolutions:
+        if res < 1 or cfg.image_size % res or cfg.image_size // res not in level_ds:
+            raise InputError(f"unet.attention_resolutions={cfg.attention_resolutions}: {res} is not the spatial "
+                             f"size of a level for image_size={cfg.image_size} (levels: "
+                             f"{[cfg.image_size // d for d in level_ds]})")
+    attention_widths = [widths[level_ds.index(d)] for d in cfg.attention_ds] + [widths[-1]]  # + middle block
+    for width in attention_widths:
+        heads = cfg.heads_for(width)
+        if cfg.num_head_channels != -1 and width % cfg.num_head_channels:
+            raise InputError(f"unet.num_head_channels={cfg.num_head_channels} does not divide attention width {width}")
+        if width % heads:
+            raise InputError(f"unet.num_heads={heads} does not divide attention width {width}")
+
+
+def unet_config_from_dict(data: dict[str, Any], where: str = "unet") -> UNetConfig:
+    """``UNetConfig`` from a plain dict (YAML ``model:`` section or a checkpoint's ``config``)."""
+    return from_dict(UNetConfig, data, where)
+
+
+UNET_PRESETS: dict[str, UNetConfig] = {
+    "unet3d-ta2v": UNetConfig(),
+    "unet3d-tiny": UNetConfig(image_size=32, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                              attention_resolutions=(16,), num_heads=2),
+}
+
+
+def unet_preset(name: str) -> UNetConfig:
+    """A fresh copy of preset ``name``: ``unet3d-ta2v`` (released TA2V network) or ``unet3d-tiny`` (CPU tests)."""
+    if name not in UNET_PRESETS:
+        raise InputError(f"unknown U-Net preset {name!r}; known: {sorted(UNET_PRESETS)}")
+    return dataclasses.replace(UNET_PRESETS[name])
+
+
+# ------------------------------------------------------------------------------ reading a bare state dict
+_NOT_INFERRED = ("image_size", "num_heads", "num_head_channels", "use_new_attention_order", "dropout",
+                 "gradient_checkpointing", "attention_impl")
+
+
+def _require(sd: dict[str, Tensor], key: str) -> Tensor:
+    if key not in sd:
+        raise InputError(f"not a guided-diffusion U-Net state dict: missing key {key!r}")
+    return sd[key]
+
+
+def _input_levels(sd: dict[str, Tensor]) -> list[list[tuple[int, bool]]]:
+    """``(width, has_attention)`` of each ResBlock of ``input_blocks``, grouped by level (Downsamples split)."""
+    levels: list[list[tuple[int, bool]]] = [[]]
+    n = 1
+    while any(k.startswith(f"input_blocks.{n}.") for k in sd):
+        if f"input_blocks.{n}.0.op.weight" in sd:
+            levels.append([])
+        else:
+            width = _require(sd, f"input_blocks.{n}.0.out_layers.3.weight").shape[0]
+            levels[-1].append((int(width), f"input_blocks.{n}.1.qkv.weight" in sd))
+        n += 1
+    if not levels[0] or any(len(level) != len(levels[0]) for level in levels):
+        raise InputError(f"U-Net state dict: input_blocks hold {[len(lv) for lv in levels]} ResBlocks per level; "
+                         "expected the same non-zero number at every level")
+    for i, level in enumerate(levels):
+        if len(set(level)) != 1:
+            raise InputError(f"U-Net state dict: level {i} of input_blocks mixes widths or attention: {level}")
+    return levels
+
+
+def unet_config_from_state_dict(state_dict: dict[str, Tensor], **overrides: Any) -> UNetConfig:
+    """Architecture of a guided-diffusion ``UNetModel`` state dict, read from its tensor shapes.
+
+    ``overrides`` set what the tensors cannot tell: ``image_size`` (default 128; turns the attention
+    factors into ``attention_resolutions``), ``num_heads``, ``num_head_channels``,
+    ``use_new_attention_order``, ``dropout``, ``gradient_checkpointing``, ``attention_impl``. Any other
+    name raises ``InputError``, as does a state dict that is not a U-Net of this family (naming the key).
+    """
+    unknown = set(overrides) - set(_NOT_INFERRED)
+    if unknown:
+        raise InputError(f"unet_config_from_state_dict: cannot override {sorted(unknown)}; only {_NOT_INFERRED} "
+                         "(the rest is read from the tensors)")
+    conv_in = _require(state_dict, "input_blocks.0.0.weight")  # (model_channels, in_channels, k, k[, k])
+    out_channels = _require(state_dict, "out.2.weight").shape[0]
+    _require(state_dict, "time_embed.0.weight")
+    _require(state_dict, "middle_block.1.qkv.weight")
+    model_channels = int(conv_in.shape[0])
+    levels = _input_levels(state_dict)
+    mults = []
+    for level in levels:
+        width = level[0][0]
+        if width % model_channels:
+            raise InputError(f"U-Net state dict: width {width} is not a multiple of model_channels {model_channels}")
+        mults.append(width // model_channels)
+    film = _require(state_dict, "input_blocks.1.0.emb_layers.1.weight").shape[0] == 2 * levels[0][0][0]
+    image_size = overrides.get("image_size", UNetConfig.image_size)
+    attention_ds = [2**i for i, level in enumerate(levels) if level[0][1]]
+    kwargs = dict(overrides, image_size=image_size, in_channels=int(conv_in.shape[1]),
+                  model_channels=model_channels, out_channels=int(out_channels), channel_mult=tuple(mults),
+                  num_res_blocks=len(levels[0]), attention_resolutions=tuple(image_size // d for d in attention_ds),
+                  use_scale_shift_norm=bool(film), dims=conv_in.ndim - 2)
+    return UNetConfig(**kwargs)

@@ -1,0 +1,185 @@
+"""Lightning module of the TA2V stage-2 prior: an unconditional video diffusion U-Net (spec ta2v.md §5.3).
+
+One batch: real clips ``batch[input_key]`` ``(B, 3, T, H, W)`` in [-0.5, 0.5] -> uniform timesteps ->
+``GaussianSchedule.training_losses`` (MSE on ε plus, with learned sigma, the variational-bound term on the
+variance) -> AdamW. Only the video is used: upstream passed the caption into an unconditional U-Net and
+crashed (spec §10.1). Logged as ``train_loss``, ``train_mse``, ``train_vb`` and the loss per quarter of the
+timestep range (``train_loss_q0`` .. ``q3``, as guided-diffusion logs it).
+
+EMA: ``self.ema`` is a frozen copy of the network, updated after every optimiser step as
+``ema <- rate * ema + (1 - rate) * net`` (guided-diffusion's ``update_ema``). It lives in the module, so
+it is saved in (and restored from) every Lightning checkpoint; DDP ignores it (no gradients).
+
+Checkpoints: ``hyper_parameters = {"stage": "unet", "config": {"unet": UNetConfig fields, "process":
+ProcessConfig fields}, "train": DiffusionTrainConfig fields}``; tensors under ``net.`` and ``ema.``;
+``tav.load_unet`` reads either. ``UNetExport`` also writes the plain files ``modelNNNNNN.pt`` and
+``emaNNNNNN.pt`` (weights in the upstream key layout + the config) every ``save_interval`` steps.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor, nn
+
+from tav.config import from_dict, to_dict
+from tav.diffusion.config import UNetConfig
+from tav.diffusion.load import save_unet
+from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
+from tav.diffusion.unet3d import UNet
+from tav.errors import InputError
+from tav.training.callbacks import last_good_checkpoint
+from tav.training.vqgan_module import NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DiffusionTrainConfig:
+    """How the diffusion prior is trained (the ``train:`` section of ``configs/diffusion/*.yaml``)."""
+
+    batch_size: int = 1  # clips per device (README: 1)
+    num_workers: int = 8  # DataLoader worker processes per device
+    lr: float = 5e-5  # AdamW learning rate (README: 5e-5; constant, no annealing)
+    weight_decay: float = 0.0  # AdamW weight decay (README: 0)
+    betas: tuple[float, ...] = (0.9, 0.999)  # AdamW betas (guided-diffusion: torch defaults)
+    ema_rate: float = 0.9999  # EMA decay per optimiser step
+    log_interval: int = 50  # log every N optimiser steps
+    save_interval: int = 5000  # modelNNNNNN.pt / emaNNNNNN.pt + a resumable checkpoint every N steps
+    max_steps: int = -1  # optimiser steps of the run; -1 = until killed (upstream)
+    lr_anneal_steps: int = 0  # > 0: lr decays linearly to 0 over this many steps, then the run stops
+    input_key: str = "video"  # batch entry with the (B, 3, T, H, W) clips
+    seed: int = 1234  # seed_everything at start-up
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        for name in ("batch_size", "log_interval"):
+            if getattr(self, name) < 1:
+                raise InputError(f"train.{name}={getattr(self, name)}: must be >= 1")
+        for name in ("num_workers", "save_interval", "weight_decay", "lr_anneal_steps"):
+            if getattr(self, name) < 0:
+                raise InputError(f"train.{name}={getattr(self, name)}: must be >= 0")
+        if not 0.0 <= self.ema_rate < 1.0:
+            raise InputError(f"train.ema_rate={self.ema_rate}: must be in [0, 1)")
+        if self.lr <= 0:
+            raise InputError(f"train.lr={self.lr}: must be > 0")
+
+
+def train_config_from_dict(data: dict[str, Any], where: str = "train") -> DiffusionTrainConfig:
+    """``DiffusionTrainConfig`` from a plain dict; unknown keys and wrong types raise ``InputError``."""
+    return from_dict(DiffusionTrainConfig, data, where)
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, rate: float) -> None:
+    """``ema_p <- rate * ema_p + (1 - rate) * p`` for every parameter (buffers are copied)."""
+    ema_params = [p for p in ema.parameters()]
+    params = [p.detach().to(e.dtype) for p, e in zip(net.parameters(), ema_params, strict=True)]
+    torch._foreach_lerp_(ema_params, params, 1.0 - rate)
+    for eb, b in zip(ema.buffers(), net.buffers(), strict=True):
+        eb.copy_(b)
+
+
+def quartile_losses(loss: Tensor, t: Tensor, num_timesteps: int) -> dict[str, Tensor]:
+    """Mean of the per-sample ``loss (B,)`` per quarter of the timestep range (only quarters present)."""
+    quarter = (t * 4 // num_timesteps).clamp(max=3)
+    return {f"train_loss_q{q}": loss[quarter == q].mean() for q in range(4) if bool((quarter == q).any())}
+
+
+class DiffusionModule(pl.LightningModule):
+    """Trains ``UNet(unet_cfg)`` as an unconditional video prior under ``process_cfg``; keeps an EMA copy."""
+
+    def __init__(self, unet_cfg: UNetConfig, process_cfg: ProcessConfig, train_cfg: DiffusionTrainConfig):
+        super().__init__()
+        if process_cfg.learn_sigma != unet_cfg.learn_sigma:
+            raise InputError(f"process.learn_sigma={process_cfg.learn_sigma} but the U-Net has "
+                             f"out_channels={unet_cfg.out_channels} for in_channels={unet_cfg.in_channels}: "
+                             "learned sigma needs twice the input channels")
+        self.unet_cfg, self.process_cfg, self.train_cfg = unet_cfg, process_cfg, train_cfg
+        self.save_hyperparameters({"stage": "unet", "train": to_dict(train_cfg),
+                                   "config": {"unet": to_dict(unet_cfg), "process": to_dict(process_cfg)}})
+        self.net = UNet(unet_cfg)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.schedule = GaussianSchedule.from_config(process_cfg)
+        self._ema_step = -1
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        t = self.train_cfg
+        opt = torch.optim.AdamW(self.net.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=t.betas)
+        anneal = t.lr_anneal_steps
+        factor = (lambda step: max(0.0, 1.0 - step / anneal)) if anneal > 0 else (lambda step: 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def input_video(self, batch: dict) -> Tensor:
+        """``(B, C, T, H, W)`` clips of a batch, checked against the U-Net config."""
+        key, cfg = self.train_cfg.input_key, self.unet_cfg
+        if key not in batch:
+            raise InputError(f"train.input_key={key!r} is not in the batch (keys: {sorted(batch)})")
+        x = batch[key]
+        if x.dim() != cfg.dims + 2 or x.shape[1] != cfg.in_channels:
+            raise InputError(f"batch[{key!r}] has shape {tuple(x.shape)}; the U-Net expects (B, "
+                             f"{cfg.in_channels}, {'T, ' if cfg.dims == 3 else ''}H, W)")
+        return x
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        x0 = self.input_video(batch)
+        t = self.schedule.sample_timesteps(x0.shape[0], x0.device)
+        terms = self.schedule.training_losses(self.net, x0, t)
+        loss = terms["loss"].mean()
+        self._check_finite(loss)
+        bs = x0.shape[0]
+        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        parts = {f"train_{k}": v.mean() for k, v in terms.items() if k != "loss"}
+        parts.update(quartile_losses(terms["loss"].detach(), t, self.schedule.num_timesteps))
+        parts["step"] = float(self.global_step + 1)
+        self.log_dict(parts, on_step=True, on_epoch=False, batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step != self._ema_step:  # once per optimiser step (accumulation-safe)
+            self._ema_step = self.global_step
+            ema_update(self.ema, self.net, self.train_cfg.ema_rate)
+
+    def _check_finite(self, loss: Tensor) -> None:
+        """Raise ``NonFiniteLossError`` on every rank when the loss is NaN or infinite."""
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        if bad:
+            ckpt = last_good_checkpoint(self.trainer)
+            raise NonFiniteLossError(f"non-finite diffusion loss at global step {self.global_step}; "
+                                     f"last good checkpoint: {ckpt or 'none saved yet'}")
+
+
+class UNetExport(Callback):
+    """Every ``every_n_steps`` optimiser steps and at the end of training, rank 0 writes
+    ``<dirpath>/modelNNNNNN.pt`` (the trained weights) and ``<dirpath>/emaNNNNNN.pt`` (the EMA weights):
+    plain ``tav`` files (config + state dict in the upstream key layout), written atomically."""
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int):
+        self.dirpath, self.every_n_steps = Path(dirpath), every_n_steps
+        self._done = -1
+
+    def export(self, trainer: pl.Trainer, module: DiffusionModule) -> None:
+        step = trainer.global_step
+        if step == self._done or not trainer.is_global_zero:
+            return
+        self._done = step
+        for name, net in (("model", module.net), ("ema", module.ema)):
+            save_unet(net, self.dirpath / f"{name}{step:06d}.pt", module.process_cfg, step=step, weights=name)
+        log.info("exported %s/{model,ema}%06d.pt", self.dirpath, step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
+            self.export(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step > 0:
+            self.export(trainer, pl_module)

@@ -1,0 +1,207 @@
+"""Diffusion-prior training (scripts/diffusion_video_train_3d.py + tav.training.diffusion_module) and the U-Net
+loader (tav.diffusion.load): seed line, EMA arithmetic, overfitting, exports, resume, bad input. Tiny, CPU."""
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from scripts import diffusion_video_train_3d as script
+from tav.checkpoint import safe_load
+from tav.config import from_dict
+from tav.diffusion.config import UNetConfig
+from tav.diffusion.load import load_diffusion, load_unet, read_unet_checkpoint, save_unet
+from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
+from tav.diffusion.unet3d import UNet
+from tav.errors import InputError
+from tav.training.diffusion_module import DiffusionModule, DiffusionTrainConfig, ema_update, quartile_losses
+from tav.vqgan import VQGAN, save_vqgan
+
+from .helpers import metrics, optimizer_steps, tiny_vqgan_cfg
+
+SEED_LINE = (
+    "--num_workers 8 --gpus 1 --batch_size 1 --text_stft_cond --data_path datasets/post_URMP/ --load_vid_len 30 "
+    "--save_dir path/to/save --resolution 128 --sequence_length 16 --diffusion_steps 4000 --noise_schedule cosine "
+    "--lr 5e-5 --num_channels 128 --num_res_blocks 3 --class_cond False  --log_interval 50 --save_interval 5000 "
+    "--image_size 128 --learn_sigma True"
+).split()
+
+
+def tiny_unet(**kw) -> UNetConfig:
+    base = dict(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
+                num_heads=2)
+    base.update(kw)
+    return UNetConfig(**base)
+
+
+def tiny(data, root, *extra):
+    return ["--config", "tiny", "--data_path", str(data), "--load_vid_len", "8", "--resolution", "16",
+            "--sequence_length", "4", "--save_dir", str(root), "--accelerator", "cpu", "--devices", "1",
+            "--num_workers", "0", "--progress_bar_refresh_rate", "0", "--log_interval", "1", *map(str, extra)]
+
+
+def _seed_line(data: Path, root: Path) -> list[str]:
+    swap = {"datasets/post_URMP/": str(data), "path/to/save": str(root)}
+    return [swap.get(a, a) for a in SEED_LINE]
+
+
+# ------------------------------------------------------------------------------------------- seed line
+def test_seed_line_resolves_to_the_release_config(vat, tmp_path, capsys):
+    assert script.train([*_seed_line(vat, tmp_path / "run"), "--dry_run"]) is None
+    tree = yaml.safe_load(capsys.readouterr().out)
+    m, p, t, d = tree["model"], tree["process"], tree["train"], tree["data"]
+    assert (m["model_channels"], m["num_res_blocks"], m["image_size"], m["out_channels"]) == (128, 3, 128, 6)
+    assert m["channel_mult"] == [1, 1, 2, 3, 4] and m["attention_resolutions"] == [16, 8] and m["dims"] == 3
+    assert (p["steps"], p["noise_schedule"], p["learn_sigma"], p["loss"]) == (4000, "cosine", True, "mse")
+    assert (t["batch_size"], t["lr"], t["log_interval"], t["save_interval"], t["ema_rate"]) == (1, 5e-5, 50, 5000,
+                                                                                                 0.9999)
+    assert (d["resolution"], d["sequence_length"], d["frames_per_file"], d["load_audio"]) == (128, 16, 30, False)
+    assert tree["trainer"]["default_root_dir"] == str(tmp_path / "run")
+    with torch.device("meta"):
+        assert sum(p.numel() for p in UNet(from_dict(UNetConfig, m)).parameters()) == 318_258_694
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--class_cond", "True"], "unconditional"),
+    (["--image_size", "64"], "--image_size 64 and --resolution 128 disagree"),
+    (["--dims", "2"], "--dims 2"),
+    (["--timestep_respacing", "100"], "--timestep_respacing"),
+    (["--ema_rate", "0.9999,0.99"], "one EMA decay"),
+    (["--set", "process.noise_schedule=quadratic"], "noise_schedule"),
+])
+def test_bad_flags_are_one_line_errors(vat, tmp_path, capsys, flags, needle):
+    assert script.main([*_seed_line(vat, tmp_path / "run"), *flags, "--dry_run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and err.startswith("diffusion_video_train_3d: error:")
+
+
+# ------------------------------------------------------------------------------------------- module
+def test_ema_update_arithmetic():
+    torch.manual_seed(0)
+    net, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in ema.parameters()]
+    ema_update(ema, net, 0.9)
+    for e, old, p in zip(ema.parameters(), before, net.parameters(), strict=True):
+        torch.testing.assert_close(e, 0.9 * old + 0.1 * p.detach())
+    ema_update(ema, net, 0.0)  # rate 0 copies
+    for e, p in zip(ema.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(e, p.detach())
+
+
+def test_quartile_losses_group_by_timestep():
+    loss, t = torch.tensor([1.0, 2.0, 3.0, 5.0]), torch.tensor([0, 10, 999, 500])
+    assert {k: float(v) for k, v in quartile_losses(loss, t, 1000).items()} == {
+        "train_loss_q0": 1.5, "train_loss_q2": 5.0, "train_loss_q3": 3.0}
+
+
+def test_overfitting_one_batch_halves_the_loss():
+    torch.manual_seed(0)
+    module = DiffusionModule(tiny_unet(), ProcessConfig(steps=100), DiffusionTrainConfig(lr=2e-3))
+    x0 = torch.rand(2, 3, 2, 16, 16) - 0.5
+    t, noise = torch.tensor([30, 70]), torch.randn_like(x0)
+    opt = torch.optim.Adam(module.net.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(40):
+        loss = module.schedule.training_losses(module.net, x0, t, noise=noise)["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_learn_sigma_must_match_the_output_channels():
+    with pytest.raises(InputError, match="learned sigma"):
+        DiffusionModule(tiny_unet(out_channels=3), ProcessConfig(learn_sigma=True), DiffusionTrainConfig())
+
+
+# ------------------------------------------------------------------------------------------- runs
+class Probe(pl.Callback):
+    def __init__(self):
+        self.start_step, self.start_opt, self.ema = None, None, None
+
+    def on_train_start(self, trainer, pl_module):
+        self.start_step = trainer.global_step
+        self.start_opt = copy.deepcopy(trainer.optimizers[0].state_dict())
+
+    def on_train_end(self, trainer, pl_module):
+        self.ema = {k: v.clone() for k, v in pl_module.ema.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def run2(vat, tmp_path_factory):
+    """Two optimiser steps of the tiny preset, exporting at step 2."""
+    root = tmp_path_factory.mktemp("diffusion") / "run"
+    probe = Probe()
+    last = script.train(tiny(vat, root, "--max_steps", 2, "--save_interval", 2), callbacks=[probe])
+    return root, Path(last), probe
+
+
+def test_run_writes_exports_that_load(run2):
+    root, last, probe = run2
+    assert last == root / "checkpoints" / "last.ckpt" and last.is_file()
+    assert sorted(p.name for p in root.glob("*.pt")) == ["ema000002.pt", "model000002.pt"]
+    model, ema = load_unet(root / "model000002.pt"), load_unet(root / "ema000002.pt")
+    assert model.config.image_size == 16 and model.process.steps == 1000 and model.process.rescale_timesteps
+    for k, v in ema.state_dict().items():  # the export holds the EMA the run ended with
+        torch.testing.assert_close(v, probe.ema[k])
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in ema.state_dict().items())
+    from_last = load_unet(last, ema=True)  # the Lightning file: EMA by default, net on request
+    torch.testing.assert_close(from_last.state_dict(), ema.state_dict())
+    torch.testing.assert_close(load_unet(last, ema=False).state_dict(), model.state_dict())
+    assert [s for s, _ in metrics(root, "train_loss")] == [1, 2]
+    assert yaml.safe_load((root / "config.yaml").read_text())["model"]["image_size"] == 16
+
+
+def test_resume_continues_at_the_same_step(run2, vat):
+    root, last, _ = run2
+    probe = Probe()
+    script.train(tiny(vat, root, "--max_steps", 3, "--save_interval", 2, "--resume", "last"), callbacks=[probe])
+    assert probe.start_step == 2 and optimizer_steps(probe.start_opt) == {2}
+    assert safe_load(root / "checkpoints" / "last.ckpt")["global_step"] == 3
+    assert (root / "model000003.pt").is_file()
+    assert [s for s, _ in metrics(root, "train_loss")] == [1, 2, 3]
+
+
+def test_resume_with_another_architecture_is_refused(run2, vat, capsys):
+    root, _, _ = run2
+    assert script.main(tiny(vat, root, "--max_steps", 4, "--num_channels", 64, "--resume", "last")) == 2
+    assert "model_channels" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- loader
+def test_bare_state_dict_loads_with_inferred_config(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(tiny_unet())
+    torch.save(net.state_dict(), tmp_path / "model300000.pt")
+    loaded = load_unet(tmp_path / "model300000.pt", num_heads=2)
+    # image_size cannot be inferred (upstream's 128); attention at downsample factor 2 -> resolution 64
+    assert loaded.config == dataclasses.replace(tiny_unet(), image_size=128, attention_resolutions=(64,))
+    assert loaded.process == ProcessConfig(steps=4000, rescale_timesteps=True)
+    x, t = torch.rand(1, 3, 2, 16, 16) - 0.5, torch.tensor([7.0])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, t), net(x, t))
+    net2, schedule = load_diffusion(tmp_path / "model300000.pt", respacing="100", rescale_timesteps=False)
+    assert isinstance(schedule, GaussianSchedule) and schedule.num_timesteps == 100
+    assert float(schedule.net_timesteps(torch.tensor([1]))[0]) == 40.0  # integer original step, not rescaled
+
+
+def test_loader_errors_name_the_file(tmp_path):
+    vq = save_vqgan(VQGAN(tiny_vqgan_cfg()), tmp_path / "vqgan.ckpt")
+    with pytest.raises(InputError, match=r"vqgan\.ckpt: holds a tav 'vqgan' checkpoint, but a diffusion U-Net"):
+        load_unet(vq)
+    net = UNet(tiny_unet())
+    path = save_unet(net, tmp_path / "ema000001.pt", ProcessConfig())
+    with pytest.raises(InputError, match="unknown U-Net/process setting"):
+        load_unet(path, heads=3)
+    sd = net.state_dict()
+    sd.pop("out.2.bias")
+    torch.save(sd, tmp_path / "broken.pt")
+    with pytest.raises(InputError, match=r"broken\.pt"):
+        load_unet(tmp_path / "broken.pt", num_heads=2)
+    cfg, process, _ = read_unet_checkpoint(path, rescale_timesteps=False, gradient_checkpointing=True)
+    assert cfg.gradient_checkpointing and not process.rescale_timesteps
