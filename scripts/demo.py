@@ -12,9 +12,8 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
   ``<out>/vqgan_recon.png`` and ``<out>/vqgan_recon.mp4`` (real | reconstruction, with sound).
 - ``gpt``: a tiny caption-prefixed GPT (``configs/gpt/demo.yaml``) over the VQGAN's codes; clips sampled
   from test captions in ``<out>/gpt_samples.png``.
-- ``diffusion``: a tiny unconditional video diffusion prior (``configs/diffusion/demo.yaml``) trained on the
-  demo clips; prior samples (DDIM 50) and the GPT samples refined SDEdit-style in
-  ``<out>/diffusion_samples.png``.
+- ``diffusion``: a tiny unconditional video diffusion prior (``configs/diffusion/demo.yaml``, 16 px) trained on
+  the demo clips; prior samples (DDIM 50) in ``<out>/diffusion_samples.png``.
 
 Later stages read what earlier ones left in ``run.state``; a stage whose run folder holds a finished
 checkpoint reuses it.

@@ -16,7 +16,7 @@ from tav.data.layout import clip_files
 from tav.data.text import build_tokenizer
 from tav.data.video import read_video, resize_center_crop, to_model_range, to_uint8, write_video
 from tav.diffusion.load import load_diffusion
-from tav.diffusion.samplers import ddim_sample, ddpm_sample
+from tav.diffusion.samplers import ddim_sample
 from tav.errors import InputError
 from tav.gpt import load_gpt, sample_codes
 from tav.utils.contact_sheet import contact_sheet, save_png
@@ -108,37 +108,29 @@ def stage_gpt(run) -> None:
     with torch.inference_mode():
         codes = sample_codes(gpt, ids, top_k=32, top_p=0.9, seeds=list(range(len(rows))))
         videos = vq.decode(codes).clamp(-0.5, 0.5)
-    run.state["gpt_videos"] = videos
     clips = [to_uint8(v).numpy() for v in videos]
     save_png(run.out / "gpt_samples.png", contact_sheet(clips, n_frames=8, labels=[r["caption"] for r in rows]))
     print(f"  checkpoint {ckpt}\n  {len(clips)} samples from test captions: {run.out / 'gpt_samples.png'}")
 
 
 def stage_diffusion(run) -> None:
-    """Train the demo diffusion prior on real clips, then draw clips from it (DDIM, 50 steps) and refine the
-    GPT's samples SDEdit-style (respaced to 100 steps, the first 25 skipped; no guidance yet)."""
+    """Train the demo diffusion prior on real clips, then draw clips from it (DDIM, 50 steps, x̂0 clamped to
+    the data range)."""
     a, root = run.args, run.out / "diffusion"
     n_train = sum(r["split"] == "train" for r in run.state["manifest"])
     argv = ["--config", "demo", "--data_path", str(run.state["data_root"]), "--save_dir", str(root),
-            "--resolution", "32", "--sequence_length", "8", "--batch_size", str(min(8, n_train)),
+            "--resolution", "16", "--sequence_length", "8", "--batch_size", str(min(4, n_train)),
             "--max_steps", str(a.diffusion_steps), "--save_interval", str(a.diffusion_steps), "--num_workers", "0",
             "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1", "--log_interval", "25"]
     _trained(root, argv, diffusion_video_train_3d.train)
     ema = max(root.glob("ema*.pt"), key=lambda p: int(p.stem[3:]))
     net, schedule = load_diffusion(ema, respacing="ddim50")
-    shape, n = (4, 3, 8, 32, 32), 4
+    size, n = net.config.image_size, 4
+    shape = (n, 3, 8, size, size)
     gens = [torch.Generator().manual_seed(i) for i in range(n)]
-    prior = ddim_sample(net, schedule, shape, generators=gens, progress=a.progress)
+    prior = ddim_sample(net, schedule, shape, generators=gens, clip_denoised=0.5, progress=a.progress)
     clips = [to_uint8(v).numpy() for v in prior]
     labels = [f"prior sample {i} (DDIM 50)" for i in range(n)]
-    stage1 = run.state.get("gpt_videos")
-    if stage1 is not None:
-        _, sdedit = load_diffusion(ema, respacing="100")
-        gens = [torch.Generator().manual_seed(100 + i) for i in range(len(stage1))]
-        refined = ddpm_sample(net, sdedit, tuple(stage1.shape), x_init=stage1, skip_timesteps=25, generators=gens,
-                              progress=a.progress).clamp(-0.5, 0.5)
-        for i, (s1, s2) in enumerate(zip(stage1, refined, strict=True)):
-            clips += [to_uint8(s1).numpy(), to_uint8(s2).numpy()]
-            labels += [f"GPT sample {i}", f"GPT sample {i} + SDEdit (75 steps)"]
     save_png(run.out / "diffusion_samples.png", contact_sheet(clips, n_frames=8, labels=labels))
-    print(f"  EMA weights {ema}\n  prior samples and refined GPT samples: {run.out / 'diffusion_samples.png'}")
+    run.state["diffusion_ckpt"] = ema
+    print(f"  EMA weights {ema}\n  {n} prior samples: {run.out / 'diffusion_samples.png'}")

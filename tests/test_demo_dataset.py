@@ -182,8 +182,8 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     sheet = np.asarray(Image.open(out / "gpt_samples.png"))
     assert sheet.shape[0] == 2 * (32 + 2 + LABEL_HEIGHT) + 2  # one row per test caption
     assert run.state["vqgan_ckpt"].is_file()
-    sheet = np.asarray(Image.open(out / "diffusion_samples.png"))  # 4 prior samples + 2 x (GPT, refined)
-    assert sheet.shape[0] == 8 * (32 + 2 + LABEL_HEIGHT) + 2
+    sheet = np.asarray(Image.open(out / "diffusion_samples.png"))  # 4 prior samples at 16 px
+    assert sheet.shape[0] == 4 * (16 + 2 + LABEL_HEIGHT) + 2
     assert (out / "diffusion" / "ema000002.pt").is_file()
     demo_script.main(argv)
     assert capsys.readouterr().out.count("reusing") == 3

@@ -59,12 +59,26 @@ def _tensors(ckpt: Checkpoint, ema: bool) -> dict[str, Tensor]:
     return sd
 
 
-def read_unet_checkpoint(path: str | os.PathLike, *, ema: bool = True,
+def read_unet_checkpoint(path: str | os.PathLike, *, ema: bool = True, process_defaults: Mapping | None = None,
                          **overrides: Any) -> tuple[UNetConfig, ProcessConfig, dict[str, Tensor]]:
-    """``(UNetConfig, ProcessConfig, state_dict)`` of a diffusion checkpoint, ``overrides`` applied."""
+    """``(UNetConfig, ProcessConfig, state_dict)`` of a diffusion checkpoint, ``overrides`` applied.
+
+    ``process_defaults`` are process settings for files that record none (upstream bare state dicts); for a
+    file that records its process, a default that disagrees with it is a one-line ``InputError``.
+    """
     ckpt = read_checkpoint(path, expect="unet")
     where = str(ckpt.path)
     unet_over, process_over = _split_overrides(overrides, where)
+    defaults = dict(process_defaults or {})
+    _split_overrides(defaults, where)
+    if ckpt.config is None:
+        process_over = {**defaults, **process_over}
+    else:
+        stored = dict(ckpt.config.get("process") or {})
+        for key, value in defaults.items():
+            if key in stored and stored[key] != value:
+                raise InputError(f"{where}: trained with {key}={stored[key]!r}, which disagrees with {value!r}; "
+                                 f"drop that setting (the checkpoint records its diffusion process)")
     sd = _tensors(ckpt, ema)
     if ckpt.config is not None:  # tav / Lightning: the stored config wins over inference
         stored = ckpt.config
@@ -99,26 +113,28 @@ def unet_from_state_dict(cfg: UNetConfig, sd: Mapping[str, Tensor], where: str =
 
 
 def load_unet(path: str | os.PathLike, device: str | torch.device = "cpu", *, ema: bool = True,
-              **overrides: Any) -> UNet:
+              process_defaults: Mapping | None = None, **overrides: Any) -> UNet:
     """The diffusion U-Net of ``path`` in eval mode on ``device``, called as ``net(x, t)``.
 
     ``t`` are the timestep values the network itself receives: with ``net.process.rescale_timesteps`` the
     original step times ``1000 / net.process.steps``, else the integer step. ``net.process`` is the
     ``ProcessConfig`` the weights go with (stored, or the upstream default for bare state dicts).
-    ``ema`` picks the EMA weights of a training checkpoint (other files hold one set). Wrong-stage files
-    and mismatched weights raise a one-line ``InputError`` naming the file.
+    ``ema`` picks the EMA weights of a training checkpoint (other files hold one set); ``process_defaults``:
+    see :func:`read_unet_checkpoint`. Wrong-stage files and mismatched weights raise a one-line
+    ``InputError`` naming the file.
     """
-    cfg, process, sd = read_unet_checkpoint(path, ema=ema, **overrides)
+    cfg, process, sd = read_unet_checkpoint(path, ema=ema, process_defaults=process_defaults, **overrides)
     net = unet_from_state_dict(cfg, sd, where=str(path)).to(device).eval()
     net.process = process
     return net
 
 
 def load_diffusion(path: str | os.PathLike, device: str | torch.device = "cpu", respacing: str | None = None, *,
-                   ema: bool = True, **overrides: Any) -> tuple[UNet, GaussianSchedule]:
+                   ema: bool = True, process_defaults: Mapping | None = None,
+                   **overrides: Any) -> tuple[UNet, GaussianSchedule]:
     """``(net, schedule)``: ``load_unet`` plus the process it was trained with, respaced if asked
     (``"100"``, ``"ddim50"``; None = all steps)."""
-    net = load_unet(path, device, ema=ema, **overrides)
+    net = load_unet(path, device, ema=ema, process_defaults=process_defaults, **overrides)
     return net, GaussianSchedule.from_config(net.process, respacing=respacing)
 
 

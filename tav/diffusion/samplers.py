@@ -91,8 +91,8 @@ def _net_device(net: Callable) -> torch.device:
 
 
 def _predict(
-    net: Callable, schedule: GaussianSchedule, x: Tensor, t: Tensor, cond_fn: CondFn | None, clip_denoised: bool,
-    model_kwargs: dict | None,
+    net: Callable, schedule: GaussianSchedule, x: Tensor, t: Tensor, cond_fn: CondFn | None,
+    clip_denoised: bool | float, model_kwargs: dict | None,
 ) -> tuple[dict[str, Tensor], Tensor | None]:
     """One network call at ``(x, t)``: the detached p_mean_variance dict and the guidance gradient (or None)."""
     if cond_fn is None:
@@ -117,7 +117,7 @@ def ddpm_sample(
     cond_fn: CondFn | None = None,
     generators: Sequence[torch.Generator] | None = None,
     model_kwargs: dict | None = None,
-    clip_denoised: bool = False,
+    clip_denoised: bool | float = False,
     eta: float = 0.0,
     progress: bool = False,
     noise: Tensor | None = None,
@@ -135,7 +135,7 @@ def ddpm_sample(
         cond_fn: guidance, see the module docstring.
         generators: None or one ``torch.Generator`` per batch item.
         model_kwargs: extra keyword arguments of ``net`` (conditions).
-        clip_denoised: clamp the predicted x_0 to [-1, 1] (off: ``tav``'s data is in [-0.5, 0.5]).
+        clip_denoised: clamp the predicted x_0: True = [-1, 1] (upstream), a number c = [-c, c]; off by default.
         eta: ignored (DDPM is the η = 1 end of DDIM); accepted so all samplers share one signature.
         progress: show a tqdm bar over the steps.
         noise: ``shape``, the starting noise instead of a fresh draw (x_T, or the SDEdit noise with x_init).
@@ -165,7 +165,7 @@ def ddim_sample(
     cond_fn: CondFn | None = None,
     generators: Sequence[torch.Generator] | None = None,
     model_kwargs: dict | None = None,
-    clip_denoised: bool = False,
+    clip_denoised: bool | float = False,
     eta: float = 0.0,
     progress: bool = False,
     noise: Tensor | None = None,

@@ -296,15 +296,15 @@ class GaussianSchedule:
         x: Tensor,
         t: Tensor | int,
         *,
-        clip_denoised: bool = False,
+        clip_denoised: bool | float = False,
         model_kwargs: dict | None = None,
     ) -> dict[str, Tensor]:
         """p(x_{t−1} | x_t) from ONE network call; the autograd graph is kept (guidance differentiates it).
 
         Args:
             x: ``(B, C, ...)`` the sample at step ``t`` (respaced index, ``(B,)`` or int).
-            clip_denoised: clamp the predicted x_0 to [-1, 1] (upstream parity; ``tav``'s data is in
-                [-0.5, 0.5], so it is off by default).
+            clip_denoised: clamp the predicted x_0: ``True`` to [-1, 1] (upstream parity; ``tav``'s data is in
+                [-0.5, 0.5], so it is off by default), a number ``c`` to [-c, c] (0.5: the data range).
         Returns:
             ``mean``, ``variance``, ``log_variance``, ``pred_xstart``, ``eps`` (all ``(B, C, ...)``) and the raw
             ``model_output`` (``(B, C or 2C, ...)``).
@@ -313,7 +313,8 @@ class GaussianSchedule:
         model_output = net(x, self.net_timesteps(t), **(model_kwargs or {}))
         return self._p_from_output(model_output, x, t, clip_denoised)
 
-    def _p_from_output(self, model_output: Tensor, x: Tensor, t: Tensor, clip_denoised: bool) -> dict[str, Tensor]:
+    def _p_from_output(self, model_output: Tensor, x: Tensor, t: Tensor,
+                       clip_denoised: bool | float) -> dict[str, Tensor]:
         """The reverse-step distribution implied by a network output (see :meth:`p_mean_variance`)."""
         c = x.shape[1]
         want = 2 * c if self.learn_sigma else c
@@ -335,7 +336,8 @@ class GaussianSchedule:
             log_variance = gather_coef(self.posterior_log_variance_clipped, t, x).expand_as(x)
         pred_xstart = head if self.predict_xstart else self.predict_xstart_from_eps(x, t, head)
         if clip_denoised:
-            pred_xstart = pred_xstart.clamp(-1, 1)
+            bound = 1.0 if clip_denoised is True else float(clip_denoised)
+            pred_xstart = pred_xstart.clamp(-bound, bound)
         if self.predict_xstart or clip_denoised:
             eps = self.predict_eps_from_xstart(x, t, pred_xstart)
         else:  # the network's own ε: identical maths, without a round trip through 1/√ᾱ_t

@@ -1,0 +1,2 @@
+"""Frozen encoders for guidance and metrics: CLIP ViT-B/32, AudioCLIP, wav2clip; built once per process from
+local weight files (``saved_ckpts/``), with one-line errors naming a missing file."""

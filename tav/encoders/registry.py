@@ -1,0 +1,74 @@
+"""Encoders by name, built once per process: ``get_encoder("clip" | "audioclip" | "wav2clip", path, device)``.
+
+Weight files default to ``ckpt_dir() / ENCODER_FILES[name]``; ``ENCODER_FLAGS`` names the command-line
+option that overrides each one (for error messages and scripts).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from tav.encoders.base import Encoder
+from tav.errors import InputError
+from tav.utils.paths import ckpt_dir
+
+ENCODER_FILES = {"clip": "ViT-B-32.pt", "audioclip": "AudioCLIP-Full-Training.pt", "wav2clip": "Wav2CLIP.pt"}
+ENCODER_FLAGS = {"clip": "--clip_ckpt", "audioclip": "--audioclip_ckpt", "wav2clip": "--wav2clip_ckpt"}
+
+_CACHE: dict[tuple[str, str, str], Encoder] = {}
+
+
+def _loader(name: str) -> Callable[..., Encoder]:
+    # Imported lazily: each loader pulls in its own third-party package.
+    if name == "clip":
+        from tav.encoders.clip import load_clip
+        return load_clip
+    if name == "wav2clip":
+        from tav.encoders.wav2clip import load_wav2clip
+        return load_wav2clip
+    from tav.encoders.audioclip import load_audioclip
+    return load_audioclip
+
+
+def resolve_encoder_path(name: str, path: str | os.PathLike | None = None) -> Path:
+    """Absolute weight-file path for ``name``: ``path`` or ``ckpt_dir() / ENCODER_FILES[name]``."""
+    if name not in ENCODER_FILES:
+        raise InputError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODER_FILES)}")
+    return Path(path if path is not None else ckpt_dir() / ENCODER_FILES[name]).expanduser().resolve()
+
+
+def get_encoder(name: str, path: str | os.PathLike | None = None,
+                device: str | torch.device = "cpu") -> Encoder:
+    """The frozen encoder ``name`` from ``path`` on ``device``, built on first use and cached.
+
+    The cache key is (name, absolute path, device), so guidance and metrics in one process share one copy.
+    Raises ``InputError`` for an unknown name or a missing/unfit weight file (naming the file and flag).
+    """
+    resolved = resolve_encoder_path(name, path)
+    key = (name, str(resolved), str(torch.device(device)))
+    if key not in _CACHE:
+        _CACHE[key] = _loader(name)(resolved, device=device)
+    return _CACHE[key]
+
+
+def clear_encoder_cache() -> None:
+    """Forget every cached encoder (tests; freeing memory)."""
+    _CACHE.clear()
+
+
+def save_tiny_encoders(folder: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
+    """Write tiny random stand-ins for all three encoders under their ``ENCODER_FILES`` names in ``folder``.
+
+    For tests and smoke runs: point ``$TAV_CKPT_DIR`` at ``folder`` and ``get_encoder`` finds them.
+    """
+    from tav.encoders.audioclip import save_tiny_audioclip
+    from tav.encoders.clip import save_tiny_clip
+    from tav.encoders.wav2clip import save_tiny_wav2clip
+
+    savers = {"clip": save_tiny_clip, "audioclip": save_tiny_audioclip, "wav2clip": save_tiny_wav2clip}
+    folder = Path(folder)
+    return {name: Path(save(folder / ENCODER_FILES[name], seed=seed)) for name, save in savers.items()}

@@ -1,0 +1,199 @@
+"""Audio + text + direction + range guidance for the stage-2 SDEdit refinement (spec ta2v.md §6.5).
+
+``Guidance`` holds the frozen encoders and the weights. Per batch of samples, ``prepare`` embeds the audio
+windows and captions once (no grad); ``cond_fn(cond)`` returns the sampler hook
+``(x, t, out) -> ∇x(−L)``, which reuses the U-Net output ``out`` the sampler already computed on ``x``
+(upstream ran the U-Net a second time inside its hook; the gradient is the same).
+
+Per step, with ``fac = sqrt(1 - ᾱ_t)`` (blended-diffusion's mix: close to x_t early, to x̂0 late):
+``x_in = fac · x̂0 + (1 - fac) · x_t`` and
+``L = λ_audio·L_audio(x_in) + λ_dir·L_dir(x_in) + λ_text·L_text(x_in) + λ_range·L_range(x̂0)``.
+
+Encoders by ``audio_encoder``:
+- ``audioclip`` (the release setting): audio and direction terms use AudioCLIP's image tower against its audio
+  tower (one window per frame); the text term uses CLIP ViT-B/32.
+- ``wav2clip``: the audio term compares CLIP ViT-B/32 embeddings of ``aug_num`` views per frame (view 0 plain,
+  the rest randomly warped) with wav2clip's audio embedding; direction uses the plain views; text as above.
+Frame embeddings are computed once per step per encoder and shared by the terms that need them.
+
+Input mapping (default, correct): frames in [-0.5, 0.5] -> ``x + 0.5`` in [0, 1] -> the encoder's resize and
+normalisation. ``faithful_quirks`` reproduces upstream: no +0.5 shift for CLIP/AudioCLIP, ``(x + 1) / 2``
+for the wav2clip views, un-normalised frames in the wav2clip direction term, range clamp at [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tav.diffusion.schedule import GaussianSchedule, gather_coef
+from tav.encoders.base import Encoder
+from tav.errors import InputError
+from tav.guidance import losses as L
+
+AUDIO_ENCODERS = ("audioclip", "wav2clip")
+
+
+@dataclass
+class GuidanceConfig:
+    """Weights and encoder choice of the stage-2 guidance (defaults: the README sampling command)."""
+
+    audio_encoder: str = "audioclip"  # audioclip | wav2clip
+    audio_lambda: float = 10000.0  # --audio_guidance_lambda
+    direction_lambda: float = 5000.0  # --direction_lambda
+    text_lambda: float = 10000.0  # --text_guidance_lambda
+    range_lambda: float = 50.0  # --range_lambda
+    aug_num: int = 8  # views per frame in wav2clip mode (view 0 unaugmented)
+    audio_window_s: float = 0.5  # seconds of audio around each frame (spec §8.1); "upstream" chunking in quirks
+    faithful_quirks: bool = False  # reproduce upstream's input mapping and chunking (see module docstring)
+
+    def __post_init__(self) -> None:
+        if self.audio_encoder not in AUDIO_ENCODERS:
+            raise InputError(f"--audio_emb_model {self.audio_encoder}: guidance supports {AUDIO_ENCODERS}")
+        if self.aug_num < 1:
+            raise InputError(f"--aug_num {self.aug_num}: must be >= 1")
+
+    @property
+    def uses_audio(self) -> bool:
+        return self.audio_lambda != 0 or self.direction_lambda != 0
+
+    @property
+    def needs_clip(self) -> bool:
+        return self.text_lambda != 0 or (self.uses_audio and self.audio_encoder == "wav2clip")
+
+
+@dataclass
+class Conditions:
+    """What one batch is guided towards, embedded once: unit vectors."""
+
+    audio: Tensor | None  # (B, T, D_audio) one audio embedding per frame
+    text: Tensor | None  # (B, D_clip) caption embeddings
+    generators: list[torch.Generator]  # one per sample: its random views (wav2clip mode)
+
+
+class Guidance:
+    """The guidance of one sampling run: encoders are built by the caller once and reused for every batch."""
+
+    def __init__(self, cfg: GuidanceConfig, schedule: GaussianSchedule, *, audio_encoder: Encoder | None = None,
+                 clip: Encoder | None = None):
+        if cfg.uses_audio and audio_encoder is None:
+            raise InputError(f"audio guidance needs the {cfg.audio_encoder} encoder")
+        if cfg.needs_clip and clip is None:
+            raise InputError("text guidance (and wav2clip-mode audio guidance) needs the CLIP ViT-B/32 encoder")
+        self.cfg, self.schedule = cfg, schedule
+        self.audio_encoder, self.clip = audio_encoder, clip
+        self.last_terms: dict[str, Tensor] = {}  # per-sample terms of the latest step, for logging
+
+    @property
+    def active(self) -> bool:
+        c = self.cfg
+        return any(v != 0 for v in (c.audio_lambda, c.direction_lambda, c.text_lambda, c.range_lambda))
+
+    # ------------------------------------------------------------------------------------ conditions
+    @torch.no_grad()
+    def prepare(self, audio: Tensor | None, captions: Sequence[str], rate: int, n_frames: int,
+                seeds: Sequence[int] | None = None) -> Conditions:
+        """Embed ``audio (B, N)`` (mono at ``rate``, exactly the clip's ``n_frames`` frames) and ``captions``;
+        ``seeds`` (one per sample, default 0..B-1) drive each sample's random views."""
+        from tav.encoders.audio import encoder_audio
+
+        cfg, device = self.cfg, self._device()
+        aud = txt = None
+        if cfg.uses_audio:
+            if audio is None:
+                raise InputError("audio guidance is on but the batch has no audio")
+            enc = self.audio_encoder
+            mode = "upstream" if cfg.faithful_quirks else "window"
+            windows = encoder_audio(audio, rate, enc, n_frames, window_s=cfg.audio_window_s, mode=mode, device=device)
+            b, t, w = windows.shape
+            aud = L.normalize(torch.cat([enc.encode_audio(row) for row in windows])).view(b, t, -1)
+        if cfg.text_lambda != 0:
+            if any(not c.strip() for c in captions):
+                raise InputError("text guidance needs a caption for every sample; one is empty")
+            txt = L.normalize(self.clip.encode_texts(list(captions)))
+        seeds = list(range(len(captions))) if seeds is None else list(seeds)
+        return Conditions(aud, txt, [torch.Generator().manual_seed(int(s)) for s in seeds])
+
+    def _device(self) -> torch.device:
+        enc = self.audio_encoder or self.clip
+        return enc.device if enc is not None else torch.device("cpu")
+
+    # ------------------------------------------------------------------------------------ loss
+    def _frames01(self, x: Tensor) -> Tensor:
+        """``(B, 3, T, H, W)`` in [-0.5, 0.5] -> ``(B*T, 3, H, W)`` encoder input range."""
+        frames = x.transpose(1, 2).flatten(0, 1)
+        return frames if self.cfg.faithful_quirks else frames + 0.5
+
+    def _embed(self, enc: Encoder, frames: Tensor, b: int) -> Tensor:
+        return L.normalize(enc.encode_images(frames)).view(b, -1, enc.dim)
+
+    def loss_terms(self, x_in: Tensor, pred_xstart: Tensor, cond: Conditions) -> dict[str, Tensor]:
+        """Per-sample ``(B,)`` terms (unweighted) for ``x_in`` / ``pred_xstart`` ``(B, 3, T, H, W)``."""
+        cfg, b = self.cfg, x_in.shape[0]
+        terms: dict[str, Tensor] = {}
+        frames = self._frames01(x_in)
+        clip_emb = None
+        if cfg.text_lambda != 0 or (cfg.uses_audio and cfg.audio_encoder == "wav2clip"):
+            clip_emb = self._embed(self.clip, frames, b)
+        if cfg.uses_audio and cfg.audio_encoder == "audioclip":
+            img = self._embed(self.audio_encoder, frames, b)
+            terms["audio"] = L.audio_loss(img, cond.audio)
+            terms["direction"] = L.direction_loss(img, cond.audio)
+        elif cfg.uses_audio:
+            terms["audio"] = L.audio_loss(self._views(x_in, cond, clip_emb), cond.audio)
+            terms["direction"] = L.direction_loss(self._direction_frames(x_in, clip_emb), cond.audio)
+        if cfg.text_lambda != 0:
+            terms["text"] = L.text_loss(clip_emb, cond.text)
+        lo, hi = (-1.0, 1.0) if cfg.faithful_quirks else (-0.5, 0.5)
+        terms["range"] = L.range_loss(pred_xstart, lo, hi)
+        return terms
+
+    def _views(self, x_in: Tensor, cond: Conditions, plain: Tensor) -> Tensor:
+        """CLIP embeddings ``(B, T, V, D)`` of the plain frame (reused) and ``aug_num - 1`` warped views."""
+        b, v = x_in.shape[0], self.cfg.aug_num
+        if v == 1:
+            return plain[:, :, None]
+        frames = x_in.transpose(1, 2).flatten(0, 1)
+        frames = (frames + 1) / 2 if self.cfg.faithful_quirks else frames + 0.5
+        per_sample = frames.view(b, -1, *frames.shape[1:])
+        views = torch.cat([L.augmented_views(f, v, gen)[:, 1:]  # (T, V-1, 3, H, W) per sample
+                           for f, gen in zip(per_sample, cond.generators, strict=True)])
+        warped = L.normalize(self.clip.encode_images(views.flatten(0, 1))).view(b, -1, v - 1, self.clip.dim)
+        if self.cfg.faithful_quirks:  # upstream's plain view is also (x + 1) / 2
+            plain = self._embed(self.clip, frames, b)
+        return torch.cat([plain[:, :, None], warped], dim=2)
+
+    def _direction_frames(self, x_in: Tensor, plain: Tensor) -> Tensor:
+        """wav2clip direction term's frame embeddings: the plain views, or (quirks) resized un-normalised frames."""
+        if not self.cfg.faithful_quirks:
+            return plain
+        frames = x_in.transpose(1, 2).flatten(0, 1)
+        size = self.clip.image_size
+        frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
+        return L.normalize(self.clip.model.encode_image(frames)).view(x_in.shape[0], -1, self.clip.dim)
+
+    def total(self, terms: dict[str, Tensor]) -> Tensor:
+        """``Σ_b Σ_k λ_k · term_k[b]`` (a scalar)."""
+        c = self.cfg
+        weights = {"audio": c.audio_lambda, "direction": c.direction_lambda, "text": c.text_lambda,
+                   "range": c.range_lambda}
+        return sum(weights[k] * v.sum() for k, v in terms.items() if weights[k] != 0)
+
+    def cond_fn(self, cond: Conditions):
+        """The sampler hook for ``cond``: ``(x, t, out) -> -∂L/∂x`` through the step's own U-Net output."""
+
+        def hook(x: Tensor, t: Tensor, out: dict[str, Tensor]) -> Tensor:
+            fac = gather_coef(self.schedule.sqrt_one_minus_alphas_cumprod, t, x)
+            x_in = out["pred_xstart"] * fac + x * (1 - fac)
+            terms = self.loss_terms(x_in, out["pred_xstart"], cond)
+            self.last_terms = {k: v.detach() for k, v in terms.items()}
+            total = self.total(terms)
+            if not torch.is_tensor(total) or not total.requires_grad:
+                return torch.zeros_like(x)
+            return -torch.autograd.grad(total, x)[0]
+
+        return hook

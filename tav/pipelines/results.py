@@ -1,0 +1,124 @@
+"""The results folder of a sampling run (spec README decision 6, ta2v.md §6.6), with resume.
+
+Layout, upstream's names (``<stem>`` = the clip's file stem, ``<i>`` = the sample number)::
+
+    <root>/real/groundtruth_<stem>_<i>.mp4           the real clip (data resolution)
+    <root>/fake_stage1/generation_stage1_<stem>_<i>.mp4
+    <root>/fake_stage2/generation_stage2_<stem>_<i>.mp4   (earlier refinement iterations: ..._<i>_it<k>.mp4)
+    <root>/audio/groundtruth_<stem>_<i>.wav          the clip's audio chunk
+    <root>/txt/groundtruth_<stem>_<i>.txt            the caption
+    <root>/manifest.jsonl                            one JSON line per finished sample
+
+Every mp4 carries the clip's audio (AAC); frames are rounded to uint8 with clamping, at the model resolution,
+with no border. Every file is written atomically and the manifest row last (the manifest itself is rewritten
+atomically), so a sample is finished exactly when it has a manifest row; a re-run skips those.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from tav.data.audio import write_wav
+from tav.data.video import to_uint8, write_video
+from tav.errors import InputError
+from tav.utils.fileio import write_jsonl_atomic, write_text_atomic
+
+FOLDERS = ("real", "fake_stage1", "fake_stage2", "audio", "txt")
+MANIFEST = "manifest.jsonl"
+
+
+def sample_key(stem: str, index: int) -> str:
+    """``<stem>_<i>``: the part every file name of one sample shares."""
+    return f"{stem}_{index}"
+
+
+def sample_paths(root: str | os.PathLike, stem: str, index: int) -> dict[str, Path]:
+    """The five files of sample ``index`` of clip ``stem``, by folder name."""
+    root, key = Path(root), sample_key(stem, index)
+    return {"real": root / "real" / f"groundtruth_{key}.mp4",
+            "fake_stage1": root / "fake_stage1" / f"generation_stage1_{key}.mp4",
+            "fake_stage2": root / "fake_stage2" / f"generation_stage2_{key}.mp4",
+            "audio": root / "audio" / f"groundtruth_{key}.wav",
+            "txt": root / "txt" / f"groundtruth_{key}.txt"}
+
+
+def iteration_path(path: Path, iteration: int) -> Path:
+    """Stage-2 file of an earlier refinement iteration: ``..._<i>_it<k>.mp4``."""
+    return path.with_name(f"{path.stem}_it{iteration}{path.suffix}")
+
+
+@dataclass
+class SampleRecord:
+    """One finished sample, as written: videos ``(3, T, H, W)`` in [-0.5, 0.5], audio ``(N,)`` in [-1, 1]."""
+
+    index: int
+    stem: str
+    caption: str
+    real: Tensor
+    stage1: Tensor
+    stage2: list[Tensor]  # one per refinement iteration; the last is the unsuffixed file
+    audio: np.ndarray
+    info: dict[str, Any]  # seed, crop start, checkpoint hashes, per-stage seconds, ...
+
+
+class ResultsFolder:
+    """Writes samples into ``root`` and knows which are already finished (from ``manifest.jsonl``)."""
+
+    def __init__(self, root: str | os.PathLike, fps: float, sample_rate: int):
+        self.root, self.fps, self.sample_rate = Path(root), fps, sample_rate
+        self.manifest = self.root / MANIFEST
+        self.rows = self._read_manifest()
+
+    def _read_manifest(self) -> dict[int, dict]:
+        if not self.manifest.is_file():
+            return {}
+        rows: dict[int, dict] = {}
+        for n, line in enumerate(self.manifest.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows[int(row["id"])] = row
+            except (ValueError, KeyError, TypeError):
+                raise InputError(f"{self.manifest}:{n}: not a manifest row; move the folder away or fix the "
+                                 "line") from None
+        return rows
+
+    def is_done(self, index: int, stem: str) -> bool:
+        """True when sample ``index`` has a manifest row for the same clip and all its files exist."""
+        row = self.rows.get(index)
+        if row is None:
+            return False
+        if row.get("stem") != stem:
+            raise InputError(f"{self.manifest}: sample {index} was {row.get('stem')!r} but is now {stem!r}; the "
+                             "test set changed since this run: use another --run or a fresh --save folder")
+        return all(p.is_file() for p in sample_paths(self.root, stem, index).values())
+
+    def write(self, rec: SampleRecord) -> dict:
+        """Write every file of ``rec``, then its manifest row; returns the row."""
+        paths = sample_paths(self.root, rec.stem, rec.index)
+        audio = np.asarray(rec.audio, dtype=np.float32).reshape(-1)
+        self._video(paths["real"], rec.real, audio)
+        self._video(paths["fake_stage1"], rec.stage1, audio)
+        for k, video in enumerate(rec.stage2[:-1]):
+            self._video(iteration_path(paths["fake_stage2"], k), video, audio)
+        self._video(paths["fake_stage2"], rec.stage2[-1], audio)
+        write_wav(paths["audio"], audio, self.sample_rate)
+        write_text_atomic(paths["txt"], rec.caption + "\n")
+        row = {"id": rec.index, "stem": rec.stem, "caption": rec.caption, "fps": self.fps,
+               "sample_rate": self.sample_rate, "audio": str(paths["audio"].relative_to(self.root)),
+               "files": {k: str(p.relative_to(self.root)) for k, p in paths.items()}, **rec.info}
+        self.rows[rec.index] = row
+        write_jsonl_atomic(self.manifest, [self.rows[i] for i in sorted(self.rows)])
+        return row
+
+    def _video(self, path: Path, video: Tensor, audio: np.ndarray) -> None:
+        frames = to_uint8(video.detach().float().cpu()).numpy()  # (T, H, W, 3), rounded and clamped
+        write_video(path, frames, self.fps, audio=audio, sample_rate=self.sample_rate)
