@@ -103,6 +103,7 @@ def stage_gpt(run) -> None:
             *_steps(a.gpt_steps), *QUIET]
     ckpt = _trained(root, argv, train_text_transformer.train)
     gpt = load_gpt(ckpt)
+    run.state["gpt_ckpt"] = ckpt
     rows = _test_clips(run, 4)
     ids = build_tokenizer("bert", gpt.cfg.text_seq_len)([r["caption"] for r in rows])
     with torch.inference_mode():

@@ -173,7 +173,8 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     """The VQGAN, GPT and diffusion stages train a few steps, reconstruct and sample, and reuse their runs."""
     out = tmp_path / "demo"
     argv = ["--out", str(out), "--n_train", "8", "--n_test", "2", "--size", "32", "--vqgan_steps", "2",
-            "--gpt_steps", "2", "--diffusion_steps", "2"]
+            "--gpt_steps", "2", "--diffusion_steps", "2", "--n_sample", "1", "--ckpt_dir", str(tmp_path / "ckpts"),
+            "--sample_args", "--timestep_respacing 8 --skip_timesteps 2"]
     run = demo_script.main(argv)
     text = capsys.readouterr().out
     assert "[vqgan]" in text and "[gpt]" in text and "[diffusion]" in text and "PSNR" in text
@@ -185,5 +186,9 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     sheet = np.asarray(Image.open(out / "diffusion_samples.png"))  # 4 prior samples at 16 px
     assert sheet.shape[0] == 4 * (16 + 2 + LABEL_HEIGHT) + 2
     assert (out / "diffusion" / "ema000002.pt").is_file()
+    assert len(list((out / "17_tav_URMP" / "fake_stage2").iterdir())) == 1  # --n_sample 1
+    assert (out / "tav_samples.png").is_file()
+    script = (tmp_path / "ckpts" / "sample_tav.sh").read_text()
+    assert "--audio_guidance_lambda 10000" in script and '"$@"' in script
     demo_script.main(argv)
     assert capsys.readouterr().out.count("reusing") == 3

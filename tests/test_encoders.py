@@ -47,12 +47,12 @@ def _images(seed=0, shape=(2, 3, 48, 64)):
 def test_tiny_clip_round_trip(clip_file):
     ref = CLIPEncoder(tiny_clip_model(seed=3))
     enc = load_clip(clip_file)
-    assert (enc.name, enc.dim, enc.image_size, enc.context_length) == ("clip", 64, 224, 77)
+    assert (enc.name, enc.dim, enc.image_size, enc.context_length) == ("clip", 512, 224, 77)
     assert not any(p.requires_grad for p in enc.parameters()) and not enc.training
     images = _images()
     torch.testing.assert_close(enc.encode_images(images), ref.encode_images(images), rtol=0, atol=0)
     torch.testing.assert_close(enc.encode_texts(CAPTIONS), ref.encode_texts(CAPTIONS), rtol=0, atol=0)
-    assert enc.encode_texts(CAPTIONS).shape == (2, 64)
+    assert enc.encode_texts(CAPTIONS).shape == (2, 512)
     # a different seed is a different model: the comparison above can fail
     assert not torch.allclose(CLIPEncoder(tiny_clip_model(seed=4)).encode_images(images), ref.encode_images(images))
 

@@ -127,7 +127,8 @@ def load_clip(path: str | os.PathLike | None = None, device: str | torch.device 
 
 
 def tiny_clip_model(seed: int = 0) -> CLIP:
-    """A randomly initialised tiny CLIP ViT (224 input, patch 32, width 128/64, one layer per tower, 64-d).
+    """A randomly initialised tiny CLIP ViT (224 input, patch 32, width 128/64, one layer per tower, 512-d: the
+    joint width of ViT-B/32, which wav2clip's audio embeddings share).
 
     It keeps the real vocabulary (49408) and context (77) so the real tokenizer applies. Heads are
     ``width // 64`` as the OpenAI-layout builder assumes. The global RNG is left untouched.
@@ -136,7 +137,7 @@ def tiny_clip_model(seed: int = 0) -> CLIP:
     text = CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = CLIP(64, vision_cfg=vision, text_cfg=text, quick_gelu=True)
+        model = CLIP(512, vision_cfg=vision, text_cfg=text, quick_gelu=True)
     return model.eval()
 
 

@@ -84,6 +84,9 @@ class Guidance:
             raise InputError(f"audio guidance needs the {cfg.audio_encoder} encoder")
         if cfg.needs_clip and clip is None:
             raise InputError("text guidance (and wav2clip-mode audio guidance) needs the CLIP ViT-B/32 encoder")
+        if cfg.uses_audio and cfg.audio_encoder == "wav2clip" and clip.dim != audio_encoder.dim:
+            raise InputError(f"wav2clip guidance compares CLIP image and wav2clip audio embeddings, but the CLIP "
+                             f"model is {clip.dim}-d and wav2clip {audio_encoder.dim}-d; use the ViT-B/32 weights")
         self.cfg, self.schedule = cfg, schedule
         self.audio_encoder, self.clip = audio_encoder, clip
         self.last_terms: dict[str, Tensor] = {}  # per-sample terms of the latest step, for logging

@@ -1,0 +1,128 @@
+"""The ``sample`` stage of ``scripts/demo.py``: the full TA2V two-stage sampler on the demo test set.
+
+It gathers the demo checkpoints and tiny random encoders in ``<ckpt_dir>`` (``saved_ckpts/demo/``), writes
+``<ckpt_dir>/sample_tav.sh`` (the README's sampling command with every seed flag kept, only paths and sizes
+changed for the demo, extra arguments passed through) and runs it. The encoders have random weights: the
+guidance runs exactly as with real weights, but its directions mean nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from tav.data.video import read_video
+from tav.encoders.registry import save_tiny_encoders
+from tav.errors import InputError
+from tav.gpt import load_gpt, save_gpt
+from tav.utils.contact_sheet import contact_sheet, save_png
+from tav.utils.fileio import write_text_atomic
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_RUN = "17"  # the README command's --run
+
+
+def _rel(path: Path) -> str:
+    """``path`` relative to the repository root when inside it (the script cds there), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def gather_checkpoints(run, folder: Path) -> dict[str, Path]:
+    """Demo VQGAN (byte copy: the GPT records its hash), GPT (exported as a ``tav`` file), diffusion EMA and
+    tiny random encoders in ``folder``; files already there are kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"vqgan": folder / "vqgan.ckpt", "gpt": folder / "gpt.ckpt", "diffusion": folder / "diffusion.pt"}
+    if not files["vqgan"].is_file():
+        shutil.copyfile(run.state["vqgan_ckpt"], files["vqgan"])
+    if not files["gpt"].is_file():
+        save_gpt(load_gpt(run.state["gpt_ckpt"]), files["gpt"])
+    if not files["diffusion"].is_file():
+        shutil.copyfile(run.state["diffusion_ckpt"], files["diffusion"])
+    encoders = {"audioclip": folder / "AudioCLIP-Full-Training.pt", "clip": folder / "ViT-B-32.pt",
+                "wav2clip": folder / "Wav2CLIP.pt"}
+    if not all(p.is_file() for p in encoders.values()):
+        encoders = save_tiny_encoders(folder)
+    return {**files, **encoders}
+
+
+def sample_command(files: dict[str, Path], data_root: Path, save: Path, n_sample: int) -> list[str]:
+    """The README sampling line for the demo: same flags and values, demo paths and sizes."""
+    return ["scripts/sample_tav.py", "--gpt_text_ckpt", _rel(files["gpt"]), "--text_stft_cond",
+            "--vqgan_ckpt", _rel(files["vqgan"]), "--text_emb_model", "bert", "--data_path", _rel(data_root),
+            "--top_k", "2048", "--top_p", "0.80", "--n_sample", str(n_sample), "--run", DEMO_RUN, "--dataset", "URMP",
+            "--load_vid_len", "90", "--audio_emb_model", "audioclip", "--resolution", "32", "--batch_size", "4",
+            "--model_output_size", "16", "--noise_schedule", "cosine", "--iterations_num", "1",
+            "--audio_guidance_lambda", "10000", "--direction_lambda", "5000", "--text_guidance_lambda", "10000",
+            "--diffusion_ckpt", _rel(files["diffusion"]),
+            # demo sizes and paths the README line leaves at their defaults
+            "--sequence_length", "8", "--save", _rel(save), "--audioclip_ckpt", _rel(files["audioclip"]),
+            "--clip_ckpt", _rel(files["clip"]), "--wav2clip_ckpt", _rel(files["wav2clip"])]
+
+
+def _pairs(command: list[str]) -> list[str]:
+    """Shell-quoted arguments grouped as ``--flag value`` (one group per script line)."""
+    groups: list[str] = []
+    for arg in command:
+        if groups and not arg.startswith("--") and groups[-1].startswith("--") and " " not in groups[-1]:
+            groups[-1] += " " + shlex.quote(arg)
+        else:
+            groups.append(shlex.quote(arg))
+    return groups
+
+
+def write_script(path: Path, command: list[str]) -> Path:
+    """``path``: a bash script that runs ``command`` from the repository root with ``"$@"`` appended."""
+    lines = ["#!/usr/bin/env bash",
+             "# Written by `make demo`: the README's TA2V sampling command with every seed flag kept; only paths and",
+             "# sizes are changed for the demo checkpoints and tiny random encoders. Extra arguments are passed",
+             "# through, e.g.  bash saved_ckpts/demo/sample_tav.sh --n_sample 3 --batch_size 2",
+             "set -euo pipefail",
+             f"cd {shlex.quote(str(REPO))}",
+             'PY="${PYTHON:-python3}"',
+             'if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi',
+             'exec "$PY" ' + " \\\n  ".join(_pairs(command)) + ' "$@"', ""]
+    write_text_atomic(path, "\n".join(lines))
+    os.chmod(path, 0o755)
+    return path
+
+
+def stage_sample(run) -> None:
+    """Gather checkpoints, write ``sample_tav.sh``, run it, and show real | stage 1 | stage 2 per sample."""
+    a = run.args
+    folder = Path(a.ckpt_dir)
+    files = gather_checkpoints(run, folder)
+    save = run.out
+    script = write_script(folder / "sample_tav.sh", sample_command(files, run.state["data_root"], save, a.n_sample))
+    print(f"  tiny random encoders in {folder} (guidance runs, its directions are meaningless; real weights: "
+          "saved_ckpts/README.md)\n  running: bash " + _rel(script))
+    done = subprocess.run(["bash", str(script), *shlex.split(a.sample_args)], capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise InputError(f"{_rel(script)} failed (exit {done.returncode}): {tail}")
+    root = save / f"{DEMO_RUN}_tav_URMP"
+    show_results(root, run.out / "tav_samples.png")
+    print(f"  results: {root}\n  real | stage 1 | stage 2: {run.out / 'tav_samples.png'}")
+
+
+def show_results(root: Path, png: Path) -> None:
+    """Contact sheet of every sample: real, stage 1 and stage 2 (upscaled to the real clip's size)."""
+    import json
+
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    clips, labels = [], []
+    for r in rows:
+        videos = [read_video(root / r["files"][k])[0] for k in ("real", "fake_stage1", "fake_stage2")]
+        size = videos[0].shape[1]
+        videos = [np.repeat(np.repeat(v, size // v.shape[1], 1), size // v.shape[2], 2) for v in videos]
+        clips += videos
+        labels += [f"{r['id']} real: {r['caption']}", f"{r['id']} stage 1 (GPT + VQGAN)", f"{r['id']} stage 2"]
+    save_png(png, contact_sheet(clips, n_frames=8, labels=labels))

@@ -1,0 +1,166 @@
+"""Two-stage sampling (scripts/sample_tav.py + tav.pipelines): the seed line with tiny checkpoints and tiny random
+encoders, the results layout and manifest, resume after a kill, per-sample seeds, bad input."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scripts import sample_tav as script
+from tav.data.video import probe_video, read_video
+from tav.diffusion.config import UNetConfig
+from tav.diffusion.load import save_unet
+from tav.diffusion.schedule import ProcessConfig
+from tav.diffusion.unet3d import UNet
+from tav.encoders.registry import save_tiny_encoders
+from tav.gpt import GPT, gpt_preset, save_gpt
+from tav.gpt.load import file_sha256
+from tav.pipelines import results as results_mod
+from tav.vqgan import VQGAN, save_vqgan
+
+from .helpers import make_tiny_vat, tiny_vqgan_cfg
+
+SEED_LINE = (
+    "--gpt_text_ckpt saved_ckpts/best_checkpoint-val_text_loss=2.74.ckpt --text_stft_cond "
+    "--vqgan_ckpt saved_ckpts/epoch=6-step=35999-train_recon_loss=0.15.ckpt --text_emb_model bert "
+    "--data_path datasets/post_URMP/ --top_k 2048 --top_p 0.80 --n_sample 50 --run 17 --dataset URMP --load_vid_len 90 "
+    "--audio_emb_model audioclip --resolution 96 --batch_size 1 --model_output_size 128 --noise_schedule cosine "
+    "--iterations_num 1 --audio_guidance_lambda 10000 --direction_lambda 5000 --text_guidance_lambda 10000 "
+    "--diffusion_ckpt saved_ckpts/model300000.pt"
+).split()
+FOLDERS = ("real", "fake_stage1", "fake_stage2", "audio", "txt")
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    """Tiny VAT data (3 test clips), VQGAN, GPT, diffusion U-Net and encoder files."""
+    root = tmp_path_factory.mktemp("kit")
+    data = make_tiny_vat(root / "data", stems=("a_1", "b_2", "c_3"))
+    torch.manual_seed(0)
+    vq = save_vqgan(VQGAN(tiny_vqgan_cfg()).eval(), root / "vqgan.ckpt")
+    gcfg = dataclasses.replace(gpt_preset("tiny"), n_codes=32, latent_shape=(2, 4, 4), vqgan_hash=file_sha256(vq))
+    gpt = save_gpt(GPT(gcfg), root / "gpt.ckpt")
+    net = UNet(UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                          attention_resolutions=(8,), num_heads=2))
+    for p in net.parameters():  # non-zero output head: a fresh U-Net predicts exactly 0
+        torch.nn.init.normal_(p, std=0.02)
+    unet = save_unet(net, root / "ema000001.pt", ProcessConfig(steps=100))
+    enc = save_tiny_encoders(root / "encoders")
+    return {"data": data, "vqgan": vq, "gpt": gpt, "unet": unet, "enc": enc, "root": root}
+
+
+def argv(kit, save: Path, *extra) -> list[str]:
+    swap = {"saved_ckpts/best_checkpoint-val_text_loss=2.74.ckpt": kit["gpt"],
+            "saved_ckpts/epoch=6-step=35999-train_recon_loss=0.15.ckpt": kit["vqgan"],
+            "datasets/post_URMP/": kit["data"], "saved_ckpts/model300000.pt": kit["unet"]}
+    line = [str(swap.get(a, a)) for a in SEED_LINE]
+    sizes = {"--n_sample": "3", "--load_vid_len": "8", "--resolution": "16", "--model_output_size": "16"}
+    line = [sizes.get(line[i - 1], a) if i else a for i, a in enumerate(line)]
+    return [*line, "--save", str(save), "--sequence_length", "4", "--timestep_respacing", "20",
+            "--skip_timesteps", "5", "--device", "cpu", "--audioclip_ckpt", str(kit["enc"]["audioclip"]),
+            "--clip_ckpt", str(kit["enc"]["clip"]), "--wav2clip_ckpt", str(kit["enc"]["wav2clip"]), *map(str, extra)]
+
+
+def frames(path: Path) -> np.ndarray:
+    return read_video(path)[0].astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def run(kit, tmp_path_factory):
+    save = tmp_path_factory.mktemp("results")
+    return script.sample(argv(kit, save, "--batch_size", 2)), save
+
+
+def test_seed_line_writes_the_results_layout(run):
+    root, _ = run
+    assert root.name == "17_tav_URMP"
+    for folder in FOLDERS:
+        assert len(list((root / folder).iterdir())) == 3, folder
+    assert sorted(p.name for p in (root / "fake_stage2").iterdir()) == [
+        "generation_stage2_a_1_0.mp4", "generation_stage2_b_2_1.mp4", "generation_stage2_c_3_2.mp4"]
+    real = root / "real" / "groundtruth_a_1_0.mp4"
+    for path in (real, root / "fake_stage1" / "generation_stage1_a_1_0.mp4",
+                 root / "fake_stage2" / "generation_stage2_a_1_0.mp4"):
+        info = probe_video(path)
+        assert info.has_audio and info.frames == 4 and (info.width, info.height) == (16, 16)
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1, 2] and [r["seed"] for r in rows] == [404, 405, 406]
+    assert set(rows[0]["checkpoints"]) == {"gpt_text_ckpt", "vqgan_ckpt", "diffusion_ckpt"}
+    assert rows[0]["seconds"]["stage2"] > 0 and set(rows[0]["guidance_final"]) == {"audio", "direction", "text",
+                                                                                     "range"}
+    assert (root / rows[0]["audio"]).is_file() and rows[0]["caption"]
+    assert (root / "txt" / "groundtruth_a_1_0.txt").read_text().strip() == rows[0]["caption"]
+
+
+def test_guidance_changes_stage2_and_refines_stage1(run, kit, tmp_path):
+    root, _ = run
+    off = script.sample(argv(kit, tmp_path, "--n_sample", 1, "--audio_guidance_lambda", 0, "--direction_lambda", 0,
+                             "--text_guidance_lambda", 0, "--range_lambda", 0))
+    name = "fake_stage2/generation_stage2_a_1_0.mp4"
+    assert np.array_equal(frames(root / "fake_stage1/generation_stage1_a_1_0.mp4"),
+                          frames(off / "fake_stage1/generation_stage1_a_1_0.mp4"))  # same seed, same stage 1
+    assert not np.array_equal(frames(root / name), frames(off / name))
+
+
+def test_same_seed_same_video_whatever_the_batch(run, kit, tmp_path):
+    root, _ = run
+    single = script.sample(argv(kit, tmp_path, "--batch_size", 1, "--n_sample", 2))
+    for name in ("fake_stage1/generation_stage1_b_2_1.mp4", "fake_stage2/generation_stage2_b_2_1.mp4"):
+        diff = np.abs(frames(root / name) - frames(single / name))
+        assert diff.max() <= 2 and diff.mean() < 0.05, name  # batched convolutions: last-bit differences only
+
+
+def test_killed_run_resumes_without_duplicates(kit, tmp_path, monkeypatch):
+    real_write = results_mod.ResultsFolder.write
+    written = []
+
+    def dying_write(self, rec):
+        if written:
+            raise KeyboardInterrupt  # killed while the second sample is being written
+        written.append(rec.index)
+        return real_write(self, rec)
+
+    monkeypatch.setattr(results_mod.ResultsFolder, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        script.sample(argv(kit, tmp_path))
+    monkeypatch.setattr(results_mod.ResultsFolder, "write", real_write)
+    root = tmp_path / "17_tav_URMP"
+    first = root / "fake_stage2" / "generation_stage2_a_1_0.mp4"
+    stamp = first.stat().st_mtime_ns
+    script.sample(argv(kit, tmp_path))
+    assert first.stat().st_mtime_ns == stamp  # finished sample skipped
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1, 2]
+    for folder in FOLDERS:
+        assert len([p for p in (root / folder).iterdir() if not p.name.startswith(".")]) == 3, folder
+
+
+def test_wav2clip_quirks_and_iterations(kit, tmp_path):
+    root = script.sample(argv(kit, tmp_path, "--n_sample", 1, "--audio_emb_model", "wav2clip", "--aug_num", 3,
+                              "--iterations_num", 2, "--faithful-quirks"))
+    names = sorted(p.name for p in (root / "fake_stage2").iterdir())
+    assert names == ["generation_stage2_a_1_0.mp4", "generation_stage2_a_1_0_it0.mp4"]
+    assert not np.array_equal(frames(root / "fake_stage2" / names[0]), frames(root / "fake_stage2" / names[1]))
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--sequence_length", "16"], "--sequence_length 16"),
+    (["--audio_emb_model", "STFT"], "STFT"),
+    (["--noise_schedule", "linear"], "noise_schedule='cosine'"),
+    (["--text_emb_model", "clip"], "--text_emb_model clip"),
+])
+def test_bad_input_is_one_line(kit, tmp_path, capsys, extra, needle):
+    assert script.main([*argv(kit, tmp_path), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and err.startswith("sample_tav: error:")
+
+
+def test_missing_encoder_and_wrong_stage_files(kit, tmp_path, capsys):
+    assert script.main([*argv(kit, tmp_path), "--audioclip_ckpt", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.pt" in err and "--audioclip_ckpt" in err
+    assert script.main([*argv(kit, tmp_path), "--diffusion_ckpt", str(kit["vqgan"])]) == 2
+    assert "diffusion U-Net" in capsys.readouterr().err
