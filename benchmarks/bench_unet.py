@@ -28,25 +28,26 @@ What is measured (random weights; the speed does not depend on their values):
    contiguous): each in a **fresh subprocess** that builds the network, records its resident set size
    (``VmRSS``), runs one forward + backward and reads the peak RSS (``resource.getrusage(RUSAGE_SELF).
    ru_maxrss``, the process's high-water mark). Reported: the peak, and the peak minus the RSS after the
-   build (what the step adds: gradients 1.2 GiB + activations + work space). The two subprocesses run side
-   by side (each has its own high-water mark; their step times are for reference only). No tracemalloc:
-   PyTorch's CPU allocations bypass it.
+   build (what the step adds: gradients 1.2 GiB + activations + work space). To save time the two run side
+   by side, beside part 1's untimed set-up (FLOP count, build, warm-ups); its timed runs start once both
+   have exited. Each process has its own high-water mark; their step times are for reference only. No
+   tracemalloc: PyTorch's CPU allocations bypass it.
 
 3. **Sampling wall time** of ``ddpm_sample`` at ``unet_preset("unet3d-tiny")`` on (1, 3, 4, 32, 32), the
    TA2V process (4000 cosine steps, learned sigma), SDEdit from an ``x_init`` skipping the first quarter as
    the TA2V sampler does: respaced ``"100"`` (skip 25 -> 75 steps) vs no respacing (skip 1000 -> 3000
-   steps). The unrespaced run is timed over its first ``--unrespaced-steps`` steps (default 150: the net
-   is wrapped to stop the sampler there) and extrapolated linearly to 3000 steps; both per-step times are
-   reported (they should match: respacing changes only the number of network calls).
-   ``--unrespaced-steps 3000`` runs it in full. One warm-up, ``--rounds`` interleaved rounds, medians; the
-   convolution / attention kernels of one tiny forward (profiler) are listed.
+   steps). The unrespaced run is timed over its first ``--unrespaced-steps`` steps (default 75, as many as
+   the respaced run; the net is wrapped to stop the sampler there) and extrapolated linearly to 3000 steps;
+   both per-step times are reported (they should match: respacing changes only the number of network
+   calls). ``--unrespaced-steps 3000`` runs it in full. One warm-up, ``--rounds`` interleaved rounds,
+   medians; the convolution / attention kernels of one tiny forward (profiler) are listed.
 
 Threads default to 1: on the shared 2-core machines two OpenMP threads stall whenever another process
 holds a core; use ``--threads 2`` on an idle machine. The output is a markdown block (machine, torch,
 threads, load average before/after, wall time); progress goes to stderr. Default runtime about 10 minutes
 (1 thread, loaded machine).
 
-    python benchmarks/bench_unet.py [--threads 1] [--rounds 2] [--train-rounds 1] [--unrespaced-steps 150]
+    python benchmarks/bench_unet.py [--threads 1] [--rounds 2] [--train-rounds 1] [--unrespaced-steps 75]
         [--skip-unet] [--skip-memory] [--skip-sampling] [--json out.json]
 """
 
@@ -174,7 +175,8 @@ def kernels_used(torch, fn) -> dict[str, float]:
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     keys = ("conv", "scaled_dot_product", "bmm", "softmax")
     return {e.key: e.self_cpu_time_total / total for e in events
-            if any(k in e.key for k in keys) and e.self_cpu_time_total > 0.005 * total}
+            if any(k in e.key for k in keys)
+            and (e.self_cpu_time_total > 0.005 * total or "scaled_dot_product" in e.key)}
 
 
 def _attention_kernels(torch) -> dict[str, float]:
@@ -220,12 +222,11 @@ def _unet_runs(torch, nets: dict, inputs: dict, t) -> dict:
     return {kind: {v: make(*v) for v in VARIANTS} for kind, make in (("fwd", forward), ("fwdbwd", forward_backward))}
 
 
-def unet_timing(torch, args) -> dict:
-    """Interleaved forward and forward + backward timings of the four variants, FLOPs, the mm reference."""
+def unet_setup(torch) -> dict:
+    """The untimed part (it may overlap the memory subprocesses): FLOPs, kernel check, networks, warm-ups."""
     from tav.diffusion.unet3d import UNet
 
-    out = {"mm_gflops": matmul_gflops(torch), "flops": count_flops(torch, bench_config()),
-           "sdpa_kernels": _attention_kernels(torch)}
+    out = {"flops": count_flops(torch, bench_config()), "sdpa_kernels": _attention_kernels(torch)}
     torch.manual_seed(0)
     net = UNet(bench_config()).train()
     out["parameters"] = net.num_parameters()
@@ -237,6 +238,13 @@ def unet_timing(torch, args) -> dict:
     for layout in nets:
         wall, _ = _timed(runs["fwd"][("sdpa", layout)])
         print(f"[unet warm-up] forward {layout}: {wall:.1f} s", file=sys.stderr, flush=True)
+    return {"out": out, "runs": runs}
+
+
+def unet_timing(torch, args, setup: dict) -> dict:
+    """The mm reference, then interleaved forward and forward + backward timings of the four variants."""
+    out, runs = setup["out"], setup.pop("runs")  # the networks go when this returns
+    out["mm_gflops"] = matmul_gflops(torch)
     rec = {kind: {v: {"wall": [], "cpu": []} for v in VARIANTS} for kind in runs}
     for kind, rounds in (("fwd", args.rounds), ("fwdbwd", args.train_rounds)):
         for rnd in range(rounds):
@@ -279,11 +287,14 @@ def _child_result(proc: subprocess.Popen) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def memory_benchmark(torch, args) -> dict:
-    """The two peak-RSS subprocesses, run side by side (each process has its own high-water mark)."""
+def start_memory(args: argparse.Namespace) -> dict[str, subprocess.Popen]:
+    """The two peak-RSS subprocesses, side by side (each process has its own high-water mark)."""
+    return {k: _start_child(args, ["--child-memory", k]) for k in ("plain", "ckpt")}
+
+
+def finish_memory(torch, procs: dict[str, subprocess.Popen]) -> dict:
     out = {"flops": {k: count_flops(torch, bench_config(gradient_checkpointing=k == "ckpt"))["fwdbwd"]
-                     for k in ("plain", "ckpt")}}
-    procs = {k: _start_child(args, ["--child-memory", k]) for k in ("plain", "ckpt")}
+                     for k in procs}}
     for key, proc in procs.items():
         res = out[key] = _child_result(proc)
         print(f"[memory] checkpointing={res['checkpointing']}: peak RSS {res['peak_rss_gib']:.2f} GiB (after build "
@@ -374,11 +385,13 @@ def _kernel_text(kernels: dict[str, float]) -> str:
 
 def _unet_lines(unet: dict, meta: dict) -> list[str]:
     mm, flops = max(unet["mm_gflops"]), unet["flops"]
+    t, h, w = SHAPE[2:]
     lines = [f"fp32 `torch.mm` 2048²: **{mm:.1f} GFLOP/s** best of 5 (median {_median(unet['mm_gflops']):.1f}).", "",
              f"**U-Net forward / forward + backward**, TA2V channels ({unet['parameters'] / 1e6:.1f} M parameters), "
-             f"input {'×'.join(map(str, SHAPE))}, attention at ds 8 and 16 (1024 and 256 tokens) + middle; counted "
-             f"FLOPs: forward {flops['fwd'] / 1e9:.0f} G, forward + backward {flops['fwdbwd'] / 1e9:.0f} G. "
-             f"1 warm-up forward per layout, then {meta['rounds']} interleaved forward round(s) and "
+             f"input {'×'.join(map(str, SHAPE))}, attention at ds 8 and 16 ({t * (h // 8) * (w // 8)} and "
+             f"{t * (h // 16) * (w // 16)} tokens) + middle; counted FLOPs: forward {flops['fwd'] / 1e9:.0f} G, "
+             f"forward + backward {flops['fwdbwd'] / 1e9:.0f} G. 1 warm-up forward per layout, then {meta['rounds']} "
+             "interleaved forward round(s) and "
              f"{meta['train_rounds']} forward + backward round(s); median (min–max); GFLOP/s = counted FLOPs / median "
              "time (% of the `torch.mm` best); speed-up vs sdpa contiguous (its median / this median).", "",
              "| attention | layout | forward s | GFLOP/s | speed-up | cores | fwd+bwd s | GFLOP/s | speed-up | "
@@ -399,7 +412,7 @@ def _unet_lines(unet: dict, meta: dict) -> list[str]:
 def _memory_lines(memory: dict) -> list[str]:
     lines = ["**Peak memory, one forward + backward** (sdpa, contiguous), a fresh process each: peak RSS "
              "(`ru_maxrss`) and peak minus the RSS after building the network (VmRSS); step wall / CPU time for "
-             "reference only (one run each; the two processes run side by side).", "",
+             "reference only (one run each, side by side, beside the untimed U-Net set-up).", "",
              "| gradient checkpointing | peak RSS GiB | RSS after build GiB | step adds GiB | step wall s | "
              "step CPU s | counted GFLOP |", "|---|---:|---:|---:|---:|---:|---:|"]
     for key in ("plain", "ckpt"):
@@ -451,7 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of forwards and of sampling")
     p.add_argument("--train-rounds", type=int, default=1, help="interleaved rounds of forward + backward")
-    p.add_argument("--unrespaced-steps", type=int, default=150,
+    p.add_argument("--unrespaced-steps", type=int, default=75,
                    help="steps of the 3000-step unrespaced sampling run that are timed (3000: all)")
     p.add_argument("--skip-unet", action="store_true", help="no forward / forward + backward timing")
     p.add_argument("--skip-memory", action="store_true", help="no peak-memory subprocesses")
@@ -466,8 +479,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch = _setup_torch(args.threads)
     t_start, load_before = time.perf_counter(), _loadavg()
-    memory = None if args.skip_memory else memory_benchmark(torch, args)  # first: nothing big in this process yet
-    unet = None if args.skip_unet else unet_timing(torch, args)
+    procs = None if args.skip_memory else start_memory(args)
+    setup = None if args.skip_unet else unet_setup(torch)  # untimed: may overlap the memory processes
+    memory = None if procs is None else finish_memory(torch, procs)
+    unet = None if setup is None else unet_timing(torch, args, setup)  # timed: nothing else of ours runs
     sampling = None if args.skip_sampling else sampling_benchmark(torch, args)
     meta = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__, "threads": args.threads,
             "rounds": args.rounds, "train_rounds": args.train_rounds, "load_before": load_before,

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     d.add_argument("--precision", choices=["32", "bf16"], default="32", help="bf16 autocast (GPU)")
     d.add_argument("--compute_fvd", action="store_true", help="accepted; use tools/tf_fvd/fvd.py")
+    d.add_argument("--progress", type=str2bool, default=True, help="per-step bars (GPT tokens, diffusion steps)")
     _add_stage2(p)
     return p
 
@@ -191,7 +192,7 @@ def _run_batch(st: Setup, args: argparse.Namespace, indices: list[int]) -> None:
     ids = torch.stack([it["text"] for it in items])
     audio = torch.stack([it["audio"].reshape(-1) for it in items]).float()
     captions = [it["caption"] for it in items]
-    v1, v2, secs = st.sampler.run(ids, audio, captions, st.data.cfg.sample_rate, seeds)
+    v1, v2, secs = st.sampler.run(ids, audio, captions, st.data.cfg.sample_rate, seeds, progress=args.progress)
     terms = st.sampler.guidance.last_terms
     for b, (i, it) in enumerate(zip(indices, items, strict=True)):
         info = {"seed": seeds[b], "start": int(it["start"]), "checkpoints": st.hashes, "batch": len(indices),

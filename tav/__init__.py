@@ -12,6 +12,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_vqgan": ("tav.vqgan.load", "load_vqgan"),
     "load_gpt": ("tav.gpt.load", "load_gpt"),
+    "load_unet": ("tav.diffusion.load", "load_unet"),
+    "load_diffusion": ("tav.diffusion.load", "load_diffusion"),
+    "get_encoder": ("tav.encoders.registry", "get_encoder"),
     "VATDataset": ("tav.data.dataset", "VATDataset"),
     "VATDataModule": ("tav.data.dataset", "VATDataModule"),
     "load_data_config": ("tav.data.config", "load_data_config"),

@@ -150,7 +150,7 @@ def sample_codes(gpt: GPT, prefix: Tensor, steps: int | None = None, temperature
         else:
             h = gpt.features(prefix.to(device).long(), cache=cache)
         ids = torch.empty(prefix.shape[0], steps, dtype=torch.long, device=device)
-        for i in tqdm(range(steps), desc="gpt", unit="tok", disable=not progress):
+        for i in tqdm(range(steps), desc="gpt", unit="tok", disable=not progress, leave=False):
             ids[:, i] = draw(F.linear(h[:, -1], head), gens, temperature, top_k, top_p) + (off if restrict else 0)
             if i + 1 < steps:
                 h = gpt.features(ids[:, i: i + 1], cache=cache, start=n_text + i)

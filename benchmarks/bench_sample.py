@@ -1,0 +1,494 @@
+"""Seconds per video of TA2V two-stage sampling on CPU: ``tav`` vs an "upstream algorithm" mode of the same modules.
+
+Everything has random weights (speed does not depend on their values) and runs in fp32 on the CPU.
+One video = a 12-token caption + 16 audio frames -> 576 GPT codes -> VQGAN clip 16x96x96 -> resized to
+16x64x64 -> guided SDEdit (respaced "100", 25 skipped -> 75 DDPM steps) with the README guidance weights
+(audio 1e4, direction 5e3, text 1e4, range 50; AudioCLIP audio encoder, 0.5 s audio windows, in both modes).
+
+Models (shared by both modes; the upstream mode reloads its own copies of the stage-2 ones from disk):
+- GPT ``gpt_preset("urmp_upstream")``: 12 layers, 8 heads, 512 wide, 12 + 576 tokens, the released
+  vocabulary (21 128 + 16 384 = 37 512 rows; ``--gpt-preset urmp`` uses ours, 46 906, which only makes the
+  upstream mode's full-vocabulary head slower); top-k 2048, top-p 0.8. VQGAN ``vqgan_preset("urmp")``.
+- U-Net: 64 channels, mult (1, 1, 2, 3, 4), ``--res-blocks`` (default 2; the release has 3) ResBlocks
+  per level, 4 heads, attention at 8 and 4 px (the release's levels at 64 px), no gradient checkpointing.
+- AudioCLIP at the released size (``AudioCLIPConfig()``: RN50 image tower, ESResNeXt audio tower) and
+  CLIP ViT-B/32 (open_clip ``ViT-B-32-quickgelu``).
+
+Modes:
+- ``ours`` (batch ``--batch``, default 4, reported per video = batch time / batch): stage 1 =
+  ``sample_codes`` (static KV cache, video rows of the head only) + ``VQGAN.decode`` + clamp + resize;
+  stage 2 = ``Guidance.prepare`` (caption and audio embedded once per batch) + ``ddpm_sample`` with
+  ``Guidance.cond_fn`` (one U-Net forward per step, with grad, reused by the guidance; AudioCLIP frame
+  embeddings shared by the audio and direction terms; frames batched). Models are built once per run.
+- ``upstream`` (batch 1, per video): stage 1 = upstream's ``sample_with_past`` (concatenating cache,
+  full-vocabulary head and filter; ``bench_gpt.upstream_sample_with_past``) + decode; stage 2 = the editor
+  is rebuilt for the video (U-Net, AudioCLIP and CLIP reloaded from files in a temporary directory: timed;
+  upstream also loads wav2clip and LPIPS-VGG, not counted), the audio is embedded once, then per step
+  ``p_mean_variance`` under no_grad for the update AND again with grad inside the hook (spec ta2v.md
+  §6.5), AudioCLIP image embeddings computed twice (audio term, direction term), and for each of the 16
+  frames the caption re-tokenised and re-encoded and the frame encoded by CLIP at batch 1 (as upstream's
+  ``text_loss``). Upstream's logging pass (AudioCLIP, 5 times per video) is not counted.
+
+Timing:
+- stage 1: the GPT decode runs ``--gpt-tokens-timed`` codes (default 576 = in full); fewer are scaled by
+  576 / n (an underestimate for both, more for upstream's cache, whose per-token cost grows). Decode runs once.
+- stage 2: 75 steps are too slow on this CPU: each mode first runs 1 warm-up step at batch 1 (separate
+  state, not counted), then ``--steps-timed`` steps (default 3) of the real run, the two modes alternating
+  step by step (order reversed every other step); per video = setup + 75 x median step. Ours is
+  ``ddpm_sample`` itself, stopped at its next U-Net call and resumed from the sample it was handed.
+- step breakdown: U-Net forwards and encoder calls are timed by wrappers; the backward is split where the
+  gradient reaches the U-Net output (tensor hook): "encoder backward" = loss -> U-Net output, "U-Net
+  backward" = U-Net output -> x; "other" = the rest of the step.
+
+Threads default to 1 (on the shared 2-core machines two OpenMP threads stall whenever another process holds
+a core). Default runtime about 10-12 minutes (1 thread, loaded machine). Progress goes to stderr.
+
+    python benchmarks/bench_sample.py [--threads 1] [--batch 4] [--steps-timed 3] [--gpt-tokens-timed 576]
+        [--res-blocks 2] [--gpt-preset urmp_upstream] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from bench_gpt import TOP_K, TOP_P, upstream_sample_with_past  # noqa: E402
+
+from tav.diffusion.config import UNetConfig  # noqa: E402
+from tav.diffusion.load import load_unet, save_unet  # noqa: E402
+from tav.diffusion.samplers import ddpm_sample  # noqa: E402
+from tav.diffusion.schedule import GaussianSchedule, ProcessConfig, gather_coef  # noqa: E402
+from tav.diffusion.unet3d import UNet  # noqa: E402
+from tav.encoders.audio import encoder_audio  # noqa: E402
+from tav.encoders.audioclip import AudioCLIP, AudioCLIPConfig, load_audioclip  # noqa: E402
+from tav.encoders.clip import CLIPEncoder, load_clip  # noqa: E402
+from tav.gpt import GPT, gpt_preset, sample_codes  # noqa: E402
+from tav.guidance import Guidance, GuidanceConfig  # noqa: E402
+from tav.guidance import losses as L  # noqa: E402
+from tav.pipelines.ta2v import resize_frames  # noqa: E402
+from tav.vqgan import VQGAN, vqgan_preset  # noqa: E402
+
+FRAMES, SIZE, RATE, FPS = 16, 64, 48000, 30
+RESPACING, SKIP = "100", 25
+CAPTION = "A young man is playing the violin in front of a music stand."
+BUCKETS = ("unet_fwd_nograd", "unet_fwd_grad", "audioclip_img", "clip_img", "clip_text", "enc_bwd", "unet_bwd",
+           "other")
+LABELS = {"unet_fwd_nograd": "U-Net forward, no grad (update)", "unet_fwd_grad": "U-Net forward, with grad",
+          "audioclip_img": "AudioCLIP image forward", "clip_img": "CLIP image forward",
+          "clip_text": "CLIP caption tokenise + encode", "enc_bwd": "backward through encoders + losses",
+          "unet_bwd": "backward through the U-Net", "other": "other (losses, sampler update, noise)"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- instrumentation
+class Clock:
+    """Seconds per bucket and time stamps of the step being measured, filled in by the wrappers below."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.buckets: dict[str, float] = defaultdict(float)
+        self.stamps: dict[str, float] = {}
+
+    def timed(self, name: str, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.buckets[name] += time.perf_counter() - t0
+        return wrapper
+
+    def stamping(self, name: str, fn):
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            self.stamps[name] = time.perf_counter()
+            return out
+        return wrapper
+
+    def breakdown(self, total: float) -> dict[str, float]:
+        """The step's buckets, backward split at the U-Net output, and what is left as "other"."""
+        out = {k: self.buckets.get(k, 0.0) for k in BUCKETS[:5]}
+        s = self.stamps
+        out["enc_bwd"] = s["grad_at_unet"] - s["loss"]
+        out["unet_bwd"] = s["grad_done"] - s["grad_at_unet"]
+        out["other"] = total - sum(out.values())
+        return out
+
+
+def instrument(audioclip: AudioCLIP, clip: CLIPEncoder, clock: Clock) -> None:
+    """Time the encoder calls the guidance makes (instance attributes shadow the methods)."""
+    audioclip.encode_images = clock.timed("audioclip_img", audioclip.encode_images)
+    clip.encode_images = clock.timed("clip_img", clip.encode_images)
+    clip.encode_texts = clock.timed("clip_text", clip.encode_texts)
+
+
+class _Stop(Exception):
+    def __init__(self, x: Tensor) -> None:
+        super().__init__("sampler stopped")
+        self.x = x
+
+
+class ProbeNet(nn.Module):
+    """The U-Net, its forwards timed and the arrival of the guidance gradient at its output stamped. With
+    ``calls_left`` set, the call after the last allowed one stops the sampler, handing over its input: the
+    sample after the step just taken."""
+
+    def __init__(self, net: UNet, clock: Clock) -> None:
+        super().__init__()
+        self.net, self.clock, self.calls_left = net, clock, None
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.calls_left == 0:
+            raise _Stop(x.detach())
+        if self.calls_left is not None:
+            self.calls_left -= 1
+        name = "unet_fwd_grad" if torch.is_grad_enabled() else "unet_fwd_nograd"
+        y = self.clock.timed(name, self.net)(x, t)
+        if y.requires_grad:
+            y.register_hook(self._arrived)
+        return y
+
+    def _arrived(self, grad: Tensor) -> None:
+        self.clock.stamps["grad_at_unet"] = time.perf_counter()
+
+
+# ------------------------------------------------------------------------------------------- models
+@dataclass
+class Models:
+    gpt: GPT
+    vqgan: VQGAN
+    unet: UNet
+    schedule: GaussianSchedule
+    audioclip: AudioCLIP
+    clip: CLIPEncoder
+
+
+def unet_config(res_blocks: int) -> UNetConfig:
+    return UNetConfig(image_size=SIZE, model_channels=64, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=res_blocks,
+                      attention_resolutions=(8, 4), num_heads=4, gradient_checkpointing=False)
+
+
+def build_models(args) -> Models:
+    import open_clip
+
+    torch.manual_seed(0)
+    gpt = GPT(gpt_preset(args.gpt_preset)).eval()
+    vqgan = VQGAN(vqgan_preset("urmp")).eval()
+    unet = UNet(unet_config(args.res_blocks)).eval().requires_grad_(False)
+    schedule = GaussianSchedule.from_config(ProcessConfig(), respacing=RESPACING)
+    audioclip = AudioCLIP(AudioCLIPConfig()).freeze()
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip: "no pretrained weights loaded" (intended)
+    clip = CLIPEncoder(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).float())
+    return Models(gpt, vqgan, unet, schedule, audioclip, clip)
+
+
+def save_editor_files(m: Models, folder: Path) -> dict[str, Path]:
+    """The stage-2 networks as files, for the upstream mode's per-video editor rebuild."""
+    paths = {"unet": folder / "unet.pt", "audioclip": folder / "audioclip.pt", "clip": folder / "clip.pt"}
+    save_unet(m.unet, paths["unet"], ProcessConfig())
+    torch.save(m.audioclip.state_dict(), paths["audioclip"])
+    torch.save(m.clip.model.state_dict(), paths["clip"])
+    return paths
+
+
+def load_editor(paths: dict[str, Path]) -> tuple[UNet, AudioCLIP, CLIPEncoder]:
+    net = load_unet(paths["unet"]).requires_grad_(False)
+    return net, load_audioclip(paths["audioclip"]), load_clip(paths["clip"])
+
+
+def count_params(module: nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+# ------------------------------------------------------------------------------------------- stage 1
+def _timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+@torch.inference_mode()
+def _decode(m: Models, codes: Tensor) -> Tensor:
+    """``TwoStageSampler.stage1``'s tail: decode, clamp, then ``resize_frames`` to the diffusion size."""
+    return resize_frames(m.vqgan.decode(codes).float().clamp(-0.5, 0.5), SIZE)
+
+
+def stage1_benchmark(args, m: Models) -> tuple[dict, Tensor]:
+    cfg, b, n = m.gpt.cfg, args.batch, args.gpt_tokens_timed
+    full, scale = cfg.video_seq_len, cfg.video_seq_len / args.gpt_tokens_timed
+    prompts = torch.randint(0, cfg.text_vocab_size, (b, cfg.text_seq_len), generator=torch.Generator().manual_seed(1))
+    sample_codes(m.gpt, prompts[:2], steps=4, seeds=[0, 1], restrict_to_video=True)  # warm-up
+    upstream_sample_with_past(m.gpt, prompts[:1], 4)
+    _decode(m, torch.zeros(1, *cfg.latent_shape, dtype=torch.long))
+    log(f"stage 1: ours, GPT {n} codes at batch {b}")
+    gpt_b, codes = _timed(lambda: sample_codes(m.gpt, prompts, steps=n, seeds=list(range(b)), top_k=TOP_K,
+                                               top_p=TOP_P, restrict_to_video=True))
+    codes = codes if n == full else torch.randint(0, cfg.n_codes, (b, *cfg.latent_shape))
+    dec_b, clips = _timed(lambda: _decode(m, codes.view(b, *cfg.latent_shape)))
+    log(f"  {gpt_b:.1f} s + decode {dec_b:.1f} s; upstream mode, GPT {n} codes at batch 1")
+    gpt_1, tokens = _timed(lambda: upstream_sample_with_past(m.gpt, prompts[:1], n))
+    up_codes = (tokens - cfg.video_offset).clamp(0, cfg.n_codes - 1) if n == full else codes[:1]
+    dec_1, _ = _timed(lambda: _decode(m, up_codes.reshape(1, *cfg.latent_shape)))
+    log(f"  {gpt_1:.1f} s + decode {dec_1:.1f} s")
+    res = {"ours": {"gpt": gpt_b * scale / b, "decode": dec_b / b, "batch_gpt_s": gpt_b, "batch_decode_s": dec_b},
+           "upstream": {"gpt": gpt_1 * scale, "decode": dec_1, "batch_gpt_s": gpt_1, "batch_decode_s": dec_1},
+           "tokens_timed": n, "extrapolated": n != full}
+    for r in ("ours", "upstream"):
+        res[r]["total"] = res[r]["gpt"] + res[r]["decode"]
+    return res, clips
+
+
+# ------------------------------------------------------------------------------------------- stage 2
+class OursStage2:
+    """``Guidance`` + ``ddpm_sample`` on a batch; ``step`` advances the sampler itself by one step."""
+
+    def __init__(self, m: Models, clock: Clock, init: Tensor, audio: Tensor, seeds: list[int]) -> None:
+        self.net, self.schedule, self.clock = ProbeNet(m.unet, clock), m.schedule, clock
+        self.guidance = Guidance(GuidanceConfig(), m.schedule, audio_encoder=m.audioclip, clip=m.clip)
+        self.guidance.total = clock.stamping("loss", self.guidance.total)
+        self.init, self.audio, self.seeds = init, audio, seeds
+        self.x, self.done, self.cond_fn = None, 0, None
+        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def prepare(self) -> None:
+        """Caption and audio embedded once for the whole batch."""
+        cond = self.guidance.prepare(self.audio, [CAPTION] * len(self.seeds), RATE, FRAMES, seeds=self.seeds)
+        self.cond_fn = self.clock.stamping("grad_done", self.guidance.cond_fn(cond))
+
+    def step(self) -> None:
+        """One step of ``ddpm_sample``: stopped at its next U-Net call, resumed from the sample it hands over
+        (``noise=x`` without ``x_init`` starts exactly there; the generators carry their state)."""
+        self.net.calls_left = 1
+        start = {"x_init": self.init} if self.x is None else {"noise": self.x}
+        try:
+            ddpm_sample(self.net, self.schedule, tuple(self.init.shape), skip_timesteps=SKIP + self.done,
+                        cond_fn=self.cond_fn, generators=self.gens, **start)
+        except _Stop as stop:
+            self.x = stop.x
+        self.done += 1
+
+
+class UpstreamStage2:
+    """Upstream's ``VideoEditor.edit`` loop (spec ta2v.md §6.5) for one video, over our modules."""
+
+    def __init__(self, editor, schedule: GaussianSchedule, clock: Clock, init: Tensor, audio: Tensor) -> None:
+        net, self.audioclip, self.clip = editor
+        self.net, self.schedule, self.clock = ProbeNet(net, clock), schedule, clock
+        self.init, self.audio, self.x, self.k = init, audio, None, schedule.num_timesteps - SKIP - 1
+        self.gen = torch.Generator().manual_seed(404)
+        self.lam = GuidanceConfig()
+
+    @torch.no_grad()
+    def prepare(self) -> None:
+        """The audio embedded once (as upstream); q_sample of the stage-1 clip at the first step."""
+        windows = encoder_audio(self.audio, RATE, self.audioclip, FRAMES, window_s=self.lam.audio_window_s)
+        self.a_emb = L.normalize(self.audioclip.encode_audio(windows[0]))[None]  # (1, 16, 1024)
+        noise = torch.randn(self.init.shape, generator=self.gen)
+        self.x = self.schedule.q_sample(self.init, self.k, noise)
+
+    def cond_fn(self, x: Tensor, t: Tensor) -> Tensor:
+        lam = self.lam
+        with torch.enable_grad():
+            x = x.detach().requires_grad_()
+            out = self.schedule.p_mean_variance(self.net, x, t)  # the second U-Net forward of the step
+            fac = gather_coef(self.schedule.sqrt_one_minus_alphas_cumprod, t, x)
+            x_in = out["pred_xstart"] * fac + x * (1 - fac)
+            frames = x_in[0].transpose(0, 1) + 0.5  # (16, 3, H, W) in [0, 1]
+            img = L.normalize(self.audioclip.encode_images(frames))[None]
+            loss = lam.audio_lambda * L.audio_loss(img, self.a_emb).sum()
+            img = L.normalize(self.audioclip.encode_images(frames))[None]  # again, for the direction term
+            loss = loss + lam.direction_lambda * L.direction_loss(img, self.a_emb).sum()
+            loss = loss + lam.range_lambda * L.range_loss(out["pred_xstart"]).sum()
+            text = 0.0
+            for frame in frames:  # upstream's text_loss: caption re-encoded and frame encoded at batch 1
+                txt = L.normalize(self.clip.encode_texts([CAPTION]))
+                f_emb = L.normalize(self.clip.encode_images(frame[None]))
+                text = text + L.text_loss(f_emb[None], txt).sum() / FRAMES  # mean over frames of 1 - cos
+            loss = loss + lam.text_lambda * text
+            self.clock.stamps["loss"] = time.perf_counter()
+            grad = -torch.autograd.grad(loss, x)[0]
+            self.clock.stamps["grad_done"] = time.perf_counter()
+            return grad
+
+    def step(self) -> None:
+        t = torch.full((1,), self.k, dtype=torch.long)
+        with torch.no_grad():
+            out = self.schedule.p_mean_variance(self.net, self.x, t)  # the first U-Net forward: the update
+        mean = out["mean"] + out["variance"] * self.cond_fn(self.x, t)
+        if self.k > 0:
+            mean = mean + torch.exp(0.5 * out["log_variance"]) * torch.randn(self.x.shape, generator=self.gen)
+        self.x, self.k = mean.detach(), self.k - 1
+
+
+def _audio(batch: int) -> Tensor:
+    """``(batch, 25 600)`` mono at 48 kHz: the 16 frames of a clip at 30 fps."""
+    return 0.1 * torch.randn(batch, FRAMES * RATE // FPS, generator=torch.Generator().manual_seed(2))
+
+
+def _summarise(name: str, steps: list[float], parts: list[dict], per: int) -> tuple[float, dict[str, float]]:
+    """Median step per video and the breakdown of the median step (per video)."""
+    mid = sorted(range(len(steps)), key=steps.__getitem__)[(len(steps) - 1) // 2]
+    return statistics.median(steps) / per, {k: v / per for k, v in parts[mid].items()}
+
+
+def stage2_benchmark(args, m: Models, clips: Tensor, paths: dict[str, Path]) -> dict:
+    clock = Clock()
+    instrument(m.audioclip, m.clip, clock)
+    audio = _audio(args.batch)
+    log("stage 2: upstream mode rebuilds its editor (U-Net, AudioCLIP, CLIP reloaded from files)")
+    rebuild, editor = _timed(lambda: load_editor(paths))
+    instrument(editor[1], editor[2], clock)
+    log(f"  {rebuild:.1f} s; warm-up: one step of each mode at batch 1 (not counted)")
+    for warm in (OursStage2(m, clock, clips[:1], audio[:1], [0]),
+                 UpstreamStage2(editor, m.schedule, clock, clips[:1], audio[:1])):
+        warm.prepare()
+        warm.step()
+    runners = {"ours": OursStage2(m, clock, clips, audio, list(range(args.batch))),
+               "upstream": UpstreamStage2(editor, m.schedule, clock, clips[:1], audio[:1])}
+    prep = {name: _timed(r.prepare)[0] for name, r in runners.items()}
+    log(f"  prepare (audio + caption): ours {prep['ours']:.1f} s (batch), upstream {prep['upstream']:.1f} s")
+    steps: dict[str, list[float]] = {"ours": [], "upstream": []}
+    parts: dict[str, list[dict]] = {"ours": [], "upstream": []}
+    for i in range(args.steps_timed):
+        for name in (("ours", "upstream") if i % 2 == 0 else ("upstream", "ours")):
+            clock.reset()
+            secs, _ = _timed(runners[name].step)
+            steps[name].append(secs)
+            parts[name].append(clock.breakdown(secs))
+            log(f"  step {i}: {name} {secs:.1f} s")
+    n_steps = m.schedule.num_timesteps - SKIP
+    res: dict = {"n_steps": n_steps, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    for name, per in (("ours", args.batch), ("upstream", 1)):
+        step, breakdown = _summarise(name, steps[name], parts[name], per)
+        r = {"rebuild": rebuild if name == "upstream" else 0.0, "prepare": prep[name] / per, "step": step,
+             "steps": n_steps * step, "step_breakdown": breakdown, "batch": per, "measured_steps_s": steps[name]}
+        r["total"] = r["rebuild"] + r["prepare"] + r["steps"]
+        res[name] = r
+    return res
+
+
+# ------------------------------------------------------------------------------------------- report
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _row(label: str, ours: float, up: float, bold: bool = False) -> str:
+    ratio = f"{up / ours:.2f}x" if ours > 0 else "-"
+    cells = [label, f"{ours:.1f}", f"{up:.1f}", ratio]
+    return "| " + " | ".join(f"**{c}**" if bold else c for c in cells) + " |"
+
+
+def _per_video_table(s1: dict, s2: dict, b: int) -> list[str]:
+    o1, u1, o2, u2 = s1["ours"], s1["upstream"], s2["ours"], s2["upstream"]
+    n_codes = "576 codes" + (f" ({s1['tokens_timed']} timed, scaled)" if s1["extrapolated"] else "")
+    return [f"| per video | ours (batch {b}) s | upstream mode (batch 1) s | upstream / ours |", "|---|---|---|---|",
+            _row(f"stage 1: GPT, {n_codes}", o1["gpt"], u1["gpt"]),
+            _row("stage 1: VQGAN decode + clamp + resize", o1["decode"], u1["decode"]),
+            _row("stage 1", o1["total"], u1["total"], True),
+            _row("stage 2: editor rebuild (reload U-Net, AudioCLIP, CLIP)", o2["rebuild"], u2["rebuild"]),
+            _row("stage 2: audio + caption embedding", o2["prepare"], u2["prepare"]),
+            _row(f"stage 2: {s2['n_steps']} guided steps ({s2['n_steps']} x median step)", o2["steps"], u2["steps"]),
+            _row("stage 2", o2["total"], u2["total"], True),
+            _row("total", o1["total"] + o2["total"], u1["total"] + u2["total"], True)]
+
+
+def _step_table(s2: dict, b: int) -> list[str]:
+    o, u = s2["ours"]["step_breakdown"], s2["upstream"]["step_breakdown"]
+    lines = [f"| one guided step, per video | ours s (batch {b} / {b}) | upstream mode s | upstream / ours |",
+             "|---|---|---|---|"]
+    lines += [_row(LABELS[k], o[k], u[k]) for k in BUCKETS]
+    lines.append(_row("step", s2["ours"]["step"], s2["upstream"]["step"], True))
+    return lines
+
+
+def _verdict(s1: dict, s2: dict) -> list[str]:
+    ours = s1["ours"]["total"] + s2["ours"]["total"]
+    up = s1["upstream"]["total"] + s2["upstream"]["total"]
+    ratio = up / ours
+    met = "met" if ratio >= 10 else "**NOT met**"
+    o = s2["ours"]["step_breakdown"]
+    enc = o["audioclip_img"] + o["clip_img"] + o["clip_text"] + o["enc_bwd"]
+    net = o["unet_fwd_grad"] + o["unet_fwd_nograd"] + o["unet_bwd"]
+    step = s2["ours"]["step"]
+    return [f"Overall: upstream mode / ours = **{ratio:.2f}x per video** (goal >= 10x): {met}.",
+            f"Where ours' time goes: stage 2 is {s2['ours']['total'] / ours:.0%} of a video "
+            f"({s2['ours']['total']:.0f} of {ours:.0f} s); per guided step {step:.1f} s = encoders (forward + "
+            f"backward) {enc:.1f} s ({enc / step:.0%}), U-Net forward + backward {net:.1f} s ({net / step:.0%}), "
+            f"other {o['other']:.1f} s. Stage-2 ratio {s2['upstream']['total'] / s2['ours']['total']:.2f}x, "
+            f"stage-1 ratio {s1['upstream']['total'] / s1['ours']['total']:.2f}x."]
+
+
+def report(args, m: Models, s1: dict, s2: dict, load_before: str, wall: float) -> str:
+    b = args.batch
+    cfg = unet_config(args.res_blocks)
+    lines = ["## TA2V sampling: seconds per video, ours vs upstream-algorithm mode (fp32 CPU, random weights)", "",
+             f"machine: {platform.machine()} ({platform.processor() or 'cpu'}), torch {torch.__version__}, "
+             f"threads {torch.get_num_threads()}, load average before {load_before}, after {_loadavg()}; "
+             f"wall time {wall / 60:.1f} min; peak RSS {s2['peak_rss_gib']:.1f} GiB", "",
+             f"models: GPT {args.gpt_preset} ({count_params(m.gpt):.1f} M, vocabulary {m.gpt.cfg.vocab_size}), "
+             f"VQGAN urmp ({count_params(m.vqgan):.1f} M), U-Net 64 ch mult {cfg.channel_mult} x "
+             f"{cfg.num_res_blocks} ResBlocks, attention at {cfg.attention_resolutions} px "
+             f"({count_params(m.unet):.1f} M), AudioCLIP full ({count_params(m.audioclip):.1f} M), "
+             f"CLIP ViT-B/32 ({count_params(m.clip):.1f} M)",
+             f"clip 3x{FRAMES}x{SIZE}x{SIZE}; respaced {RESPACING}, skip {SKIP} -> {s2['n_steps']} DDPM steps; "
+             f"guidance audio 1e4, direction 5e3, text 1e4, range 50; stage-2 steps timed: {args.steps_timed} per "
+             f"mode after 1 warm-up step at batch 1, x {s2['n_steps']}", ""]
+    lines += _per_video_table(s1, s2, b) + [""] + _step_table(s2, b) + [""]
+    lines += [f"measured steps (s, whole batch): ours (batch {b}) "
+              f"{', '.join(f'{s:.1f}' for s in s2['ours']['measured_steps_s'])}; upstream mode (batch 1) "
+              f"{', '.join(f'{s:.1f}' for s in s2['upstream']['measured_steps_s'])}", ""]
+    return "\n".join(lines + _verdict(s1, s2) + [""])
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
+    p.add_argument("--batch", type=int, default=4, help="videos per batch in ours")
+    p.add_argument("--steps-timed", type=int, default=3, help="guided steps timed per mode (x 75)")
+    p.add_argument("--gpt-tokens-timed", type=int, default=576, help="codes decoded (fewer: scaled to 576)")
+    p.add_argument("--res-blocks", type=int, default=2, help="U-Net ResBlocks per level (release: 3)")
+    p.add_argument("--gpt-preset", default="urmp_upstream", help="GPT preset (urmp_upstream | urmp)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if args.batch < 1 or args.steps_timed < 1 or not 1 <= args.gpt_tokens_timed <= 576:
+        p.error("--batch and --steps-timed must be >= 1, --gpt-tokens-timed in [1, 576]")
+    torch.set_num_threads(args.threads)
+    load_before, t0 = _loadavg(), time.perf_counter()
+    log("building models (random weights)")
+    m = build_models(args)
+    with tempfile.TemporaryDirectory(prefix="bench_sample_") as tmp:
+        paths = save_editor_files(m, Path(tmp))
+        s1, clips = stage1_benchmark(args, m)
+        s2 = stage2_benchmark(args, m, clips, paths)
+    print(report(args, m, s1, s2, load_before, time.perf_counter() - t0))
+    if args.json:
+        opts = {k: str(v) for k, v in vars(args).items()}
+        args.json.write_text(json.dumps({"stage1": s1, "stage2": s2, "args": opts}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
