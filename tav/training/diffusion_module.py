@@ -109,6 +109,13 @@ class DiffusionModule(pl.LightningModule):
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.schedule = GaussianSchedule.from_config(process_cfg)
         self._ema_step = -1
+        self._gen: torch.Generator | None = None
+
+    def on_train_start(self) -> None:
+        """One generator per process for timesteps and noise, seeded by (seed, rank, step): DDP ranks draw
+        different noise, and a resumed run does not replay the noise of its first steps."""
+        seed = self.train_cfg.seed * 1_000_003 + self.global_rank * 7_919 + self.global_step
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
 
     def configure_optimizers(self) -> dict[str, Any]:
         t = self.train_cfg
@@ -131,8 +138,9 @@ class DiffusionModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         x0 = self.input_video(batch)
-        t = self.schedule.sample_timesteps(x0.shape[0], x0.device)
-        terms = self.schedule.training_losses(self.net, x0, t)
+        t = self.schedule.sample_timesteps(x0.shape[0], x0.device, generator=self._gen)
+        noise = torch.randn(x0.shape, generator=self._gen, device=x0.device, dtype=x0.dtype)
+        terms = self.schedule.training_losses(self.net, x0, t, noise=noise)
         loss = terms["loss"].mean()
         self._check_finite(loss)
         bs = x0.shape[0]
