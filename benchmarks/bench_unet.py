@@ -7,8 +7,7 @@ What is measured (random weights; the speed does not depend on their values):
    318 M parameters) at ``image_size=64`` with ``attention_resolutions=(8, 4)``: the same attention *levels*
    as the spec's (16, 8) at 128 px (down-sampling factors 8 and 16, plus the middle block), which see
    16x8x8 = 1024 and 16x4x4 = 256 tokens here. Input (1, 3, 16, 64, 64), one timestep.
-   - forward: ``torch.inference_mode()``; forward + backward: ``net(x, t).sum().backward()`` w.r.t. the
-     parameters (gradients set to None before each run);
+   - forward: ``torch.inference_mode()``; forward + backward: ``net(x, t).sum().backward()`` (parameters);
    - variants: attention ``sdpa`` (``F.scaled_dot_product_attention``) vs ``math`` (einsum + float32
      softmax), i.e. ``UNetConfig.attention_impl``, switched on the same weights (``AttentionBlock.impl``);
      each with contiguous tensors and with ``channels_last_3d`` (``net.to(memory_format=...)`` on a copy of
@@ -29,23 +28,21 @@ What is measured (random weights; the speed does not depend on their values):
    (``VmRSS``), runs one forward + backward and reads the peak RSS (``resource.getrusage(RUSAGE_SELF).
    ru_maxrss``, the process's high-water mark). Reported: the peak, and the peak minus the RSS after the
    build (what the step adds: gradients 1.2 GiB + activations + work space). To save time the two run side
-   by side, beside part 1's untimed set-up (FLOP count, build, warm-ups); its timed runs start once both
-   have exited. Each process has its own high-water mark; their step times are for reference only. No
-   tracemalloc: PyTorch's CPU allocations bypass it.
+   by side and beside part 1's untimed set-up (build, warm-ups), whose timed runs wait for them to exit;
+   their step times are for reference only. (Not tracemalloc: PyTorch's CPU allocations bypass it.)
 
-3. **Sampling wall time** of ``ddpm_sample`` at ``unet_preset("unet3d-tiny")`` on (1, 3, 4, 32, 32), the
-   TA2V process (4000 cosine steps, learned sigma), SDEdit from an ``x_init`` skipping the first quarter as
-   the TA2V sampler does: respaced ``"100"`` (skip 25 -> 75 steps) vs no respacing (skip 1000 -> 3000
-   steps). The unrespaced run is timed over its first ``--unrespaced-steps`` steps (default 75, as many as
-   the respaced run; the net is wrapped to stop the sampler there) and extrapolated linearly to 3000 steps;
-   both per-step times are reported (they should match: respacing changes only the number of network
-   calls). ``--unrespaced-steps 3000`` runs it in full. One warm-up, ``--rounds`` interleaved rounds,
-   medians; the convolution / attention kernels of one tiny forward (profiler) are listed.
+3. **Sampling wall (and process CPU) time** of ``ddpm_sample`` at ``unet_preset("unet3d-tiny")`` on
+   (1, 3, 4, 32, 32), the TA2V process (4000 cosine steps, learned sigma), SDEdit from an ``x_init``
+   skipping the first quarter as the TA2V sampler does: respaced ``"100"`` (skip 25 -> 75 steps) vs no
+   respacing (skip 1000 -> 3000 steps). The unrespaced run is timed over its first ``--unrespaced-steps``
+   steps (default 75, as many as the respaced run; the net is wrapped to stop the sampler there) and
+   extrapolated linearly to 3000 steps; both per-step times are reported (they should match: respacing
+   changes only the number of network calls). ``--unrespaced-steps 3000`` runs it in full. One warm-up,
+   ``--rounds`` interleaved rounds, medians; the kernels of one tiny forward (profiler) are listed.
 
-Threads default to 1: on the shared 2-core machines two OpenMP threads stall whenever another process
-holds a core; use ``--threads 2`` on an idle machine. The output is a markdown block (machine, torch,
-threads, load average before/after, wall time); progress goes to stderr. Default runtime about 10 minutes
-(1 thread, loaded machine).
+Threads default to 1: on the shared 2-core machines two OpenMP threads stall whenever another process holds
+a core (``--threads 2`` on an idle machine). Output: a markdown block (machine, torch, threads, load average
+before/after, wall time); progress on stderr. Default runtime about 11 minutes (1 thread, loaded machine).
 
     python benchmarks/bench_unet.py [--threads 1] [--rounds 2] [--train-rounds 1] [--unrespaced-steps 75]
         [--skip-unet] [--skip-memory] [--skip-sampling] [--json out.json]
@@ -320,21 +317,21 @@ class _StopAfter:
         return self.net(*a, **kw)
 
 
-def _sample_run(torch, net, schedule, skip: int, steps: int, x_init) -> float:
-    """Wall seconds of the first ``steps`` DDPM steps of an SDEdit run skipping ``skip`` steps."""
+def _sample_run(torch, net, schedule, skip: int, steps: int, x_init) -> tuple[float, float]:
+    """(wall s, process CPU s) of the first ``steps`` DDPM steps of an SDEdit run skipping ``skip`` steps."""
     from tav.diffusion.samplers import ddpm_sample
 
     wrapped = _StopAfter(net, steps)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         ddpm_sample(wrapped, schedule, SAMPLE_SHAPE, x_init=x_init, skip_timesteps=skip,
                     generators=[torch.Generator().manual_seed(0)])
     except _Stop:
         pass
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     if wrapped.calls != steps:
         raise RuntimeError(f"sampler made {wrapped.calls} network calls; expected {steps}")
-    return wall
+    return wall, cpu
 
 
 def sampling_benchmark(torch, args) -> dict:
@@ -356,17 +353,20 @@ def sampling_benchmark(torch, args) -> dict:
     _sample_run(torch, net, plans["respaced"]["schedule"], plans["respaced"]["skip"], 5, x_init)  # warm-up
     with torch.no_grad():
         kernels = kernels_used(torch, lambda: net(x_init, torch.tensor([500.0])))
-    secs: dict[str, list[float]] = {k: [] for k in plans}
+    rec = {k: {"wall": [], "cpu": []} for k in plans}
     for rnd in range(args.rounds):
         for name in plans if rnd % 2 == 0 else list(plans)[::-1]:
             p = plans[name]
-            secs[name].append(_sample_run(torch, net, p["schedule"], p["skip"], p["timed"], x_init))
-            print(f"[sampling round {rnd + 1}/{args.rounds}] {name}: {p['timed']} steps in {secs[name][-1]:.2f} s",
+            wall, cpu = _sample_run(torch, net, p["schedule"], p["skip"], p["timed"], x_init)
+            rec[name]["wall"].append(wall)
+            rec[name]["cpu"].append(cpu)
+            print(f"[sampling round {rnd + 1}/{args.rounds}] {name}: {p['timed']} steps in {wall:.2f} s",
                   file=sys.stderr, flush=True)
     out = {name: {"steps_total": p["total"], "steps_timed": p["timed"], "skip": p["skip"],
-                  "schedule_steps": p["schedule"].num_timesteps, "wall": secs[name],
-                  "per_step_s": _median(secs[name]) / p["timed"],
-                  "total_s": _median(secs[name]) / p["timed"] * p["total"]} for name, p in plans.items()}
+                  "schedule_steps": p["schedule"].num_timesteps, **rec[name],
+                  **{f"per_step_{k}_s": _median(rec[name][k]) / p["timed"] for k in ("wall", "cpu")},
+                  **{f"total_{k}_s": _median(rec[name][k]) / p["timed"] * p["total"] for k in ("wall", "cpu")}}
+           for name, p in plans.items()}
     return {**out, "kernels": kernels}
 
 
@@ -432,16 +432,17 @@ def _sampling_lines(sampling: dict, meta: dict) -> list[str]:
              f"first {SKIP_FRACTION:.0%} of the schedule skipped); 1 warm-up, {meta['rounds']} interleaved rounds, "
              "median." + (f" The unrespaced run is timed over its first {u['steps_timed']} steps and **extrapolated "
                           f"linearly** to {u['steps_total']} steps." if est else ""), "",
-             "| schedule | steps run | steps timed | per step ms | wall s |", "|---|---:|---:|---:|---:|",
-             f"| respaced \"{RESPACING}\" (skip {r['skip']}) | {r['steps_total']} | {r['steps_timed']} | "
-             f"{1e3 * r['per_step_s']:.1f} | {r['total_s']:.2f} |",
-             f"| none, {u['schedule_steps']} steps (skip {u['skip']}) | {u['steps_total']} | {u['steps_timed']} | "
-             f"{1e3 * u['per_step_s']:.1f} | {u['total_s']:.1f}{' (extrapolated)' if est else ''} |", "",
-             f"Unrespaced / respaced wall time: **{u['total_s'] / r['total_s']:.1f}×** "
-             f"(step count ratio {u['steps_total'] / r['steps_total']:.0f}×; per-step time ratio "
-             f"{u['per_step_s'] / r['per_step_s']:.2f}).", "",
-             f"Kernels of one `unet3d-tiny` forward (share of self CPU time): {_kernel_text(sampling['kernels'])}."]
-    return lines + [""]
+             "| schedule | steps | timed | per step ms (CPU ms) | wall s (CPU s) |", "|---|---:|---:|---:|---:|"]
+    for label, x in ((f'respaced "{RESPACING}"', r), (f"none, {u['schedule_steps']} steps", u)):
+        lines.append(f"| {label} (skip {x['skip']}) | {x['steps_total']} | {x['steps_timed']} | "
+                     f"{1e3 * x['per_step_wall_s']:.1f} ({1e3 * x['per_step_cpu_s']:.1f}) | {x['total_wall_s']:.2f} "
+                     f"({x['total_cpu_s']:.2f}){' extrapolated' if x is u and est else ''} |")
+    ratio = {k: u[f"total_{k}_s"] / r[f"total_{k}_s"] for k in ("wall", "cpu")}
+    step = {k: u[f"per_step_{k}_s"] / r[f"per_step_{k}_s"] for k in ("wall", "cpu")}
+    return lines + ["", f"Unrespaced / respaced wall time: **{ratio['wall']:.1f}×**, CPU time {ratio['cpu']:.1f}× "
+                    f"(step count ratio {u['steps_total'] / r['steps_total']:.0f}×; per-step ratio wall "
+                    f"{step['wall']:.2f}, CPU {step['cpu']:.2f}).", "",
+                    f"Kernels of one tiny forward (share of self CPU time): {_kernel_text(sampling['kernels'])}.", ""]
 
 
 def report(meta: dict, unet: dict | None, memory: dict | None, sampling: dict | None) -> str:

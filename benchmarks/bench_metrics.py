@@ -1,0 +1,176 @@
+"""FVD/FID building blocks on CPU: the Fréchet distance at 2048-d, I3D and Inception feature throughput, resizing.
+
+What is measured (random features and random weights; the speed does not depend on their values):
+
+1. **Fréchet distance, D = 2048, N = 2048 per set** (the size of an FID on 2048 samples), float64:
+   - ``ours``: ``frechet_from_stats`` (eigendecomposition of Σ_a, then of the (r, r) PSD matrix
+     ``Rᵀ Σ_b R``), given precomputed statistics; ``stats`` is the cost of one ``frechet_stats``;
+   - ``scipy``: ``frechet_scipy`` (``scipy.linalg.sqrtm`` of the non-symmetric product Σ_a Σ_b, as
+     pytorch-fid and TA2V's ``fid.py``), on the same statistics.
+   Both values are printed with their relative difference.
+2. **I3D features** (``i3d_features``, the real Kinetics-400 I3D, random weights): videos/s for
+   ``--i3d-videos`` uint8 clips of 16x224x224 in batches of ``--i3d-batch``.
+3. **Inception features** (``inception_features``, the TF-FID Inception-v3): frames/s for
+   ``--inception-frames`` uint8 frames of 299x299 in batches of ``--inception-batch``.
+4. **Resizing** 16 frames of 112x112 (the size of TA2V's real mp4s) to 224 and to 299: ``torch`` vs ``tf1``.
+
+The feature cache of the metric tools (``tav.metrics.cache``) is timed by their own benchmark, not here.
+
+Threads default to 1 (torch and numpy's BLAS; on the shared 2-core machines two contended threads are
+much slower); ``--threads 2`` on an idle machine. Reported: medians over ``--rounds``. Default runtime
+about 2 minutes (1 thread), most of it scipy's ``sqrtm``.
+
+    python benchmarks/bench_metrics.py [--threads 1] [--rounds 1] [--dim 2048] [--n 2048] [--i3d-videos 4]
+        [--i3d-batch 2] [--inception-frames 16] [--inception-batch 8] [--skip-frechet] [--skip-features]
+        [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tav.metrics.frechet import frechet_from_stats, frechet_scipy, frechet_stats  # noqa: E402
+from tav.metrics.i3d import I3D, i3d_features, seeded_random_init_  # noqa: E402
+from tav.metrics.inception import FIDInception, inception_features  # noqa: E402
+from tav.metrics.resize import resize_bilinear  # noqa: E402
+
+
+def _blas_threads(n: int):
+    """numpy's BLAS limited to ``n`` threads when threadpoolctl is installed (no-op otherwise)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(n)
+
+
+def _timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+# ------------------------------------------------------------------------------------------- Fréchet
+def frechet_benchmark(args) -> dict:
+    rng = np.random.default_rng(0)
+    mix = rng.normal(size=(args.dim, args.dim)) / np.sqrt(args.dim)
+    feats_a = rng.normal(size=(args.n, args.dim)) @ mix
+    feats_b = rng.normal(size=(args.n, args.dim)) @ (mix + 0.1 * rng.normal(size=mix.shape) / np.sqrt(args.dim))
+    secs: dict[str, list[float]] = {"stats": [], "ours": [], "scipy": []}
+    values: dict[str, float] = {}
+    stats_b = frechet_stats(feats_b)
+    for r in range(args.rounds):
+        t, stats_a = _timed(lambda: frechet_stats(feats_a))
+        secs["stats"].append(t)
+        order = ("ours", "scipy") if r % 2 == 0 else ("scipy", "ours")
+        for name in order:
+            if name == "ours":
+                t, values["ours"] = _timed(lambda a=stats_a: frechet_from_stats(*a, *stats_b))
+            else:
+                t, (values["scipy"], values["scipy_imag_residual"]) = _timed(
+                    lambda a=stats_a: frechet_scipy(*a, *stats_b))
+            secs[name].append(t)
+            print(f"  round {r}: {name} {t:.2f} s", file=sys.stderr)
+    out = {k: statistics.median(v) for k, v in secs.items()}
+    return {"seconds": out, "values": values, "dim": args.dim, "n": args.n,
+            "relative_difference": abs(values["ours"] - values["scipy"]) / abs(values["scipy"])}
+
+
+# ------------------------------------------------------------------------------------------- features
+def _throughput(fn, items: int, rounds: int) -> float:
+    """Median items/s of ``fn()`` over ``rounds`` calls after one warm-up call."""
+    fn()
+    return items / statistics.median(_timed(fn)[0] for _ in range(rounds))
+
+
+def features_benchmark(args) -> dict:
+    gen = np.random.default_rng(1)
+    i3d = seeded_random_init_(I3D(), 0).eval()
+    videos = gen.integers(0, 256, size=(args.i3d_videos, 16, 224, 224, 3), dtype=np.uint8)
+    i3d_vps = _throughput(lambda: i3d_features(i3d, videos, batch_size=args.i3d_batch), len(videos), args.rounds)
+    print(f"  I3D: {i3d_vps:.2f} videos/s", file=sys.stderr)
+    inception = seeded_random_init_(FIDInception(), 0).eval()
+    frames = gen.integers(0, 256, size=(args.inception_frames, 299, 299, 3), dtype=np.uint8)
+    inc_fps = _throughput(lambda: inception_features(inception, frames, batch_size=args.inception_batch),
+                          len(frames), args.rounds)
+    print(f"  Inception: {inc_fps:.2f} frames/s", file=sys.stderr)
+    clip = torch.rand(16, 3, 112, 112)
+    resize = {f"{mode}_{size}": _throughput(lambda m=mode, s=size: resize_bilinear(clip, s, mode=m), len(clip),
+                                            max(args.rounds, 3))
+              for size in (224, 299) for mode in ("torch", "tf1")}
+    return {"i3d_videos_per_s": i3d_vps, "i3d_batch": args.i3d_batch, "i3d_videos": args.i3d_videos,
+            "inception_frames_per_s": inc_fps, "inception_batch": args.inception_batch,
+            "resize_frames_per_s": resize}
+
+
+# ------------------------------------------------------------------------------------------- report
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def report(frechet: dict | None, feats: dict | None, load_before: str) -> str:
+    lines = ["## Metric building blocks (fp32 networks, float64 statistics; CPU)", "",
+             f"machine: {platform.machine()}, torch {torch.__version__}, numpy {np.__version__}, threads "
+             f"{torch.get_num_threads()}, load average before {load_before}, after {_loadavg()}", ""]
+    if frechet:
+        s, v = frechet["seconds"], frechet["values"]
+        lines += [f"### Fréchet distance, D = {frechet['dim']}, N = {frechet['n']} per set", "",
+                  "| step | seconds | value |", "|---|---|---|",
+                  f"| `frechet_stats` (one set) | {s['stats']:.2f} | |",
+                  f"| ours: `frechet_from_stats` (symmetric eigen route) | {s['ours']:.2f} | {v['ours']:.9g} |",
+                  f"| scipy: `frechet_scipy` (`sqrtm` of Σ_a Σ_b) | {s['scipy']:.2f} | {v['scipy']:.9g} |", "",
+                  f"speed-up {s['scipy'] / s['ours']:.1f}x; relative difference {frechet['relative_difference']:.2e}; "
+                  f"scipy imaginary residual {v['scipy_imag_residual']:.2e}", ""]
+    if feats:
+        r = feats["resize_frames_per_s"]
+        lines += ["### Feature extraction (random weights, real architectures)", "",
+                  "| network | input | batch | throughput |", "|---|---|---|---|",
+                  f"| I3D (Kinetics-400) | uint8 16x224x224 clips | {feats['i3d_batch']} | "
+                  f"{feats['i3d_videos_per_s']:.2f} videos/s |",
+                  f"| TF-FID Inception-v3 | uint8 299x299 frames | {feats['inception_batch']} | "
+                  f"{feats['inception_frames_per_s']:.2f} frames/s |", "",
+                  "resize of 112x112 frames, frames/s: " + ", ".join(f"{k} {v:.0f}" for k, v in r.items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1, help="torch and BLAS threads (1: robust on a shared machine)")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--dim", type=int, default=2048)
+    p.add_argument("--n", type=int, default=2048)
+    p.add_argument("--i3d-videos", type=int, default=4)
+    p.add_argument("--i3d-batch", type=int, default=2)
+    p.add_argument("--inception-frames", type=int, default=16)
+    p.add_argument("--inception-batch", type=int, default=8)
+    p.add_argument("--skip-frechet", action="store_true")
+    p.add_argument("--skip-features", action="store_true")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = _loadavg()
+    with _blas_threads(args.threads):
+        frechet = None if args.skip_frechet else frechet_benchmark(args)
+        feats = None if args.skip_features else features_benchmark(args)
+    print(report(frechet, feats, load_before))
+    if args.json:
+        args.json.write_text(json.dumps({"frechet": frechet, "features": feats, "threads": args.threads}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

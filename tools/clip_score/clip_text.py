@@ -1,0 +1,139 @@
+"""CLIP-text score of a results folder (spec metrics.md §4): ``100 · cos(frame, caption)`` with CLIP
+ViT-B/32, averaged over frames, then over videos. The README seed line runs as written:
+
+    python tools/clip_score/clip_text.py --exp_tag 1_tav_URMP --txt_folder txt --video_folder fake_stage2 --batch_size 5
+
+Without ``--video_folder`` it evaluates real, fake_stage1 and fake_stage2. ``--protocol ta2v`` reproduces
+upstream (BGR, plain resize, no CLIP normalisation, per-line captions, dropped remainder). Writes
+``<run>/metrics_clip_text.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:  # imported as tools.clip_score.clip_text (tests) or run as a file
+    from tools import metric_common as mc
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import metric_common as mc
+
+from tav.encoders.registry import get_encoder, resolve_encoder_path
+from tav.errors import InputError
+from tav.metrics.cache import FeatureCache
+from tav.metrics.clip_score import frame_text_scores, image_features, text_features
+from tav.metrics.folders import (
+    RunFolder,
+    Source,
+    drop_remainder,
+    find_run,
+    load_videos,
+    open_run,
+    pair_sources,
+    read_caption,
+)
+from tav.metrics.runs import chunk_groups, metric_record, score_summary
+
+TOOL = "clip_text.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = mc.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--txt_folder", default="txt", help="caption folder of the run")
+    p.add_argument("--video_folder", default=None, help="evaluate only this folder (default: the three below)")
+    p.add_argument("--real_video_folder", default="real")
+    p.add_argument("--fake1_video_folder", default="fake_stage1")
+    p.add_argument("--fake2_video_folder", default="fake_stage2")
+    p.add_argument("--real_tag", default=None, help="take the real videos from the run folder of this tag")
+    p.add_argument("--sequence_length", type=int, default=16, help="frames per video (the first ones)")
+    mc.add_batch_size(p, 2, "videos per batch")
+    p.add_argument("--clamp_zero", action="store_true", help="also report max(100·cos, 0) per frame (torchmetrics)")
+    p.add_argument("--idx", type=int, default=None, help="accepted for compatibility (unused)")
+    p.add_argument("--print_256", action="store_true", help="same as --mode size --size 256")
+    return p
+
+
+def preprocessing(args: argparse.Namespace, image_size: int) -> dict:
+    if args.protocol == "ta2v":
+        geometry, norm, colour = f"bilinear resize to {image_size}x{image_size}", "none", "BGR"
+    else:
+        geometry, norm, colour = f"bicubic short side to {image_size} + centre crop", "CLIP mean/std", "RGB"
+    return {"colour": colour, "range": "[0,1]", "resize": geometry, "normalisation": norm,
+            "pre_resize": args.resize and f"area {args.resize[0]}x{args.resize[1]}",
+            "frames_per_video": args.sequence_length, "score": "100*cos, mean over frames then videos",
+            "caption": ("txt lines scored separately" if args.protocol == "ta2v"
+                        else "manifest caption (else the txt lines joined)")}
+
+
+def captions(pairs, protocol: str) -> list:
+    out = []
+    for pair in pairs:
+        if protocol == "ta2v" or pair.caption is None:
+            lines = read_caption(pair.files["txt"])
+            if not lines:
+                raise InputError(f"{pair.files['txt']}: empty caption file")
+            out.append(lines if protocol == "ta2v" else " ".join(lines))
+        else:
+            out.append(pair.caption)
+    return out
+
+
+def evaluate_folder(args, encoder, weights, run: RunFolder, video_run: RunFolder, folder: str) -> tuple[dict, dict]:
+    sources = {"video": Source(video_run, folder), "txt": Source(run, args.txt_folder, "txt")}
+    pairs = pair_sources(sources, args.protocol)
+    if args.protocol == "ta2v":
+        pairs = drop_remainder(pairs, args.batch_size)
+    if not pairs:
+        raise InputError(f"{video_run.path / folder}: fewer videos than --batch_size {args.batch_size}")
+    paths = [p.files["video"] for p in pairs]
+    videos = mc.video_summary(paths)
+    settings = {"kind": "clip_frames", "frames": args.sequence_length, "resize": args.resize,
+                "size": encoder.image_size}
+    cache = FeatureCache(mc.cache_folder(args, run), weights["sha256"], args.protocol, settings)
+    feats = cache.features(paths, lambda ps: image_features(
+        encoder, load_videos(ps, args.sequence_length, args.resize), args.protocol))
+    txt = text_features(encoder, captions(pairs, args.protocol), args.protocol)
+    groups, warning = chunk_groups(len(pairs), args.mode, args.size)
+    chunked = args.mode == "size"
+    if warning:
+        mc.log.warning("%s: %s", folder, warning)
+    summary = score_summary(frame_text_scores(feats, txt), groups, [p.key for p in pairs], chunked=chunked)
+    if args.clamp_zero:
+        summary["clamp_zero"] = score_summary(frame_text_scores(feats, txt, clamp_zero=True), groups, chunked=chunked)
+    summary["cache"] = {"hits": cache.hits, "misses": cache.misses}
+    return summary, videos
+
+
+def evaluate(argv: list[str] | None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.print_256:
+        args.mode, args.size = "size", 256
+    runs = mc.run_folders(args)  # a wrong --exp_tag fails before any weights load
+    path = resolve_encoder_path("clip", args.clip_ckpt)
+    weights = mc.weights_info("CLIP ViT-B/32", path, "--clip_ckpt")
+    encoder = get_encoder("clip", path, mc.device_of(args))
+    folders = ([args.video_folder] if args.video_folder else
+               [args.real_video_folder, args.fake1_video_folder, args.fake2_video_folder])
+    records = []
+    for run in runs:
+        real_run = open_run(find_run(args.results_root, args.real_tag)) if args.real_tag else run
+        values, videos = {}, {}
+        for folder in folders:
+            video_run = real_run if folder == args.real_video_folder else run
+            values[folder], videos[folder] = evaluate_folder(args, encoder, weights, run, video_run, folder)
+        compared = {f: str((real_run if f == args.real_video_folder else run).path / f) for f in folders}
+        compared["txt"] = str(run.path / args.txt_folder)
+        records.append((run, metric_record(
+            "clip_text", args.protocol, values, weights, preprocessing(args, encoder.image_size), videos, compared,
+            run.path, run.manifest_sha256, mode=args.mode, size=args.size, command=mc.command_line(TOOL, argv))))
+    mc.finish(TOOL, "clip_text", args, records)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return mc.run_tool(TOOL, evaluate, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
