@@ -129,8 +129,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
     q, k, v: (B, heads, L, d). Returns (B, heads, L, d). ``"sdpa"`` calls
     ``F.scaled_dot_product_attention``; ``"math"`` writes it out, with the softmax in float32.
     """
-    if impl == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v)
+    if impl == "sdpa":  # contiguous inputs let PyTorch pick its fused (flash) CPU/GPU kernels
+        return F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
     if impl != "math":
         raise InputError(f"attention impl {impl!r}: must be 'sdpa' or 'math'")
     scale = q.shape[-1] ** -0.25  # split between q and k, as upstream, to keep fp16 logits small
