@@ -294,6 +294,9 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
+MIN_FRAMES = 9  # the final (2, 7, 7) average pool needs >= 2 time steps after the stem's 8x temporal reduction
+
+
 @torch.inference_mode()
 def i3d_features(model: nn.Module, videos: np.ndarray | Tensor, resize: str = "torch",
                  batch_size: int = 8) -> Tensor:
@@ -308,6 +311,9 @@ def i3d_features(model: nn.Module, videos: np.ndarray | Tensor, resize: str = "t
         raise ValueError(f"videos must be (N, T, H, W, 3), got {tuple(videos.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if videos.shape[1] < MIN_FRAMES:
+        raise InputError(f"FVD's I3D needs at least {MIN_FRAMES} frames per video (16 is the standard), these "
+                         f"videos have {videos.shape[1]}")
     device = model_device(model)
     out = []
     for start in range(0, videos.shape[0], batch_size):
