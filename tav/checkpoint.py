@@ -78,6 +78,21 @@ def safe_load(path: str | os.PathLike) -> Any:
                          f"{_first_line(err)}") from None
 
 
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """True for a TorchScript archive (a zip holding ``code/`` or ``constants.pkl``), not a ``torch.save`` file.
+
+    Such files (OpenAI's CLIP ``ViT-B-32.pt``, StyleGAN-V's ``i3d_torchscript.pt``) are read with
+    ``torch.jit.load``: TorchScript deserialisation, which does not unpickle arbitrary Python objects.
+    """
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
+
+
 def save_checkpoint(path: str | os.PathLike, stage: str, config: Mapping[str, Any],
                     state_dict: Mapping[str, Tensor], **extra: Any) -> Path:
     """Write a ``tav`` checkpoint atomically: ``{"stage", "config", "state_dict", "version", **extra}``.

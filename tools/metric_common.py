@@ -21,7 +21,6 @@ from tav.metrics.folders import (
     RunFolder,
     Source,
     drop_remainder,
-    file_sha256,
     find_run,
     load_videos,
     open_run,
@@ -30,6 +29,7 @@ from tav.metrics.folders import (
     protocol_colour,
 )
 from tav.metrics.runs import MODES, chunk_groups, fold_summary, frechet_summary, metric_record, write_record
+from tav.utils.fileio import file_sha256
 from tav.utils.runtime import pick_device
 
 log = logging.getLogger("tav.metrics")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict
 from torch import Tensor
 
-from tav.checkpoint import safe_load, state_dict_of
+from tav.checkpoint import is_torchscript, safe_load, state_dict_of
 from tav.encoders.base import Encoder
 from tav.errors import InputError
 from tav.utils.fileio import atomic_path
@@ -66,15 +65,6 @@ def _missing_message(path: Path) -> str:
             f"or pass {CLIP_FLAG} PATH")
 
 
-def _is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive (a zip holding ``code/`` or ``constants.pkl``), not a ``torch.save`` file."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
-
-
 def read_clip_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """The CLIP weights in ``path`` as ``{name: tensor}`` in OpenAI's layout, non-weight entries dropped.
 
@@ -83,7 +73,7 @@ def read_clip_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise InputError(_missing_message(path))
-    if _is_torchscript(path):
+    if is_torchscript(path):
         # TorchScript deserialisation (OpenAI's release format): tensors plus TorchScript code read by the
         # C++ loader, not a pickle of Python globals. Only ``state_dict()`` is used; no method is called.
         try:

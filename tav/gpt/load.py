@@ -19,7 +19,6 @@ both released VQGANs; pass ``vqgan_config=`` for anything else.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from tav.config import to_dict
 from tav.errors import InputError
 from tav.gpt.config import BERT_VOCAB_SIZE, UPSTREAM_TEXT_OFFSET, GPTConfig, gpt_config_from_dict
 from tav.gpt.model import GPT
+from tav.utils.fileio import file_sha256  # noqa: F401  (re-exported: what GPTConfig.vqgan_hash records)
 from tav.vqgan.config import VQGANConfig, vqgan_config_from_dict
 from tav.vqgan.load import vqgan_from_state_dict
 from tav.vqgan.model import VQGAN
@@ -232,15 +232,6 @@ def save_gpt(model: GPT, path: str | os.PathLike, **extra: Any) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- VQGAN check
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (what ``GPTConfig.vqgan_hash`` records for the VQGAN checkpoint)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_vqgan_compat(gpt_cfg: GPTConfig, vqgan: VQGAN, vqgan_path: str | os.PathLike | None = None) -> None:
     """Raise a one-line ``InputError`` if ``vqgan`` is not the VQGAN the GPT was trained on.
 

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tav.metrics.folders import file_sha256
-from tav.utils.fileio import atomic_path
+from tav.utils.fileio import atomic_path, file_sha256
 
 Compute = Callable[[list[Path]], np.ndarray]  # paths -> (len(paths), ...) features
 

@@ -13,7 +13,6 @@ lists that folder, else the file of the folder whose name ends in ``_<id>``; wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ import numpy as np
 
 from tav.data.video import probe_video, read_video
 from tav.errors import InputError
+from tav.utils.fileio import file_sha256
 
 MANIFEST = "manifest.jsonl"
 _INDEX = re.compile(r"_(\d+)$")  # the sample number at the end of a file stem (not "_it<k>")
@@ -52,15 +52,6 @@ def find_run(root: str | os.PathLike, exp_tag: str) -> Path:
     listing = ", ".join(folders) if folders else "none"
     raise InputError(f"--exp_tag {exp_tag}: no folder {exact} and none under {root} ends with it; "
                      f"candidates: {listing}")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

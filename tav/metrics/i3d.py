@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tav.checkpoint import safe_load, state_dict_of
+from tav.checkpoint import is_torchscript, safe_load, state_dict_of
 from tav.errors import InputError
 from tav.metrics.resize import resize_bilinear, to_unit_float
 from tav.utils.fileio import atomic_path
@@ -188,15 +187,6 @@ class TorchScriptI3D(nn.Module):
         return out
 
 
-def _is_torchscript(path: Path) -> bool:
-    """True for a TorchScript archive (a zip holding ``code/`` or ``constants.pkl``), not a ``torch.save`` file."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
-
-
 def _missing_message(path: Path | None) -> str:
     where = f"{path}: no such file; " if path is not None else f"no I3D weights in {ckpt_dir()}/; "
     return (f"{where}put {I3D_TORCHSCRIPT_FILE} (StyleGAN-V, {I3D_TORCHSCRIPT_URL}) or {I3D_STATE_DICT_FILE} "
@@ -235,7 +225,7 @@ def load_i3d(path: str | os.PathLike | None = None, device: str | torch.device =
     if not path.is_file():
         raise InputError(_missing_message(path))
     device = torch.device(device)
-    if _is_torchscript(path):
+    if is_torchscript(path):
         model = _load_torchscript(path, device)
     else:
         state = state_dict_of(safe_load(path))
