@@ -18,7 +18,9 @@ setup(
         "av>=12",  # PyAV: video + audio decode/encode with a bundled FFmpeg (H.264, AAC)
         "lpips>=0.1.4",
         "open_clip_torch>=2.24,<4",  # ships its BPE vocabulary; loads weights from a local file
-        "wav2clip>=0.1",
+        "wav2clip>=0.1",  # also brings torchaudio (BEATs' Kaldi fbank) and librosa
+        "librosa>=0.10",  # AV-Align audio onsets (the metric's reference implementation)
+        "opencv-python-headless>=4.8",  # AV-Align: Farneback optical flow, the metric's reference
         "numpy>=1.24",
         "scipy>=1.10",
         "pillow>=9",

@@ -13,26 +13,32 @@ What is measured (random features and random weights; the speed does not depend 
 3. **Inception features** (``inception_features``, the TF-FID Inception-v3): frames/s for
    ``--inception-frames`` uint8 frames of 299x299 in batches of ``--inception-batch``.
 4. **Resizing** 16 frames of 112x112 (the size of TA2V's real mp4s) to 224 and to 299: ``torch`` vs ``tf1``.
-
-The feature cache of the metric tools (``tav.metrics.cache``) is timed by their own benchmark, not here.
+5. **Feature cache of the tools** (``tav.metrics.cache``, ``--feature_cache``): a results folder of
+   ``--cache-videos`` clips (16x64x64 mp4s) per folder, and ``tools/tf_fvd/fvd.py`` (the real-layout I3D with
+   random weights, through its ``main``) run on it three times: ``cold`` (empty cache), ``same`` (the same
+   command again: real and fake features come from the cache) and ``new fake`` (``--fake_folder fake_stage1``:
+   the real features come from the cache, the fake ones are computed). Wall time of each whole run (weight
+   loading included), its cache hits/misses, and its ratio to the cold run.
 
 Threads default to 1 (torch and numpy's BLAS; on the shared 2-core machines two contended threads are
 much slower); ``--threads 2`` on an idle machine. Reported: medians over ``--rounds``. Default runtime
-about 2 minutes (1 thread), most of it scipy's ``sqrtm``.
+about 1 minute (1 thread, quiet machine; longer when loaded), most of it scipy's ``sqrtm`` and the cache runs' cold I3D.
 
     python benchmarks/bench_metrics.py [--threads 1] [--rounds 1] [--dim 2048] [--n 2048] [--i3d-videos 4]
-        [--i3d-batch 2] [--inception-frames 16] [--inception-batch 8] [--skip-frechet] [--skip-features]
-        [--json out.json]
+        [--i3d-batch 2] [--inception-frames 16] [--inception-batch 8] [--cache-videos 4] [--skip-frechet]
+        [--skip-features] [--skip-cache] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +51,8 @@ from tav.metrics.frechet import frechet_from_stats, frechet_scipy, frechet_stats
 from tav.metrics.i3d import I3D, i3d_features, seeded_random_init_  # noqa: E402
 from tav.metrics.inception import FIDInception, inception_features  # noqa: E402
 from tav.metrics.resize import resize_bilinear  # noqa: E402
+
+CACHE_FRAMES, CACHE_SIZE = 16, 64  # clips of the cache benchmark
 
 
 def _blas_threads(n: int):
@@ -115,6 +123,49 @@ def features_benchmark(args) -> dict:
             "resize_frames_per_s": resize}
 
 
+# ------------------------------------------------------------------------------------------- feature cache
+def _results_folder(run: Path, n: int) -> None:
+    """``n`` random smooth 16x64x64 clips in each of real/, fake_stage1/, fake_stage2/, paired by a manifest."""
+    from tav.data.video import write_video
+
+    gen = np.random.default_rng(2)
+    rows = []
+    for i in range(n):
+        files = {f: f"{f}/{f}_clip_{i}.mp4" for f in ("real", "fake_stage1", "fake_stage2")}
+        for rel in files.values():
+            small = gen.integers(0, 256, size=(CACHE_FRAMES, 8, 8, 3), dtype=np.uint8)
+            write_video(run / rel, np.repeat(np.repeat(small, 8, axis=1), 8, axis=2), 30)
+        rows.append({"id": i, "stem": "clip", "caption": "", "files": files})
+    (run / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def cache_benchmark(args) -> dict:
+    """Three runs of fvd.py on one folder: cold, the same again, another fake folder (see the module doc)."""
+    from tav.metrics.i3d import save_tiny_i3d
+    from tools.tf_fvd import fvd
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        run = root / "results" / "1_bench"
+        _results_folder(run, args.cache_videos)
+        weights = save_tiny_i3d(root / "i3d.pt", seed=0)
+        runs = {}
+        for label, fake in (("cold", "fake_stage2"), ("same", "fake_stage2"), ("new fake", "fake_stage1")):
+            argv = ["--exp_tag", "1_bench", "--results_root", str(root / "results"), "--real_folder", "real",
+                    "--fake_folder", fake, "--mode", "full", "--device", "cpu", "--i3d_ckpt", str(weights)]
+            with contextlib.redirect_stdout(io.StringIO()):
+                t, code = _timed(lambda a=argv: fvd.main(a))
+            if code != 0:
+                raise RuntimeError(f"fvd.py exited {code}")
+            cache = json.loads((run / "metrics_fvd.json").read_text())["values"][fake]["cache"]
+            runs[label] = {"seconds": t, "fake_folder": fake, **cache}
+            print(f"  fvd.py {label}: {t:.2f} s, cache {cache}", file=sys.stderr)
+    cold = runs["cold"]["seconds"]
+    for r in runs.values():
+        r["ratio_to_cold"] = r["seconds"] / cold
+    return {"videos": args.cache_videos, "frames": CACHE_FRAMES, "size": CACHE_SIZE, "runs": runs}
+
+
 # ------------------------------------------------------------------------------------------- report
 def _loadavg() -> str:
     try:
@@ -123,7 +174,7 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def report(frechet: dict | None, feats: dict | None, load_before: str) -> str:
+def report(frechet: dict | None, feats: dict | None, load_before: str, cache: dict | None = None) -> str:
     lines = ["## Metric building blocks (fp32 networks, float64 statistics; CPU)", "",
              f"machine: {platform.machine()}, torch {torch.__version__}, numpy {np.__version__}, threads "
              f"{torch.get_num_threads()}, load average before {load_before}, after {_loadavg()}", ""]
@@ -145,6 +196,13 @@ def report(frechet: dict | None, feats: dict | None, load_before: str) -> str:
                   f"| TF-FID Inception-v3 | uint8 299x299 frames | {feats['inception_batch']} | "
                   f"{feats['inception_frames_per_s']:.2f} frames/s |", "",
                   "resize of 112x112 frames, frames/s: " + ", ".join(f"{k} {v:.0f}" for k, v in r.items()), ""]
+    if cache:
+        lines += [f"### Feature cache: fvd.py on {cache['videos']} clips per folder ({cache['frames']}x{cache['size']}x"
+                  f"{cache['size']} mp4s), real-layout I3D", "",
+                  "| run | seconds | cache hits / misses | time vs cold |", "|---|---|---|---|"]
+        lines += [f"| {label} (`--fake_folder {r['fake_folder']}`) | {r['seconds']:.2f} | {r['hits']} / "
+                  f"{r['misses']} | {r['ratio_to_cold']:.2f} |" for label, r in cache["runs"].items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -158,8 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--i3d-batch", type=int, default=2)
     p.add_argument("--inception-frames", type=int, default=16)
     p.add_argument("--inception-batch", type=int, default=8)
+    p.add_argument("--cache-videos", type=int, default=4, help="clips per folder of the feature-cache benchmark")
     p.add_argument("--skip-frechet", action="store_true")
     p.add_argument("--skip-features", action="store_true")
+    p.add_argument("--skip-cache", action="store_true")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -167,9 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     with _blas_threads(args.threads):
         frechet = None if args.skip_frechet else frechet_benchmark(args)
         feats = None if args.skip_features else features_benchmark(args)
-    print(report(frechet, feats, load_before))
+        cache = None if args.skip_cache else cache_benchmark(args)
+    print(report(frechet, feats, load_before, cache))
     if args.json:
-        args.json.write_text(json.dumps({"frechet": frechet, "features": feats, "threads": args.threads}, indent=2))
+        args.json.write_text(json.dumps({"frechet": frechet, "features": feats, "cache": cache,
+                                         "threads": args.threads}, indent=2))
 
 
 if __name__ == "__main__":

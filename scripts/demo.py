@@ -17,6 +17,9 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
 - ``sample``: the two-stage sampler (``scripts/sample_tav.py``, audio + text guidance through tiny random
   encoders) on the first test clips, run through ``saved_ckpts/demo/sample_tav.sh``; results in
   ``<out>/17_tav_URMP/`` and ``<out>/tav_samples.png`` (``scripts/demo_sample.py``).
+- ``metrics``: the four metric tools (CLIP-audio, CLIP-text, FVD, FID) on that results folder with tiny
+  random-weight feature networks saved in ``saved_ckpts/demo/`` (the numbers are meaningless); a short
+  table, ``<out>/17_tav_URMP/metrics_*.json`` and ``<out>/metrics_tools.txt`` (``scripts/demo_metrics.py``).
 
 Later stages read what earlier ones left in ``run.state``; a stage whose run folder holds a finished
 checkpoint reuses it.
@@ -38,9 +41,11 @@ from tav.data.video import read_video, write_video
 from tav.utils.contact_sheet import contact_sheet, save_png
 
 try:  # imported as scripts.demo (tests) or run as a file (scripts/ is then on sys.path)
+    from scripts.demo_metrics import stage_metrics
     from scripts.demo_sample import stage_sample
     from scripts.demo_stages import stage_diffusion, stage_gpt, stage_vqgan
 except ImportError:
+    from demo_metrics import stage_metrics
     from demo_sample import stage_sample
     from demo_stages import stage_diffusion, stage_gpt, stage_vqgan
 
@@ -83,6 +88,7 @@ STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [
     ("gpt", stage_gpt),
     ("diffusion", stage_diffusion),
     ("sample", stage_sample),
+    ("metrics", stage_metrics),
 ]
 
 
@@ -106,8 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--diffusion_steps", type=int, default=300, help=hidden)
     p.add_argument("--n_sample", type=int, default=4, help=hidden)
     p.add_argument("--sample_args", default="", help=hidden)  # extra sample_tav.py flags (tests: fewer steps)
-    p.add_argument("--ckpt_dir", default="saved_ckpts/demo", help="where the demo checkpoints, tiny encoders and "
-                   "sample_tav.sh are left")
+    p.add_argument("--ckpt_dir", default="saved_ckpts/demo", help="where the demo checkpoints, tiny encoders, tiny "
+                   "metric networks and sample_tav.sh are left")
     args = p.parse_args(argv)
     if args.n_train + args.n_test < 1:
         p.error("--n_train + --n_test must be at least 1")

@@ -14,7 +14,14 @@ import wav2clip
 from tav.encoders.audio import encoder_audio, frame_windows, window_starts
 from tav.encoders.base import CLIP_MEAN, CLIP_STD, Encoder
 from tav.encoders.clip import CLIPEncoder, load_clip, save_tiny_clip, tiny_clip_model
-from tav.encoders.registry import ENCODER_FILES, ENCODER_FLAGS, clear_encoder_cache, get_encoder, save_tiny_encoders
+from tav.encoders.registry import (
+    DEFAULT_ENCODERS,
+    ENCODER_FILES,
+    ENCODER_FLAGS,
+    clear_encoder_cache,
+    get_encoder,
+    save_tiny_encoders,
+)
 from tav.encoders.wav2clip import (
     Wav2CLIPEncoder,
     build_wav2clip_model,
@@ -243,7 +250,8 @@ def test_get_encoder_builds_once(tmp_path, monkeypatch, clip_file):
         get_encoder("bert")
     with pytest.raises(InputError, match="--wav2clip_ckpt"):
         get_encoder("wav2clip", path=tmp_path / "missing.pt")
-    assert set(ENCODER_FLAGS) == set(ENCODER_FILES) == {"clip", "audioclip", "wav2clip"}
+    assert set(ENCODER_FLAGS) == set(ENCODER_FILES) == {"clip", "audioclip", "wav2clip", "beats", "clip_l"}
+    assert set(DEFAULT_ENCODERS) == {"clip", "audioclip", "wav2clip"}
     clear_encoder_cache()
 
 
@@ -277,12 +285,12 @@ def test_save_tiny_encoders(tmp_path, monkeypatch, real_audioclip):
     else:
         monkeypatch.setitem(sys.modules, "tav.encoders.audioclip", _fake_audioclip_module())
     paths = save_tiny_encoders(tmp_path, seed=1)
-    assert {name: p.name for name, p in paths.items()} == ENCODER_FILES
+    assert {name: p.name for name, p in paths.items()} == {n: ENCODER_FILES[n] for n in DEFAULT_ENCODERS}
     assert all(p.is_file() and p.parent == tmp_path for p in paths.values())
     monkeypatch.setenv("TAV_CKPT_DIR", str(tmp_path))
     clear_encoder_cache()
     try:
-        for name in ENCODER_FILES:
+        for name in DEFAULT_ENCODERS:
             assert get_encoder(name).name == name
     finally:
         clear_encoder_cache()

@@ -1,13 +1,15 @@
-"""Encoders by name, built once per process: ``get_encoder("clip" | "audioclip" | "wav2clip", path, device)``.
+"""Encoders by name, built once per process: ``get_encoder(name, path, device)``.
 
-Weight files default to ``ckpt_dir() / ENCODER_FILES[name]``; ``ENCODER_FLAGS`` names the command-line
-option that overrides each one (for error messages and scripts).
+Names: the joint-space guidance/metric encoders ``"clip"``, ``"audioclip"``, ``"wav2clip"``
+(``DEFAULT_ENCODERS``), and the TIA2V condition encoders ``"beats"`` (audio tokens) and ``"clip_l"``
+(CLIP ViT-L/14, a Hugging Face folder). Weight files default to ``ckpt_dir() / ENCODER_FILES[name]``;
+``ENCODER_FLAGS`` names the command-line option that overrides each one (for error messages and scripts).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -16,8 +18,11 @@ from tav.encoders.base import Encoder
 from tav.errors import InputError
 from tav.utils.paths import ckpt_dir
 
-ENCODER_FILES = {"clip": "ViT-B-32.pt", "audioclip": "AudioCLIP-Full-Training.pt", "wav2clip": "Wav2CLIP.pt"}
-ENCODER_FLAGS = {"clip": "--clip_ckpt", "audioclip": "--audioclip_ckpt", "wav2clip": "--wav2clip_ckpt"}
+ENCODER_FILES = {"clip": "ViT-B-32.pt", "audioclip": "AudioCLIP-Full-Training.pt", "wav2clip": "Wav2CLIP.pt",
+                 "beats": "BEATs_iter3_plus_AS20K.pt", "clip_l": "clip-vit-large-patch14"}
+ENCODER_FLAGS = {"clip": "--clip_ckpt", "audioclip": "--audioclip_ckpt", "wav2clip": "--wav2clip_ckpt",
+                 "beats": "--beats_ckpt", "clip_l": "--clip_l_ckpt"}
+DEFAULT_ENCODERS = ("clip", "audioclip", "wav2clip")  # what save_tiny_encoders writes by default
 
 _CACHE: dict[tuple[str, str, str], Encoder] = {}
 
@@ -30,6 +35,12 @@ def _loader(name: str) -> Callable[..., Encoder]:
     if name == "wav2clip":
         from tav.encoders.wav2clip import load_wav2clip
         return load_wav2clip
+    if name == "beats":
+        from tav.encoders.beats import load_beats
+        return load_beats
+    if name == "clip_l":
+        from tav.encoders.clip_l import load_clip_l
+        return load_clip_l
     from tav.encoders.audioclip import load_audioclip
     return load_audioclip
 
@@ -60,15 +71,33 @@ def clear_encoder_cache() -> None:
     _CACHE.clear()
 
 
-def save_tiny_encoders(folder: str | os.PathLike, seed: int = 0) -> dict[str, Path]:
-    """Write tiny random stand-ins for all three encoders under their ``ENCODER_FILES`` names in ``folder``.
+def _tiny_saver(name: str) -> Callable[..., object]:
+    if name == "clip":
+        from tav.encoders.clip import save_tiny_clip
+        return save_tiny_clip
+    if name == "audioclip":
+        from tav.encoders.audioclip import save_tiny_audioclip
+        return save_tiny_audioclip
+    if name == "wav2clip":
+        from tav.encoders.wav2clip import save_tiny_wav2clip
+        return save_tiny_wav2clip
+    if name == "beats":
+        from tav.encoders.beats import save_tiny_beats
+        return save_tiny_beats
+    from tav.encoders.clip_l import save_tiny_clip_l
+    return save_tiny_clip_l
 
-    For tests and smoke runs: point ``$TAV_CKPT_DIR`` at ``folder`` and ``get_encoder`` finds them.
+
+def save_tiny_encoders(folder: str | os.PathLike, seed: int = 0,
+                       names: Sequence[str] | None = None) -> dict[str, Path]:
+    """Write tiny random stand-ins for encoders ``names`` under their ``ENCODER_FILES`` names in ``folder``.
+
+    ``names=None`` writes the three joint-space encoders (``DEFAULT_ENCODERS``); e.g. ``("beats", "clip_l")``
+    writes the TIA2V condition encoders (``clip_l`` is a folder). For tests and smoke runs: point
+    ``$TAV_CKPT_DIR`` at ``folder`` and ``get_encoder`` finds them.
     """
-    from tav.encoders.audioclip import save_tiny_audioclip
-    from tav.encoders.clip import save_tiny_clip
-    from tav.encoders.wav2clip import save_tiny_wav2clip
-
-    savers = {"clip": save_tiny_clip, "audioclip": save_tiny_audioclip, "wav2clip": save_tiny_wav2clip}
+    names = DEFAULT_ENCODERS if names is None else tuple(names)
+    for name in names:
+        resolve_encoder_path(name)  # unknown name -> InputError
     folder = Path(folder)
-    return {name: Path(save(folder / ENCODER_FILES[name], seed=seed)) for name, save in savers.items()}
+    return {name: Path(_tiny_saver(name)(folder / ENCODER_FILES[name], seed=seed)) for name in names}

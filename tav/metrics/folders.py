@@ -5,6 +5,11 @@ Layout (``tav.pipelines.results``)::
     <results_root>/<exp_tag>/{real,fake_stage1,fake_stage2,audio,txt}/<prefix>_<stem>_<i>.<ext>
     <results_root>/<exp_tag>/manifest.jsonl       rows with ``id`` (= ``<i>``), ``stem``, ``caption``, ``files``
 
+TIA2V runs (``<results_root>/<run>_tacm_<dataset>/``) use the same sub-folders, with ``real/groundtruth_<i>.mp4``,
+``fake_stage{1,2}/video_<i>.mp4`` and ``audio/groundtruth_<i>.wav``; upstream's folder names ``fake1_6fps``,
+``fake1_30fps`` (stage 1) and ``fake2_6fps`` (stage 2) stand in for ``fake_stage1``/``fake_stage2`` when those are
+absent (``resolve_folder``).
+
 Pairing (protocol ``tav``): by the manifest ``id``, a row's file being ``files[<folder>]`` when the manifest
 lists that folder, else the file of the folder whose name ends in ``_<id>``; without a manifest, by that
 ``_<i>`` suffix alone. A missing partner is an ``InputError`` naming the file. Protocol ``ta2v``: upstream's
@@ -88,10 +93,43 @@ def open_run(path: str | os.PathLike) -> RunFolder:
     return RunFolder(path, tuple(rows), file_sha256(manifest), {int(r["id"]): r for r in rows})
 
 
+# TIA2V's upstream sampler writes these names (``--legacy_folders`` in ``tav``); tried in order.
+LEGACY_FOLDERS = {"fake_stage1": ("fake1_6fps", "fake1_30fps"), "fake_stage2": ("fake2_6fps",)}
+FAKE_FOLDERS = ("fake_stage2", "fake_stage1", "fake")  # default generated-video folder, best first
+
+
+def resolve_folder(run: RunFolder, folder: str) -> str:
+    """``folder`` if ``<run>/<folder>`` exists, else its first existing TIA2V legacy name (``LEGACY_FOLDERS``),
+    else ``folder`` unchanged (reading it then reports it missing)."""
+    if (run.path / folder).is_dir():
+        return folder
+    return next((alt for alt in LEGACY_FOLDERS.get(folder, ()) if (run.path / alt).is_dir()), folder)
+
+
+def subfolders(run: RunFolder) -> list[str]:
+    """The names of the folders inside the run folder (for error messages)."""
+    if not run.path.is_dir():
+        return []
+    return sorted(p.name for p in run.path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def default_fake_folder(run: RunFolder) -> str:
+    """The generated-video folder to evaluate when none is given: the first of ``FAKE_FOLDERS`` present (legacy
+    TIA2V names included), so stage 2 when the run has it."""
+    for name in FAKE_FOLDERS:
+        folder = resolve_folder(run, name)
+        if (run.path / folder).is_dir():
+            return folder
+    raise InputError(f"{run.path}: no generated-video folder ({', '.join(FAKE_FOLDERS)} or "
+                     f"{', '.join(n for v in LEGACY_FOLDERS.values() for n in v)}); folders there: "
+                     f"{', '.join(subfolders(run)) or 'none'}; pass --video_folder")
+
+
 def _folder_files(run: RunFolder, folder: str, ext: str) -> list[Path]:
-    where = run.path / folder
+    where = run.path / resolve_folder(run, folder)
     if not where.is_dir():
-        raise InputError(f"{where}: no such folder; check the folder flag (e.g. --video_folder) and --exp_tag")
+        raise InputError(f"{where}: no such folder; check the folder flag (e.g. --video_folder) and --exp_tag "
+                         f"(folders there: {', '.join(subfolders(run)) or 'none'})")
     return sorted(p for p in where.glob(f"*.{ext}") if not re.search(r"_it\d+$", p.stem))
 
 
@@ -138,20 +176,20 @@ def _keys(primary: RunFolder, indexes: Mapping[str, dict[int, Path]]) -> list[in
 
 
 def _file_for(src: Source, index: dict[int, Path], key: int) -> Path | None:
-    row = src.run.row(key)
-    if row is not None and src.folder in row.get("files", {}):
-        return src.run.path / row["files"][src.folder]
+    row, folder = src.run.row(key), resolve_folder(src.run, src.folder)
+    if row is not None and folder in row.get("files", {}):
+        return src.run.path / row["files"][folder]
     return index.get(key)
 
 
 def _missing(label: str, src: Source, key: int, partners: Mapping[str, Path | None]) -> InputError:
-    row = src.run.row(key)
-    if row is not None and src.folder in row.get("files", {}):
-        return InputError(f"{src.run.path / row['files'][src.folder]}: missing (manifest id {key}); "
+    row, folder = src.run.row(key), resolve_folder(src.run, src.folder)
+    if row is not None and folder in row.get("files", {}):
+        return InputError(f"{src.run.path / row['files'][folder]}: missing (manifest id {key}); "
                           "re-run the sampler to finish the sample or drop its manifest row")
     partner = next((p for p in partners.values() if p is not None and p.is_file()), None)
     what = f" to pair with {partner}" if partner is not None else ""
-    return InputError(f"{src.run.path / src.folder}: no file ending in _{key}.{src.ext}{what} ({label})")
+    return InputError(f"{src.run.path / folder}: no file ending in _{key}.{src.ext}{what} ({label})")
 
 
 def pair_sources(sources: Mapping[str, Source], protocol: str = "tav") -> list[Pair]:

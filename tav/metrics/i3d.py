@@ -20,12 +20,19 @@ Weight files (``saved_ckpts/``, never downloaded; spec metrics.md §2.2):
 BatchNorm epsilon: the Sonnet graph uses ``snt.BatchNorm``'s default 1e-3 (what ``TF_BN_EPS`` reproduces);
 VideoGPT/TATS's ``pytorch_i3d.py`` builds its BatchNorm with 1e-5. The files store no epsilon, so
 ``I3D(bn_eps=VIDEOGPT_BN_EPS)`` reproduces VideoGPT/TATS numbers and the default follows TF.
+
+``I3DConfig`` describes smaller variants for tests and ``make demo`` only (random weights, never a FVD
+backbone): a channel multiplier and the temporal kernel of the final average pool. The Kinetics-400 I3D
+needs ``MIN_FRAMES`` = 9 frames; ``time_pool=1`` takes clips of any length (the demo's are 8 frames). A
+variant is saved as a ``tav`` checkpoint ``{"stage": "i3d", "config", "state_dict"}``, so ``load_i3d``
+rebuilds it; weight files of the released layout always load as the full network.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tav.checkpoint import is_torchscript, safe_load, state_dict_of
+from tav.checkpoint import is_torchscript, safe_load, save_checkpoint, state_dict_of
+from tav.config import from_dict, to_dict
 from tav.errors import InputError
 from tav.metrics.resize import resize_bilinear, to_unit_float
 from tav.utils.fileio import atomic_path
@@ -47,6 +55,38 @@ I3D_SIZE = 224  # input resolution of the TF-Hub graph
 NUM_CLASSES = 400  # Kinetics-400
 TF_BN_EPS = 1e-3  # snt.BatchNorm default, used by the TF graph
 VIDEOGPT_BN_EPS = 1e-5  # VideoGPT/TATS pytorch_i3d.py
+TEMPORAL_STRIDE = 8  # Conv3d_1a, MaxPool3d_4a and MaxPool3d_5a each halve time (TF SAME: ceil)
+MIN_FRAMES = 9  # the final (2, 7, 7) average pool needs >= 2 time steps after that 8x temporal reduction
+I3D_STAGE = "i3d"  # the ``stage`` of a saved I3DConfig variant
+
+
+@dataclass(frozen=True)
+class I3DConfig:
+    """Architecture of an I3D variant; the defaults are the Kinetics-400 I3D of the TF-Hub graph.
+
+    ``width``: multiplier of every layer's channel count (each rounded, at least 1); ``time_pool``:
+    temporal kernel of the final average pool (2 in the graph). Inputs need ``min_frames`` frames.
+    """
+
+    width: float = 1.0
+    time_pool: int = 2
+
+    def __post_init__(self):
+        if not self.width > 0:
+            raise InputError(f"I3DConfig.width must be > 0, got {self.width}")
+        if self.time_pool < 1:
+            raise InputError(f"I3DConfig.time_pool must be >= 1, got {self.time_pool}")
+
+    @property
+    def min_frames(self) -> int:
+        """Fewest input frames: ``time_pool`` time steps must remain after the 8x temporal reduction."""
+        return TEMPORAL_STRIDE * (self.time_pool - 1) + 1
+
+    def channels(self, n: int) -> int:
+        return max(1, round(n * self.width))
+
+
+TINY_I3D = I3DConfig(width=0.25, time_pool=1)  # make demo: a quarter of the channels, clips of any length
 
 
 def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -113,6 +153,7 @@ class Mixed(nn.Module):
         self.b2b = Unit3D(w2a, w2b, k3, bn_eps=bn_eps)
         self.b3a = MaxPool3dSame(k3, (1, 1, 1))
         self.b3b = Unit3D(in_ch, w3b, bn_eps=bn_eps)
+        self.out_channels = w0 + w1b + w2b + w3b
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1)
@@ -123,28 +164,39 @@ class I3D(nn.Module):
 
     ``forward(x (N, 3, T, 224, 224) float in [-1, 1], RGB as trained) -> (N, 400)`` pre-softmax logits
     averaged over the remaining time steps (TF ``Mean:0``). T >= 9; T = 16 leaves one time step.
+    ``config`` (tests and the demo only) builds a smaller variant; ``min_frames`` is its fewest frames.
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, bn_eps: float = TF_BN_EPS):
+    def __init__(self, num_classes: int = NUM_CLASSES, bn_eps: float = TF_BN_EPS, config: I3DConfig | None = None):
         super().__init__()
+        cfg = config or I3DConfig()
+        self.config = cfg
+        self.time_pool = cfg.time_pool
+        self.min_frames = cfg.min_frames
         self.bn_eps = e = bn_eps  # recorded so that metric outputs can state it
-        self.Conv3d_1a_7x7 = Unit3D(3, 64, (7, 7, 7), (2, 2, 2), bn_eps=e)
+
+        def mixed(in_ch: int, widths: tuple[int, ...]) -> Mixed:
+            return Mixed(in_ch, tuple(cfg.channels(w) for w in widths), e)
+
+        c = cfg.channels
+        self.Conv3d_1a_7x7 = Unit3D(3, c(64), (7, 7, 7), (2, 2, 2), bn_eps=e)
         self.MaxPool3d_2a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
-        self.Conv3d_2b_1x1 = Unit3D(64, 64, bn_eps=e)
-        self.Conv3d_2c_3x3 = Unit3D(64, 192, (3, 3, 3), bn_eps=e)
+        self.Conv3d_2b_1x1 = Unit3D(c(64), c(64), bn_eps=e)
+        self.Conv3d_2c_3x3 = Unit3D(c(64), c(192), (3, 3, 3), bn_eps=e)
         self.MaxPool3d_3a_3x3 = MaxPool3dSame((1, 3, 3), (1, 2, 2))
-        self.Mixed_3b = Mixed(192, (64, 96, 128, 16, 32, 32), e)
-        self.Mixed_3c = Mixed(256, (128, 128, 192, 32, 96, 64), e)
+        self.Mixed_3b = mixed(c(192), (64, 96, 128, 16, 32, 32))  # in/out channels at width 1: 192 -> 256
+        self.Mixed_3c = mixed(self.Mixed_3b.out_channels, (128, 128, 192, 32, 96, 64))  # -> 480
         self.MaxPool3d_4a_3x3 = MaxPool3dSame((3, 3, 3), (2, 2, 2))
-        self.Mixed_4b = Mixed(480, (192, 96, 208, 16, 48, 64), e)
-        self.Mixed_4c = Mixed(512, (160, 112, 224, 24, 64, 64), e)
-        self.Mixed_4d = Mixed(512, (128, 128, 256, 24, 64, 64), e)
-        self.Mixed_4e = Mixed(512, (112, 144, 288, 32, 64, 64), e)
-        self.Mixed_4f = Mixed(528, (256, 160, 320, 32, 128, 128), e)
+        self.Mixed_4b = mixed(self.Mixed_3c.out_channels, (192, 96, 208, 16, 48, 64))  # -> 512
+        self.Mixed_4c = mixed(self.Mixed_4b.out_channels, (160, 112, 224, 24, 64, 64))  # -> 512
+        self.Mixed_4d = mixed(self.Mixed_4c.out_channels, (128, 128, 256, 24, 64, 64))  # -> 512
+        self.Mixed_4e = mixed(self.Mixed_4d.out_channels, (112, 144, 288, 32, 64, 64))  # -> 528
+        self.Mixed_4f = mixed(self.Mixed_4e.out_channels, (256, 160, 320, 32, 128, 128))  # -> 832
         self.MaxPool3d_5a_2x2 = MaxPool3dSame((2, 2, 2), (2, 2, 2))
-        self.Mixed_5b = Mixed(832, (256, 160, 320, 32, 128, 128), e)
-        self.Mixed_5c = Mixed(832, (384, 192, 384, 48, 128, 128), e)
-        self.logits = Unit3D(1024, num_classes, norm_act=False)  # TF: Logits/Conv3d_0c_1x1, with bias
+        self.Mixed_5b = mixed(self.Mixed_4f.out_channels, (256, 160, 320, 32, 128, 128))  # -> 832
+        self.Mixed_5c = mixed(self.Mixed_5b.out_channels, (384, 192, 384, 48, 128, 128))  # -> 1024
+        # TF: Logits/Conv3d_0c_1x1, with bias
+        self.logits = Unit3D(self.Mixed_5c.out_channels, num_classes, norm_act=False)
 
     def features(self, x: Tensor) -> Tensor:
         """``(N, 3, T, 224, 224)`` in [-1, 1] -> Mixed_5c output ``(N, 1024, ceil(T/8), 7, 7)``."""
@@ -156,7 +208,8 @@ class I3D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(N, 3, T, 224, 224)`` float in [-1, 1] -> ``(N, 400)`` time-averaged logits."""
-        x = F.avg_pool3d(self.features(x), (2, 7, 7), stride=1)  # TF: VALID 2x7x7 average; dropout is a no-op
+        # TF: VALID 2x7x7 average (time_pool x 7 x 7 for a variant); dropout is a no-op
+        x = F.avg_pool3d(self.features(x), (self.time_pool, 7, 7), stride=1)
         x = self.logits(x)  # (N, 400, T', 1, 1) at 224 input
         return x.mean(dim=(2, 3, 4))  # TF squeezes the 1x1 spatial axes and averages over time
 
@@ -175,6 +228,7 @@ class TorchScriptI3D(nn.Module):
         self.source = source
         names = {a.name for a in module.forward.schema.arguments}
         self.stylegan_v_call = {"rescale", "resize", "return_features"} <= names
+        self.min_frames = MIN_FRAMES  # the Kinetics-400 architecture
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stylegan_v_call:
@@ -218,8 +272,9 @@ def load_i3d(path: str | os.PathLike | None = None, device: str | torch.device =
     """The frozen FVD I3D from ``path`` (default: ``default_i3d_path()``) on ``device``, in eval mode.
 
     A TorchScript archive becomes a ``TorchScriptI3D``; a state dict (``safe_load``) is loaded strictly
-    into ``I3D(bn_eps=bn_eps)``. Either way ``model(x (N, 3, T, 224, 224) in [-1, 1]) -> (N, 400)``.
-    Missing or unfit files raise a one-line ``InputError`` naming the file and ``--i3d_ckpt``.
+    into ``I3D(bn_eps=bn_eps)`` (into ``I3D(config=...)`` for a variant saved by ``save_tiny_i3d``). Either
+    way ``model(x (N, 3, T, 224, 224) in [-1, 1]) -> (N, 400)``. Missing or unfit files raise a one-line
+    ``InputError`` naming the file and ``--i3d_ckpt``.
     """
     path = Path(path) if path is not None else default_i3d_path()
     if not path.is_file():
@@ -228,11 +283,12 @@ def load_i3d(path: str | os.PathLike | None = None, device: str | torch.device =
     if is_torchscript(path):
         model = _load_torchscript(path, device)
     else:
-        state = state_dict_of(safe_load(path))
+        obj = safe_load(path)
+        state = state_dict_of(obj)
         if state is None:
             raise InputError(f"{path}: no I3D state dict inside (expected a {{name: tensor}} mapping); "
                              f"pass {I3D_FLAG} with {I3D_STATE_DICT_FILE} or {I3D_TORCHSCRIPT_FILE}")
-        model = I3D(bn_eps=bn_eps)
+        model = I3D(bn_eps=bn_eps, config=_saved_config(obj, path))
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -266,15 +322,27 @@ def seeded_random_init_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def save_tiny_i3d(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Write the real ``I3D`` architecture with seeded random weights as a plain state dict, atomically.
+def _saved_config(obj, path: Path) -> I3DConfig | None:
+    """The ``I3DConfig`` of a variant saved by ``save_tiny_i3d(config=...)``; ``None`` for other files."""
+    if not (isinstance(obj, dict) and obj.get("stage") == I3D_STAGE and isinstance(obj.get("config"), dict)):
+        return None
+    return from_dict(I3DConfig, obj["config"], where=f"{path}: config")
 
-    For tests and ``make demo``: loads through ``load_i3d`` like ``i3d_pretrained_400.pt`` (about 50 MB).
+
+def save_tiny_i3d(path: str | os.PathLike, seed: int = 0, config: I3DConfig | None = None) -> Path:
+    """Write an ``I3D`` with seeded random weights, atomically; it loads through ``load_i3d``.
+
+    For tests and ``make demo``. Without ``config``: the real architecture as a plain state dict, like
+    ``i3d_pretrained_400.pt`` (about 50 MB). With ``config`` (e.g. ``TINY_I3D``, about 3 MB): a ``tav``
+    checkpoint that records it, so that ``load_i3d`` rebuilds the variant.
     """
-    model = seeded_random_init_(I3D(), seed)
+    model = seeded_random_init_(I3D(config=config), seed)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
+    if config is not None:
+        return save_checkpoint(path, I3D_STAGE, to_dict(config), state)
     with atomic_path(path) as tmp:
-        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+        torch.save(state, tmp)
     return path
 
 
@@ -282,9 +350,6 @@ def model_device(model: nn.Module) -> torch.device:
     """The device of the first parameter of ``model`` (CPU for a parameter-free module)."""
     param = next(iter(model.parameters()), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-MIN_FRAMES = 9  # the final (2, 7, 7) average pool needs >= 2 time steps after the stem's 8x temporal reduction
 
 
 @torch.inference_mode()
@@ -295,14 +360,16 @@ def i3d_features(model: nn.Module, videos: np.ndarray | Tensor, resize: str = "t
     The channel order is used as given (the caller picks RGB, or BGR for ``--protocol ta2v``). Per batch of
     ``batch_size`` videos: to [0, 1] (``to_unit_float``), every frame resized to 224x224 by
     ``resize_bilinear(mode=resize)``, scaled to [-1, 1], run through ``model`` on its device. Every video
-    is used; the last batch may be smaller.
+    is used; the last batch may be smaller. Videos need ``model.min_frames`` frames (``MIN_FRAMES`` = 9 for
+    the Kinetics-400 I3D); shorter ones are an ``InputError``, never padded.
     """
     if videos.ndim != 5 or videos.shape[-1] != 3:
         raise ValueError(f"videos must be (N, T, H, W, 3), got {tuple(videos.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if videos.shape[1] < MIN_FRAMES:
-        raise InputError(f"FVD's I3D needs at least {MIN_FRAMES} frames per video (16 is the standard), these "
+    need = getattr(model, "min_frames", MIN_FRAMES)
+    if videos.shape[1] < need:
+        raise InputError(f"FVD's I3D needs at least {need} frames per video (16 is the standard), these "
                          f"videos have {videos.shape[1]}")
     device = model_device(model)
     out = []

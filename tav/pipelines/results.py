@@ -1,6 +1,6 @@
-"""The results folder of a sampling run (spec README decision 6, ta2v.md §6.6), with resume.
+"""The results folder of a sampling run (spec README decision 6, ta2v.md §6.6, tia2v.md §6.3), with resume.
 
-Layout, upstream's names (``<stem>`` = the clip's file stem, ``<i>`` = the sample number)::
+Layout with TA2V's names (``naming="ta2v"``; ``<stem>`` = the clip's file stem, ``<i>`` = the sample number)::
 
     <root>/real/groundtruth_<stem>_<i>.mp4           the real clip (data resolution)
     <root>/fake_stage1/generation_stage1_<stem>_<i>.mp4
@@ -8,6 +8,11 @@ Layout, upstream's names (``<stem>`` = the clip's file stem, ``<i>`` = the sampl
     <root>/audio/groundtruth_<stem>_<i>.wav          the clip's audio chunk
     <root>/txt/groundtruth_<stem>_<i>.txt            the caption
     <root>/manifest.jsonl                            one JSON line per finished sample
+
+With TIA2V's names (``naming="tia2v"``): ``real/groundtruth_<i>.mp4``, ``fake_stage1/video_<i>.mp4`` (motion
+model), ``fake_stage2/video_<i>.mp4`` (SHR), ``audio/groundtruth_<i>.wav``, ``txt/groundtruth_<i>.txt``;
+``legacy_folders`` also writes upstream's ``fake1_6fps/``, ``fake1_30fps/`` and ``fake2_6fps/`` copies (at
+the dataset fps: the names are kept for old scripts, the frame rates are not).
 
 Every mp4 carries the clip's audio (AAC); frames are rounded to uint8 with clamping, at the model resolution,
 with no border. Every file is written atomically and the manifest row last (the manifest itself is rewritten
@@ -39,9 +44,21 @@ def sample_key(stem: str, index: int) -> str:
     return f"{stem}_{index}"
 
 
-def sample_paths(root: str | os.PathLike, stem: str, index: int) -> dict[str, Path]:
-    """The five files of sample ``index`` of clip ``stem``, by folder name."""
+NAMINGS = ("ta2v", "tia2v")
+LEGACY_FOLDERS = {"fake1_6fps": "fake_stage1", "fake1_30fps": "fake_stage1", "fake2_6fps": "fake_stage2"}
+
+
+def sample_paths(root: str | os.PathLike, stem: str, index: int, naming: str = "ta2v") -> dict[str, Path]:
+    """The five files of sample ``index`` of clip ``stem``, by folder name, in the ``naming`` scheme."""
     root, key = Path(root), sample_key(stem, index)
+    if naming == "tia2v":
+        return {"real": root / "real" / f"groundtruth_{index}.mp4",
+                "fake_stage1": root / "fake_stage1" / f"video_{index}.mp4",
+                "fake_stage2": root / "fake_stage2" / f"video_{index}.mp4",
+                "audio": root / "audio" / f"groundtruth_{index}.wav",
+                "txt": root / "txt" / f"groundtruth_{index}.txt"}
+    if naming != "ta2v":
+        raise InputError(f"results naming {naming!r}: must be one of {NAMINGS}")
     return {"real": root / "real" / f"groundtruth_{key}.mp4",
             "fake_stage1": root / "fake_stage1" / f"generation_stage1_{key}.mp4",
             "fake_stage2": root / "fake_stage2" / f"generation_stage2_{key}.mp4",
@@ -71,8 +88,11 @@ class SampleRecord:
 class ResultsFolder:
     """Writes samples into ``root`` and knows which are already finished (from ``manifest.jsonl``)."""
 
-    def __init__(self, root: str | os.PathLike, fps: float, sample_rate: int):
+    def __init__(self, root: str | os.PathLike, fps: float, sample_rate: int, naming: str = "ta2v",
+                 legacy_folders: bool = False, stage2: bool = True):
         self.root, self.fps, self.sample_rate = Path(root), fps, sample_rate
+        self.naming, self.legacy_folders, self.stage2 = naming, legacy_folders, stage2  # stage2: False = none
+        sample_paths(root, "x", 0, naming)  # an unknown naming fails here
         self.manifest = self.root / MANIFEST
         self.rows = self._read_manifest()
 
@@ -99,17 +119,31 @@ class ResultsFolder:
         if row.get("stem") != stem:
             raise InputError(f"{self.manifest}: sample {index} was {row.get('stem')!r} but is now {stem!r}; the "
                              "test set changed since this run: use another --run or a fresh --save folder")
-        return all(p.is_file() for p in sample_paths(self.root, stem, index).values())
+        return all(p.is_file() for p in self.paths(stem, index).values())
+
+    def paths(self, stem: str, index: int) -> dict[str, Path]:
+        """The files of sample ``index`` (with ``legacy_folders``, also the upstream-named copies)."""
+        paths = sample_paths(self.root, stem, index, self.naming)
+        if self.legacy_folders:
+            for legacy, folder in LEGACY_FOLDERS.items():
+                paths[legacy] = self.root / legacy / paths[folder].name
+        if not self.stage2:
+            paths = {k: v for k, v in paths.items() if k not in ("fake_stage2", "fake2_6fps")}
+        return paths
 
     def write(self, rec: SampleRecord) -> dict:
         """Write every file of ``rec``, then its manifest row; returns the row."""
-        paths = sample_paths(self.root, rec.stem, rec.index)
+        paths = self.paths(rec.stem, rec.index)
         audio = np.asarray(rec.audio, dtype=np.float32).reshape(-1)
         self._video(paths["real"], rec.real, audio)
         self._video(paths["fake_stage1"], rec.stage1, audio)
-        for k, video in enumerate(rec.stage2[:-1]):
-            self._video(iteration_path(paths["fake_stage2"], k), video, audio)
-        self._video(paths["fake_stage2"], rec.stage2[-1], audio)
+        if self.stage2:
+            for k, video in enumerate(rec.stage2[:-1]):
+                self._video(iteration_path(paths["fake_stage2"], k), video, audio)
+            self._video(paths["fake_stage2"], rec.stage2[-1], audio)
+        for legacy, folder in LEGACY_FOLDERS.items():
+            if legacy in paths:
+                self._video(paths[legacy], rec.stage1 if folder == "fake_stage1" else rec.stage2[-1], audio)
         write_wav(paths["audio"], audio, self.sample_rate)
         write_text_atomic(paths["txt"], rec.caption + "\n")
         row = {"id": rec.index, "stem": rec.stem, "caption": rec.caption, "fps": self.fps,

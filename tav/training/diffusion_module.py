@@ -96,20 +96,31 @@ def quartile_losses(loss: Tensor, t: Tensor, num_timesteps: int) -> dict[str, Te
 class DiffusionModule(pl.LightningModule):
     """Trains ``UNet(unet_cfg)`` as an unconditional video prior under ``process_cfg``; keeps an EMA copy."""
 
+    stage = "unet"  # recorded in checkpoints; subclasses training other networks set their own
+
     def __init__(self, unet_cfg: UNetConfig, process_cfg: ProcessConfig, train_cfg: DiffusionTrainConfig):
         super().__init__()
-        if process_cfg.learn_sigma != unet_cfg.learn_sigma:
+        learn_sigma = unet_cfg.out_channels == 2 * unet_cfg.in_channels
+        if process_cfg.learn_sigma != learn_sigma:
             raise InputError(f"process.learn_sigma={process_cfg.learn_sigma} but the U-Net has "
                              f"out_channels={unet_cfg.out_channels} for in_channels={unet_cfg.in_channels}: "
                              "learned sigma needs twice the input channels")
         self.unet_cfg, self.process_cfg, self.train_cfg = unet_cfg, process_cfg, train_cfg
-        self.save_hyperparameters({"stage": "unet", "train": to_dict(train_cfg),
+        self.save_hyperparameters({"stage": self.stage, "train": to_dict(train_cfg),
                                    "config": {"unet": to_dict(unet_cfg), "process": to_dict(process_cfg)}})
-        self.net = UNet(unet_cfg)
+        self.net = self.build_net(unet_cfg)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.schedule = GaussianSchedule.from_config(process_cfg)
         self._ema_step = -1
         self._gen: torch.Generator | None = None
+
+    def build_net(self, cfg: Any) -> nn.Module:
+        """The network trained by this module (the TA2V prior: ``UNet(cfg)``)."""
+        return UNet(cfg)
+
+    def export_net(self, net: nn.Module, path: Path, **extra: Any) -> Path:
+        """Write ``net`` (the raw or EMA weights) as a plain file that the stage's loader reads."""
+        return save_unet(net, path, self.process_cfg, **extra)
 
     def on_train_start(self) -> None:
         """One generator per process for timesteps and noise, seeded by (seed, rank, step): DDP ranks draw
@@ -119,7 +130,8 @@ class DiffusionModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         t = self.train_cfg
-        opt = torch.optim.AdamW(self.net.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=t.betas)
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas)
         anneal = t.lr_anneal_steps
         factor = (lambda step: max(0.0, 1.0 - step / anneal)) if anneal > 0 else (lambda step: 1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
@@ -136,14 +148,19 @@ class DiffusionModule(pl.LightningModule):
                              f"{cfg.in_channels}, {'T, ' if cfg.dims == 3 else ''}H, W)")
         return x
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def diffusion_terms(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
+        """Per-sample loss terms ``{"loss", "mse", "vb"}`` (each ``(N,)``) and the timesteps ``t (N,)`` of one
+        batch: uniform ``t``, Gaussian noise from the module's generator, one network call."""
         x0 = self.input_video(batch)
         t = self.schedule.sample_timesteps(x0.shape[0], x0.device, generator=self._gen)
         noise = torch.randn(x0.shape, generator=self._gen, device=x0.device, dtype=x0.dtype)
-        terms = self.schedule.training_losses(self.net, x0, t, noise=noise)
+        return self.schedule.training_losses(self.net, x0, t, noise=noise), t
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        terms, t = self.diffusion_terms(batch)
         loss = terms["loss"].mean()
         self._check_finite(loss)
-        bs = x0.shape[0]
+        bs = len(batch[self.train_cfg.input_key])
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         parts = {f"train_{k}": v.mean() for k, v in terms.items() if k != "loss"}
         parts.update(quartile_losses(terms["loss"].detach(), t, self.schedule.num_timesteps))
@@ -180,7 +197,7 @@ class UNetExport(Callback):
             return
         self._done = step
         for name, net in (("model", module.net), ("ema", module.ema)):
-            save_unet(net, self.dirpath / f"{name}{step:06d}.pt", module.process_cfg, step=step, weights=name)
+            module.export_net(net, self.dirpath / f"{name}{step:06d}.pt", step=step, weights=name)
         log.info("exported %s/{model,ema}%06d.pt", self.dirpath, step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:

@@ -1,0 +1,147 @@
+"""TIA2V sampling: text + first image + audio -> 16 frames (motion U-Net) -> optional SHR refinement (spec
+tia2v.md §5.2, §6).
+
+Stage 1 (motion): the clip's first frame followed by zeros is noised to the SDEdit start (upstream: skip 100
+of 4000 steps, so the frame survives at √ᾱ ≈ 0.04) and denoised by the motion U-Net, conditioned on the
+caption's CLIP-L text states, the first frame's CLIP-L image embedding and the per-frame BEATs tokens.
+Stage 2 (SHR): every frame upsampled bilinearly to ``shr_size`` and refined SDEdit-style by the 3D text U-Net,
+without guidance (upstream's editor ran with every guidance term off); the strength is ``shr_skip_timesteps``
+of the original chain (default 2500 of 4000: √ᾱ ≈ 0.83, a refinement that keeps the input; upstream's
+default 100 re-synthesises the clip almost from noise).
+
+Both stages run respaced (``"200"``, ``"ddim50"``; the skip is converted to the respaced chain by original
+step), batched over clips with one generator per clip, on one device. Conditions come from the condition
+cache (:mod:`tav.tia2v.conditions`), so no encoder runs per step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from tav.diffusion.samplers import SAMPLERS
+from tav.diffusion.schedule import GaussianSchedule
+from tav.errors import InputError
+from tav.pipelines.ta2v import resize_frames
+from tav.tia2v.conditions import motion_context
+from tav.utils.runtime import autocast
+
+
+@dataclass
+class TIA2VSamplingConfig:
+    """How ``sample_motion_optim.py`` samples (flags in brackets)."""
+
+    skip_timesteps: int = 100  # motion SDEdit start, in steps of the original chain (--skip_timesteps)
+    shr_skip_timesteps: int = 2500  # SHR strength: steps of the original chain skipped (--shr_skip_timesteps)
+    shr_size: int = 128  # frames are upsampled to this before SHR (--model_output_size)
+    sampler: str = "ddpm"  # ddpm | ddim (--use_ddim)
+    clip_denoised: float = 0.5  # clamp x̂0 to [-c, c]; 0.5 = the data range, 1.0 = upstream (--faithful-quirks)
+    reimpose_first_frame: bool = False  # put the given frame 0 back after each stage (off = upstream)
+    precision: str = "32"  # 32 | bf16 autocast around the networks
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"sampler {self.sampler!r}: must be one of {sorted(SAMPLERS)}")
+        if self.skip_timesteps < 0 or self.shr_skip_timesteps < 0:
+            raise InputError("--skip_timesteps and --shr_skip_timesteps must be >= 0")
+
+
+def respaced_skip(schedule: GaussianSchedule, skip_original: int) -> int:
+    """Respaced steps to skip so that the chain starts at original step ``T - skip_original - 1`` (or the
+    nearest respaced step below it). E.g. 100 of 4000 with ``"200"`` -> 5."""
+    start = schedule.original_steps - skip_original - 1
+    if start < 0:
+        raise InputError(f"skip of {skip_original} steps leaves nothing of a {schedule.original_steps}-step chain")
+    below = (schedule.timestep_map <= start).nonzero()
+    first = int(below.max()) if len(below) else 0
+    return schedule.num_timesteps - 1 - first
+
+
+class FrameDenoiser(nn.Module):
+    """Runs a per-frame U-Net (content/motion, inputs ``(B·F, C, H, W)``) on clips ``(B, C, F, H, W)``.
+
+    ``forward(x (B, C, F, H, W), t (B,), context (B, 78, D), context_temp (B·F, P+77, D) | None)`` ->
+    ``(B, C_out, F, H, W)``: every frame of clip b at timestep t[b] (one t per clip, as upstream samples).
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, t: Tensor, **conditions: Tensor) -> Tensor:
+        b, _, f = x.shape[:3]
+        flat = rearrange(x, "b c f h w -> (b f) c h w")
+        out = self.net(flat, t.repeat_interleave(f), *conditions.values())
+        return rearrange(out, "(b f) c h w -> b c f h w", b=b)
+
+
+def first_frame_init(video: Tensor) -> Tensor:
+    """``(B, C, F, H, W)`` -> the same with frames 1.. set to 0 (upstream's motion init: only frame 0 kept)."""
+    init = torch.zeros_like(video)
+    init[:, :, 0] = video[:, :, 0]
+    return init
+
+
+class TIA2VSampler:
+    """Motion U-Net (+ optional SHR U-Net) with their respaced schedules, built once, on one device."""
+
+    def __init__(self, motion: nn.Module, motion_schedule: GaussianSchedule, shr: nn.Module | None,
+                 shr_schedule: GaussianSchedule | None, cfg: TIA2VSamplingConfig):
+        self.motion, self.shr, self.cfg = FrameDenoiser(motion).eval(), shr, cfg
+        self.motion_schedule, self.shr_schedule = motion_schedule, shr_schedule
+        self.device = next(motion.parameters()).device
+
+    def _sample(self, net, schedule, x_init: Tensor, skip: int, seeds: Sequence[int], kwargs: dict,
+                progress: bool) -> Tensor:
+        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        with torch.no_grad(), autocast(self.cfg.precision, self.device):
+            x = SAMPLERS[self.cfg.sampler](
+                net, schedule, tuple(x_init.shape), x_init=x_init.to(self.device),
+                skip_timesteps=respaced_skip(schedule, skip), generators=gens, model_kwargs=kwargs,
+                clip_denoised=self.cfg.clip_denoised, progress=progress)
+        return x.float().clamp(-0.5, 0.5)
+
+    def stage1(self, first_frames: Tensor, text: Tensor, image: Tensor, audio_tokens: Tensor,
+               n_frames: int, seeds: Sequence[int], progress: bool = False) -> Tensor:
+        """Motion sampling.
+
+        first_frames ``(B, 3, H, W)`` in [-0.5, 0.5]; text ``(B, 77, D)``; image ``(B, D)``; audio_tokens
+        ``(B, F, P, D_a)``. Returns ``(B, 3, F, H, W)`` in [-0.5, 0.5].
+        """
+        b, c, h, w = first_frames.shape
+        video = torch.zeros(b, c, n_frames, h, w, device=self.device)
+        video[:, :, 0] = first_frames.to(self.device)
+        text, image = text.to(self.device), image.to(self.device)
+        kwargs = {"context": torch.cat([text, image[:, None].to(text.dtype)], dim=1),
+                  "context_temp": motion_context(audio_tokens.to(self.device), text)}
+        out = self._sample(self.motion, self.motion_schedule, video, self.cfg.skip_timesteps, seeds, kwargs,
+                           progress)
+        if self.cfg.reimpose_first_frame:
+            out[:, :, 0] = video[:, :, 0]
+        return out
+
+    def stage2(self, video: Tensor, text: Tensor, seeds: Sequence[int], progress: bool = False) -> Tensor:
+        """SHR: ``(B, 3, F, h, w)`` in [-0.5, 0.5] -> ``(B, 3, F, S, S)`` refined at ``shr_size`` S."""
+        if self.shr is None:
+            raise InputError("no SHR model loaded: pass --diffusion_ckpt, or --skip_shr for stage 1 only")
+        up = resize_frames(video.to(self.device), self.cfg.shr_size)
+        out = self._sample(self.shr, self.shr_schedule, up, self.cfg.shr_skip_timesteps, seeds,
+                           {"context": text.to(self.device)}, progress)
+        if self.cfg.reimpose_first_frame:
+            out[:, :, 0] = up[:, :, 0]
+        return out
+
+    def run(self, first_frames: Tensor, text: Tensor, image: Tensor, audio_tokens: Tensor, n_frames: int,
+            seeds: Sequence[int], shr_seeds: Sequence[int] | None = None,
+            progress: bool = False) -> tuple[Tensor, Tensor | None, dict[str, float]]:
+        """Both stages for one batch: ``(motion clips, SHR clips or None, seconds per stage)``."""
+        t0 = time.perf_counter()
+        v1 = self.stage1(first_frames, text, image, audio_tokens, n_frames, seeds, progress)
+        t1 = time.perf_counter()
+        v2 = None if self.shr is None else self.stage2(v1, text, shr_seeds or seeds, progress)
+        return v1, v2, {"stage1": t1 - t0, "stage2": time.perf_counter() - t1}

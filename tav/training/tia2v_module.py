@@ -1,0 +1,131 @@
+"""Lightning module for the three TIA2V diffusion U-Nets: content, motion and SHR (spec tia2v.md §3–§5).
+
+It is the TA2V prior's :class:`~tav.training.diffusion_module.DiffusionModule` (EMA, per-rank generator,
+non-finite check, ``modelNNNNNN.pt`` / ``emaNNNNNN.pt`` exports, resumable checkpoints) with a conditioned
+network and its own batch → loss step. A batch comes from :class:`tav.tia2v.data.TIA2VDataset`:
+
+- ``video`` ``(B, 3, F, H, W)`` in [-0.5, 0.5];
+- ``text`` ``(B, 77, D)`` CLIP-L text hidden states; ``image`` ``(B, D)`` the window's first-frame CLIP-L
+  image embedding; ``audio_tokens`` ``(B, F, P, D)`` BEATs tokens per frame (motion only).
+
+Per part:
+
+- ``content``: frames flattened to ``(B·F, 3, H, W)``, context = text + image ``(B, 78, D)``;
+- ``motion``: the same plus ``context_temp`` = per-frame audio tokens followed by the text ``(B·F, P+77, D)``;
+- ``shr``: the clip as a 3D tensor ``(B, 3, F, H, W)`` with the text ``(B, 77, D)`` as context.
+
+Timesteps: per frame for content and motion when ``per_frame_t`` (upstream; sampling shares one t per clip),
+else one per clip repeated over its frames; one per clip for SHR. Upstream's side-trained discriminators
+(no effect on the generator, spec §4.8) are not reproduced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from tav.config import from_dict
+from tav.errors import InputError
+from tav.tia2v.conditions import motion_context
+from tav.tia2v.config import TIA2VUNetConfig
+from tav.tia2v.load import save_tia2v_unet, transfer_content_to_motion
+from tav.tia2v.unet import TIA2VUNet
+from tav.training.diffusion_module import DiffusionModule, DiffusionTrainConfig
+
+
+@dataclass
+class TIA2VTrainConfig(DiffusionTrainConfig):
+    """``DiffusionTrainConfig`` plus the TIA2V settings (the ``train:`` section of ``configs/tia2v/*.yaml``)."""
+
+    per_frame_t: bool = True  # content/motion: an independent timestep per frame (upstream) or one per clip
+    freeze_spatial: bool = False  # motion: train only the tensors that did not come from the content model
+
+
+def tia2v_train_config(data: dict[str, Any], where: str = "train") -> TIA2VTrainConfig:
+    """``TIA2VTrainConfig`` from a plain dict; unknown keys and wrong types raise ``InputError``."""
+    return from_dict(TIA2VTrainConfig, data, where)
+
+
+def conditions_of(batch: dict, part: str) -> dict[str, Tensor]:
+    """The network's keyword conditions for one batch (see the module docstring for the shapes)."""
+    need = {"content": ("text", "image"), "motion": ("text", "image", "audio_tokens"), "shr": ("text",)}[part]
+    missing = [k for k in need if k not in batch]
+    if missing:
+        raise InputError(f"the {part} model needs batch entries {list(need)}; missing {missing}: build the "
+                         "condition cache with the training script's --cache_dir")
+    text = batch["text"]
+    if part == "shr":
+        return {"context": text}
+    kwargs = {"context": torch.cat([text, batch["image"][:, None].to(text.dtype)], dim=1)}
+    if part == "motion":
+        kwargs["context_temp"] = motion_context(batch["audio_tokens"], text)
+    return kwargs
+
+
+class TIA2VModule(DiffusionModule):
+    """Trains ``TIA2VUNet(cfg)`` (content, motion or SHR) under ``process_cfg``; keeps an EMA copy."""
+
+    def __init__(self, unet_cfg: TIA2VUNetConfig, process_cfg, train_cfg: TIA2VTrainConfig,
+                 init_report: dict | None = None):
+        super().__init__(unet_cfg, process_cfg, train_cfg)
+        self.init_report = init_report  # content -> motion transfer (copied / skipped / fresh keys), if any
+
+    @property
+    def stage(self) -> str:
+        """``tia2v_content`` | ``tia2v_motion`` | ``tia2v_shr`` (recorded in checkpoints)."""
+        return f"tia2v_{self.unet_cfg.part}"
+
+    def initialise_from_content(self, content_state_dict: dict[str, Tensor], remap_shifted: bool = False) -> dict:
+        """Motion only: copy the content model's tensors by name (upstream's 354 of 366; ``remap_shifted`` also
+        maps the modules whose index moved), restart the EMA from the result and, with ``freeze_spatial``,
+        stop training the copied tensors. Returns the transfer report."""
+        if self.unet_cfg.part != "motion":
+            raise InputError(f"--model_path initialises a motion model from a content model, not a {self.unet_cfg.part}"
+                             " model")
+        report = transfer_content_to_motion(content_state_dict, self.net, remap_shifted=remap_shifted)
+        self.ema.load_state_dict(self.net.state_dict())
+        if self.train_cfg.freeze_spatial:
+            copied = set(report["copied"])
+            for name, p in self.net.named_parameters():
+                p.requires_grad_(name not in copied)
+        self.init_report = report
+        return report
+
+    def build_net(self, cfg: TIA2VUNetConfig) -> nn.Module:
+        return TIA2VUNet(cfg)
+
+    def export_net(self, net: nn.Module, path: Path, **extra: Any) -> Path:
+        return save_tia2v_unet(net, path, self.process_cfg, **extra)
+
+    def flat_inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
+        """``(x0, t)`` in the network's layout: ``(B·F, 3, H, W)`` frames with ``(B·F,)`` timesteps for
+        content/motion, ``(B, 3, F, H, W)`` clips with ``(B,)`` timesteps for SHR."""
+        video = self.input_video(batch)
+        b, f = video.shape[0], video.shape[2]
+        draw = self.schedule.sample_timesteps
+        if self.unet_cfg.part == "shr":
+            return video, draw(b, video.device, generator=self._gen)
+        x0 = rearrange(video, "b c f h w -> (b f) c h w")
+        if self.train_cfg.per_frame_t:
+            return x0, draw(b * f, video.device, generator=self._gen)
+        return x0, draw(b, video.device, generator=self._gen).repeat_interleave(f)
+
+    def input_video(self, batch: dict) -> Tensor:
+        key, cfg = self.train_cfg.input_key, self.unet_cfg
+        x = batch.get(key)
+        if x is None or x.dim() != 5 or x.shape[1] != cfg.in_channels or x.shape[-1] != cfg.image_size:
+            shape = None if x is None else tuple(x.shape)
+            raise InputError(f"batch[{key!r}] has shape {shape}; the {cfg.part} U-Net expects (B, "
+                             f"{cfg.in_channels}, F, {cfg.image_size}, {cfg.image_size}): check --resolution")
+        return x
+
+    def diffusion_terms(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
+        x0, t = self.flat_inputs(batch)
+        noise = torch.randn(x0.shape, generator=self._gen, device=x0.device, dtype=x0.dtype)
+        kwargs = conditions_of(batch, self.unet_cfg.part)
+        return self.schedule.training_losses(self.net, x0, t, noise=noise, model_kwargs=kwargs), t
