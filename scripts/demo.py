@@ -17,6 +17,10 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
 - ``sample``: the two-stage sampler (``scripts/sample_tav.py``, audio + text guidance through tiny random
   encoders) on the first test clips, run through ``saved_ckpts/demo/sample_tav.sh``; results in
   ``<out>/17_tav_URMP/`` and ``<out>/tav_samples.png`` (``scripts/demo_sample.py``).
+- ``tia2v``: tiny TIA2V content, motion (initialised from the content model) and SHR models with tiny random
+  CLIP ViT-L/14 and BEATs stand-ins, then ``scripts/sample_motion_optim.py`` (run through
+  ``saved_ckpts/demo/sample_motion_optim.sh``) on the first test clips; results in ``<out>/0_tacm_urmp/`` and
+  ``<out>/tia2v_samples.png`` (``scripts/demo_tia2v.py``).
 - ``metrics``: the four metric tools (CLIP-audio, CLIP-text, FVD, FID) on that results folder with tiny
   random-weight feature networks saved in ``saved_ckpts/demo/`` (the numbers are meaningless); a short
   table, ``<out>/17_tav_URMP/metrics_*.json`` and ``<out>/metrics_tools.txt`` (``scripts/demo_metrics.py``).
@@ -44,10 +48,12 @@ try:  # imported as scripts.demo (tests) or run as a file (scripts/ is then on s
     from scripts.demo_metrics import stage_metrics
     from scripts.demo_sample import stage_sample
     from scripts.demo_stages import stage_diffusion, stage_gpt, stage_vqgan
+    from scripts.demo_tia2v import stage_tia2v
 except ImportError:
     from demo_metrics import stage_metrics
     from demo_sample import stage_sample
     from demo_stages import stage_diffusion, stage_gpt, stage_vqgan
+    from demo_tia2v import stage_tia2v
 
 
 @dataclass
@@ -88,6 +94,7 @@ STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [
     ("gpt", stage_gpt),
     ("diffusion", stage_diffusion),
     ("sample", stage_sample),
+    ("tia2v", stage_tia2v),
     ("metrics", stage_metrics),
 ]
 
@@ -112,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--diffusion_steps", type=int, default=300, help=hidden)
     p.add_argument("--n_sample", type=int, default=4, help=hidden)
     p.add_argument("--sample_args", default="", help=hidden)  # extra sample_tav.py flags (tests: fewer steps)
+    p.add_argument("--tia2v_steps", type=int, default=300, help=hidden)  # content and motion training steps
+    p.add_argument("--tia2v_shr_steps", type=int, default=150, help=hidden)
+    p.add_argument("--tia2v_sample_args", default="", help=hidden)  # extra sample_motion_optim.py flags
     p.add_argument("--ckpt_dir", default="saved_ckpts/demo", help="where the demo checkpoints, tiny encoders, tiny "
                    "metric networks and sample_tav.sh are left")
     args = p.parse_args(argv)

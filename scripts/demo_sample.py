@@ -79,12 +79,15 @@ def _pairs(command: list[str]) -> list[str]:
     return groups
 
 
-def write_script(path: Path, command: list[str]) -> Path:
-    """``path``: a bash script that runs ``command`` from the repository root with ``"$@"`` appended."""
-    lines = ["#!/usr/bin/env bash",
-             "# Written by `make demo`: the README's TA2V sampling command with every seed flag kept; only paths and",
-             "# sizes are changed for the demo checkpoints and tiny random encoders. Extra arguments are passed",
-             "# through, e.g.  bash saved_ckpts/demo/sample_tav.sh --n_sample 3 --batch_size 2",
+TA2V_COMMENT = ["# Written by `make demo`: the README's TA2V sampling command with every seed flag kept; only paths",
+                "# and sizes are changed for the demo checkpoints and tiny random encoders. Extra arguments are passed",
+                "# through, e.g.  bash saved_ckpts/demo/sample_tav.sh --n_sample 3 --batch_size 2"]
+
+
+def write_script(path: Path, command: list[str], comment: list[str] | None = None) -> Path:
+    """``path``: a bash script that runs ``command`` from the repository root with ``"$@"`` appended, under the
+    ``comment`` lines (default: the TA2V one)."""
+    lines = ["#!/usr/bin/env bash", *(comment or TA2V_COMMENT),
              "set -euo pipefail",
              f"cd {shlex.quote(str(REPO))}",
              'PY="${PYTHON:-python3}"',
@@ -113,16 +116,17 @@ def stage_sample(run) -> None:
     print(f"  results: {root}\n  real | stage 1 | stage 2: {run.out / 'tav_samples.png'}")
 
 
-def show_results(root: Path, png: Path) -> None:
-    """Contact sheet of every sample: real, stage 1 and stage 2 (upscaled to the real clip's size)."""
+def show_results(root: Path, png: Path, n_frames: int = 8,
+                 stages: tuple[str, str] = ("stage 1 (GPT + VQGAN)", "stage 2")) -> None:
+    """Contact sheet of every sample: real, stage 1 and stage 2, each upscaled to the largest clip's size."""
     import json
 
     rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
     clips, labels = [], []
     for r in rows:
         videos = [read_video(root / r["files"][k])[0] for k in ("real", "fake_stage1", "fake_stage2")]
-        size = videos[0].shape[1]
+        size = max(v.shape[1] for v in videos)
         videos = [np.repeat(np.repeat(v, size // v.shape[1], 1), size // v.shape[2], 2) for v in videos]
         clips += videos
-        labels += [f"{r['id']} real: {r['caption']}", f"{r['id']} stage 1 (GPT + VQGAN)", f"{r['id']} stage 2"]
-    save_png(png, contact_sheet(clips, n_frames=8, labels=labels))
+        labels += [f"{r['id']} real: {r['caption']}", f"{r['id']} {stages[0]}", f"{r['id']} {stages[1]}"]
+    save_png(png, contact_sheet(clips, n_frames=n_frames, labels=labels))

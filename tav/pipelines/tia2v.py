@@ -5,9 +5,9 @@ Stage 1 (motion): the clip's first frame followed by zeros is noised to the SDEd
 of 4000 steps, so the frame survives at √ᾱ ≈ 0.04) and denoised by the motion U-Net, conditioned on the
 caption's CLIP-L text states, the first frame's CLIP-L image embedding and the per-frame BEATs tokens.
 Stage 2 (SHR): every frame upsampled bilinearly to ``shr_size`` and refined SDEdit-style by the 3D text U-Net,
-without guidance (upstream's editor ran with every guidance term off); the strength is ``shr_skip_timesteps``
-of the original chain (default 2500 of 4000: √ᾱ ≈ 0.83, a refinement that keeps the input; upstream's
-default 100 re-synthesises the clip almost from noise).
+without guidance (upstream's editor ran with every guidance term off); the strength is ``shr_strength`` =
+t0/T (default 0.375: skip 2500 of 4000, √ᾱ ≈ 0.83, a refinement that keeps the input) or
+``shr_skip_timesteps`` (upstream's default 100 re-synthesises the clip almost from noise).
 
 Both stages run respaced (``"200"``, ``"ddim50"``; the skip is converted to the respaced chain by original
 step), batched over clips with one generator per clip, on one device. Conditions come from the condition
@@ -37,7 +37,8 @@ class TIA2VSamplingConfig:
     """How ``sample_motion_optim.py`` samples (flags in brackets)."""
 
     skip_timesteps: int = 100  # motion SDEdit start, in steps of the original chain (--skip_timesteps)
-    shr_skip_timesteps: int = 2500  # SHR strength: steps of the original chain skipped (--shr_skip_timesteps)
+    shr_strength: float = 0.375  # SHR start t0/T: 0.375 = skip 2500 of 4000, a refinement (--shr_strength)
+    shr_skip_timesteps: int | None = None  # or the original-chain steps to skip, overriding shr_strength
     shr_size: int = 128  # frames are upsampled to this before SHR (--model_output_size)
     sampler: str = "ddpm"  # ddpm | ddim (--use_ddim)
     clip_denoised: float = 0.5  # clamp x̂0 to [-c, c]; 0.5 = the data range, 1.0 = upstream (--faithful-quirks)
@@ -47,8 +48,17 @@ class TIA2VSamplingConfig:
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise InputError(f"sampler {self.sampler!r}: must be one of {sorted(SAMPLERS)}")
-        if self.skip_timesteps < 0 or self.shr_skip_timesteps < 0:
+        if self.skip_timesteps < 0 or (self.shr_skip_timesteps or 0) < 0:
             raise InputError("--skip_timesteps and --shr_skip_timesteps must be >= 0")
+        if not 0.0 < self.shr_strength <= 1.0:
+            raise InputError(f"--shr_strength {self.shr_strength}: must be in (0, 1] (t0 / T)")
+
+    def shr_skip(self, steps: int) -> int:
+        """Original-chain steps SHR skips for a ``steps``-step process: ``shr_skip_timesteps`` if given, else
+        ``steps - round(shr_strength * steps)`` (4000 steps at 0.375: 2500, start t0 = 1499)."""
+        if self.shr_skip_timesteps is not None:
+            return self.shr_skip_timesteps
+        return steps - round(self.shr_strength * steps)
 
 
 def respaced_skip(schedule: GaussianSchedule, skip_original: int) -> int:
@@ -130,7 +140,8 @@ class TIA2VSampler:
         if self.shr is None:
             raise InputError("no SHR model loaded: pass --diffusion_ckpt, or --skip_shr for stage 1 only")
         up = resize_frames(video.to(self.device), self.cfg.shr_size)
-        out = self._sample(self.shr, self.shr_schedule, up, self.cfg.shr_skip_timesteps, seeds,
+        skip = self.cfg.shr_skip(self.shr_schedule.original_steps)
+        out = self._sample(self.shr, self.shr_schedule, up, skip, seeds,
                            {"context": text.to(self.device)}, progress)
         if self.cfg.reimpose_first_frame:
             out[:, :, 0] = up[:, :, 0]

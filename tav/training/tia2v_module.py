@@ -71,9 +71,11 @@ class TIA2VModule(DiffusionModule):
     """Trains ``TIA2VUNet(cfg)`` (content, motion or SHR) under ``process_cfg``; keeps an EMA copy."""
 
     def __init__(self, unet_cfg: TIA2VUNetConfig, process_cfg, train_cfg: TIA2VTrainConfig,
-                 init_report: dict | None = None):
+                 beats_mode: str | None = None):
         super().__init__(unet_cfg, process_cfg, train_cfg)
-        self.init_report = init_report  # content -> motion transfer (copied / skipped / fresh keys), if any
+        self.beats_mode = beats_mode  # BEATs input mode of the cached audio tokens (motion), recorded in files
+        self.hparams["beats_mode"] = beats_mode
+        self.init_report: dict | None = None  # content -> motion transfer (copied / skipped / fresh keys)
 
     @property
     def stage(self) -> str:
@@ -100,7 +102,7 @@ class TIA2VModule(DiffusionModule):
         return TIA2VUNet(cfg)
 
     def export_net(self, net: nn.Module, path: Path, **extra: Any) -> Path:
-        return save_tia2v_unet(net, path, self.process_cfg, **extra)
+        return save_tia2v_unet(net, path, self.process_cfg, beats_mode=self.beats_mode, **extra)
 
     def flat_inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
         """``(x0, t)`` in the network's layout: ``(B·F, 3, H, W)`` frames with ``(B·F,)`` timesteps for

@@ -1,0 +1,111 @@
+"""The ``tia2v`` stage of ``scripts/demo.py``: tiny TIA2V content, motion and SHR models on the demo dataset,
+then ``sample_motion_optim.py`` on the first test clips.
+
+Tiny random CLIP ViT-L/14 and BEATs stand-ins are saved in ``<ckpt_dir>`` (``saved_ckpts/demo/``): the
+conditions are computed exactly as with the real encoders, but carry no meaning, so the demo's TIA2V clips
+show the pipeline working, not text/audio control. The three trainings go through the same ``train()``
+functions as ``train_content.py``, ``train_temp.py`` (initialised from the content model) and
+``train_diffusion_3d_withtext.py``; a run folder with a finished checkpoint is reused. The exact sampling
+command is left in ``<ckpt_dir>/sample_motion_optim.sh`` (extra arguments are passed through).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+from tav.encoders.beats import save_tiny_beats
+from tav.encoders.clip_l import save_tiny_clip_l
+from tav.errors import InputError
+
+try:  # imported as scripts.demo_tia2v (tests) or next to scripts/demo.py
+    from scripts import tia2v_cli
+    from scripts.demo_sample import _rel, show_results, write_script
+except ImportError:
+    import tia2v_cli
+    from demo_sample import _rel, show_results, write_script
+
+FRAMES, SIZE, SHR_SIZE = 4, 16, 32  # the tiny presets: 4 frames of 16 px, SHR at 32 px
+DEMO_RUN = "0"
+
+
+def tiny_encoders(folder: Path) -> dict[str, Path]:
+    """Tiny CLIP-L (32 wide, the tiny presets' context_dim) and BEATs (32 wide) in ``folder``, kept if there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"clip_l": folder / "clip-vit-large-patch14", "beats": folder / "BEATs_iter3_plus_AS20K.pt"}
+    if not (files["clip_l"] / "config.json").is_file():
+        save_tiny_clip_l(files["clip_l"])
+    if not files["beats"].is_file():
+        save_tiny_beats(files["beats"], encoder_embed_dim=32, encoder_attention_heads=4)
+    return files
+
+
+def _train(part: str, root: Path, argv: list[str]) -> Path:
+    """Train unless ``root`` holds an EMA export; return the newest ``emaNNNNNN.pt``."""
+    emas = sorted(root.glob("ema*.pt"))
+    if emas:
+        print(f"  reusing {root} (delete it to retrain)")
+        return emas[-1]
+    tia2v_cli.train(part, argv)
+    emas = sorted(root.glob("ema*.pt"))
+    if not emas:
+        raise InputError(f"{root}: the {part} training wrote no weights")
+    return emas[-1]
+
+
+def _common(run, enc: dict[str, Path], steps: int) -> list[str]:
+    n_train = sum(r["split"] == "train" for r in run.state["manifest"])
+    return ["--data_path", str(run.state["data_root"]), "--cache_dir", str(run.out / "tia2v_cache"),
+            "--clip_l_ckpt", str(enc["clip_l"]), "--beats_ckpt", str(enc["beats"]), "--sequence_length",
+            str(FRAMES), "--batch_size", str(min(4, n_train)), "--max_steps", str(steps), "--save_interval",
+            str(steps), "--log_interval", "25", "--num_workers", "0", "--progress_bar_refresh_rate", "0",
+            "--accelerator", "cpu", "--devices", "1"]
+
+
+def train_models(run, enc: dict[str, Path]) -> dict[str, Path]:
+    """Content, then motion (from the content EMA), then SHR; returns their EMA files."""
+    a, out = run.args, run.out
+    content = _train("content", out / "tia2v_content", ["--config", "content-tiny", "--save_dir",
+                     str(out / "tia2v_content"), "--resolution", str(SIZE), *_common(run, enc, a.tia2v_steps)])
+    motion = _train("motion", out / "tia2v_motion", ["--config", "motion-tiny", "--save_dir", str(out / "tia2v_motion"),
+                    "--model_path", str(content), "--audio_emb_model", "beats", "--resolution", str(SIZE),
+                    "--set", "context_dim_temp=32", *_common(run, enc, a.tia2v_steps)])
+    shr = _train("shr", out / "tia2v_shr", ["--config", "shr-tiny", "--save_dir", str(out / "tia2v_shr"),
+                 "--resolution", str(SHR_SIZE), *_common(run, enc, a.tia2v_shr_steps)])
+    return {"content": content, "motion": motion, "shr": shr}
+
+
+def sample_command(run, enc: dict[str, Path], models: dict[str, Path]) -> list[str]:
+    """The README's TIA2V sampling line with demo paths and sizes (every seed flag kept)."""
+    return ["scripts/sample_motion_optim.py", "--resolution", str(SIZE), "--batch_size", "2", "--diffusion_steps",
+            "1000", "--noise_schedule", "cosine", "--num_channels", "32", "--num_res_blocks", "1", "--class_cond",
+            "False", "--model_path", _rel(models["motion"]), "--num_samples", str(run.args.n_sample),
+            "--image_size", str(SIZE), "--learn_sigma", "True", "--text_stft_cond", "--audio_emb_model", "beats",
+            "--data_path", _rel(run.state["data_root"]), "--in_channels", "3", "--clip_denoised", "True", "--run",
+            DEMO_RUN, "--dataset", "urmp", "--diffusion_ckpt", _rel(models["shr"]), "--model_output_size",
+            str(SHR_SIZE), "--clip_l_ckpt", _rel(enc["clip_l"]), "--beats_ckpt", _rel(enc["beats"]),
+            "--cache_dir", _rel(run.out / "tia2v_cache"), "--save", _rel(run.out), "--timestep_respacing", "50",
+            "--progress", "False"]
+
+
+COMMENT = ["# Written by `make demo`: the README's TIA2V sampling command (sample_motion_optim.py) with every seed",
+           "# flag kept; paths and sizes are changed for the tiny demo models and random encoders. Extra arguments",
+           "# are passed through, e.g.  bash saved_ckpts/demo/sample_motion_optim.sh --num_samples 2 --skip_shr"]
+
+
+def stage_tia2v(run) -> None:
+    """Train the tiny TIA2V models, sample the first test clips, write a contact sheet."""
+    a, folder = run.args, Path(run.args.ckpt_dir)
+    enc = tiny_encoders(folder)
+    print(f"  tiny random CLIP ViT-L/14 and BEATs in {folder} (conditions are computed, but meaningless)")
+    models = train_models(run, enc)
+    script = write_script(folder / "sample_motion_optim.sh", sample_command(run, enc, models), COMMENT)
+    print("  running: bash " + _rel(script))
+    done = subprocess.run(["bash", str(script), *shlex.split(a.tia2v_sample_args)], capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise InputError(f"{_rel(script)} failed (exit {done.returncode}): {tail}")
+    root = run.out / f"{DEMO_RUN}_tacm_urmp"
+    show_results(root, run.out / "tia2v_samples.png", n_frames=FRAMES, stages=("motion model", "SHR"))
+    print(f"  results: {root}\n  real | motion | SHR: {run.out / 'tia2v_samples.png'}")

@@ -1,0 +1,212 @@
+"""TIA2V training and sampling end to end at tiny sizes: the three training scripts, the content -> motion
+initialisation, the batch -> loss step, the respaced SDEdit starts and ``sample_motion_optim.py``'s results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from scripts import sample_motion_optim, tia2v_cli
+from tav.data.video import read_video
+from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
+from tav.encoders.beats import save_tiny_beats
+from tav.encoders.clip_l import save_tiny_clip_l
+from tav.encoders.registry import clear_encoder_cache
+from tav.errors import InputError
+from tav.pipelines.tia2v import FrameDenoiser, TIA2VSamplingConfig, first_frame_init, respaced_skip
+from tav.tia2v import TIA2VUNet, load_tia2v_unet, read_tia2v_checkpoint, tia2v_preset
+from tav.tia2v.conditions import motion_context
+from tav.training.tia2v_module import TIA2VModule, TIA2VTrainConfig, conditions_of
+
+from .helpers import make_tiny_vat
+
+QUIET = ["--num_workers", "0", "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Tiny VAT data, tiny CLIP-L and BEATs (32 wide), and content / motion / SHR trained 2 steps each."""
+    root = tmp_path_factory.mktemp("tia2v")
+    data = make_tiny_vat(root / "vat")
+    save_tiny_clip_l(root / "clip_l")
+    save_tiny_beats(root / "beats.pt", encoder_embed_dim=32, encoder_attention_heads=4)
+    common = ["--data_path", str(data), "--cache_dir", str(root / "cache"), "--clip_l_ckpt", str(root / "clip_l"),
+              "--beats_ckpt", str(root / "beats.pt"), "--batch_size", "2", "--max_steps", "2", "--save_interval",
+              "2", *QUIET]
+    runs = root / "runs"
+    tia2v_cli.train("content", ["--config", "content-tiny", "--save_dir", str(runs / "content"), *common])
+    tia2v_cli.train("motion", ["--config", "motion-tiny", "--save_dir", str(runs / "motion"), "--model_path",
+                               str(runs / "content" / "ema000002.pt"), *common])
+    tia2v_cli.train("shr", ["--config", "shr-tiny", "--save_dir", str(runs / "shr"), "--resolution", "32", *common])
+    yield {"root": root, "data": data, "runs": runs, "common": common}
+    clear_encoder_cache()
+
+
+def _sample_argv(world, save: Path, *extra: str) -> list[str]:
+    r = world["root"]
+    return ["--model_path", str(world["runs"] / "motion" / "ema000002.pt"), "--diffusion_ckpt",
+            str(world["runs"] / "shr" / "ema000002.pt"), "--data_path", str(world["data"]), "--cache_dir",
+            str(r / "cache"), "--clip_l_ckpt", str(r / "clip_l"), "--beats_ckpt", str(r / "beats.pt"), "--save",
+            str(save), "--timestep_respacing", "10", "--model_output_size", "32", "--progress", "False", *extra]
+
+
+def test_training_exports_and_motion_init(world):
+    runs = world["runs"]
+    for part in ("content", "motion", "shr"):
+        for kind in ("model", "ema"):
+            net = load_tia2v_unet(runs / part / f"{kind}000002.pt", part)
+            assert net.config.part == part and net.process.loss == "rescaled_mse"
+        assert (runs / part / "checkpoints" / "last.ckpt").is_file()
+    # the motion run started from the content EMA: every copied tensor was equal at step 0, so after two
+    # AdamW steps at lr 2e-4 it is still within a few lr of the content value (fresh tensors are not)
+    _, _, content = read_tia2v_checkpoint(runs / "content" / "ema000002.pt", "content")
+    motion = load_tia2v_unet(runs / "motion" / "model000002.pt", "motion").state_dict()
+    key = "input_blocks.1.0.in_layers.2.weight"
+    assert (motion[key] - content[key]).abs().max() < 1e-3
+    assert "input_blocks.1.0.temporal_conv.conv1.2.weight" not in content
+    recorded = yaml.safe_load((runs / "motion" / "config.yaml").read_text())
+    assert recorded["init_from"].endswith("ema000002.pt") and recorded["model"]["part"] == "motion"
+    assert torch.load(runs / "motion" / "ema000002.pt", weights_only=True)["beats_mode"] == "fixed"
+
+
+def test_initialise_from_content_and_freeze():
+    content = TIA2VUNet(tia2v_preset("content-tiny"))
+    with torch.no_grad():
+        for p in content.parameters():
+            p.normal_()
+    cfg, proc = tia2v_preset("motion-tiny"), ProcessConfig(steps=100, loss="rescaled_mse")
+    module = TIA2VModule(cfg, proc, TIA2VTrainConfig(freeze_spatial=True))
+    report = module.initialise_from_content(content.state_dict())
+    sd, ema = module.net.state_dict(), module.ema.state_dict()
+    assert report["copied"] and all(torch.equal(sd[k], content.state_dict()[k]) for k in report["copied"])
+    assert all(torch.equal(sd[k], ema[k]) for k in sd)  # the EMA restarts from the initialised weights
+    frozen = {n for n, p in module.net.named_parameters() if not p.requires_grad}
+    assert frozen == set(report["copied"]) & {n for n, _ in module.net.named_parameters()}
+    opt = module.configure_optimizers()["optimizer"]
+    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for p in module.net.parameters() if p.requires_grad) > 0
+    with pytest.raises(InputError, match="motion model"):
+        TIA2VModule(tia2v_preset("content-tiny"), proc, TIA2VTrainConfig()).initialise_from_content({})
+
+
+def test_flat_inputs_and_conditions():
+    cfg = tia2v_preset("motion-tiny")
+    module = TIA2VModule(cfg, ProcessConfig(steps=100, loss="rescaled_mse"), TIA2VTrainConfig(per_frame_t=False))
+    module._gen = torch.Generator().manual_seed(0)
+    b, f, d = 2, cfg.num_frames, cfg.context_dim
+    batch = {"video": torch.rand(b, 3, f, 16, 16) - 0.5, "text": torch.randn(b, 77, d), "image": torch.randn(b, d),
+             "audio_tokens": torch.randn(b, f, 8, d)}
+    x0, t = module.flat_inputs(batch)
+    assert x0.shape == (b * f, 3, 16, 16) and torch.equal(x0[f + 1], batch["video"][1, :, 1])
+    assert torch.equal(t.view(b, f), t.view(b, f)[:, :1].expand(b, f))  # one t per clip
+    module.train_cfg.per_frame_t = True
+    _, t = module.flat_inputs(batch)
+    assert t.shape == (b * f,) and len(set(t.tolist())) > 2
+    kw = conditions_of(batch, "motion")
+    assert kw["context"].shape == (b, 78, d) and torch.equal(kw["context"][1, 77], batch["image"][1])
+    ctx = kw["context_temp"]
+    assert ctx.shape == (b * f, 85, d) and torch.equal(ctx, motion_context(batch["audio_tokens"], batch["text"]))
+    assert torch.equal(ctx[f + 2, :8], batch["audio_tokens"][1, 2]) and torch.equal(ctx[f + 2, 8:], batch["text"][1])
+    terms, t = module.diffusion_terms(batch)
+    assert terms["loss"].shape == (b * f,) and torch.isfinite(terms["loss"]).all()
+    with pytest.raises(InputError, match="audio_tokens"):
+        conditions_of({"text": batch["text"], "image": batch["image"]}, "motion")
+
+
+def test_respaced_skip_and_frame_denoiser():
+    sched = GaussianSchedule.from_config(ProcessConfig(steps=4000), respacing="200")
+    skip = respaced_skip(sched, 100)  # upstream: start at original step 3899
+    first = sched.num_timesteps - 1 - skip
+    assert sched.timestep_map[first] <= 3899 < sched.timestep_map[first + 1]
+    assert respaced_skip(GaussianSchedule.from_config(ProcessConfig(steps=4000)), 100) == 100
+    assert TIA2VSamplingConfig().shr_skip(4000) == 2500
+    assert TIA2VSamplingConfig(shr_skip_timesteps=100).shr_skip(4000) == 100
+    net = TIA2VUNet(tia2v_preset("content-tiny")).eval()
+    f = net.config.num_frames
+    x, ctx = torch.randn(2, 3, f, 16, 16), torch.randn(2, 78, 32)
+    t = torch.tensor([5.0, 700.0])
+    with torch.no_grad():
+        out = FrameDenoiser(net)(x, t, context=ctx)
+        ref = net(x.transpose(1, 2).reshape(2 * f, 3, 16, 16), t.repeat_interleave(f), ctx)
+    assert torch.allclose(out, ref.view(2, f, 6, 16, 16).transpose(1, 2), atol=1e-6)
+    init = first_frame_init(x)
+    assert torch.equal(init[:, :, 0], x[:, :, 0]) and not init[:, :, 1:].any()
+
+
+def test_sample_motion_optim_results_resume_and_seeds(world, tmp_path):
+    save = tmp_path / "res"
+    assert sample_motion_optim.main(_sample_argv(world, save, "--num_samples", "2", "--batch_size", "2")) == 0
+    root = save / "0_tacm_urmp"
+    for folder, name in (("real", "groundtruth"), ("fake_stage1", "video"), ("fake_stage2", "video")):
+        files = sorted((root / folder).glob("*.mp4"))
+        assert [p.name for p in files] == [f"{name}_0.mp4", f"{name}_1.mp4"]
+    assert sorted(p.name for p in (root / "audio").iterdir()) == ["groundtruth_0.wav", "groundtruth_1.wav"]
+    frames1, _ = read_video(root / "fake_stage1" / "video_0.mp4")
+    frames2, _ = read_video(root / "fake_stage2" / "video_0.mp4")
+    assert frames1.shape == (4, 16, 16, 3) and frames2.shape == (4, 32, 32, 3)
+    import av
+
+    with av.open(str(root / "fake_stage2" / "video_1.mp4")) as c:
+        assert len(c.streams.audio) == 1
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1] and [r["seed"] for r in rows] == [404, 405]
+    assert set(rows[0]["checkpoints"]) == {"model_path", "diffusion_ckpt"}
+
+    # a killed run: drop sample 1's manifest row and a file; the re-run redoes only sample 1
+    (root / "manifest.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    before = (root / "fake_stage1" / "video_0.mp4").stat().st_mtime_ns
+    assert sample_motion_optim.main(_sample_argv(world, save, "--num_samples", "2", "--batch_size", "2")) == 0
+    assert (root / "fake_stage1" / "video_0.mp4").stat().st_mtime_ns == before
+    assert len((root / "manifest.jsonl").read_text().splitlines()) == 2
+
+    # the same seeds at batch 1 give the same videos (one generator per clip)
+    save1 = tmp_path / "res_b1"
+    assert sample_motion_optim.main(_sample_argv(world, save1, "--num_samples", "2", "--batch_size", "1")) == 0
+    for folder in ("fake_stage1", "fake_stage2"):
+        a, _ = read_video(root / folder / "video_1.mp4")
+        b, _ = read_video(save1 / "0_tacm_urmp" / folder / "video_1.mp4")
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+    shutil.rmtree(save1)
+
+
+def test_sample_stage1_only_and_errors(world, tmp_path):
+    argv = _sample_argv(world, tmp_path, "--num_samples", "1", "--skip_shr", "--legacy_folders")
+    assert sample_motion_optim.main(argv) == 0
+    root = tmp_path / "0_tacm_urmp"
+    assert (root / "fake_stage1" / "video_0.mp4").is_file() and not (root / "fake_stage2").exists()
+    assert (root / "fake1_6fps" / "video_0.mp4").is_file() and (root / "fake1_30fps" / "video_0.mp4").is_file()
+    with pytest.raises(InputError, match="--num_channels 64"):
+        sample_motion_optim.sample(_sample_argv(world, tmp_path, "--num_channels", "64"))
+    with pytest.raises(InputError, match="--diffusion_ckpt"):
+        sample_motion_optim.sample(_sample_argv(world, tmp_path, "--diffusion_ckpt", str(tmp_path / "none.pt")))
+
+
+def test_seed_lines_dry_run(world, capsys):
+    data = str(world["data"])
+    content = ("--num_workers 8 --gpus 1 --batch_size 1 --data_path DATA --save_dir runs/c --resolution 64 "
+               "--sequence_length 16 --text_stft_cond --diffusion_steps 4000 --noise_schedule cosine --lr 5e-5 "
+               "--num_channels 64 --num_res_blocks 2 --class_cond False --log_interval 50 --save_interval 10000 "
+               "--image_size 64 --learn_sigma True --in_channels 3 --dry_run").replace("DATA", data).split()
+    tia2v_cli.train("content", content)
+    tree = yaml.safe_load(capsys.readouterr().out)
+    assert tree["model"] == {**tree["model"], "part": "content", "model_channels": 64, "image_size": 64,
+                             "num_frames": 16, "out_channels": 6}
+    assert tree["process"]["loss"] == "rescaled_mse" and tree["train"]["lr"] == 5e-5
+    temp = ("--num_workers 8 --batch_size 1 --data_path DATA --model_path MODEL --save_dir runs/m --resolution 64 "
+            "--sequence_length 16 --text_stft_cond --audio_emb_model beats --diffusion_steps 4000 --noise_schedule "
+            "cosine --num_channels 64 --num_res_blocks 2 --class_cond False --image_size 64 --learn_sigma True "
+            "--in_channels 3 --lr 5e-5 --log_interval 50 --save_interval 5000 --gpus 1 --dry_run")
+    temp = temp.replace("DATA", data).replace("MODEL", str(world["runs"] / "content" / "ema000002.pt")).split()
+    tia2v_cli.train("motion", temp)
+    tree = yaml.safe_load(capsys.readouterr().out)
+    assert tree["model"]["part"] == "motion" and tree["train"]["save_interval"] == 5000
+    with pytest.raises(InputError, match="--config content"):
+        tia2v_cli.train("content", ["--config", "motion-tiny", "--data_path", data, "--dry_run"])
+    with pytest.raises(InputError, match="--model_path"):
+        tia2v_cli.train("motion", ["--data_path", data, "--model_path", "/no/such.pt", "--dry_run"])
