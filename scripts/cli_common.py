@@ -8,7 +8,7 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -173,3 +173,78 @@ def run_main(name: str, train_fn: Callable[[list[str] | None], Path | None], arg
     if path is not None:
         logging.getLogger(name).info("checkpoint: %s", path)
     return 0
+
+
+# guided-diffusion flag -> (section, field), shared by the diffusion training scripts (TA2V prior, TIA2V U-Nets)
+GD_FLAG_FIELDS = {
+    "image_size": ("model", "image_size"), "num_channels": ("model", "model_channels"),
+    "num_res_blocks": ("model", "num_res_blocks"), "num_heads": ("model", "num_heads"),
+    "num_head_channels": ("model", "num_head_channels"), "dropout": ("model", "dropout"),
+    "use_scale_shift_norm": ("model", "use_scale_shift_norm"), "use_checkpoint": ("model", "gradient_checkpointing"),
+    "diffusion_steps": ("process", "steps"), "noise_schedule": ("process", "noise_schedule"),
+    "learn_sigma": ("process", "learn_sigma"), "predict_xstart": ("process", "predict_xstart"),
+    "rescale_timesteps": ("process", "rescale_timesteps"),
+    "batch_size": ("train", "batch_size"), "num_workers": ("train", "num_workers"), "lr": ("train", "lr"),
+    "weight_decay": ("train", "weight_decay"), "log_interval": ("train", "log_interval"),
+    "save_interval": ("train", "save_interval"), "lr_anneal_steps": ("train", "lr_anneal_steps"),
+    "resolution": ("data", "resolution"), "sequence_length": ("data", "sequence_length"),
+}
+GD_MODEL_FLAGS = (("image_size", int), ("num_channels", int), ("num_res_blocks", int), ("num_heads", int),
+                  ("num_head_channels", int), ("dropout", float), ("use_scale_shift_norm", str2bool),
+                  ("use_checkpoint", str2bool))
+GD_TRAIN_FLAGS = (("batch_size", int), ("num_workers", int), ("lr", float), ("weight_decay", float),
+                  ("log_interval", int), ("save_interval", int), ("lr_anneal_steps", int))
+
+
+def add_process_flags(p: argparse.ArgumentParser) -> None:
+    """guided-diffusion's process flags (values override the preset's ``process:`` section)."""
+    q = p.add_argument_group("diffusion process")
+    q.add_argument("--diffusion_steps", type=int, default=None)
+    q.add_argument("--noise_schedule", choices=["cosine", "linear"], default=None)
+    for name in ("learn_sigma", "predict_xstart", "rescale_timesteps", "rescale_learned_sigmas", "use_kl"):
+        q.add_argument(f"--{name}", type=str2bool, default=None)
+    q.add_argument("--timestep_respacing", default="", help='training uses all steps: must be ""')
+    q.add_argument("--schedule_sampler", choices=["uniform"], default="uniform")
+
+
+def run_samples(n: int, is_done: Callable[[int], bool], batch_size: int,
+                run_batch: Callable[[list[int]], None], where: Path, logger: logging.Logger) -> None:
+    """Run ``run_batch`` over the samples ``0..n-1`` not yet done, ``batch_size`` at a time, with a bar."""
+    from tqdm import tqdm
+
+    todo = [i for i in range(n) if not is_done(i)]
+    logger.info("%s: %d of %d samples to do", where, len(todo), n)
+    with tqdm(total=n, initial=n - len(todo), desc="samples", unit="video") as bar:
+        for k in range(0, len(todo), batch_size):
+            batch: Sequence[int] = todo[k: k + batch_size]
+            run_batch(list(batch))
+            bar.update(len(batch))
+
+
+def sample_main(name: str, sample_fn: Callable[[list[str] | None], Path], argv: list[str] | None) -> int:
+    """A sampling script's ``main()``: 0 on success (the results folder is logged), 2 for an ``InputError``
+    (one line ``<name>: error: ...`` on stderr)."""
+    setup_logging()
+    try:
+        root = sample_fn(argv)
+    except InputError as err:
+        print(f"{name}: error: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger(name).info("results in %s", root)
+    return 0
+
+
+def diffusion_trainer_options(args: argparse.Namespace, train) -> tuple[TrainerOptions, str | None]:
+    """Trainer options of a diffusion training run (``train``: a ``DiffusionTrainConfig``): steps from
+    ``--max_steps`` or the config, logging every ``log_interval``, no validation, devices and DDP strategy.
+    Also checks that ``--data_path`` has a train split and resolves ``--resume``; returns (options, resume)."""
+    from tav.data.dataset import list_stems
+
+    opts = trainer_options(args)
+    if opts.max_steps == -1:
+        opts.max_steps = train.lr_anneal_steps or train.max_steps
+    opts.log_every_n_steps, opts.limit_val_batches = train.log_interval, 0
+    opts.accumulate_grad_batches = max(opts.accumulate_grad_batches, 1)
+    opts, _ = resolve_devices_and_strategy(opts, find_unused=False)
+    list_stems(Path(args.data_path) / "train")  # a missing dataset fails here, not after model set-up
+    return opts, resume_path(args.resume, Path(opts.default_root_dir))

@@ -42,7 +42,7 @@ except ImportError:
 from tav.checkpoint import read_checkpoint
 from tav.config import apply_overrides, from_dict, load_yaml, preset_path, to_dict
 from tav.data.config import DataConfig, load_data_config
-from tav.data.dataset import VATDataModule, list_stems
+from tav.data.dataset import VATDataModule
 from tav.diffusion.config import UNetConfig
 from tav.diffusion.schedule import ProcessConfig
 from tav.errors import InputError
@@ -54,21 +54,8 @@ log = logging.getLogger("diffusion_video_train_3d")
 
 SECTIONS = ("model", "process", "train", "data")
 # seed / guided-diffusion flag -> (section, field)
-FLAG_FIELDS = {
-    "image_size": ("model", "image_size"), "num_channels": ("model", "model_channels"),
-    "num_res_blocks": ("model", "num_res_blocks"), "num_heads": ("model", "num_heads"),
-    "num_head_channels": ("model", "num_head_channels"), "dropout": ("model", "dropout"),
-    "use_scale_shift_norm": ("model", "use_scale_shift_norm"), "use_checkpoint": ("model", "gradient_checkpointing"),
-    "use_new_attention_order": ("model", "use_new_attention_order"),
-    "diffusion_steps": ("process", "steps"), "noise_schedule": ("process", "noise_schedule"),
-    "learn_sigma": ("process", "learn_sigma"), "predict_xstart": ("process", "predict_xstart"),
-    "rescale_timesteps": ("process", "rescale_timesteps"),
-    "batch_size": ("train", "batch_size"), "num_workers": ("train", "num_workers"), "lr": ("train", "lr"),
-    "weight_decay": ("train", "weight_decay"), "log_interval": ("train", "log_interval"),
-    "save_interval": ("train", "save_interval"), "lr_anneal_steps": ("train", "lr_anneal_steps"),
-    "resolution": ("data", "resolution"), "sequence_length": ("data", "sequence_length"),
-    "sample_every_n_frames": ("data", "sample_every_n_frames"),
-}
+FLAG_FIELDS = {**cli.GD_FLAG_FIELDS, "use_new_attention_order": ("model", "use_new_attention_order"),
+               "sample_every_n_frames": ("data", "sample_every_n_frames")}
 ARCH_FIELDS = ("in_channels", "model_channels", "out_channels", "channel_mult", "num_res_blocks",
                "attention_resolutions", "use_scale_shift_norm", "dims")  # a resumed run must match them
 DEFAULT_CHANNEL_MULT = {256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4),
@@ -82,9 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_dir", dest="default_root_dir", default=argparse.SUPPRESS, help="run directory")
     B = cli.str2bool
     m = p.add_argument_group("model (guided-diffusion flags; override the --config preset)")
-    for name, tp in (("image_size", int), ("num_channels", int), ("num_res_blocks", int), ("num_heads", int),
-                     ("num_head_channels", int), ("dropout", float), ("use_scale_shift_norm", B),
-                     ("use_checkpoint", B), ("use_new_attention_order", B)):
+    for name, tp in (*cli.GD_MODEL_FLAGS, ("use_new_attention_order", B)):
         m.add_argument(f"--{name}", type=tp, default=None)
     m.add_argument("--channel_mult", default=None, help='e.g. "1,1,2,3,4"; "" = by image size')
     m.add_argument("--attention_resolutions", default=None, help='e.g. "16,8" (resolutions, not factors)')
@@ -93,13 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--class_cond", type=B, default=False, help="must be False: the prior is unconditional")
     m.add_argument("--resblock_updown", type=B, default=False, help="must be False (the released layout)")
     m.add_argument("--use_fp16", type=B, default=False, help="use --precision bf16 instead")
-    q = p.add_argument_group("diffusion process")
-    q.add_argument("--diffusion_steps", type=int, default=None)
-    q.add_argument("--noise_schedule", choices=["cosine", "linear"], default=None)
-    for name in ("learn_sigma", "predict_xstart", "rescale_timesteps", "rescale_learned_sigmas", "use_kl"):
-        q.add_argument(f"--{name}", type=B, default=None)
-    q.add_argument("--timestep_respacing", default="", help='training uses all steps: must be ""')
-    q.add_argument("--schedule_sampler", choices=["uniform"], default="uniform")
+    cli.add_process_flags(p)
     d = cli.add_data_flags(p)
     d.add_argument("--resolution", type=int, default=None, help="clip size; the same as --image_size")
     d.add_argument("--sequence_length", type=int, default=None, help="frames per clip (16)")
@@ -107,8 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--text_stft_cond", action="store_true", help="seed flag; no effect (video only)")
     d.add_argument("--text_emb_model", default=None, help="seed flag; no effect (the prior is unconditional)")
     t = p.add_argument_group("training")
-    for name, tp in (("batch_size", int), ("num_workers", int), ("lr", float), ("weight_decay", float),
-                     ("log_interval", int), ("save_interval", int), ("lr_anneal_steps", int)):
+    for name, tp in cli.GD_TRAIN_FLAGS:
         t.add_argument(f"--{name}", type=tp, default=None)
     t.add_argument("--ema_rate", default=None, help="EMA decay (one value; default 0.9999)")
     t.add_argument("--microbatch", type=int, default=-1, help="-1 only; use --accumulate_grad_batches")
@@ -229,14 +207,7 @@ def resolve_run(args: argparse.Namespace, argv: list[str]) -> RunConfig:
     data = from_dict(DataConfig, tree["data"], where="data config")
     if data.resolution != model.image_size:
         raise InputError(f"data.resolution {data.resolution} differs from model.image_size {model.image_size}")
-    opts = cli.trainer_options(args)
-    if opts.max_steps == -1:
-        opts.max_steps = train.lr_anneal_steps or train.max_steps
-    opts.log_every_n_steps, opts.limit_val_batches = train.log_interval, 0
-    opts.accumulate_grad_batches = max(opts.accumulate_grad_batches, 1)
-    opts, _ = cli.resolve_devices_and_strategy(opts, find_unused=False)
-    list_stems(Path(args.data_path) / "train")  # a missing dataset fails here, not after model set-up
-    resume = cli.resume_path(args.resume, Path(opts.default_root_dir))
+    opts, resume = cli.diffusion_trainer_options(args, train)
     command = shlex.join(["scripts/diffusion_video_train_3d.py", *argv])
     return RunConfig(model, process, train, data, args.data_path, opts, resume, command)
 

@@ -32,18 +32,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 try:  # imported as scripts.sample_motion_optim (tests, demo) or run as a file
-    from scripts.cli_common import setup_logging, str2bool
+    from scripts.cli_common import run_samples, sample_main, str2bool
 except ImportError:
-    from cli_common import setup_logging, str2bool
+    from cli_common import run_samples, sample_main, str2bool
 
 from tav.checkpoint import read_checkpoint
 from tav.data.audio import read_audio
 from tav.data.config import DataConfig, load_data_config
 from tav.data.layout import clip_files
 from tav.diffusion.schedule import GaussianSchedule
+from tav.encoders.registry import clear_encoder_cache
 from tav.errors import InputError
 from tav.pipelines.results import ResultsFolder, SampleRecord
 from tav.pipelines.ta2v import stage_seed
@@ -197,6 +197,7 @@ def setup(args: argparse.Namespace) -> Setup:
     cache_dir = args.cache_dir or str(Path(args.data_path) / "tia2v_cache")
     dm = TIA2VDataModule(args.data_path, data_cfg, cache_dir, spec)
     dm.build_cache("test")
+    clear_encoder_cache()  # the conditions are cached: the encoders are not needed while sampling
     data = dm.dataset("test")
     scfg = TIA2VSamplingConfig(skip_timesteps=args.skip_timesteps, shr_strength=args.shr_strength,
                                shr_skip_timesteps=args.shr_skip_timesteps,
@@ -248,26 +249,14 @@ def sample(argv: list[str] | None = None) -> Path:
     if args.class_cond:
         raise InputError("--class_cond True: TIA2V is conditioned on text, image and audio; pass False")
     st = setup(args)
-    todo = [i for i in range(st.n) if not st.results.is_done(i, str(st.data.stems[i]))]
-    log.info("%s: %d of %d samples to do", st.results.root, len(todo), st.n)
-    with tqdm(total=st.n, initial=st.n - len(todo), desc="samples", unit="video") as bar:
-        for k in range(0, len(todo), args.batch_size):
-            batch = todo[k: k + args.batch_size]
-            _run_batch(st, args, batch)
-            bar.update(len(batch))
+    run_samples(st.n, lambda i: st.results.is_done(i, str(st.data.stems[i])), args.batch_size,
+                lambda batch: _run_batch(st, args, batch), st.results.root, log)
     return st.results.root
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: 0 on success, 2 for bad input (one line on stderr)."""
-    setup_logging()
-    try:
-        root = sample(argv)
-    except InputError as err:
-        print(f"sample_motion_optim: error: {err}", file=sys.stderr)
-        return 2
-    log.info("results in %s", root)
-    return 0
+    return sample_main("sample_motion_optim", sample, argv)
 
 
 if __name__ == "__main__":

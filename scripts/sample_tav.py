@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 try:  # imported as scripts.sample_tav (tests, demo) or run as a file
-    from scripts.cli_common import setup_logging, str2bool
+    from scripts.cli_common import run_samples, sample_main, str2bool
 except ImportError:
-    from cli_common import setup_logging, str2bool
+    from cli_common import run_samples, sample_main, str2bool
 
 from tav.data.config import load_data_config
 from tav.data.dataset import VATDataset
@@ -208,26 +207,14 @@ def sample(argv: list[str] | None = None) -> Path:
     if args.batch_size < 1 or args.iterations_num < 1 or args.n_sample < 1:
         raise InputError("--batch_size, --iterations_num and --n_sample must be >= 1")
     st = setup(args)
-    todo = [i for i in range(st.n) if not st.results.is_done(i, str(st.data.stems[i]))]
-    log.info("%s: %d of %d samples to do", st.results.root, len(todo), st.n)
-    with tqdm(total=st.n, initial=st.n - len(todo), desc="samples", unit="video") as bar:
-        for k in range(0, len(todo), args.batch_size):
-            batch = todo[k: k + args.batch_size]
-            _run_batch(st, args, batch)
-            bar.update(len(batch))
+    run_samples(st.n, lambda i: st.results.is_done(i, str(st.data.stems[i])), args.batch_size,
+                lambda batch: _run_batch(st, args, batch), st.results.root, log)
     return st.results.root
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: 0 on success, 2 for bad input (one line on stderr)."""
-    setup_logging()
-    try:
-        root = sample(argv)
-    except InputError as err:
-        print(f"sample_tav: error: {err}", file=sys.stderr)
-        return 2
-    log.info("results in %s", root)
-    return 0
+    return sample_main("sample_tav", sample, argv)
 
 
 if __name__ == "__main__":

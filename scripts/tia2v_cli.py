@@ -31,7 +31,6 @@ except ImportError:
 from tav.checkpoint import read_checkpoint
 from tav.config import apply_overrides, from_dict, load_yaml, preset_path, to_dict
 from tav.data.config import DataConfig, load_data_config
-from tav.data.dataset import list_stems
 from tav.diffusion.schedule import ProcessConfig
 from tav.errors import InputError
 from tav.tia2v.config import TIA2VUNetConfig, tia2v_config_from_dict
@@ -46,22 +45,9 @@ log = logging.getLogger("tia2v_train")
 
 SECTIONS = ("model", "process", "train", "data")
 SCRIPTS = {"content": "train_content.py", "motion": "train_temp.py", "shr": "train_diffusion_3d_withtext.py"}
-FLAG_FIELDS = {
-    "image_size": ("model", "image_size"), "num_channels": ("model", "model_channels"),
-    "num_res_blocks": ("model", "num_res_blocks"), "num_heads": ("model", "num_heads"),
-    "num_head_channels": ("model", "num_head_channels"), "dropout": ("model", "dropout"),
-    "in_channels": ("model", "in_channels"), "use_scale_shift_norm": ("model", "use_scale_shift_norm"),
-    "use_checkpoint": ("model", "gradient_checkpointing"), "transformer_depth": ("model", "transformer_depth"),
-    "context_dim": ("model", "context_dim"),
-    "diffusion_steps": ("process", "steps"), "noise_schedule": ("process", "noise_schedule"),
-    "learn_sigma": ("process", "learn_sigma"), "predict_xstart": ("process", "predict_xstart"),
-    "rescale_timesteps": ("process", "rescale_timesteps"),
-    "batch_size": ("train", "batch_size"), "num_workers": ("train", "num_workers"), "lr": ("train", "lr"),
-    "weight_decay": ("train", "weight_decay"), "log_interval": ("train", "log_interval"),
-    "save_interval": ("train", "save_interval"), "lr_anneal_steps": ("train", "lr_anneal_steps"),
-    "per_frame_t": ("train", "per_frame_t"), "freeze_spatial": ("train", "freeze_spatial"),
-    "resolution": ("data", "resolution"), "sequence_length": ("data", "sequence_length"),
-}
+FLAG_FIELDS = {**cli.GD_FLAG_FIELDS, "in_channels": ("model", "in_channels"),
+               "transformer_depth": ("model", "transformer_depth"), "context_dim": ("model", "context_dim"),
+               "per_frame_t": ("train", "per_frame_t"), "freeze_spatial": ("train", "freeze_spatial")}
 ARCH_FIELDS = ("part", "in_channels", "model_channels", "out_channels", "channel_mult", "num_res_blocks",
                "attention_resolutions", "context_dim", "num_frames")
 
@@ -74,10 +60,7 @@ def build_parser(part: str) -> argparse.ArgumentParser:
     p.add_argument("--save_dir", dest="default_root_dir", default=argparse.SUPPRESS, help="run directory")
     B = cli.str2bool
     m = p.add_argument_group("model (guided-diffusion flags; override the --config preset)")
-    for name, tp in (("image_size", int), ("num_channels", int), ("num_res_blocks", int), ("num_heads", int),
-                     ("num_head_channels", int), ("dropout", float), ("in_channels", int),
-                     ("use_scale_shift_norm", B), ("use_checkpoint", B), ("transformer_depth", int),
-                     ("context_dim", int)):
+    for name, tp in (*cli.GD_MODEL_FLAGS, ("in_channels", int), ("transformer_depth", int), ("context_dim", int)):
         m.add_argument(f"--{name}", type=tp, default=None)
     m.add_argument("--channel_mult", default=None, help='e.g. "1,2,3"')
     m.add_argument("--attention_resolutions", default=None, help='e.g. "16,8" (resolutions)')
@@ -85,17 +68,10 @@ def build_parser(part: str) -> argparse.ArgumentParser:
     m.add_argument("--use_fp16", type=B, default=False, help="use --precision bf16 instead")
     m.add_argument("--use_spatial_transformer", type=B, default=True, help="must be True (accepted)")
     m.add_argument("--use_temporal_transformer", type=B, default=None, help="accepted; the part decides")
-    q = p.add_argument_group("diffusion process")
-    q.add_argument("--diffusion_steps", type=int, default=None)
-    q.add_argument("--noise_schedule", choices=["cosine", "linear"], default=None)
-    for name in ("learn_sigma", "predict_xstart", "rescale_timesteps", "rescale_learned_sigmas", "use_kl"):
-        q.add_argument(f"--{name}", type=B, default=None)
-    q.add_argument("--timestep_respacing", default="", help='training uses all steps: must be ""')
-    q.add_argument("--schedule_sampler", choices=["uniform"], default="uniform")
+    cli.add_process_flags(p)
     _add_data_flags(p, part)
     t = p.add_argument_group("training")
-    for name, tp in (("batch_size", int), ("num_workers", int), ("lr", float), ("weight_decay", float),
-                     ("log_interval", int), ("save_interval", int), ("lr_anneal_steps", int)):
+    for name, tp in cli.GD_TRAIN_FLAGS:
         t.add_argument(f"--{name}", type=tp, default=None)
     t.add_argument("--ema_rate", type=float, default=None, help="EMA decay (default 0.9999)")
     t.add_argument("--per_frame_t", type=B, default=None, help="independent timestep per frame (upstream)")
@@ -217,14 +193,7 @@ def resolve_run(args: argparse.Namespace, argv: list[str], part: str) -> RunConf
     process = from_dict(ProcessConfig, tree["process"], where="tia2v config: process")
     train = tia2v_train_config(tree["train"], where="tia2v config: train")
     data = from_dict(DataConfig, tree["data"], where="data config")
-    opts = cli.trainer_options(args)
-    if opts.max_steps == -1:
-        opts.max_steps = train.lr_anneal_steps or train.max_steps
-    opts.log_every_n_steps, opts.limit_val_batches = train.log_interval, 0
-    opts.accumulate_grad_batches = max(opts.accumulate_grad_batches, 1)
-    opts, _ = cli.resolve_devices_and_strategy(opts, find_unused=False)
-    list_stems(Path(args.data_path) / "train")  # a missing dataset fails here, not after model set-up
-    resume = cli.resume_path(args.resume, Path(opts.default_root_dir))
+    opts, resume = cli.diffusion_trainer_options(args, train)
     init_from = getattr(args, "model_path", "") or None
     if init_from and not Path(init_from).is_file():
         raise InputError(f"--model_path {init_from}: no such file; pass the content model checkpoint")
@@ -266,11 +235,11 @@ def train(part: str, argv: list[str] | None = None, callbacks: list | None = Non
 
 
 def fit(run: RunConfig, conditions: ConditionSpec, remap_shifted: bool, extra_callbacks: list) -> Path | None:
-    """Build the cache (if needed), module, data and Trainer; train; return ``last.ckpt``."""
+    """Build module, data and Trainer; train (the condition cache is built in ``prepare_data``, once per
+    node); return ``last.ckpt``."""
     pl.seed_everything(run.train.seed, workers=True, verbose=False)
     t = run.train
     data = TIA2VDataModule(run.data_path, run.data, run.cache_dir, conditions, t.batch_size, t.num_workers)
-    data.build_cache("train")
     module = TIA2VModule(run.model, run.process, t, beats_mode=conditions.beats_mode if conditions.need_audio else None)
     if run.init_from and not run.resume:
         _, _, content_sd = read_tia2v_checkpoint(run.init_from, "content")

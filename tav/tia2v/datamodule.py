@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tav.data.config import DataConfig
-from tav.encoders.registry import get_encoder, resolve_encoder_path
+from tav.encoders.registry import clear_encoder_cache, get_encoder, resolve_encoder_path
 from tav.tia2v.conditions import build_condition_cache
 from tav.tia2v.data import TIA2VDataset
 from tav.utils.fileio import file_sha256
@@ -81,6 +81,12 @@ class TIA2VDataModule(pl.LightningDataModule):
         with torch.no_grad():
             return build_condition_cache(self.data_path, split, self.data_cfg, clip_l, audio_fn, self.cache_dir,
                                          key=self.cache_key(), batch_size=c.batch_size, progress=progress)
+
+    def prepare_data(self) -> None:
+        """Lightning calls this on one process per node before training: build the train split's cache there
+        (the other ranks wait), then free the encoders."""
+        self.build_cache("train")
+        clear_encoder_cache()
 
     def dataset(self, split: str) -> TIA2VDataset:
         return TIA2VDataset(self.data_path, split, self.data_cfg, self.cache_dir)
