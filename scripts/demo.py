@@ -119,8 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--diffusion_steps", type=int, default=300, help=hidden)
     p.add_argument("--n_sample", type=int, default=4, help=hidden)
     p.add_argument("--sample_args", default="", help=hidden)  # extra sample_tav.py flags (tests: fewer steps)
-    p.add_argument("--tia2v_steps", type=int, default=300, help=hidden)  # content and motion training steps
-    p.add_argument("--tia2v_shr_steps", type=int, default=150, help=hidden)
+    p.add_argument("--tia2v_steps", type=int, default=200, help=hidden)  # content and motion training steps
+    p.add_argument("--tia2v_shr_steps", type=int, default=100, help=hidden)
     p.add_argument("--tia2v_sample_args", default="", help=hidden)  # extra sample_motion_optim.py flags
     p.add_argument("--ckpt_dir", default="saved_ckpts/demo", help="where the demo checkpoints, tiny encoders, tiny "
                    "metric networks and sample_tav.sh are left")

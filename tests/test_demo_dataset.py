@@ -174,7 +174,8 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["--out", str(out), "--n_train", "8", "--n_test", "2", "--size", "32", "--vqgan_steps", "2",
             "--gpt_steps", "2", "--diffusion_steps", "2", "--n_sample", "1", "--ckpt_dir", str(tmp_path / "ckpts"),
-            "--sample_args", "--timestep_respacing 8 --skip_timesteps 2"]
+            "--sample_args", "--timestep_respacing 8 --skip_timesteps 2", "--tia2v_steps", "2",
+            "--tia2v_shr_steps", "2", "--tia2v_sample_args", "--timestep_respacing 8"]
     run = demo_script.main(argv)
     text = capsys.readouterr().out
     assert "[vqgan]" in text and "[gpt]" in text and "[diffusion]" in text and "PSNR" in text
@@ -190,5 +191,11 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     assert (out / "tav_samples.png").is_file()
     script = (tmp_path / "ckpts" / "sample_tav.sh").read_text()
     assert "--audio_guidance_lambda 10000" in script and '"$@"' in script
+    tia = out / "0_tacm_urmp"  # TIA2V: tiny content, motion, SHR; one sample through all three folders
+    for folder, name in (("real", "groundtruth_0"), ("fake_stage1", "video_0"), ("fake_stage2", "video_0")):
+        assert (tia / folder / f"{name}.mp4").is_file()
+    assert read_video(tia / "fake_stage2" / "video_0.mp4")[0].shape == (4, 32, 32, 3)
+    assert (out / "tia2v_samples.png").is_file() and "[tia2v]" in text
+    assert '"$@"' in (tmp_path / "ckpts" / "sample_motion_optim.sh").read_text()
     demo_script.main(argv)
-    assert capsys.readouterr().out.count("reusing") == 3
+    assert capsys.readouterr().out.count("reusing") == 6
