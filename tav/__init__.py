@@ -14,6 +14,8 @@ _LAZY = {
     "load_gpt": ("tav.gpt.load", "load_gpt"),
     "load_unet": ("tav.diffusion.load", "load_unet"),
     "load_diffusion": ("tav.diffusion.load", "load_diffusion"),
+    "load_tia2v_unet": ("tav.tia2v.load", "load_tia2v_unet"),
+    "save_tia2v_unet": ("tav.tia2v.load", "save_tia2v_unet"),
     "get_encoder": ("tav.encoders.registry", "get_encoder"),
     "VATDataset": ("tav.data.dataset", "VATDataset"),
     "VATDataModule": ("tav.data.dataset", "VATDataModule"),

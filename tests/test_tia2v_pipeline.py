@@ -57,6 +57,9 @@ def _sample_argv(world, save: Path, *extra: str) -> list[str]:
 
 
 def test_training_exports_and_motion_init(world):
+    import tav
+
+    assert tav.load_tia2v_unet is load_tia2v_unet  # the public loader
     runs = world["runs"]
     for part in ("content", "motion", "shr"):
         for kind in ("model", "ema"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tav.encoders.registry import get_encoder, resolve_encoder_path
 from tav.errors import InputError
 from tav.metrics.cache import FeatureCache
 from tav.metrics.folders import (
@@ -116,6 +117,51 @@ def check_same_frames(a: dict, b: dict, what_a: str, what_b: str) -> None:
     if a["frames"] != b["frames"]:
         raise InputError(f"{what_a} has {a['frames']} frames per video but {what_b} has {b['frames']}; "
                          "compare clips of the same length")
+
+
+def protocol_pairs(args: argparse.Namespace, sources: dict[str, Source], where: Path) -> list:
+    """The pairs of ``sources`` (spec §1.3); ``--protocol ta2v`` drops the remainder of ``N // --batch_size``
+    batches as upstream. None left is a one-line ``InputError`` naming ``where`` (the evaluated folder)."""
+    pairs = pair_sources(sources, args.protocol)
+    if args.protocol == "ta2v":
+        pairs = drop_remainder(pairs, args.batch_size)
+    if not pairs:
+        raise InputError(f"{where}: fewer videos than --batch_size {args.batch_size}")
+    return pairs
+
+
+def groups_of(args: argparse.Namespace, n: int, folder: str) -> list:
+    """Index groups of ``n`` items for ``--mode``/``--size`` (``chunk_groups``), logging its warning."""
+    groups, warning = chunk_groups(n, args.mode, args.size)
+    if warning:
+        log.warning("%s: %s", folder, warning)
+    return groups
+
+
+def clip_encoder(args: argparse.Namespace, device) -> tuple[object, dict]:
+    """``(CLIP ViT-B/32 encoder, weights record)`` from ``--clip_ckpt`` (or its default); the record is made
+    first, so a missing file fails before anything loads."""
+    path = resolve_encoder_path("clip", args.clip_ckpt)
+    weights = weights_info("CLIP ViT-B/32", path, "--clip_ckpt")
+    return get_encoder("clip", path, device), weights
+
+
+def frame_cache(args: argparse.Namespace, run: RunFolder, sha256: str, image_size: int) -> FeatureCache:
+    """The feature cache of per-frame CLIP image embeddings (first ``--sequence_length`` frames, ``--resize``,
+    encoder input ``image_size``), keyed by the image tower's ``sha256``; shared by the CLIP-score and
+    consistency tools."""
+    settings = {"kind": "clip_frames", "frames": args.sequence_length, "resize": args.resize, "size": image_size}
+    return FeatureCache(cache_folder(args, run), sha256, args.protocol, settings)
+
+
+def clip_frame_preprocessing(args: argparse.Namespace, image_size: int) -> dict:
+    """The frame preprocessing of the CLIP image tower under ``--protocol`` (JSON ``preprocessing`` head)."""
+    if args.protocol == "ta2v":
+        geometry, norm, colour = f"bilinear resize to {image_size}x{image_size}", "none", "BGR"
+    else:
+        geometry, norm, colour = f"bicubic short side to {image_size} + centre crop", "CLIP mean/std", "RGB"
+    return {"colour": colour, "range": "[0,1]", "resize": geometry, "normalisation": norm,
+            "pre_resize": args.resize and f"area {args.resize[0]}x{args.resize[1]}"}
 
 
 def out_path(args: argparse.Namespace, run: RunFolder, name: str, n_runs: int) -> Path:
@@ -229,9 +275,7 @@ def _frechet_pair(spec: FrechetTool, args, model, weights: dict, run: RunFolder,
         return spec.features(model, videos, resize)
 
     real, fake_feats = cache.features(real_paths, compute), cache.features(fake_paths, compute)
-    groups, warning = chunk_groups(len(pairs), args.mode, args.size)
-    if warning:
-        log.warning("%s: %s", fake, warning)
+    groups = groups_of(args, len(pairs), fake)
     try:
         summary = frechet_summary(real, fake_feats, groups, spec.distance(args.protocol, notes), spec.per_item,
                                   spec.min_items, chunked=args.mode == "size")

@@ -12,6 +12,7 @@ the levels get attention; :attr:`UNetConfig.attention_ds` is the same set as dow
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,8 +24,72 @@ from tav.errors import InputError
 NORM_GROUPS = 32  # GroupNorm(32, C) everywhere, as upstream
 
 
+class UNetShape:
+    """What follows from the fields every guided-diffusion-style U-Net config has; mixed into
+    :class:`UNetConfig` and ``tav.tia2v.config.TIA2VUNetConfig`` (both dataclasses define the fields below)."""
+
+    image_size: int
+    in_channels: int
+    out_channels: int
+    model_channels: int
+    channel_mult: tuple[int, ...]
+    attention_resolutions: tuple[int, ...]
+    num_heads: int
+    num_head_channels: int
+
+    @property
+    def attention_ds(self) -> tuple[int, ...]:
+        """Down-sampling factors (1, 2, 4, ...) with attention, sorted: ``image_size // r`` per resolution r."""
+        return tuple(sorted(self.image_size // r for r in self.attention_resolutions))
+
+    @property
+    def level_ds(self) -> tuple[int, ...]:
+        """Down-sampling factor of every level: (1, 2, 4, ...)."""
+        return tuple(2**i for i in range(len(self.channel_mult)))
+
+    @property
+    def learn_sigma(self) -> bool:
+        """True when the network also outputs the variance interpolation (out = 2 * in channels)."""
+        return self.out_channels == 2 * self.in_channels
+
+    @property
+    def spatial_divisor(self) -> int:
+        """H and W must be multiples of this: ``2 ** (len(channel_mult) - 1)``."""
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def time_embed_dim(self) -> int:
+        """Width of the timestep embedding MLP: ``4 * model_channels``."""
+        return 4 * self.model_channels
+
+    def heads_for(self, channels: int) -> int:
+        """Attention heads of a block ``channels`` wide (head width ``channels // heads``)."""
+        return self.num_heads if self.num_head_channels == -1 else channels // self.num_head_channels
+
+
+def check_norm_widths(cfg: UNetShape, prefix: str) -> None:
+    """Every level width (and ``model_channels``) must split into the GroupNorm groups; ``prefix`` names the
+    config section in the one-line ``InputError``."""
+    for width in [cfg.model_channels, *(cfg.model_channels * m for m in cfg.channel_mult)]:
+        if width % NORM_GROUPS:
+            raise InputError(f"{prefix}.model_channels={cfg.model_channels}, channel_mult={cfg.channel_mult}: width "
+                             f"{width} is not divisible by the {NORM_GROUPS} GroupNorm groups")
+
+
+def check_head_widths(cfg: UNetShape, prefix: str) -> None:
+    """The heads must divide the width of every attention level that exists, and of the middle block."""
+    widths = [cfg.model_channels * m for m in cfg.channel_mult]
+    level_ds = cfg.level_ds
+    for width in [widths[level_ds.index(d)] for d in cfg.attention_ds if d in level_ds] + [widths[-1]]:
+        if cfg.num_head_channels != -1 and width % cfg.num_head_channels:
+            raise InputError(f"{prefix}.num_head_channels={cfg.num_head_channels} does not divide attention width "
+                             f"{width}")
+        if width % cfg.heads_for(width):
+            raise InputError(f"{prefix}.num_heads={cfg.heads_for(width)} does not divide attention width {width}")
+
+
 @dataclass
-class UNetConfig:
+class UNetConfig(UNetShape):
     """Architecture of one guided-diffusion U-Net (2D images or 3D videos)."""
 
     image_size: int = 128  # training H = W; only used to turn attention_resolutions into factors
@@ -48,30 +113,6 @@ class UNetConfig:
         self.attention_resolutions = tuple(int(r) for r in self.attention_resolutions)
         _validate(self)
 
-    @property
-    def attention_ds(self) -> tuple[int, ...]:
-        """Down-sampling factors (1, 2, 4, ...) of the levels with attention, e.g. (8, 16) for the default."""
-        return tuple(sorted(self.image_size // r for r in self.attention_resolutions))
-
-    @property
-    def learn_sigma(self) -> bool:
-        """True when the network also outputs the variance interpolation (out = 2 * in channels)."""
-        return self.out_channels == 2 * self.in_channels
-
-    @property
-    def spatial_divisor(self) -> int:
-        """H and W must be multiples of this: ``2 ** (len(channel_mult) - 1)``."""
-        return 2 ** (len(self.channel_mult) - 1)
-
-    @property
-    def time_embed_dim(self) -> int:
-        """Width of the timestep embedding MLP: ``4 * model_channels``."""
-        return 4 * self.model_channels
-
-    def heads_for(self, channels: int) -> int:
-        """Attention heads of a block ``channels`` wide."""
-        return self.num_heads if self.num_head_channels == -1 else channels // self.num_head_channels
-
 
 def _validate(cfg: UNetConfig) -> None:
     """Reject configs that cannot be built, naming the field."""
@@ -88,24 +129,14 @@ def _validate(cfg: UNetConfig) -> None:
         raise InputError(f"unet.attention_impl={cfg.attention_impl!r}: must be 'sdpa' or 'math'")
     if cfg.num_head_channels != -1 and cfg.num_head_channels < 1:
         raise InputError(f"unet.num_head_channels={cfg.num_head_channels}: must be >= 1, or -1 to use num_heads")
-    widths = [cfg.model_channels * m for m in cfg.channel_mult]
-    for width in [cfg.model_channels, *widths]:
-        if width % NORM_GROUPS:
-            raise InputError(f"unet.model_channels={cfg.model_channels}, channel_mult={cfg.channel_mult}: width "
-                             f"{width} is not divisible by the {NORM_GROUPS} GroupNorm groups")
-    level_ds = [2**i for i in range(len(cfg.channel_mult))]
+    check_norm_widths(cfg, "unet")
+    level_ds = cfg.level_ds
     for res in cfg.attention_resolutions:
         if res < 1 or cfg.image_size % res or cfg.image_size // res not in level_ds:
             raise InputError(f"unet.attention_resolutions={cfg.attention_resolutions}: {res} is not the spatial "
                              f"size of a level for image_size={cfg.image_size} (levels: "
                              f"{[cfg.image_size // d for d in level_ds]})")
-    attention_widths = [widths[level_ds.index(d)] for d in cfg.attention_ds] + [widths[-1]]  # + middle block
-    for width in attention_widths:
-        heads = cfg.heads_for(width)
-        if cfg.num_head_channels != -1 and width % cfg.num_head_channels:
-            raise InputError(f"unet.num_head_channels={cfg.num_head_channels} does not divide attention width {width}")
-        if width % heads:
-            raise InputError(f"unet.num_heads={heads} does not divide attention width {width}")
+    check_head_widths(cfg, "unet")
 
 
 def unet_config_from_dict(data: dict[str, Any], where: str = "unet") -> UNetConfig:
@@ -132,29 +163,36 @@ _NOT_INFERRED = ("image_size", "num_heads", "num_head_channels", "use_new_attent
                  "gradient_checkpointing", "attention_impl")
 
 
-def _require(sd: dict[str, Tensor], key: str) -> Tensor:
+def require_key(sd: Mapping[str, Tensor], key: str, what: str = "guided-diffusion U-Net") -> Tensor:
+    """``sd[key]``, or a one-line ``InputError`` saying ``sd`` is not a ``what`` state dict."""
     if key not in sd:
-        raise InputError(f"not a guided-diffusion U-Net state dict: missing key {key!r}")
+        raise InputError(f"not a {what} state dict: missing key {key!r}")
     return sd[key]
 
 
-def _input_levels(sd: dict[str, Tensor]) -> list[list[tuple[int, bool]]]:
-    """``(width, has_attention)`` of each ResBlock of ``input_blocks``, grouped by level (Downsamples split)."""
+def input_levels(sd: Mapping[str, Tensor], attention: str = "qkv.weight",
+                 what: str = "guided-diffusion U-Net") -> list[list[tuple[int, bool]]]:
+    """``(width, has_attention)`` of each ResBlock of ``input_blocks``, grouped by level (Downsamples split).
+
+    ``attention``: the key, after ``input_blocks.<n>.1.``, of the layer that follows a ResBlock at attention
+    levels (``qkv.weight`` for ``AttentionBlock``, ``proj_in.weight`` for a spatial transformer). Levels of
+    unequal length or mixed widths/attention raise ``InputError`` naming ``what``.
+    """
     levels: list[list[tuple[int, bool]]] = [[]]
     n = 1
     while any(k.startswith(f"input_blocks.{n}.") for k in sd):
         if f"input_blocks.{n}.0.op.weight" in sd:
             levels.append([])
         else:
-            width = _require(sd, f"input_blocks.{n}.0.out_layers.3.weight").shape[0]
-            levels[-1].append((int(width), f"input_blocks.{n}.1.qkv.weight" in sd))
+            width = require_key(sd, f"input_blocks.{n}.0.out_layers.3.weight", what).shape[0]
+            levels[-1].append((int(width), f"input_blocks.{n}.1.{attention}" in sd))
         n += 1
     if not levels[0] or any(len(level) != len(levels[0]) for level in levels):
-        raise InputError(f"U-Net state dict: input_blocks hold {[len(lv) for lv in levels]} ResBlocks per level; "
+        raise InputError(f"{what} state dict: input_blocks hold {[len(lv) for lv in levels]} ResBlocks per level; "
                          "expected the same non-zero number at every level")
     for i, level in enumerate(levels):
         if len(set(level)) != 1:
-            raise InputError(f"U-Net state dict: level {i} of input_blocks mixes widths or attention: {level}")
+            raise InputError(f"{what} state dict: level {i} of input_blocks mixes widths or attention: {level}")
     return levels
 
 
@@ -170,19 +208,19 @@ def unet_config_from_state_dict(state_dict: dict[str, Tensor], **overrides: Any)
     if unknown:
         raise InputError(f"unet_config_from_state_dict: cannot override {sorted(unknown)}; only {_NOT_INFERRED} "
                          "(the rest is read from the tensors)")
-    conv_in = _require(state_dict, "input_blocks.0.0.weight")  # (model_channels, in_channels, k, k[, k])
-    out_channels = _require(state_dict, "out.2.weight").shape[0]
-    _require(state_dict, "time_embed.0.weight")
-    _require(state_dict, "middle_block.1.qkv.weight")
+    conv_in = require_key(state_dict, "input_blocks.0.0.weight")  # (model_channels, in_channels, k, k[, k])
+    out_channels = require_key(state_dict, "out.2.weight").shape[0]
+    require_key(state_dict, "time_embed.0.weight")
+    require_key(state_dict, "middle_block.1.qkv.weight")
     model_channels = int(conv_in.shape[0])
-    levels = _input_levels(state_dict)
+    levels = input_levels(state_dict)
     mults = []
     for level in levels:
         width = level[0][0]
         if width % model_channels:
             raise InputError(f"U-Net state dict: width {width} is not a multiple of model_channels {model_channels}")
         mults.append(width // model_channels)
-    film = _require(state_dict, "input_blocks.1.0.emb_layers.1.weight").shape[0] == 2 * levels[0][0][0]
+    film = require_key(state_dict, "input_blocks.1.0.emb_layers.1.weight").shape[0] == 2 * levels[0][0][0]
     image_size = overrides.get("image_size", UNetConfig.image_size)
     attention_ds = [2**i for i, level in enumerate(levels) if level[0][1]]
     kwargs = dict(overrides, image_size=image_size, in_channels=int(conv_in.shape[1]),

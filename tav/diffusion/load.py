@@ -19,10 +19,10 @@ Formats (all read with ``weights_only=True`` through ``tav.checkpoint``):
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -37,14 +37,18 @@ from tav.errors import InputError
 UNET_FIELDS = frozenset(f.name for f in fields(UNetConfig))
 PROCESS_FIELDS = frozenset(f.name for f in fields(ProcessConfig))
 LIGHTNING_PREFIXES = {True: "ema.", False: "net."}
+M = TypeVar("M", bound=torch.nn.Module)
 
 
-def _split_overrides(overrides: Mapping[str, Any], where: str) -> tuple[dict, dict]:
-    unknown = sorted(set(overrides) - UNET_FIELDS - PROCESS_FIELDS)
+def split_overrides(overrides: Mapping[str, Any], where: str, unet_fields: frozenset[str] = UNET_FIELDS,
+                    model: str = "U-Net") -> tuple[dict, dict]:
+    """``overrides`` split into ``(network settings, ProcessConfig settings)``; a name in neither
+    ``unet_fields`` nor ``ProcessConfig`` is a one-line ``InputError`` naming ``where`` and ``model``."""
+    unknown = sorted(set(overrides) - unet_fields - PROCESS_FIELDS)
     if unknown:
-        raise InputError(f"{where}: unknown U-Net/process setting(s) {unknown}; known: "
-                         f"{sorted(UNET_FIELDS | PROCESS_FIELDS)}")
-    return ({k: v for k, v in overrides.items() if k in UNET_FIELDS},
+        raise InputError(f"{where}: unknown {model}/process setting(s) {unknown}; known: "
+                         f"{sorted(unet_fields | PROCESS_FIELDS)}")
+    return ({k: v for k, v in overrides.items() if k in unet_fields},
             {k: v for k, v in overrides.items() if k in PROCESS_FIELDS})
 
 
@@ -68,9 +72,9 @@ def read_unet_checkpoint(path: str | os.PathLike, *, ema: bool = True, process_d
     """
     ckpt = read_checkpoint(path, expect="unet")
     where = str(ckpt.path)
-    unet_over, process_over = _split_overrides(overrides, where)
+    unet_over, process_over = split_overrides(overrides, where)
     defaults = dict(process_defaults or {})
-    _split_overrides(defaults, where)
+    split_overrides(defaults, where)
     if ckpt.config is None:
         process_over = {**defaults, **process_over}
     else:
@@ -93,10 +97,16 @@ def read_unet_checkpoint(path: str | os.PathLike, *, ema: bool = True, process_d
     return unet_cfg, process, sd
 
 
-def unet_from_state_dict(cfg: UNetConfig, sd: Mapping[str, Tensor], where: str = "state dict") -> UNet:
-    """``UNet(cfg)`` with ``sd`` loaded strictly; missing, unexpected or mis-shaped keys are one line."""
+def strict_from_state_dict(build: Callable[[], M], sd: Mapping[str, Tensor], where: str, what: str,
+                           hint: str = "") -> M:
+    """``build()`` on CPU with ``sd`` loaded strictly.
+
+    The network is first built on the meta device (no memory, no init) to compare key sets and shapes;
+    missing, unexpected or mis-shaped keys are one ``InputError`` line ``"<where>: weights do not fit the
+    <what> config: ...<hint>"``. Only then are CPU tensors allocated and ``sd`` copied in.
+    """
     with torch.device("meta"):
-        net = UNet(cfg)
+        net = build()
     want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     missing = [k for k in want if k not in sd]
     unexpected = [k for k in sd if k not in want]
@@ -106,10 +116,15 @@ def unet_from_state_dict(cfg: UNetConfig, sd: Mapping[str, Tensor], where: str =
                  f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
                  f"{len(shaped)} of another shape (e.g. {shaped[0]}: {tuple(sd[shaped[0]].shape)} vs "
                  f"{want[shaped[0]]})" if shaped else ""]
-        raise InputError(f"{where}: weights do not fit the U-Net config: " + ", ".join(p for p in parts if p))
+        raise InputError(f"{where}: weights do not fit the {what} config: " + ", ".join(p for p in parts if p) + hint)
     net = net.to_empty(device="cpu")
     net.load_state_dict(dict(sd), strict=True)
     return net
+
+
+def unet_from_state_dict(cfg: UNetConfig, sd: Mapping[str, Tensor], where: str = "state dict") -> UNet:
+    """``UNet(cfg)`` with ``sd`` loaded strictly; missing, unexpected or mis-shaped keys are one line."""
+    return strict_from_state_dict(lambda: UNet(cfg), sd, where, "U-Net")
 
 
 def load_unet(path: str | os.PathLike, device: str | torch.device = "cpu", *, ema: bool = True,

@@ -15,6 +15,9 @@ Layout, for ``L = len(channel_mult)`` levels with widths ``w_i = model_channels 
 - ``output_blocks``: per level in reverse, ``num_res_blocks + 1`` x [ResBlock on concat(h, skip)
   (+ attention)], the last one of each level but level 0 followed by an Upsample;
 - ``out``: GroupNorm, SiLU, zero-initialised k3 conv to ``out_channels``.
+
+:class:`UNetSkeleton` builds and runs this layout; the TIA2V U-Nets (``tav.tia2v.unet``) reuse it with
+spatial/temporal transformers in place of the attention blocks.
 """
 
 from __future__ import annotations
@@ -33,20 +36,29 @@ from tav.diffusion.blocks import (
     timestep_embedding,
     zero_init,
 )
-from tav.diffusion.config import UNetConfig
+from tav.diffusion.config import UNetConfig, UNetShape
 from tav.errors import InputError
 
 
-class UNet(nn.Module):
-    """Denoiser ``(x_t, t) -> output`` with guided-diffusion's ``UNetModel`` state-dict layout."""
+class UNetSkeleton(nn.Module):
+    """guided-diffusion's U-Net skeleton (module docstring), shared by :class:`UNet` and the TIA2V U-Nets.
 
-    def __init__(self, config: UNetConfig) -> None:
+    ``config`` needs :class:`~tav.diffusion.config.UNetShape`'s sizes plus ``num_res_blocks``, ``dims``,
+    ``dropout``, ``use_scale_shift_norm`` and ``gradient_checkpointing``. A subclass picks the container of
+    every block (``block_type``: its ``forward(x, emb, *conditions)`` routes the inputs to its layers), the
+    layers that follow a ResBlock at attention levels and in the middle block (:meth:`_attention_layers`),
+    and may replace the ResBlocks (:meth:`_res_block`).
+    """
+
+    block_type: type[nn.Sequential] = TimestepSequential
+
+    def __init__(self, config: UNetShape) -> None:
         super().__init__()
         self.config = cfg = config
-        mc, emb_dim = cfg.model_channels, cfg.time_embed_dim
+        mc, emb_dim, seq = cfg.model_channels, cfg.time_embed_dim, self.block_type
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
-        self.input_blocks = nn.ModuleList([TimestepSequential(conv_nd(cfg.dims, cfg.in_channels, mc, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([seq(conv_nd(cfg.dims, cfg.in_channels, mc, 3, padding=1))])
         skip_widths = [mc]  # width of every input block's output, consumed in reverse by output_blocks
         ch, ds = mc, 1
         for level, mult in enumerate(cfg.channel_mult):
@@ -54,15 +66,15 @@ class UNet(nn.Module):
                 layers = [self._res_block(ch, mc * mult)]
                 ch = mc * mult
                 if ds in cfg.attention_ds:
-                    layers.append(self._attention(ch))
-                self.input_blocks.append(TimestepSequential(*layers))
+                    layers += self._attention_layers(ch)
+                self.input_blocks.append(seq(*layers))
                 skip_widths.append(ch)
             if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(TimestepSequential(Downsample(ch, cfg.dims)))
+                self.input_blocks.append(seq(Downsample(ch, cfg.dims)))
                 skip_widths.append(ch)
                 ds *= 2
 
-        self.middle_block = TimestepSequential(self._res_block(ch, ch), self._attention(ch), self._res_block(ch, ch))
+        self.middle_block = seq(self._res_block(ch, ch), *self._attention_layers(ch), self._res_block(ch, ch))
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -70,24 +82,58 @@ class UNet(nn.Module):
                 layers = [self._res_block(ch + skip_widths.pop(), mc * mult)]
                 ch = mc * mult
                 if ds in cfg.attention_ds:
-                    layers.append(self._attention(ch))
+                    layers += self._attention_layers(ch)
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch, cfg.dims))
                     ds //= 2
-                self.output_blocks.append(TimestepSequential(*layers))
+                self.output_blocks.append(seq(*layers))
 
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(),
                                  zero_init(conv_nd(cfg.dims, ch, cfg.out_channels, 3, padding=1)))
 
-    def _res_block(self, channels: int, out_channels: int) -> ResBlock:
+    def _res_block(self, channels: int, out_channels: int) -> nn.Module:
+        """The ResBlock ``channels -> out_channels`` (FiLM from the timestep embedding)."""
         cfg = self.config
         return ResBlock(channels, cfg.time_embed_dim, out_channels, dropout=cfg.dropout, dims=cfg.dims,
                         use_scale_shift_norm=cfg.use_scale_shift_norm, use_checkpoint=cfg.gradient_checkpointing)
 
-    def _attention(self, channels: int) -> AttentionBlock:
+    def _attention_layers(self, channels: int) -> list[nn.Module]:
+        """The layers after a ResBlock ``channels`` wide at an attention level and in the middle block."""
+        raise NotImplementedError
+
+    def _denoise(self, x: Tensor, t: Tensor, *conditions: Tensor | None) -> Tensor:
+        """The network on checked inputs: x ``(N, in_channels, ...)``, t ``(N,)``; every block also gets
+        ``conditions``. Returns ``(N, out_channels, ...)`` in x's dtype."""
+        dtype = self.time_embed[0].weight.dtype  # the weights' dtype: fp32, or bf16/fp16 for a cast model
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
+        skips = []
+        h = x.to(dtype)
+        for block in self.input_blocks:
+            h = block(h, emb, *conditions)
+            skips.append(h)
+        h = self.middle_block(h, emb, *conditions)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, *conditions)
+        return self.out(h).to(x.dtype)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of parameter elements (TA2V preset 318,258,694; TIA2V released 16,317,766 content,
+        33,105,478 motion, 73,766,918 SHR)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+class UNet(UNetSkeleton):
+    """Denoiser ``(x_t, t) -> output`` with guided-diffusion's ``UNetModel`` state-dict layout."""
+
+    config: UNetConfig
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__(config)
+
+    def _attention_layers(self, channels: int) -> list[nn.Module]:
         cfg = self.config
-        return AttentionBlock(channels, cfg.heads_for(channels), legacy_order=not cfg.use_new_attention_order,
-                              impl=cfg.attention_impl, use_checkpoint=cfg.gradient_checkpointing)
+        return [AttentionBlock(channels, cfg.heads_for(channels), legacy_order=not cfg.use_new_attention_order,
+                               impl=cfg.attention_impl, use_checkpoint=cfg.gradient_checkpointing)]
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Predict the network output for noisy samples ``x`` at timesteps ``t``.
@@ -105,17 +151,7 @@ class UNet(nn.Module):
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
             raise InputError(f"UNet: t has shape {tuple(t.shape)}; expected ({x.shape[0]},), one per sample")
-        dtype = self.time_embed[0].weight.dtype  # the weights' dtype: fp32, or bf16/fp16 for a cast model
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
-        skips = []
-        h = x.to(dtype)
-        for block in self.input_blocks:
-            h = block(h, emb)
-            skips.append(h)
-        h = self.middle_block(h, emb)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h).to(x.dtype)
+        return self._denoise(x, t)
 
     def _check_input(self, x: Tensor) -> None:
         cfg = self.config
@@ -126,7 +162,3 @@ class UNet(nn.Module):
         if x.shape[-1] % d or x.shape[-2] % d:
             raise InputError(f"UNet: input of shape {tuple(x.shape)}: H and W must be multiples of {d} "
                              f"(2 ** (len(channel_mult) - 1) for channel_mult={cfg.channel_mult})")
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameter elements (318,258,694 for the TA2V preset)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

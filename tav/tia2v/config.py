@@ -23,17 +23,21 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tav.config import from_dict, load_yaml, preset_path
+from tav.diffusion.config import UNetShape, check_head_widths, check_norm_widths
 from tav.errors import InputError
 
-NORM_GROUPS = 32  # GroupNorm(32, C) everywhere, as upstream
 PARTS = ("content", "motion", "shr")
 PRESETS = ("content", "motion", "shr", "content-tiny", "motion-tiny", "shr-tiny")
 MOTION_ONLY = ("dual_block_frame_collapse", "audio_row_mapping")
 
 
 @dataclass
-class TIA2VUNetConfig:
-    """Architecture of one TIA2V U-Net; defaults are the released 64 px content/motion networks."""
+class TIA2VUNetConfig(UNetShape):
+    """Architecture of one TIA2V U-Net; defaults are the released 64 px content/motion networks.
+
+    Derived sizes (``attention_ds``, ``level_ds``, ``learn_sigma``, ``spatial_divisor``, ``time_embed_dim``,
+    ``heads_for``) come from :class:`tav.diffusion.config.UNetShape`, shared with the TA2V U-Net.
+    """
 
     part: Literal["content", "motion", "shr"] = "content"  # which of the three networks
     image_size: int = 64  # training H = W; turns attention_resolutions into down-sampling factors
@@ -79,35 +83,6 @@ class TIA2VUNetConfig:
         """True for the motion U-Net (temporal convs, dual temporal transformers, ``context_temp``)."""
         return self.part == "motion"
 
-    @property
-    def attention_ds(self) -> tuple[int, ...]:
-        """Down-sampling factors with transformers, e.g. (4, 8) for the released content model."""
-        return tuple(sorted(self.image_size // r for r in self.attention_resolutions))
-
-    @property
-    def level_ds(self) -> tuple[int, ...]:
-        """Down-sampling factor of every level: (1, 2, 4, ...)."""
-        return tuple(2**i for i in range(len(self.channel_mult)))
-
-    @property
-    def learn_sigma(self) -> bool:
-        """True when the network also outputs the variance interpolation (out = 2 * in channels)."""
-        return self.out_channels == 2 * self.in_channels
-
-    @property
-    def spatial_divisor(self) -> int:
-        """H and W must be multiples of this: ``2 ** (len(channel_mult) - 1)``."""
-        return 2 ** (len(self.channel_mult) - 1)
-
-    @property
-    def time_embed_dim(self) -> int:
-        """Width of the timestep embedding MLP: ``4 * model_channels``."""
-        return 4 * self.model_channels
-
-    def heads_for(self, channels: int) -> int:
-        """Attention heads of a transformer ``channels`` wide (head width ``channels // heads``)."""
-        return self.num_heads if self.num_head_channels == -1 else channels // self.num_head_channels
-
 
 def _validate(cfg: TIA2VUNetConfig) -> None:
     """Reject configs that cannot be built, naming the field."""
@@ -150,22 +125,12 @@ def _validate_switches(cfg: TIA2VUNetConfig) -> None:
 
 
 def _validate_widths(cfg: TIA2VUNetConfig) -> None:
-    widths = [cfg.model_channels * m for m in cfg.channel_mult]
-    for width in [cfg.model_channels, *widths]:
-        if width % NORM_GROUPS:
-            raise InputError(f"tia2v.model_channels={cfg.model_channels}, channel_mult={cfg.channel_mult}: width "
-                             f"{width} is not divisible by the {NORM_GROUPS} GroupNorm groups")
+    check_norm_widths(cfg, "tia2v")
     for res in cfg.attention_resolutions:
         if res < 1 or cfg.image_size % res:
             raise InputError(f"tia2v.attention_resolutions={cfg.attention_resolutions}: {res} does not divide "
                              f"image_size={cfg.image_size}")
-    level_ds = cfg.level_ds
-    attention_widths = [widths[level_ds.index(d)] for d in cfg.attention_ds if d in level_ds] + [widths[-1]]
-    for width in attention_widths:
-        if cfg.num_head_channels != -1 and width % cfg.num_head_channels:
-            raise InputError(f"tia2v.num_head_channels={cfg.num_head_channels} does not divide attention width {width}")
-        if width % cfg.heads_for(width):
-            raise InputError(f"tia2v.num_heads={cfg.heads_for(width)} does not divide attention width {width}")
+    check_head_widths(cfg, "tia2v")
 
 
 def tia2v_config_from_dict(data: dict[str, Any], where: str = "tia2v") -> TIA2VUNetConfig:

@@ -32,6 +32,8 @@ from torch import Tensor
 
 from tav.checkpoint import FORMAT_VERSION, detect_stage, safe_load, save_checkpoint, state_dict_of
 from tav.config import from_dict, to_dict
+from tav.diffusion.config import input_levels, require_key
+from tav.diffusion.load import split_overrides, strict_from_state_dict
 from tav.diffusion.schedule import ProcessConfig
 from tav.errors import InputError
 from tav.tia2v.config import PARTS, TIA2VUNetConfig, tia2v_preset
@@ -45,7 +47,6 @@ TIA2V_PROCESS = {"steps": 4000, "noise_schedule": "cosine", "learn_sigma": True,
 STAGES = {part: f"tia2v_{part}" for part in PARTS}  # recorded stage of tav / Lightning files
 COMPAT_MODES = ("tia2v", "fixed")
 UNET_FIELDS = frozenset(f.name for f in fields(TIA2VUNetConfig))
-PROCESS_FIELDS = frozenset(f.name for f in fields(ProcessConfig))
 INFERRED = ("in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks",
             "use_scale_shift_norm", "context_dim", "context_dim_temp", "transformer_depth")
 
@@ -74,26 +75,7 @@ def detect_part(sd: Mapping[str, Tensor]) -> str | None:
 
 
 def _require(sd: Mapping[str, Tensor], key: str) -> Tensor:
-    if key not in sd:
-        raise InputError(f"not a TIA2V U-Net state dict: missing key {key!r}")
-    return sd[key]
-
-
-def _levels(sd: Mapping[str, Tensor]) -> list[list[tuple[int, bool]]]:
-    """``(width, has_transformer)`` of every ResBlock of ``input_blocks``, grouped by level."""
-    levels: list[list[tuple[int, bool]]] = [[]]
-    n = 1
-    while f"input_blocks.{n}.0.op.weight" in sd or f"input_blocks.{n}.0.out_layers.3.weight" in sd:
-        if f"input_blocks.{n}.0.op.weight" in sd:
-            levels.append([])
-        else:
-            width = int(sd[f"input_blocks.{n}.0.out_layers.3.weight"].shape[0])
-            levels[-1].append((width, f"input_blocks.{n}.1.proj_in.weight" in sd))
-        n += 1
-    if not levels[0] or any(len(level) != len(levels[0]) or len(set(level)) != 1 for level in levels):
-        raise InputError(f"TIA2V U-Net state dict: input_blocks hold {levels} (width, transformer) per level; "
-                         "expected the same number of identical ResBlocks at every level")
-    return levels
+    return require_key(sd, key, "TIA2V U-Net")
 
 
 def tia2v_config_from_state_dict(sd: Mapping[str, Tensor], part: str, **overrides: Any) -> TIA2VUNetConfig:
@@ -106,7 +88,7 @@ def tia2v_config_from_state_dict(sd: Mapping[str, Tensor], part: str, **override
     """
     conv_in = _require(sd, "input_blocks.0.0.weight")
     mc = int(conv_in.shape[0])
-    levels = _levels(sd)
+    levels = input_levels(sd, attention="proj_in.weight", what="TIA2V U-Net")
     if any(level[0][0] % mc for level in levels):
         raise InputError(f"TIA2V U-Net state dict: level widths {[lv[0][0] for lv in levels]} are not multiples of "
                          f"model_channels {mc}")
@@ -138,15 +120,6 @@ def tia2v_config_from_state_dict(sd: Mapping[str, Tensor], part: str, **override
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def _split_overrides(overrides: Mapping[str, Any], where: str) -> tuple[dict, dict]:
-    unknown = sorted(set(overrides) - UNET_FIELDS - PROCESS_FIELDS)
-    if unknown:
-        raise InputError(f"{where}: unknown TIA2V U-Net/process setting(s) {unknown}; known: "
-                         f"{sorted(UNET_FIELDS | PROCESS_FIELDS)}")
-    return ({k: v for k, v in overrides.items() if k in UNET_FIELDS},
-            {k: v for k, v in overrides.items() if k in PROCESS_FIELDS})
-
-
 def _stored(obj: Mapping, path: Path, part: str, ema: bool) -> tuple[dict, dict, dict[str, Tensor]]:
     """``(unet dict, process dict, tensors)`` of a tav or Lightning TIA2V file."""
     lightning = "hyper_parameters" in obj and not ("stage" in obj and "config" in obj)
@@ -174,7 +147,7 @@ def read_tia2v_checkpoint(path: str | os.PathLike, part: str, *, ema: bool = Tru
     path = Path(path)
     if part not in PARTS:
         raise InputError(f"part={part!r}: must be one of {PARTS}")
-    unet_over, process_over = _split_overrides(overrides, str(path))
+    unet_over, process_over = split_overrides(overrides, str(path), UNET_FIELDS, model="TIA2V U-Net")
     obj = safe_load(path)
     stage = detect_stage(obj)
     if stage in STAGES.values():
@@ -210,22 +183,8 @@ def read_tia2v_checkpoint(path: str | os.PathLike, part: str, *, ema: bool = Tru
 
 def tia2v_from_state_dict(cfg: TIA2VUNetConfig, sd: Mapping[str, Tensor], where: str = "state dict") -> TIA2VUNet:
     """``TIA2VUNet(cfg)`` on CPU with ``sd`` loaded strictly; missing, unexpected or mis-shaped keys are one line."""
-    with torch.device("meta"):
-        net = TIA2VUNet(cfg)
-    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    missing = [k for k in want if k not in sd]
-    unexpected = [k for k in sd if k not in want]
-    shaped = [k for k in want if k in sd and tuple(sd[k].shape) != want[k]]
-    if missing or unexpected or shaped:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(shaped)} of another shape (e.g. {shaped[0]}: {tuple(sd[shaped[0]].shape)} vs "
-                 f"{want[shaped[0]]})" if shaped else ""]
-        raise InputError(f"{where}: weights do not fit the TIA2V {cfg.part} config: "
-                         + ", ".join(p for p in parts if p) + "; check part and the architecture overrides")
-    net = net.to_empty(device="cpu")
-    net.load_state_dict(dict(sd), strict=True)
-    return net
+    return strict_from_state_dict(lambda: TIA2VUNet(cfg), sd, where, f"TIA2V {cfg.part}",
+                                  hint="; check part and the architecture overrides")
 
 
 def load_tia2v_unet(path: str | os.PathLike, part: str, device: str | torch.device = "cpu",

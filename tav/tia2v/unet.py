@@ -23,16 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from tav.diffusion.blocks import (
-    Downsample,
-    GroupNorm32,
-    ResBlock,
-    TimestepBlock,
-    Upsample,
-    conv_nd,
-    timestep_embedding,
-    zero_init,
-)
+from tav.diffusion.blocks import ResBlock, TimestepBlock
+from tav.diffusion.unet3d import UNetSkeleton
 from tav.errors import InputError
 from tav.tia2v.attention import SpatialTransformer
 from tav.tia2v.config import TIA2VUNetConfig
@@ -57,54 +49,22 @@ class CondSequential(nn.Sequential):
         return x
 
 
-class TIA2VUNet(nn.Module):
+class TIA2VUNet(UNetSkeleton):
     """Denoiser of one TIA2V part, called with upstream's argument order:
 
     - content: ``net(x, timesteps, context)``;
     - motion: ``net(x, timesteps, context, context_temp)``;
     - shr: ``net(x, timesteps, context)``.
 
-    See :meth:`forward` for the shapes.
+    See :meth:`forward` for the shapes. The block layout is :class:`tav.diffusion.unet3d.UNetSkeleton`'s,
+    with the spatial (+ dual temporal) transformers after the ResBlocks of attention levels.
     """
 
+    config: TIA2VUNetConfig
+    block_type = CondSequential
+
     def __init__(self, config: TIA2VUNetConfig) -> None:
-        super().__init__()
-        self.config = cfg = config
-        mc, emb_dim = cfg.model_channels, cfg.time_embed_dim
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-
-        self.input_blocks = nn.ModuleList([CondSequential(conv_nd(cfg.dims, cfg.in_channels, mc, 3, padding=1))])
-        skip_widths = [mc]  # width of every input block's output, consumed in reverse by output_blocks
-        ch, ds = mc, 1
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers = [self._res_block(ch, mc * mult)]
-                ch = mc * mult
-                if ds in cfg.attention_ds:
-                    layers += self._transformers(ch)
-                self.input_blocks.append(CondSequential(*layers))
-                skip_widths.append(ch)
-            if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(CondSequential(Downsample(ch, cfg.dims)))
-                skip_widths.append(ch)
-                ds *= 2
-
-        self.middle_block = CondSequential(self._res_block(ch, ch), *self._transformers(ch), self._res_block(ch, ch))
-
-        self.output_blocks = nn.ModuleList()
-        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
-            for i in range(cfg.num_res_blocks + 1):
-                layers = [self._res_block(ch + skip_widths.pop(), mc * mult)]
-                ch = mc * mult
-                if ds in cfg.attention_ds:
-                    layers += self._transformers(ch)
-                if level and i == cfg.num_res_blocks:
-                    layers.append(Upsample(ch, cfg.dims))
-                    ds //= 2
-                self.output_blocks.append(CondSequential(*layers))
-
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(),
-                                 zero_init(conv_nd(cfg.dims, ch, cfg.out_channels, 3, padding=1)))
+        super().__init__(config)
 
     def _res_block(self, channels: int, out_channels: int) -> ResBlock:
         cfg = self.config
@@ -113,10 +73,9 @@ class TIA2VUNet(nn.Module):
                                     temporal_dropout=cfg.temporal_dropout,
                                     use_scale_shift_norm=cfg.use_scale_shift_norm,
                                     use_checkpoint=cfg.gradient_checkpointing)
-        return ResBlock(channels, cfg.time_embed_dim, out_channels, dropout=cfg.dropout, dims=cfg.dims,
-                        use_scale_shift_norm=cfg.use_scale_shift_norm, use_checkpoint=cfg.gradient_checkpointing)
+        return super()._res_block(channels, out_channels)
 
-    def _transformers(self, channels: int) -> list[nn.Module]:
+    def _attention_layers(self, channels: int) -> list[nn.Module]:
         """The spatial transformer of an attention level (+ the dual temporal block for motion)."""
         cfg = self.config
         heads = cfg.heads_for(channels)
@@ -149,17 +108,7 @@ class TIA2VUNet(nn.Module):
         learned-variance interpolation v (about [-1, 1]) when ``config.learn_sigma``.
         """
         t = self._check_inputs(x, timesteps, context, context_temp)
-        dtype = self.time_embed[0].weight.dtype  # the weights' dtype: fp32, or bf16/fp16 for a cast model
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(dtype))
-        skips = []
-        h = x.to(dtype)
-        for block in self.input_blocks:
-            h = block(h, emb, context, context_temp)
-            skips.append(h)
-        h = self.middle_block(h, emb, context, context_temp)
-        for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context, context_temp)
-        return self.out(h).to(x.dtype)
+        return self._denoise(x, t, context, context_temp)
 
     def _check_inputs(self, x: Tensor, timesteps: Tensor, context: Tensor, context_temp: Tensor | None) -> Tensor:
         """Validate shapes (one-line ``InputError``s) and return the timesteps as ``(x.shape[0],)``."""
@@ -207,7 +156,3 @@ class TIA2VUNet(nn.Module):
             raise InputError(f"TIA2V {self.config.part} U-Net: timesteps of shape {tuple(t.shape)}; expected ({n},)"
                              f" (one per frame/sample), ({clips},) (one per clip) or a scalar")
         return t
-
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        """Number of parameter elements (16,317,766 content, 33,105,478 motion, 73,766,918 SHR released)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

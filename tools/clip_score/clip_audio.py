@@ -26,19 +26,9 @@ except ImportError:
 from tav.data.audio import read_audio
 from tav.encoders.registry import get_encoder, resolve_encoder_path
 from tav.errors import InputError
-from tav.metrics.cache import FeatureCache
 from tav.metrics.clip_score import audio_features, audio_image_scale, frame_audio_scores, image_features
-from tav.metrics.folders import (
-    RunFolder,
-    Source,
-    audio_rate,
-    drop_remainder,
-    find_run,
-    load_videos,
-    open_run,
-    pair_sources,
-)
-from tav.metrics.runs import chunk_groups, metric_record, score_summary
+from tav.metrics.folders import RunFolder, Source, audio_rate, find_run, load_videos, open_run
+from tav.metrics.runs import metric_record, score_summary
 
 TOOL = "clip_audio.py"
 UPSTREAM_RATE = 48000  # upstream reloads every wav with librosa at 48 kHz
@@ -72,9 +62,8 @@ def towers(args: argparse.Namespace, device) -> tuple:
     if name == "audioclip":
         backbone["logit_scale_ai"] = audio_image_scale(audio)
         return audio, None, backbone
-    clip_path = resolve_encoder_path("clip", args.clip_ckpt)
-    backbone["image_tower"] = mc.weights_info("CLIP ViT-B/32", clip_path, "--clip_ckpt")
-    return audio, get_encoder("clip", clip_path, device), backbone
+    clip, backbone["image_tower"] = mc.clip_encoder(args, device)
+    return audio, clip, backbone
 
 
 def preprocessing(args: argparse.Namespace, audio_enc, image_enc) -> dict:
@@ -107,27 +96,18 @@ def read_audios(paths, protocol: str) -> tuple[list, int]:
 def evaluate_folder(args, encoders, backbone, run: RunFolder, audio_run: RunFolder, folder: str) -> tuple[dict, dict]:
     audio_enc, clip_enc = encoders
     image_enc = clip_enc if clip_enc is not None else audio_enc
-    pairs = pair_sources({"video": Source(run, folder), "audio": Source(audio_run, args.audio_folder, "wav")},
-                         args.protocol)
-    if args.protocol == "ta2v":
-        pairs = drop_remainder(pairs, args.batch_size)
-    if not pairs:
-        raise InputError(f"{run.path / folder}: fewer videos than --batch_size {args.batch_size}")
+    sources = {"video": Source(run, folder), "audio": Source(audio_run, args.audio_folder, "wav")}
+    pairs = mc.protocol_pairs(args, sources, run.path / folder)
     paths = [p.files["video"] for p in pairs]
     videos = mc.video_summary(paths)
-    image_sha = backbone.get("image_tower", backbone)["sha256"]
-    settings = {"kind": "clip_frames", "frames": args.sequence_length, "resize": args.resize,
-                "size": image_enc.image_size}
-    cache = FeatureCache(mc.cache_folder(args, run), image_sha, args.protocol, settings)
+    cache = mc.frame_cache(args, run, backbone.get("image_tower", backbone)["sha256"], image_enc.image_size)
     img = cache.features(paths, lambda ps: image_features(
         image_enc, load_videos(ps, args.sequence_length, args.resize), args.protocol))
     waves, rate = read_audios([p.files["audio"] for p in pairs], args.protocol)
     aud = audio_features(audio_enc, waves, rate, img.shape[1], args.protocol, args.window_s)
     scores = frame_audio_scores(img, aud, audio_image_scale(audio_enc))
-    groups, warning = chunk_groups(len(pairs), args.mode, args.size)
+    groups = mc.groups_of(args, len(pairs), folder)
     chunked = args.mode == "size"
-    if warning:
-        mc.log.warning("%s: %s", folder, warning)
     keys = [p.key for p in pairs]
     summary = score_summary(scores.primary(args.protocol), groups, keys, chunked=chunked)
     summary["cos100"] = score_summary(scores.cos100, groups, chunked=chunked)

@@ -20,21 +20,10 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import metric_common as mc
 
-from tav.encoders.registry import get_encoder, resolve_encoder_path
 from tav.errors import InputError
-from tav.metrics.cache import FeatureCache
 from tav.metrics.clip_score import frame_text_scores, image_features, text_features
-from tav.metrics.folders import (
-    RunFolder,
-    Source,
-    drop_remainder,
-    find_run,
-    load_videos,
-    open_run,
-    pair_sources,
-    read_caption,
-)
-from tav.metrics.runs import chunk_groups, metric_record, score_summary
+from tav.metrics.folders import RunFolder, Source, find_run, load_videos, open_run, read_caption
+from tav.metrics.runs import metric_record, score_summary
 
 TOOL = "clip_text.py"
 
@@ -56,12 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def preprocessing(args: argparse.Namespace, image_size: int) -> dict:
-    if args.protocol == "ta2v":
-        geometry, norm, colour = f"bilinear resize to {image_size}x{image_size}", "none", "BGR"
-    else:
-        geometry, norm, colour = f"bicubic short side to {image_size} + centre crop", "CLIP mean/std", "RGB"
-    return {"colour": colour, "range": "[0,1]", "resize": geometry, "normalisation": norm,
-            "pre_resize": args.resize and f"area {args.resize[0]}x{args.resize[1]}",
+    return {**mc.clip_frame_preprocessing(args, image_size),
             "frames_per_video": args.sequence_length, "score": "100*cos, mean over frames then videos",
             "caption": ("txt lines scored separately" if args.protocol == "ta2v"
                         else "manifest caption (else the txt lines joined)")}
@@ -82,23 +66,15 @@ def captions(pairs, protocol: str) -> list:
 
 def evaluate_folder(args, encoder, weights, run: RunFolder, video_run: RunFolder, folder: str) -> tuple[dict, dict]:
     sources = {"video": Source(video_run, folder), "txt": Source(run, args.txt_folder, "txt")}
-    pairs = pair_sources(sources, args.protocol)
-    if args.protocol == "ta2v":
-        pairs = drop_remainder(pairs, args.batch_size)
-    if not pairs:
-        raise InputError(f"{video_run.path / folder}: fewer videos than --batch_size {args.batch_size}")
+    pairs = mc.protocol_pairs(args, sources, video_run.path / folder)
     paths = [p.files["video"] for p in pairs]
     videos = mc.video_summary(paths)
-    settings = {"kind": "clip_frames", "frames": args.sequence_length, "resize": args.resize,
-                "size": encoder.image_size}
-    cache = FeatureCache(mc.cache_folder(args, run), weights["sha256"], args.protocol, settings)
+    cache = mc.frame_cache(args, run, weights["sha256"], encoder.image_size)
     feats = cache.features(paths, lambda ps: image_features(
         encoder, load_videos(ps, args.sequence_length, args.resize), args.protocol))
     txt = text_features(encoder, captions(pairs, args.protocol), args.protocol)
-    groups, warning = chunk_groups(len(pairs), args.mode, args.size)
+    groups = mc.groups_of(args, len(pairs), folder)
     chunked = args.mode == "size"
-    if warning:
-        mc.log.warning("%s: %s", folder, warning)
     summary = score_summary(frame_text_scores(feats, txt), groups, [p.key for p in pairs], chunked=chunked)
     if args.clamp_zero:
         summary["clamp_zero"] = score_summary(frame_text_scores(feats, txt, clamp_zero=True), groups, chunked=chunked)
@@ -111,9 +87,7 @@ def evaluate(argv: list[str] | None) -> None:
     if args.print_256:
         args.mode, args.size = "size", 256
     runs = mc.run_folders(args)  # a wrong --exp_tag fails before any weights load
-    path = resolve_encoder_path("clip", args.clip_ckpt)
-    weights = mc.weights_info("CLIP ViT-B/32", path, "--clip_ckpt")
-    encoder = get_encoder("clip", path, mc.device_of(args))
+    encoder, weights = mc.clip_encoder(args, mc.device_of(args))
     folders = ([args.video_folder] if args.video_folder else
                [args.real_video_folder, args.fake1_video_folder, args.fake2_video_folder])
     records = []

@@ -29,8 +29,8 @@ except ImportError:
 
 from tav.errors import InputError
 from tav.metrics.av_align import AUDIO_RATE, FARNEBACK, HOP_LENGTH, WINDOW_FRAMES, av_align_folder
-from tav.metrics.folders import RunFolder, Source, drop_remainder, pair_sources
-from tav.metrics.runs import chunk_groups, metric_record, score_summary
+from tav.metrics.folders import RunFolder, Source
+from tav.metrics.runs import metric_record, score_summary
 
 TOOL = "av_align.py"
 NAME = "av_align"
@@ -88,20 +88,14 @@ def per_video(key: int, score) -> dict:
 
 def evaluate_folder(args, run: RunFolder, folder: str) -> tuple[dict, dict, list[str]]:
     sources = {"video": Source(run, folder), "audio": Source(run, args.audio_folder, "wav")}
-    pairs = pair_sources(sources, args.protocol)
-    if args.protocol == "ta2v":
-        pairs = drop_remainder(pairs, args.batch_size)
-    if not pairs:
-        raise InputError(f"{run.path / folder}: fewer videos than --batch_size {args.batch_size}")
+    pairs = mc.protocol_pairs(args, sources, run.path / folder)
     fps, where = zip(*(pair_fps(args, run, p.key) for p in pairs), strict=True)
     scores = av_align_folder([p.files["video"] for p in pairs], [p.files["audio"] for p in pairs], list(fps),
                              args.window_frames, tuple(args.resize) if args.resize else None)
     kept = [i for i, s in enumerate(scores) if not s.skipped]
     if not kept:
         raise InputError(f"{run.path / folder}: no video has an audio onset or a motion peak; AV-Align is undefined")
-    groups, warning = chunk_groups(len(kept), args.mode, args.size)
-    if warning:
-        mc.log.warning("%s: %s", folder, warning)
+    groups = mc.groups_of(args, len(kept), folder)
     summary = score_summary([scores[i].iou for i in kept], groups, [pairs[i].key for i in kept],
                             chunked=args.mode == "size")
     summary["per_video"] = [per_video(p.key, s) for p, s in zip(pairs, scores, strict=True)]

@@ -21,12 +21,10 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import metric_common as mc
 
-from tav.encoders.registry import get_encoder, resolve_encoder_path
 from tav.errors import InputError
-from tav.metrics.cache import FeatureCache
 from tav.metrics.consistency import SCORERS, frame_embeddings
-from tav.metrics.folders import RunFolder, Source, default_fake_folder, drop_remainder, load_videos, pair_sources
-from tav.metrics.runs import chunk_groups, metric_record, score_summary
+from tav.metrics.folders import RunFolder, Source, default_fake_folder, load_videos
+from tav.metrics.runs import metric_record, score_summary
 
 TOOL = "first_frame_consistency.py"
 NAME = "first_frame_consistency"
@@ -45,13 +43,8 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
 
 
 def preprocessing(args: argparse.Namespace, name: str, image_size: int) -> dict:
-    if args.protocol == "ta2v":
-        geometry, norm, colour = f"bilinear resize to {image_size}x{image_size}", "none", "BGR"
-    else:
-        geometry, norm, colour = f"bicubic short side to {image_size} + centre crop", "CLIP mean/std", "RGB"
-    return {"colour": colour, "range": "[0,1]", "resize": geometry, "normalisation": norm,
-            "pre_resize": args.resize and f"area {args.resize[0]}x{args.resize[1]}",
-            "frames_per_video": args.sequence_length or "all", "score": DEFINITIONS[name]}
+    return {**mc.clip_frame_preprocessing(args, image_size), "frames_per_video": args.sequence_length or "all",
+            "score": DEFINITIONS[name]}
 
 
 def video_folder(args: argparse.Namespace, run: RunFolder) -> str:
@@ -67,16 +60,10 @@ def video_folder(args: argparse.Namespace, run: RunFolder) -> str:
 def evaluate_folder(args, name: str, encoder, weights: dict, run: RunFolder, folder: str) -> tuple[dict, dict]:
     if args.batch_size < 1:
         raise InputError(f"--batch_size {args.batch_size}: must be at least 1")
-    pairs = pair_sources({"video": Source(run, folder)}, args.protocol)
-    if args.protocol == "ta2v":
-        pairs = drop_remainder(pairs, args.batch_size)
-    if not pairs:
-        raise InputError(f"{run.path / folder}: fewer videos than --batch_size {args.batch_size}")
+    pairs = mc.protocol_pairs(args, {"video": Source(run, folder)}, run.path / folder)
     paths = [p.files["video"] for p in pairs]
     videos = mc.video_summary(paths)
-    settings = {"kind": "clip_frames", "frames": args.sequence_length, "resize": args.resize,
-                "size": encoder.image_size}
-    cache = FeatureCache(mc.cache_folder(args, run), weights["sha256"], args.protocol, settings)
+    cache = mc.frame_cache(args, run, weights["sha256"], encoder.image_size)
 
     def compute(ps: list[Path]):
         clips = load_videos(ps, args.sequence_length, tuple(args.resize) if args.resize else None)
@@ -87,9 +74,7 @@ def evaluate_folder(args, name: str, encoder, weights: dict, run: RunFolder, fol
     feats = cache.features(paths, compute)
     if feats.shape[1] < 2:  # cached features of 1-frame videos
         raise InputError(f"{run.path / folder}: {feats.shape[1]} frame(s) per video; consistency needs at least 2")
-    groups, warning = chunk_groups(len(pairs), args.mode, args.size)
-    if warning:
-        mc.log.warning("%s: %s", folder, warning)
+    groups = mc.groups_of(args, len(pairs), folder)
     summary = score_summary(SCORERS[name](feats), groups, [p.key for p in pairs], chunked=args.mode == "size")
     summary["cache"] = {"hits": cache.hits, "misses": cache.misses}
     return summary, videos
@@ -99,9 +84,7 @@ def evaluate(name: str, tool: str, argv: list[str] | None) -> None:
     """Parse ``argv``, score ``name`` (a key of ``SCORERS``) on each run folder, print and write the JSON."""
     args = build_parser(f"{name.replace('_', ' ')} of a results folder (spec metrics.md §7)").parse_args(argv)
     runs = mc.run_folders(args)  # a wrong --exp_tag fails before any weights load
-    path = resolve_encoder_path("clip", args.clip_ckpt)
-    weights = mc.weights_info("CLIP ViT-B/32", path, "--clip_ckpt")
-    encoder = get_encoder("clip", path, mc.device_of(args))
+    encoder, weights = mc.clip_encoder(args, mc.device_of(args))
     records = []
     for run in runs:
         folder = video_folder(args, run)
