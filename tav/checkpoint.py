@@ -68,11 +68,12 @@ def safe_load(path: str | os.PathLike) -> Any:
         text = str(err)
         found = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(
             r"(unrecognized function \S+|new object for \S+ .*?got \S+|types allowlisted .*?got \S+)", text)
-        if found or "Weights only load failed" in text:
-            what = found.group(1) if found else _first_line(err)
-            raise InputError(f"{path}: refused to unpickle {what}: not on tav's checkpoint allow-list "
+        if found:
+            raise InputError(f"{path}: refused to unpickle {found.group(1)}: not on tav's checkpoint allow-list "
                              "(loading it would run arbitrary code); convert the file with trusted code") from None
-        raise InputError(f"{path}: not a readable PyTorch checkpoint (corrupt?): {_first_line(err)}") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        raise InputError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
+                         f"{detail.group(1) if detail else _first_line(err)}; re-download or re-export it") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as err:
         raise InputError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
                          f"{_first_line(err)}") from None

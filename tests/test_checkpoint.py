@@ -93,6 +93,11 @@ def test_safe_load_missing_and_corrupt(tmp_path):
     with pytest.raises(InputError, match="not a readable PyTorch checkpoint") as err:
         safe_load(bad)
     assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    noise = tmp_path / "noise.pt"  # random bytes: a corrupt file, not a refused global
+    noise.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(InputError, match="corrupt or truncated") as err:
+        safe_load(noise)
+    assert "allow-list" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_safe_load_namespace_and_lightning_stand_in(tmp_path):
