@@ -172,6 +172,24 @@ def test_torch_resize_is_f_interpolate_and_differs_from_tf1():
         resize_bilinear(x, 4, mode="area")
 
 
+def test_clean_resize_is_pil_bicubic_per_channel_and_antialiased():
+    from PIL import Image
+
+    from tav.metrics.resize import resize_clean
+
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 40, 30, 3), dtype=np.uint8)
+    out = resize_clean(frames, 16)
+    assert out.shape == (2, 3, 16, 16) and out.dtype == torch.float32
+    ref = Image.fromarray(frames[1, :, :, 2].astype(np.float32), mode="F").resize((16, 16), Image.BICUBIC)
+    assert np.allclose(out[1, 2].numpy(), np.clip(np.asarray(ref), 0, 255) / 255.0, atol=1e-6)
+    assert torch.equal(resize_clean(frames.astype(np.float32) / 255.0, 16), out)  # float input in [0, 1]
+    # a 1-px checkerboard shrunk 3.2x: the antialiased resize averages it to grey, the bilinear one aliases
+    board = ((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)[None, :, :, None].repeat(3, -1)
+    clean = resize_clean(board, 20)
+    plain = resize_bilinear(torch.from_numpy(board).permute(0, 3, 1, 2).float() / 255, 20, mode="torch")
+    assert (clean - 0.5).abs()[..., 2:-2, 2:-2].max() < 0.1 and (plain - 0.5).abs().max() > 0.2
+
+
 def test_to_unit_float_converts_uint8_and_checks_float_range():
     frames = np.array([[0, 51, 255]], dtype=np.uint8)
     assert torch.allclose(to_unit_float(frames), torch.tensor([[0.0, 0.2, 1.0]]))
@@ -296,6 +314,8 @@ def test_inception_file_loads_and_gives_features(tmp_path, monkeypatch):
     assert (feats[0] - feats[1]).abs().max() > 1e-3
     tf1 = inception_features(model, frames[:1], resize="tf1")
     assert (tf1[0] - feats[0]).abs().max() > 1e-4  # the two resize grids give different features
+    clean = inception_features(model, frames[:1], resize="clean")
+    assert clean.shape == (1, 2048) and (clean[0] - feats[0]).abs().max() > 1e-4
     other = path.rename(tmp_path / "pt_inception-2015-12-05-0123abcd.pth")
     monkeypatch.setenv("TAV_CKPT_DIR", str(tmp_path))
     assert default_inception_path() == other  # any pt_inception-2015-12-05-*.pth is accepted

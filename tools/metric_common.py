@@ -266,7 +266,7 @@ def _frechet_pair(spec: FrechetTool, args, model, weights: dict, run: RunFolder,
                          f"{spec.min_items}")
     real_meta, fake_meta = video_summary(real_paths), video_summary(fake_paths)
     check_same_frames(real_meta, fake_meta, str(run.path / args.real_folder), str(run.path / fake))
-    resize = "tf1" if args.protocol == "ta2v" else "torch"
+    resize = "tf1" if args.protocol == "ta2v" else getattr(args, "resize_mode", "torch")
     settings = {"kind": spec.name, "resize": resize, "pre_resize": args.resize}
     cache = FeatureCache(cache_folder(args, run), weights["sha256"], args.protocol, settings)
 

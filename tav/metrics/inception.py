@@ -27,7 +27,7 @@ from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, In
 from tav.checkpoint import safe_load, state_dict_of
 from tav.errors import InputError
 from tav.metrics.i3d import model_device, seeded_random_init_
-from tav.metrics.resize import resize_bilinear, to_unit_float
+from tav.metrics.resize import resize_bilinear, resize_clean, to_unit_float
 from tav.utils.fileio import atomic_path
 from tav.utils.paths import ckpt_dir
 
@@ -176,7 +176,8 @@ def inception_features(model: nn.Module, frames: np.ndarray | Tensor, resize: st
     """Per-frame FID features of ``frames (N, H, W, 3)`` (uint8, or float in [0, 1]) -> ``(N, 2048)`` float64.
 
     Same conventions as ``i3d_features``: channel order as given, ``to_unit_float`` once, every frame
-    resized to 299x299 by ``resize_bilinear(mode=resize)``, scaled to [-1, 1], batches of ``batch_size``
+    resized to 299x299 by ``resize_bilinear(mode=resize)`` (``"torch"`` | ``"tf1"``) or, for ``"clean"``, by
+    clean-fid's ``resize_clean``, scaled to [-1, 1], batches of ``batch_size``
     on the model's device, no frame dropped. The result is on CPU.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -186,7 +187,10 @@ def inception_features(model: nn.Module, frames: np.ndarray | Tensor, resize: st
     device = model_device(model)
     out = []
     for start in range(0, frames.shape[0], batch_size):
-        x = to_unit_float(frames[start:start + batch_size], device).permute(0, 3, 1, 2)  # (B, 3, H, W)
-        x = resize_bilinear(x, INCEPTION_SIZE, mode=resize)
+        if resize == "clean":  # clean-fid: PIL bicubic per channel, antialiased
+            x = resize_clean(frames[start:start + batch_size], INCEPTION_SIZE).to(device)
+        else:
+            x = to_unit_float(frames[start:start + batch_size], device).permute(0, 3, 1, 2)  # (B, 3, H, W)
+            x = resize_bilinear(x, INCEPTION_SIZE, mode=resize)
         out.append(model(x * 2.0 - 1.0).to("cpu", torch.float64))
     return torch.cat(out) if out else torch.zeros(0, FEATURE_DIM, dtype=torch.float64)

@@ -9,6 +9,10 @@ pitfall 2):
 - ``"tf1"``: TF1 ``tf.image.resize_bilinear`` (``align_corners=False``, ``half_pixel_centers=False``):
   source coordinate ``i · in / out``, computed in float32 as TF does; the upper neighbour is clamped to the
   last row/column. Used by the upstream FVD/FID scripts (``--protocol ta2v``).
+
+And clean-fid's antialiased resize for FID (``resize_clean``, ``--resize_mode clean``): PIL bicubic on each
+channel as a float image (Parmar et al. 2022, "On Aliased Resizing and Surprising Subtleties in GAN
+Evaluation").
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 RESIZE_MODES = ("torch", "tf1")
+FID_RESIZE_MODES = ("torch", "tf1", "clean")  # clean: resize_clean (PIL bicubic, antialiased), FID only
 
 
 def to_unit_float(frames: np.ndarray | Tensor, device: torch.device | str | None = None) -> Tensor:
@@ -83,3 +88,21 @@ def resize_bilinear(x: Tensor, size: int | tuple[int, int], mode: str = "torch")
     if mode == "torch":
         return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=False)
     return _resize_tf1(x, out_h, out_w)
+
+
+def resize_clean(frames: np.ndarray | Tensor, size: int) -> Tensor:
+    """clean-fid's resize of ``frames (N, H, W, 3)`` (uint8, or float in [0, 1]) to ``(N, 3, size, size)``
+    float32 in [0, 1]: every channel as a 32-bit float PIL image in [0, 255], PIL bicubic (antialiased when
+    shrinking), clipped to [0, 255]. Runs on the CPU (PIL)."""
+    from PIL import Image
+
+    arr = frames.detach().cpu().numpy() if isinstance(frames, Tensor) else np.asarray(frames)
+    if arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"resize_clean expects (N, H, W, 3) frames, got {arr.shape}")
+    arr = arr.astype(np.float32) * (1.0 if arr.dtype == np.uint8 else 255.0)
+    out = np.empty((arr.shape[0], 3, size, size), dtype=np.float32)
+    for n in range(arr.shape[0]):
+        for c in range(3):
+            img = Image.fromarray(arr[n, :, :, c], mode="F").resize((size, size), resample=Image.BICUBIC)
+            out[n, c] = np.asarray(img)
+    return torch.from_numpy(out.clip(0.0, 255.0) / 255.0)

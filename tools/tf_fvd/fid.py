@@ -62,6 +62,7 @@ def preprocessing(args) -> dict:
     ta2v = args.protocol == "ta2v"
     return {"colour": "BGR" if ta2v else "RGB",
             "resize": "TF1 resize_bilinear to 299 (half_pixel_centers=False)" if ta2v
+            else "PIL bicubic to 299 per channel, antialiased (clean-fid)" if args.resize_mode == "clean"
             else "torch bilinear to 299 (align_corners=False, as pytorch-fid)",
             "range": "[-1,1] (2x/255-1)" if ta2v else "as the Inception port expects",
             "pre_resize": args.resize and f"area {args.resize[0]}x{args.resize[1]}",
@@ -83,7 +84,11 @@ SPEC = mc.FrechetTool(tool=TOOL, name="fid", backbone="Inception-v3 pool3 (2048-
 
 
 def build_parser():
-    return mc.frechet_parser(__doc__.splitlines()[0])
+    p = mc.frechet_parser(__doc__.splitlines()[0])
+    p.add_argument("--resize_mode", choices=["torch", "clean"], default="torch",
+                   help="resize to 299: torch bilinear as pytorch-fid (default) or clean-fid's antialiased PIL "
+                        "bicubic; --protocol ta2v always uses TF1 bilinear")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
