@@ -4,7 +4,10 @@ initialisation, the batch -> loss step, the respaced SDEdit starts and ``sample_
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from tav.training.tia2v_module import TIA2VModule, TIA2VTrainConfig, conditions_
 
 from .helpers import make_tiny_vat
 
+REPO = Path(__file__).resolve().parent.parent
 QUIET = ["--num_workers", "0", "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1"]
 
 
@@ -213,3 +217,22 @@ def test_seed_lines_dry_run(world, capsys):
         tia2v_cli.train("content", ["--config", "motion-tiny", "--data_path", data, "--dry_run"])
     with pytest.raises(InputError, match="--model_path"):
         tia2v_cli.train("motion", ["--data_path", data, "--model_path", "/no/such.pt", "--dry_run"])
+
+
+def test_two_process_cpu_ddp_motion_training(world, tmp_path):
+    """Two gloo processes train the motion model from the content EMA: the conditions are cached once before
+    the ranks start, and both ranks end with identical weights after 2 synchronised steps."""
+    out = tmp_path / "dump"
+    out.mkdir()
+    common = [a for a in world["common"] if a not in ("--devices", "1")] + ["--devices", "2", "--strategy", "ddp"]
+    common[common.index("--batch_size") + 1] = "1"
+    argv = ["--config", "motion-tiny", "--save_dir", str(tmp_path / "run"), "--model_path",
+            str(world["runs"] / "content" / "ema000002.pt"), *common]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, str(REPO / "tests" / "ddp_tia2v_probe.py"), str(out), "motion", *argv],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["global_step"] for r in ranks] == [2, 2] and ranks[0]["world_size"] == 2
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0] if k not in ("global_step", "world_size"))
+    assert (tmp_path / "run" / "ema000002.pt").is_file()
