@@ -20,6 +20,20 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
+def one_blas_thread():
+    """numpy's OpenBLAS on one thread for a module, like torch above: on the loaded 2-core machine the 2048-d
+    eigendecompositions of FID took about 2 s with one thread against 9 s with contended ones. Modules that
+    need it say ``pytestmark = pytest.mark.usefixtures("one_blas_thread")``."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
 def vat(tmp_path_factory):
     """The tiny VAT dataset of :func:`tests.helpers.make_tiny_vat` (two 8-frame 16x16 clips per split), written
     once per module."""

@@ -42,17 +42,7 @@ from tav.metrics.resize import resize_bilinear, to_unit_float
 T_MIN = 9  # fewest frames I3D accepts (one time step left after the 2x7x7 average pool); keeps tests fast
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """numpy's OpenBLAS on one thread, like torch in conftest: on the loaded 2-core machine the 400-d
-    eigendecompositions and sqrtm here took 15 s with two contended threads against 0.3 s with one."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 # ------------------------------------------------------------------------------------------- Fréchet

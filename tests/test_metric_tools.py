@@ -66,17 +66,7 @@ def make_results(run: Path, colour: tuple[int, int, int] | None = None, frames: 
     return run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_blas_thread():
-    """numpy's OpenBLAS limited to one thread, like torch in conftest: on the shared 2-core machine the 2048-d
-    eigendecompositions of FID take about 2 s with one thread against 9 s with contended threads."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @pytest.fixture(scope="module")

@@ -309,3 +309,24 @@ def frechet_evaluate(spec: FrechetTool, args: argparse.Namespace, argv: list[str
             run.manifest_sha256, notes=sorted(set(notes)), mode=args.mode, size=args.size,
             command=command_line(spec.tool, argv))))
     finish(spec.tool, spec.name, args, records)
+
+
+def add_video_folder_flags(p: argparse.ArgumentParser) -> None:
+    """The CLIP-score tools' folder flags: one ``--video_folder`` or the real / stage-1 / stage-2 triple,
+    ``--idx`` (accepted) and ``--print_256`` (= ``--mode size --size 256``)."""
+    p.add_argument("--video_folder", default=None, help="evaluate only this folder (default: the three below)")
+    p.add_argument("--real_video_folder", default="real")
+    p.add_argument("--fake1_video_folder", default="fake_stage1")
+    p.add_argument("--fake2_video_folder", default="fake_stage2")
+    p.add_argument("--idx", type=int, default=None, help="accepted for compatibility (unused)")
+    p.add_argument("--print_256", action="store_true", help="same as --mode size --size 256")
+
+
+def score_runs(args: argparse.Namespace) -> tuple[list, list[str]]:
+    """``(run folders, video folders)`` of a CLIP-score tool; applies ``--print_256``. A wrong ``--exp_tag``
+    fails here, before any weights load."""
+    if args.print_256:
+        args.mode, args.size = "size", 256
+    folders = ([args.video_folder] if args.video_folder else
+               [args.real_video_folder, args.fake1_video_folder, args.fake2_video_folder])
+    return run_folders(args), folders

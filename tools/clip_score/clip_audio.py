@@ -37,18 +37,13 @@ UPSTREAM_RATE = 48000  # upstream reloads every wav with librosa at 48 kHz
 def build_parser() -> argparse.ArgumentParser:
     p = mc.base_parser(__doc__.splitlines()[0])
     p.add_argument("--audio_folder", default="audio", help="wav folder of the run")
-    p.add_argument("--video_folder", default=None, help="evaluate only this folder (default: the three below)")
     p.add_argument("--audio_emb_model", choices=("audioclip", "wav2clip"), default="wav2clip",
                    help="audio tower (upstream default wav2clip)")
     p.add_argument("--audio_tag", default=None, help="take the audio from the run folder of this tag")
-    p.add_argument("--real_video_folder", default="real")
-    p.add_argument("--fake1_video_folder", default="fake_stage1")
-    p.add_argument("--fake2_video_folder", default="fake_stage2")
     p.add_argument("--sequence_length", type=int, default=16, help="frames per video (the first ones)")
     p.add_argument("--window_s", type=float, default=0.5, help="audio window per frame in seconds (tav protocol)")
     mc.add_batch_size(p, 2, "videos per batch")
-    p.add_argument("--idx", type=int, default=None, help="accepted for compatibility (unused)")
-    p.add_argument("--print_256", action="store_true", help="same as --mode size --size 256")
+    mc.add_video_folder_flags(p)
     return p
 
 
@@ -121,12 +116,8 @@ def evaluate_folder(args, encoders, backbone, run: RunFolder, audio_run: RunFold
 
 def evaluate(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
-    if args.print_256:
-        args.mode, args.size = "size", 256
-    runs = mc.run_folders(args)  # a wrong --exp_tag fails before any weights load
+    runs, folders = mc.score_runs(args)
     audio_enc, clip_enc, backbone = towers(args, mc.device_of(args))
-    folders = ([args.video_folder] if args.video_folder else
-               [args.real_video_folder, args.fake1_video_folder, args.fake2_video_folder])
     records = []
     for run in runs:
         audio_run = open_run(find_run(args.results_root, args.audio_tag)) if args.audio_tag else run

@@ -31,16 +31,11 @@ TOOL = "clip_text.py"
 def build_parser() -> argparse.ArgumentParser:
     p = mc.base_parser(__doc__.splitlines()[0])
     p.add_argument("--txt_folder", default="txt", help="caption folder of the run")
-    p.add_argument("--video_folder", default=None, help="evaluate only this folder (default: the three below)")
-    p.add_argument("--real_video_folder", default="real")
-    p.add_argument("--fake1_video_folder", default="fake_stage1")
-    p.add_argument("--fake2_video_folder", default="fake_stage2")
     p.add_argument("--real_tag", default=None, help="take the real videos from the run folder of this tag")
     p.add_argument("--sequence_length", type=int, default=16, help="frames per video (the first ones)")
     mc.add_batch_size(p, 2, "videos per batch")
     p.add_argument("--clamp_zero", action="store_true", help="also report max(100·cos, 0) per frame (torchmetrics)")
-    p.add_argument("--idx", type=int, default=None, help="accepted for compatibility (unused)")
-    p.add_argument("--print_256", action="store_true", help="same as --mode size --size 256")
+    mc.add_video_folder_flags(p)
     return p
 
 
@@ -84,12 +79,8 @@ def evaluate_folder(args, encoder, weights, run: RunFolder, video_run: RunFolder
 
 def evaluate(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
-    if args.print_256:
-        args.mode, args.size = "size", 256
-    runs = mc.run_folders(args)  # a wrong --exp_tag fails before any weights load
+    runs, folders = mc.score_runs(args)
     encoder, weights = mc.clip_encoder(args, mc.device_of(args))
-    folders = ([args.video_folder] if args.video_folder else
-               [args.real_video_folder, args.fake1_video_folder, args.fake2_video_folder])
     records = []
     for run in runs:
         real_run = open_run(find_run(args.results_root, args.real_tag)) if args.real_tag else run
