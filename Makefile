@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tav-installed
 
-.PHONY: demo test lint bench clean-venv
+.PHONY: demo test test-isa lint bench clean-venv
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The suite with oneDNN capped at AVX-512 (no AMX, no avx512_bf16 kernels): the other CPU kind's code paths.
+test-isa: $(STAMP)
+	ONEDNN_MAX_CPU_ISA=AVX512_CORE $(PY) -m pytest -q tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check tav scripts tools tests benchmarks

@@ -18,6 +18,7 @@ from tav.errors import InputError
 from tav.training.callbacks import best_or_last
 from tav.training.trainer import TrainerOptions, resolve_devices
 from tav.training.vqgan_module import NonFiniteLossError
+from tav.utils.console import configure_output, wants_verbose
 from tav.utils.fileio import write_text_atomic
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -54,6 +55,12 @@ def add_trainer_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--accumulate_grad_batches", type=int, default=1)
     g.add_argument("--gradient_clip_val", type=float, default=None)
     g.add_argument("--seed", type=int, default=1234)
+    add_verbose_flag(p)
+
+
+def add_verbose_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Lightning's own output (device lines, model summary) and debug logging")
 
 
 def trainer_options(args: argparse.Namespace) -> TrainerOptions:
@@ -66,11 +73,6 @@ def add_config_flags(p: argparse.ArgumentParser, kind: str, default: str) -> Non
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set n_hiddens=64 (repeatable)")
     p.add_argument("--dry_run", "--dry-run", action="store_true", help="print the resolved config and exit")
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format=LOG_FORMAT, datefmt="%H:%M:%S")
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -164,7 +166,7 @@ def run_main(name: str, train_fn: Callable[[list[str] | None], Path | None], arg
     """A script's ``main()``: set up logging and run ``train_fn(argv)``. Returns the exit code: 0 (the
     checkpoint, if any, is logged), 2 for an ``InputError`` and 1 for a ``NonFiniteLossError``, each
     printed as one line ``<name>: error: ...`` on stderr."""
-    setup_logging()
+    configure_output(wants_verbose(argv))
     try:
         path = train_fn(argv)
     except (InputError, NonFiniteLossError) as err:
@@ -224,7 +226,7 @@ def run_samples(n: int, is_done: Callable[[int], bool], batch_size: int,
 def sample_main(name: str, sample_fn: Callable[[list[str] | None], Path], argv: list[str] | None) -> int:
     """A sampling script's ``main()``: 0 on success (the results folder is logged), 2 for an ``InputError``
     (one line ``<name>: error: ...`` on stderr)."""
-    setup_logging()
+    configure_output(wants_verbose(argv))
     try:
         root = sample_fn(argv)
     except InputError as err:

@@ -42,6 +42,7 @@ from tav.data.audio import read_audio
 from tav.data.demo import build_demo_dataset, format_summary
 from tav.data.layout import clip_files
 from tav.data.video import read_video, write_video
+from tav.utils.console import configure_output
 from tav.utils.contact_sheet import contact_sheet, save_png
 
 try:  # imported as scripts.demo (tests) or run as a file (scripts/ is then on sys.path)
@@ -105,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="results/demo", help="output folder (created; reused if present)")
     p.add_argument("--stages", nargs="+", default=names, choices=names, help="stages to run, in order")
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument("--verbose", action="store_true", help="also show Lightning's own output and debug logging")
     # Knobs for quick tests; the defaults are the demo.
     hidden = argparse.SUPPRESS
     p.add_argument("--preset", default="urmp", help=hidden)
@@ -132,6 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> DemoRun:
     args = parse_args(argv)
+    configure_output(args.verbose)
     run = DemoRun(args=args, out=Path(args.out))
     run.out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()

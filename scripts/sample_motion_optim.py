@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 try:  # imported as scripts.sample_motion_optim (tests, demo) or run as a file
-    from scripts.cli_common import run_samples, sample_main, str2bool
+    from scripts.cli_common import add_verbose_flag, run_samples, sample_main, str2bool
 except ImportError:
-    from cli_common import run_samples, sample_main, str2bool
+    from cli_common import add_verbose_flag, run_samples, sample_main, str2bool
 
 from tav.checkpoint import read_checkpoint
 from tav.data.audio import read_audio
@@ -51,7 +51,7 @@ from tav.pipelines.tia2v import TIA2VSampler, TIA2VSamplingConfig
 from tav.tia2v.datamodule import ConditionSpec, TIA2VDataModule
 from tav.tia2v.load import STAGES, load_tia2v_unet
 from tav.utils.fileio import file_sha256
-from tav.utils.runtime import pick_device
+from tav.utils.runtime import deterministic_kernels, pick_device
 
 log = logging.getLogger("sample_motion_optim")
 DATASETS = {"urmp": "urmp", "landscape": "landscape"}
@@ -62,6 +62,7 @@ ARCH_FLAGS = {"num_channels": "model_channels", "num_res_blocks": "num_res_block
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_verbose_flag(p)
     d = p.add_argument_group("data and outputs")
     d.add_argument("--data_path", default="datasets/post_URMP", help="dataset root (test/ is sampled)")
     d.add_argument("--dataset", default="", help="urmp | landscape (default: from --data_path)")
@@ -183,6 +184,7 @@ def _models(args: argparse.Namespace, device: torch.device):
 def setup(args: argparse.Namespace) -> Setup:
     """Build the models, the test conditions and the results folder (all once)."""
     device = pick_device(args.device)
+    deterministic_kernels(device)
     motion, m_sched, shr, s_sched = _models(args, device)
     cfg = motion.config
     name = dataset_name(args)

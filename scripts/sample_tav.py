@@ -27,9 +27,9 @@ from pathlib import Path
 import torch
 
 try:  # imported as scripts.sample_tav (tests, demo) or run as a file
-    from scripts.cli_common import run_samples, sample_main, str2bool
+    from scripts.cli_common import add_verbose_flag, run_samples, sample_main, str2bool
 except ImportError:
-    from cli_common import run_samples, sample_main, str2bool
+    from cli_common import add_verbose_flag, run_samples, sample_main, str2bool
 
 from tav.data.config import load_data_config
 from tav.data.dataset import VATDataset
@@ -40,7 +40,7 @@ from tav.gpt.load import check_vqgan_compat, file_sha256, load_gpt
 from tav.guidance import Guidance, GuidanceConfig
 from tav.pipelines.results import ResultsFolder, SampleRecord
 from tav.pipelines.ta2v import SamplingConfig, TwoStageSampler
-from tav.utils.runtime import pick_device
+from tav.utils.runtime import deterministic_kernels, pick_device
 from tav.vqgan.load import load_vqgan
 
 log = logging.getLogger("sample_tav")
@@ -52,6 +52,7 @@ IGNORED = ("prompt", "init_image", "mask", "gpu_id", "output_path", "output_file
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_verbose_flag(p)
     s = p.add_argument_group("stage 1 (GPT + VQGAN)")
     s.add_argument("--gpt_text_ckpt", required=True, help="GPT checkpoint (tav, Lightning or upstream .ckpt)")
     s.add_argument("--vqgan_ckpt", required=True, help="VQGAN checkpoint the GPT was trained with")
@@ -157,6 +158,7 @@ def _stage2_models(args: argparse.Namespace, device: torch.device):
 def setup(args: argparse.Namespace) -> Setup:
     """Build models, encoders, the test set and the results folder (all once)."""
     device = pick_device(args.device)
+    deterministic_kernels(device)
     for name in IGNORED:
         if getattr(args, name, None) not in (None, False, ""):
             log.debug("--%s has no effect in tav's video sampler", name)

@@ -59,3 +59,42 @@ def metrics(root: Path | str, key: str) -> list[tuple[int, float]]:
 def optimizer_steps(opt_state: dict) -> set[int]:
     """The distinct ``step`` counts of an Adam/AdamW ``state_dict()``'s parameter states."""
     return {int(s["step"]) for s in opt_state["state"].values()}
+
+
+def assert_nearest_codes(codes: torch.Tensor, z: torch.Tensor, embeddings: torch.Tensor, tol: float = 1e-4) -> None:
+    """Codes computed by another code path (a fused distance, another memory layout or batch shape) are nearest
+    codes of the latents ``z (M, D)`` up to ``tol`` in squared distance: such paths round differently in the
+    last bits, so on a near-tie they may pick the other of two equally near codes, and exact equality of the
+    ids would depend on the CPU's GEMM blocking."""
+    d = torch.cdist(z.double(), embeddings.double()).square()  # (M, K), float64 reference
+    chosen = d.gather(1, codes.reshape(-1, 1).long()).squeeze(1)
+    gap = chosen - d.min(1).values
+    assert float(gap.max()) <= tol, f"a code is {float(gap.max()):.3g} farther than the nearest (tol {tol})"
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_script(script: str, argv: list[str]) -> None:
+    """``python <script> <argv>`` in a fresh process from the repository root, as a user types it; fails the test
+    with the script's stderr tail if it exits non-zero."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPO / script), *map(str, argv)], cwd=REPO, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, f"{script} exited {done.returncode}: {done.stderr[-2000:]}"
+
+
+def assert_same_videos(a: Path, b: Path) -> int:
+    """Both folders hold the same mp4 files (relative paths) with identical decoded frames; returns the count."""
+    import numpy as np
+
+    from tav.data.video import read_video
+
+    names = sorted(p.relative_to(a) for p in a.rglob("*.mp4"))
+    assert names and names == sorted(p.relative_to(b) for p in b.rglob("*.mp4"))
+    for name in names:
+        fa, fb = read_video(a / name)[0], read_video(b / name)[0]
+        assert np.array_equal(fa, fb), f"{name}: max |diff| {np.abs(fa.astype(int) - fb).max()}"
+    return len(names)

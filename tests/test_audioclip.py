@@ -176,7 +176,8 @@ def test_text_pooling_is_causal_at_end_token(tiny):
     with torch.no_grad():
         feats = tiny.encode_tokens(tokens)
         assert torch.allclose(feats[0], feats[1], atol=1e-6)
-        assert torch.equal(feats[0], tiny.encode_texts(["a cat"])[0])
+        # a batch of 1 against a batch of 2: GEMM blocking depends on the row count, so last bits may differ
+        torch.testing.assert_close(tiny.encode_texts(["a cat"])[0], feats[0], rtol=1e-5, atol=1e-6)
 
 
 def test_encode_audio_rows_independent_and_short_chunks(tiny):

@@ -86,7 +86,7 @@ def test_causality():
             changed = tokens.clone()
             changed[:, j] = (changed[:, j] + 7) % cfg.vocab_size
             out = model.logits(changed)
-            assert torch.equal(out[:, :j], ref[:, :j]), j
+            assert torch.equal(out[:, :j], ref[:, :j]), j  # same shapes, same kernels: rows before j see equal inputs
             assert not torch.allclose(out[:, j], ref[:, j])
 
 
@@ -241,7 +241,9 @@ def test_restricted_head_equals_masked_full_vocabulary():
 
 
 def test_greedy_sampling_matches_uncached_argmax():
-    model = tiny_gpt()
+    # float64: the cached step (one row) and the full forward (all rows) round differently in the last bits;
+    # at 1e-16 relative no argmax of these random logits is that close to a tie, so the ids must agree.
+    model = tiny_gpt().double()
     cfg = model.cfg
     text = torch.randint(0, cfg.text_vocab_size, (2, cfg.text_seq_len))
     codes = sample_codes(model, text, temperature=0).flatten(1)
@@ -254,7 +256,9 @@ def test_greedy_sampling_matches_uncached_argmax():
 
 
 def test_per_sample_seeds_invariant_to_batch_size():
-    model = tiny_gpt()
+    # float64 for the same reason as above: batches of 1, 2 and 4 use other GEMM blockings, and the draws are
+    # discrete; in float32 a near-tie could flip one id on some CPU kind (same batch -> bitwise the same ids).
+    model = tiny_gpt().double()
     cfg = model.cfg
     text = torch.randint(0, cfg.text_vocab_size, (4, cfg.text_seq_len), generator=torch.Generator().manual_seed(3))
     seeds = [11, 12, 13, 14]

@@ -25,6 +25,8 @@ from tav.data.sources import assign_splits, load_captions, sanitize_stem, source
 from tav.data.video import read_video, write_video
 from tav.errors import InputError
 
+from .helpers import run_script
+
 REPO = Path(__file__).resolve().parents[1]
 L, FPS, SIZE, SR = 10, 10, 32, 48000
 
@@ -232,6 +234,27 @@ def test_cli_end_to_end_with_sidecar_captions_and_workers(raw, tmp_path, capsys)
     assert {r["split"] for r in rows} == {"train", "test"}
     assert cli.main(argv) == 0
     assert "processed: 0, already done: 2" in capsys.readouterr().out
+
+
+def test_two_builds_in_two_processes_write_identical_clips(tmp_path):
+    """Sources with moving coloured shapes (demo clips), cut at 64 px by two builds in two fresh processes (with
+    worker processes): every clip file is byte-identical."""
+    from tav.data.demo import make_clip
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    for seed in (3, 4, 5):
+        frames, audio, caption, _ = make_clip(seed, "urmp", 96)
+        write_video(src / f"clip{seed}.mp4", frames, 30, audio=audio, sample_rate=48000)
+        (src / f"clip{seed}.txt").write_text(caption, encoding="utf-8")
+    for name in ("one", "two"):
+        run_script("tools/prepare_dataset.py", ["--videos", src, "--out", tmp_path / name, "--load_vid_len", 30,
+                                                "--fps", 30, "--size", 64, "--workers", 2, "--no_progress"])
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*")
+                   if p.is_file() and p.suffix in (".mp4", ".wav", ".npy", ".txt"))
+    assert len([f for f in files if f.suffix == ".mp4"]) == 9  # 3 s sources, 1 s clips
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
 
 
 @pytest.mark.parametrize("change, option", [

@@ -21,7 +21,7 @@ from tav.gpt.load import file_sha256
 from tav.pipelines import results as results_mod
 from tav.vqgan import VQGAN, save_vqgan
 
-from .helpers import make_tiny_vat, tiny_vqgan_cfg
+from .helpers import assert_same_videos, make_tiny_vat, run_script, tiny_vqgan_cfg
 
 SEED_LINE = (
     "--gpt_text_ckpt saved_ckpts/best_checkpoint-val_text_loss=2.74.ckpt --text_stft_cond "
@@ -111,6 +111,41 @@ def test_same_seed_same_video_whatever_the_batch(run, kit, tmp_path):
     for name in ("fake_stage1/generation_stage1_b_2_1.mp4", "fake_stage2/generation_stage2_b_2_1.mp4"):
         diff = np.abs(frames(root / name) - frames(single / name))
         assert diff.max() <= 2 and diff.mean() < 0.05, name  # batched convolutions: last-bit differences only
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_same_command_in_two_processes_same_videos(kit, tmp_path, batch):
+    """The same command run twice, each in a fresh process, writes videos with identical decoded frames."""
+    for name in ("first", "second"):
+        run_script("scripts/sample_tav.py", argv(kit, tmp_path / name, "--batch_size", batch, "--n_sample", 2))
+    assert assert_same_videos(tmp_path / "first", tmp_path / "second") == 6  # real, stage 1, stage 2 x 2
+
+
+def test_kill_9_and_resume_ends_as_the_uninterrupted_run(kit, tmp_path):
+    """``kill -9`` once the first sample is in the manifest, then the same command again: the folder ends with
+    the files of a run that was never interrupted (the finished sample is kept, the others are redone)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .helpers import REPO
+
+    cmd = [sys.executable, str(REPO / "scripts/sample_tav.py"),
+           *argv(kit, tmp_path / "killed", "--batch_size", 1, "--n_sample", 3)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = tmp_path / "killed" / "17_tav_URMP" / "manifest.jsonl"
+    while proc.poll() is None and not (manifest.is_file() and manifest.read_text().strip()):
+        time.sleep(0.05)
+    killed_mid_run = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert killed_mid_run, "the run finished before it could be killed"
+    for save in ("killed", "whole"):
+        run_script("scripts/sample_tav.py", argv(kit, tmp_path / save, "--batch_size", 1, "--n_sample", 3))
+    assert assert_same_videos(tmp_path / "killed", tmp_path / "whole") == 9
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1, 2]
 
 
 def test_killed_run_resumes_without_duplicates(kit, tmp_path, monkeypatch):

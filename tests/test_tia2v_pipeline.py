@@ -27,7 +27,7 @@ from tav.tia2v import TIA2VUNet, load_tia2v_unet, read_tia2v_checkpoint, tia2v_p
 from tav.tia2v.conditions import motion_context
 from tav.training.tia2v_module import TIA2VModule, TIA2VTrainConfig, conditions_of
 
-from .helpers import make_tiny_vat
+from .helpers import assert_same_videos, make_tiny_vat, run_script
 
 REPO = Path(__file__).resolve().parent.parent
 QUIET = ["--num_workers", "0", "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1"]
@@ -180,6 +180,15 @@ def test_sample_motion_optim_results_resume_and_seeds(world, tmp_path):
         b, _ = read_video(save1 / "0_tacm_urmp" / folder / "video_1.mp4")
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
     shutil.rmtree(save1)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_same_command_in_two_processes_same_videos(world, tmp_path, batch):
+    """The same command run twice, each in a fresh process, writes videos with identical decoded frames."""
+    for name in ("first", "second"):
+        run_script("scripts/sample_motion_optim.py", _sample_argv(world, tmp_path / name, "--num_samples", "2",
+                                                                  "--batch_size", str(batch)))
+    assert assert_same_videos(tmp_path / "first", tmp_path / "second") == 6  # real, motion, SHR x 2
 
 
 def test_sample_stage1_only_and_errors(world, tmp_path):

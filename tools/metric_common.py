@@ -30,6 +30,7 @@ from tav.metrics.folders import (
     protocol_colour,
 )
 from tav.metrics.runs import MODES, chunk_groups, fold_summary, frechet_summary, metric_record, write_record
+from tav.utils.console import configure_output, wants_verbose
 from tav.utils.fileio import file_sha256
 from tav.utils.runtime import pick_device
 
@@ -48,6 +49,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     """Flags every metric tool takes: run lookup, protocol, device, cache, output, mode, weights, and the
     upstream flags kept for command-line compatibility."""
     p = argparse.ArgumentParser(description=description)
+    p.add_argument("--verbose", action="store_true", help="debug logging and third-party warnings")
     p.add_argument("--exp_tag", required=True, help="run folder under --results_root (exact name or unique suffix)")
     p.add_argument("--results_root", default="results", help="folder holding the run folders")
     p.add_argument("--protocol", choices=PROTOCOLS, default="tav",
@@ -208,8 +210,7 @@ def finish(tool: str, name: str, args: argparse.Namespace, records: list[tuple[R
 def run_tool(tool: str, body: Callable[[list[str] | None], None], argv: list[str] | None) -> int:
     """A tool's ``main()``: 0 on success, 2 for bad input (one line ``<tool>: error: ...`` on stderr) or bad
     flags (argparse's usage message)."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    configure_output(wants_verbose(argv))
     try:
         body(argv)
     except SystemExit as e:  # argparse: --help (0) or a bad flag (2)

@@ -9,7 +9,6 @@ Re-running resumes: sources already cut are skipped. See ``tav.data.prepare`` fo
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from tav.data.prepare import PrepareConfig, prepare_dataset
 from tav.errors import InputError
+from tav.utils.console import configure_output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,12 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=None,
                    help="frames between clip starts (default: --load_vid_len, no overlap)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="debug logging and third-party warnings")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_output(args.verbose)
     cfg = PrepareConfig(
         videos=args.videos, out=args.out, load_vid_len=args.load_vid_len, fps=args.fps,
         captions=args.captions, size=args.size, sample_rate=args.sample_rate,

@@ -94,6 +94,13 @@ def read_video(
     return np.stack(frames), fps
 
 
+# x264's macroblock-tree rate control reads uninitialised heap memory in its AVX-512 lookahead kernel at some
+# frame widths (64 and 192 px seen), so the same frames encoded twice gave different streams (decoded pixels up
+# to 32/255 apart) depending on what the process had allocated before. Without mbtree (and single-threaded) the
+# stream is a function of the frames alone; see docs/determinism.md.
+_X264_DETERMINISTIC = {"threads": "1", "x264-params": "mbtree=0"}
+
+
 def _video_codec(lossless: bool) -> str:
     if lossless:
         return "libx264rgb" if "libx264rgb" in av.codecs_available else "ffv1"
@@ -125,12 +132,12 @@ def write_video(
         vs = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         vs.width, vs.height = w, h
         if codec == "libx264rgb":
-            vs.pix_fmt, vs.options = "rgb24", {"crf": "0", "preset": "veryfast"}
+            vs.pix_fmt, vs.options = "rgb24", {"crf": "0", "preset": "veryfast", **_X264_DETERMINISTIC}
         elif codec == "ffv1":
             vs.pix_fmt = "rgb24"
         elif codec == "libx264":
             vs.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
-            vs.options = {"crf": str(crf), "preset": "medium"}
+            vs.options = {"crf": str(crf), "preset": "medium", **_X264_DETERMINISTIC}
         else:
             vs.pix_fmt = "yuv420p"
         astream = _add_audio_stream(c, audio, sample_rate) if audio is not None else None

@@ -97,7 +97,8 @@ def draw(logits: Tensor, generators: list[torch.Generator], temperature: float =
         raise InputError(f"temperature={temperature}: must be >= 0")
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 -> fp32; fp64 stays fp64
+    logits = filter_logits(logits / temperature, top_k, top_p)
     return (logits + _gumbel(logits.shape[-1], generators, logits.device)).argmax(dim=-1)
 
 

@@ -41,6 +41,7 @@ class TrainerOptions:
     default_root_dir: str = "runs"
     accumulate_grad_batches: int = 1  # automatic-optimisation modules only
     gradient_clip_val: float | None = None  # automatic-optimisation modules only
+    verbose: bool = False  # Lightning's model summary (and, via the scripts, its info lines) shown
     extra: dict = field(default_factory=dict)  # further Trainer keyword arguments
 
 
@@ -86,6 +87,7 @@ def build_trainer(opts: TrainerOptions, callbacks: list[Callback] | None = None,
         limit_val_batches=opts.limit_val_batches, sync_batchnorm=opts.sync_batchnorm,
         enable_progress_bar=opts.progress_bar_refresh_rate > 0, log_every_n_steps=opts.log_every_n_steps,
         default_root_dir=opts.default_root_dir, callbacks=callbacks, logger=logger,
+        enable_model_summary=opts.verbose,
     )
     if isinstance(kwargs["val_check_interval"], int):  # every N training batches, across epoch boundaries
         kwargs["check_val_every_n_epoch"] = None

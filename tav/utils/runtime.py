@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 import torch
 
@@ -21,6 +22,21 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(name)
+
+
+def deterministic_kernels(device: torch.device) -> None:
+    """Ask for run-to-run identical results on ``device`` (see docs/determinism.md).
+
+    On CUDA: deterministic algorithms (warn-only: an op without a deterministic kernel warns once instead of
+    failing), cuDNN autotuning off, a fixed cuBLAS workspace. On the CPU the kernels are already deterministic
+    for a given shape, and the deterministic mode would only add work (it fills every new tensor), so nothing
+    changes there.
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:

@@ -1,0 +1,80 @@
+"""What commands print (tav.utils.console): our lines, not third-party chatter; real warnings still show."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import pytest
+
+from tav.utils.console import configure_output, wants_verbose
+
+from .helpers import REPO, make_tiny_vat
+
+
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    filters = {h: list(h.filters) for h in handlers}
+    yield
+    for h in root.handlers:
+        h.filters[:] = filters.get(h, [])
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _passes(name: str, level: int) -> bool:
+    record = logging.LogRecord(name, level, __file__, 1, "message", None, None)
+    return all(h.filter(record) for h in logging.getLogger().handlers)
+
+
+def test_lightning_info_dropped_warnings_and_ours_kept(restore_logging):
+    logging.getLogger().addHandler(logging.NullHandler())
+    configure_output(verbose=False)
+    assert not _passes("pytorch_lightning.utilities.rank_zero", logging.INFO)  # "GPU available: ..."
+    assert not _passes("lightning_fabric.utilities.rank_zero", logging.INFO)
+    assert _passes("pytorch_lightning.utilities.rank_zero", logging.WARNING)
+    assert _passes("tav.pipelines", logging.INFO) and _passes("sample_tav", logging.INFO)
+    configure_output(verbose=True)
+    assert _passes("pytorch_lightning.utilities.rank_zero", logging.INFO)
+
+
+def _shown(message: str, module: str, verbose: bool) -> bool:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        configure_output(verbose=verbose)
+        warnings.warn_explicit(message, UserWarning, "x.py", 1, module=module)
+    return bool(caught)
+
+
+def test_known_harmless_warning_filtered_only_from_its_source(restore_logging):
+    msg = "The number of training batches (8) is smaller than the logging interval Trainer(log_every_n_steps=50)."
+    assert not _shown(msg, "pytorch_lightning.loops.fit_loop", verbose=False)
+    assert _shown(msg, "some.other.module", verbose=False)  # the same words from elsewhere still show
+    assert _shown("a real problem", "pytorch_lightning.loops.fit_loop", verbose=False)
+    assert _shown(msg, "pytorch_lightning.loops.fit_loop", verbose=True)
+
+
+def test_wants_verbose():
+    assert wants_verbose(["--x", "--verbose"]) and not wants_verbose(["--x"]) and not wants_verbose([])
+
+
+def test_a_training_run_prints_no_lightning_chatter(tmp_path):
+    """A tiny diffusion training in a fresh process: stderr holds our log lines, none of Lightning's."""
+    import subprocess
+    import sys
+
+    data = make_tiny_vat(tmp_path / "vat")
+    argv = ["--config", "tiny", "--data_path", str(data), "--load_vid_len", "8", "--resolution", "16",
+            "--sequence_length", "4", "--save_dir", str(tmp_path / "run"), "--accelerator", "cpu", "--devices",
+            "1", "--num_workers", "0", "--progress_bar_refresh_rate", "0", "--log_interval", "1", "--max_steps",
+            "2", "--save_interval", "2", "--batch_size", "1"]
+    done = subprocess.run([sys.executable, "scripts/diffusion_video_train_3d.py", *argv], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout + done.stderr
+    for chatter in ("GPU available", "TPU available", "litlogger", "Total params", "LeafSpec",
+                    "smaller than the logging interval", "val_dataloader", "`Trainer.fit` stopped"):
+        assert chatter not in out, chatter
+    assert "checkpoint:" in done.stderr  # our own closing line
