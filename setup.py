@@ -2,11 +2,37 @@
 
 from setuptools import find_packages, setup
 
+# scripts/, tools/ and configs/ keep the papers' paths in the repository and install as packages of their own
+# names, so the scripts import their shared code like any package and a plain `pip install .` has the presets.
+DIRS = {"tav_scripts": "scripts", "tav_tools": "tools", "tav_configs": "configs"}
+PACKAGES = find_packages(include=["tav", "tav.*"]) + [
+    name + sub[len(path):].replace("/", ".") for name, path in DIRS.items()
+    for sub in [path, *(f"{path}/{p.replace('.', '/')}" for p in find_packages(where=path))]
+]
+COMMANDS = {
+    "tav-train-vqgan": "tav_scripts.train_vqgan:main",
+    "tav-train-gpt": "tav_scripts.train_text_transformer:main",
+    "tav-train-diffusion": "tav_scripts.diffusion_video_train_3d:main",
+    "tav-train-content": "tav_scripts.train_content:main",
+    "tav-train-motion": "tav_scripts.train_temp:main",
+    "tav-train-shr": "tav_scripts.train_diffusion_3d_withtext:main",
+    "tav-sample": "tav_scripts.sample_tav:main",
+    "tav-sample-tia2v": "tav_scripts.sample_motion_optim:main",
+    "tav-prepare-dataset": "tav_tools.prepare_dataset:main",
+    "tav-clip-audio": "tav_tools.clip_score.clip_audio:main",
+    "tav-clip-text": "tav_tools.clip_score.clip_text:main",
+    "tav-fvd": "tav_tools.tf_fvd.fvd:main",
+    "tav-fid": "tav_tools.tf_fvd.fid:main",
+}
+
 setup(
     name="tav",
     version="0.1.0",
     description="Text- and audio-guided video generation: TA2V and TIA2V, re-implemented",
-    packages=find_packages(include=["tav", "tav.*"]),
+    packages=PACKAGES,
+    package_dir=DIRS,
+    package_data={"tav_configs": ["*/*.yaml"]},
+    entry_points={"console_scripts": [f"{k} = {v}" for k, v in COMMANDS.items()]},
     python_requires=">=3.10",
     install_requires=[
         # torch/torchvision are pinned: these builds lie on the project's machines (no multi-GB download).

@@ -52,7 +52,7 @@ from tav.gpt import GPT, GPTConfig, gpt_preset, sample_codes  # noqa: E402
 from tav.gpt.model import CausalSelfAttention  # noqa: E402
 
 TOP_K, TOP_P = 2048, 0.80
-UPSTREAM_TOKENS_PER_S = 21.8  # shared/spec/environment.md: upstream concat cache, batch 1, this machine kind
+UPSTREAM_TOKENS_PER_S = 21.8  # measured earlier, not by this script: upstream concat cache, batch 1, this machine kind
 
 
 # ------------------------------------------------------------------------------------------- baselines

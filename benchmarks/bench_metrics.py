@@ -142,7 +142,7 @@ def _results_folder(run: Path, n: int) -> None:
 def cache_benchmark(args) -> dict:
     """Three runs of fvd.py on one folder: cold, the same again, another fake folder (see the module doc)."""
     from tav.metrics.i3d import save_tiny_i3d
-    from tools.tf_fvd import fvd
+    from tav_tools.tf_fvd import fvd
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

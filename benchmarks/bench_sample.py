@@ -21,7 +21,7 @@ Modes:
   head and filter: ``bench_gpt.upstream_sample_with_past``) + decode; stage 2 = the editor rebuilt for the
   video (U-Net, AudioCLIP, CLIP reloaded from files, timed; upstream's wav2clip and LPIPS-VGG loads are not
   counted), the audio embedded once, then per step ``p_mean_variance`` under no_grad for the update AND
-  again with grad in the hook (spec ta2v.md §6.5), AudioCLIP image embeddings computed twice (audio term,
+  again with grad in the hook, AudioCLIP image embeddings computed twice (audio term,
   direction term), and per frame the caption re-tokenised and re-encoded and the frame encoded by CLIP at
   batch 1 (upstream's ``text_loss``). Upstream's logging pass (AudioCLIP, 5 per video) is not counted.
 
@@ -280,7 +280,7 @@ class OursStage2:
 
 
 class UpstreamStage2:
-    """Upstream's ``VideoEditor.edit`` loop (spec ta2v.md §6.5) for one video, over our modules."""
+    """Upstream's ``VideoEditor.edit`` loop for one video, over our modules."""
 
     def __init__(self, editor, schedule: GaussianSchedule, clock: Clock, init: Tensor, audio: Tensor) -> None:
         net, self.audioclip, self.clip = editor

@@ -5,7 +5,7 @@ What is measured (random weights; the speed does not depend on their values):
 1. **Forward and forward + backward** of ``UNet(cfg)`` with the released TA2V network's channels and structure
    (``unet_preset("unet3d-ta2v")``: 128 channels, mult (1, 1, 2, 3, 4), 3 ResBlocks per level, 4 heads,
    318 M parameters) at ``image_size=64`` with ``attention_resolutions=(8, 4)``: the same attention *levels*
-   as the spec's (16, 8) at 128 px (down-sampling factors 8 and 16, plus the middle block), which see
+   as the released network's (16, 8) at 128 px (down-sampling factors 8 and 16, plus the middle block), which see
    16x8x8 = 1024 and 16x4x4 = 256 tokens here. Input (1, 3, 16, 64, 64), one timestep.
    - forward: ``torch.inference_mode()``; forward + backward: ``net(x, t).sum().backward()`` (parameters);
    - variants: attention ``sdpa`` (``F.scaled_dot_product_attention``) vs ``math`` (einsum + float32

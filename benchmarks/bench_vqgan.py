@@ -84,7 +84,7 @@ TRAIN_LABELS = {
     "ours_nofreeze": "ours, D params not frozen in G pass",
     "ours_bf16": "ours + bf16 autocast (not default)",
 }
-# Upstream TA2V on this machine kind (shared/spec/environment.md), for reference only.
+# Upstream TA2V on this machine kind, measured earlier (not by this script), for reference only.
 UPSTREAM_STEP_S, UPSTREAM_PEAK_GIB, UPSTREAM_DECODE_S = 15.5, 3.1, 3.1
 
 
@@ -375,7 +375,7 @@ def report(meta: dict, train: dict | None, memory: dict | None, infer: dict | No
                     cpu += f" ({_median([b / c for b, c in zip(base['cpu'], t['cpu'], strict=True)]):.2f}×)"
             lines.append(f"| {TRAIN_LABELS[name]} | {med} | {_fmt_range(wall)} | {len(wall)} | {cores} | {ratio} "
                          f"| {cpu} | {flops} | {rss} |")
-        lines += [f"| *upstream TA2V, from the spec (not measured here)* | *{UPSTREAM_STEP_S}* | | | | | | | "
+        lines += [f"| *upstream TA2V, earlier measurement (not measured here)* | *{UPSTREAM_STEP_S}* | | | | | | | "
                   f"*{UPSTREAM_PEAK_GIB}* |", ""]
     if infer is not None:
         peak = max(infer["mm_gflops"])
@@ -394,7 +394,7 @@ def report(meta: dict, train: dict | None, memory: dict | None, infer: dict | No
             lines.append(f"| {names[row['variant']]} | {row['batch']} | {enc:.2f} | {dec:.2f} | "
                          f"{row['batch'] / tot:.3f} | {cores} | {ge:.0f} ({100 * ge / peak:.0f}%) | "
                          f"{gd:.0f} ({100 * gd / peak:.0f}%) |")
-        lines.append(f"| *upstream TA2V decode, from the spec (not measured here)* | 1 | | "
+        lines.append(f"| *upstream TA2V decode, earlier measurement (not measured here)* | 1 | | "
                      f"*{UPSTREAM_DECODE_S}* | | | | |")
         r1 = min(infer["rows"], key=lambda r: r["batch"])
         b = r1["batch"]

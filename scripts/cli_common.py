@@ -1,25 +1,19 @@
-"""Argument groups shared by the training scripts: Trainer flags (incl. the seed's Lightning 1.x ones),
-data flags, ``--config`` / ``--set`` overrides and logging set-up, plus the run plumbing both scripts share
-(devices and DDP strategy, ``--resume``, ``log.txt``, ``main()`` exit codes). Scripts stay thin by importing this."""
+"""Flag groups and entry-point plumbing shared by the scripts: Trainer flags (with the seed's Lightning 1.x
+ones), ``--config`` / ``--set``, data flags, guided-diffusion's flag tables, and ``main()`` exit codes."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 
-from tav.errors import InputError
-from tav.training.callbacks import best_or_last
+from tav.errors import InputError, NonFiniteLossError
 from tav.training.trainer import TrainerOptions, resolve_devices
-from tav.training.vqgan_module import NonFiniteLossError
 from tav.utils.console import configure_output, wants_verbose
-from tav.utils.fileio import write_text_atomic
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _FIND_UNUSED = {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
@@ -36,31 +30,42 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
-def add_trainer_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("trainer")
-    g.add_argument("--accelerator", default="auto", help="cpu | gpu | auto")
-    g.add_argument("--devices", default="auto", help="device count, a list like 0,1, or auto")
-    g.add_argument("--num_nodes", type=int, default=1)
-    g.add_argument("--strategy", default="auto", help="auto | ddp | ... (Lightning strategies)")
-    g.add_argument("--precision", default="32", choices=["32", "bf16", "16"], help="bf16 autocast on GPU")
-    g.add_argument("--gpus", type=int, default=None, help="seed flag: N GPUs (CPU with a warning if none)")
-    g.add_argument("--max_steps", type=int, default=-1)
-    g.add_argument("--max_epochs", type=int, default=None)
-    g.add_argument("--val_check_interval", type=float, default=1.0, help="epoch fraction, or batches if > 1")
-    g.add_argument("--limit_val_batches", type=float, default=1.0)
-    g.add_argument("--sync_batchnorm", action="store_true")
-    g.add_argument("--progress_bar_refresh_rate", type=int, default=1, help="0 disables the progress bar")
-    g.add_argument("--log_every_n_steps", type=int, default=50)
-    g.add_argument("--default_root_dir", default="runs", help="run directory (checkpoints, logs, samples)")
-    g.add_argument("--accumulate_grad_batches", type=int, default=1)
-    g.add_argument("--gradient_clip_val", type=float, default=None)
-    g.add_argument("--seed", type=int, default=1234)
-    add_verbose_flag(p)
-
-
 def add_verbose_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true",
                    help="also show Lightning's own output (device lines, model summary) and debug logging")
+
+
+def add_trainer_flags(p: argparse.ArgumentParser) -> None:
+    """Lightning's Trainer flags, the seed's Lightning 1.x ones among them; defaults are ``TrainerOptions``'."""
+    d = TrainerOptions()
+    g = p.add_argument_group("trainer")
+    g.add_argument("--accelerator", default=d.accelerator, help="cpu | gpu | auto")
+    g.add_argument("--devices", default=d.devices, help="device count, a list like 0,1, or auto")
+    g.add_argument("--num_nodes", type=int, default=d.num_nodes)
+    g.add_argument("--strategy", default=d.strategy, help="auto | ddp | ... (Lightning strategies)")
+    g.add_argument("--precision", default=d.precision, choices=["32", "bf16", "16"], help="bf16 autocast")
+    g.add_argument("--gpus", type=int, default=d.gpus, help="seed flag: N GPUs (CPU with a warning if none)")
+    g.add_argument("--max_steps", type=int, default=d.max_steps)
+    g.add_argument("--max_epochs", type=int, default=d.max_epochs)
+    g.add_argument("--val_check_interval", type=float, default=d.val_check_interval,
+                   help="epoch fraction, or batches if > 1")
+    g.add_argument("--limit_val_batches", type=float, default=d.limit_val_batches)
+    g.add_argument("--sync_batchnorm", action="store_true")
+    g.add_argument("--progress_bar_refresh_rate", type=int, default=d.progress_bar_refresh_rate,
+                   help="0 disables the progress bar")
+    g.add_argument("--log_every_n_steps", type=int, default=d.log_every_n_steps)
+    g.add_argument("--default_root_dir", default=d.default_root_dir, help="run folder (checkpoints, logs, samples)")
+    g.add_argument("--accumulate_grad_batches", type=int, default=d.accumulate_grad_batches)
+    g.add_argument("--gradient_clip_val", type=float, default=d.gradient_clip_val)
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: the train section's)")
+    add_verbose_flag(p)
+
+
+def add_flag_table(group: argparse._ArgumentGroup, table: dict[str, tuple]) -> None:
+    """``--name`` for each ``name: (type, help)`` or ``name: (type, help, choices)``, default None (the value
+    then comes from the config layers)."""
+    for name, (tp, help, *choices) in table.items():
+        group.add_argument(f"--{name}", type=tp, default=None, help=help, choices=choices[0] if choices else None)
 
 
 def trainer_options(args: argparse.Namespace) -> TrainerOptions:
@@ -69,15 +74,15 @@ def trainer_options(args: argparse.Namespace) -> TrainerOptions:
 
 
 def add_config_flags(p: argparse.ArgumentParser, kind: str, default: str) -> None:
-    p.add_argument("--config", default=default, help=f"preset name under configs/{kind}/ or a YAML file")
+    p.add_argument("--config", "--preset", dest="config", default=default,
+                   help=f"preset name under configs/{kind}/ or a YAML file (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set n_hiddens=64 (repeatable)")
+                   help="override a config field, e.g. --set n_hiddens=64 or --set train.lr=1e-4 (repeatable)")
     p.add_argument("--dry_run", "--dry-run", action="store_true", help="print the resolved config and exit")
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """The ``data`` group with the flags both scripts take (``--data_path``, ``--data_config``,
-    ``--load_vid_len``); returns the group for the script's own data flags."""
+    """The ``data`` group every training script takes; returns it for the script's own data flags."""
     d = p.add_argument_group("data")
     d.add_argument("--data_path", required=True, help="dataset root with train/ and test/ (VAT layout)")
     d.add_argument("--data_config", "--dataset", dest="data_config", default="urmp", help="urmp | landscape | YAML")
@@ -88,8 +93,7 @@ def add_data_flags(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 def resolve_devices_and_strategy(opts: TrainerOptions, find_unused: bool) -> tuple[TrainerOptions, int]:
     """Apply the seed's ``--gpus`` once (recorded as accelerator/devices) and pick the strategy: DDP when more
     than one process. ``find_unused`` turns the DDP strategies into their ``*_find_unused_parameters_true``
-    variants (the VQGAN needs it: its discriminators sit out the generator pass). Returns the updated
-    options and the world size (processes per node x nodes)."""
+    variants. Returns the updated options and the world size (processes per node x nodes)."""
     accelerator, devices = resolve_devices(opts)
     if isinstance(devices, list):
         n, devices = len(devices), ",".join(map(str, devices))
@@ -106,78 +110,24 @@ def resolve_devices_and_strategy(opts: TrainerOptions, find_unused: bool) -> tup
     return opts, world
 
 
-def resume_path(value: str | None, root: Path) -> str | None:
-    """``--resume`` -> a checkpoint path: ``last`` means ``<root>/checkpoints/last.ckpt``; ``None`` stays
-    ``None``; a missing file is a one-line ``InputError``."""
-    if value is None:
-        return None
-    path = root / "checkpoints" / "last.ckpt" if value == "last" else Path(value)
-    if not path.is_file():
-        raise InputError(f"--resume {value}: {path} does not exist")
-    return str(path)
-
-
-def check_resumed_settings(resume: str, old: dict, now: dict, arch_fields: Iterable[str],
-                           logger: logging.Logger) -> None:
-    """Compare the model config ``old`` of the ``--resume`` checkpoint with this run's ``now``: a difference in
-    ``arch_fields`` (fields that shape the state dict) is a one-line ``InputError`` naming the first of them
-    in ``arch_fields`` order; other changed settings are one warning on ``logger``."""
-    arch = [k for k in arch_fields if old.get(k) != now[k]]
-    if arch:
-        raise InputError(f"--resume {resume}: trained with {arch[0]}={old.get(arch[0])!r} but this run has "
-                         f"{arch[0]}={now[arch[0]]!r}; pass the same model settings")
-    changed = [k for k in now if old.get(k) != now[k]]
-    if changed:
-        logger.warning("resuming with changed settings: %s", ", ".join(f"{k}: {old.get(k)!r} -> {now[k]!r}"
-                                                                          for k in changed))
-
-
-@contextlib.contextmanager
-def run_log(root: Path, main_process: bool) -> Iterator[None]:
-    """Log to ``<root>/log.txt`` on the main process (rank 0) while the block runs; on the other ranks the
-    root logger is set to warnings only (and stays so)."""
-    if not main_process:
-        logging.getLogger().setLevel(logging.WARNING)
-        yield
-        return
-    handler = logging.FileHandler(root / "log.txt", encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logging.getLogger().addHandler(handler)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeHandler(handler)
-        handler.close()
-
-
-def fit_run(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule, root: Path,
-            config_yaml: Callable[[], str], resume: str | None) -> Path | None:
-    """Train with ``trainer``: rank 0 first writes ``config_yaml()`` to ``<root>/config.yaml``; ``log.txt`` as
-    in :func:`run_log`; ``resume`` continues from that checkpoint. Returns the best checkpoint under
-    ``<root>/checkpoints``, else ``last.ckpt`` (``best_or_last``)."""
-    if trainer.is_global_zero:
-        write_text_atomic(root / "config.yaml", config_yaml())
-    with run_log(root, trainer.is_global_zero):
-        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-    return best_or_last(root / "checkpoints", trainer)
-
-
-def run_main(name: str, train_fn: Callable[[list[str] | None], Path | None], argv: list[str] | None) -> int:
-    """A script's ``main()``: set up logging and run ``train_fn(argv)``. Returns the exit code: 0 (the
-    checkpoint, if any, is logged), 2 for an ``InputError`` and 1 for a ``NonFiniteLossError``, each
+def command_main(name: str, body: Callable[[list[str] | None], Path | None], argv: list[str] | None,
+                 result: str) -> int:
+    """A script's ``main()``: quiet third-party output (``--verbose`` brings it back), run ``body(argv)`` and
+    log ``<result>: <path>``. Exit codes: 0, 2 for an ``InputError`` and 1 for a ``NonFiniteLossError``, each
     printed as one line ``<name>: error: ...`` on stderr."""
     configure_output(wants_verbose(argv))
     try:
-        path = train_fn(argv)
+        path = body(argv)
     except (InputError, NonFiniteLossError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, InputError) else 1
     if path is not None:
-        logging.getLogger(name).info("checkpoint: %s", path)
+        logging.getLogger(name).info("%s: %s", result, path)
     return 0
 
 
-# guided-diffusion flag -> (section, field), shared by the diffusion training scripts (TA2V prior, TIA2V U-Nets)
+# ------------------------------------------------------------------- guided-diffusion's flags (3 scripts)
+# flag -> (section, field) for the diffusion training scripts (the TA2V prior and the three TIA2V U-Nets)
 GD_FLAG_FIELDS = {
     "image_size": ("model", "image_size"), "num_channels": ("model", "model_channels"),
     "num_res_blocks": ("model", "num_res_blocks"), "num_heads": ("model", "num_heads"),
@@ -189,7 +139,9 @@ GD_FLAG_FIELDS = {
     "batch_size": ("train", "batch_size"), "num_workers": ("train", "num_workers"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "log_interval": ("train", "log_interval"),
     "save_interval": ("train", "save_interval"), "lr_anneal_steps": ("train", "lr_anneal_steps"),
+    "seed": ("train", "seed"),
     "resolution": ("data", "resolution"), "sequence_length": ("data", "sequence_length"),
+    "load_vid_len": ("data", "frames_per_file"),
 }
 GD_MODEL_FLAGS = (("image_size", int), ("num_channels", int), ("num_res_blocks", int), ("num_heads", int),
                   ("num_head_channels", int), ("dropout", float), ("use_scale_shift_norm", str2bool),
@@ -198,55 +150,84 @@ GD_TRAIN_FLAGS = (("batch_size", int), ("num_workers", int), ("lr", float), ("we
                   ("log_interval", int), ("save_interval", int), ("lr_anneal_steps", int))
 
 
-def add_process_flags(p: argparse.ArgumentParser) -> None:
-    """guided-diffusion's process flags (values override the preset's ``process:`` section)."""
+def int_list(value: str) -> list[int]:
+    """``"1,2,3"`` -> ``[1, 2, 3]`` (guided-diffusion's ``--channel_mult`` / ``--attention_resolutions``)."""
+    try:
+        return [int(v) for v in str(value).split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+
+
+def add_diffusion_flags(p: argparse.ArgumentParser, extra_model: tuple = ()) -> dict[str, argparse._ArgumentGroup]:
+    """guided-diffusion's model, process, data and training flags (values override the preset); returns the
+    groups by name for the script's own additions."""
+    B = str2bool
+    p.add_argument("--save_dir", dest="default_root_dir", default=argparse.SUPPRESS, help="run folder")
+    m = p.add_argument_group("model (guided-diffusion flags; override the --config preset)")
+    for name, tp in (*GD_MODEL_FLAGS, *extra_model):
+        m.add_argument(f"--{name}", type=tp, default=None)
+    m.add_argument("--channel_mult", type=lambda v: int_list(v) if v.strip() else "", default=None,
+                   help='e.g. "1,1,2,3,4"; "" = by image size')
+    m.add_argument("--attention_resolutions", type=int_list, default=None, help='e.g. "16,8" (resolutions)')
+    m.add_argument("--class_cond", type=B, default=False, help="must be False")
+    m.add_argument("--use_fp16", type=B, default=False, help="use --precision bf16 instead")
     q = p.add_argument_group("diffusion process")
     q.add_argument("--diffusion_steps", type=int, default=None)
     q.add_argument("--noise_schedule", choices=["cosine", "linear"], default=None)
     for name in ("learn_sigma", "predict_xstart", "rescale_timesteps", "rescale_learned_sigmas", "use_kl"):
-        q.add_argument(f"--{name}", type=str2bool, default=None)
+        q.add_argument(f"--{name}", type=B, default=None)
     q.add_argument("--timestep_respacing", default="", help='training uses all steps: must be ""')
     q.add_argument("--schedule_sampler", choices=["uniform"], default="uniform")
+    d = add_data_flags(p)
+    d.add_argument("--resolution", type=int, default=None, help="frame size; the same as --image_size")
+    d.add_argument("--sequence_length", type=int, default=None, help="frames per clip")
+    d.add_argument("--text_stft_cond", action="store_true", help="seed flag (text-audio-video data); always on")
+    t = p.add_argument_group("training")
+    for name, tp in GD_TRAIN_FLAGS:
+        t.add_argument(f"--{name}", type=tp, default=None)
+    t.add_argument("--ema_rate", default=None, help="EMA decay (one value; guided-diffusion took a comma list)")
+    return {"model": m, "process": q, "data": d, "train": t}
 
 
-def run_samples(n: int, is_done: Callable[[int], bool], batch_size: int,
-                run_batch: Callable[[list[int]], None], where: Path, logger: logging.Logger) -> None:
-    """Run ``run_batch`` over the samples ``0..n-1`` not yet done, ``batch_size`` at a time, with a bar."""
-    from tqdm import tqdm
-
-    todo = [i for i in range(n) if not is_done(i)]
-    logger.info("%s: %d of %d samples to do", where, len(todo), n)
-    with tqdm(total=n, initial=n - len(todo), desc="samples", unit="video") as bar:
-        for k in range(0, len(todo), batch_size):
-            batch: Sequence[int] = todo[k: k + batch_size]
-            run_batch(list(batch))
-            bar.update(len(batch))
-
-
-def sample_main(name: str, sample_fn: Callable[[list[str] | None], Path], argv: list[str] | None) -> int:
-    """A sampling script's ``main()``: 0 on success (the results folder is logged), 2 for an ``InputError``
-    (one line ``<name>: error: ...`` on stderr)."""
-    configure_output(wants_verbose(argv))
-    try:
-        root = sample_fn(argv)
-    except InputError as err:
-        print(f"{name}: error: {err}", file=sys.stderr)
-        return 2
-    logging.getLogger(name).info("results in %s", root)
-    return 0
+def diffusion_flag_values(args: argparse.Namespace, values: dict[str, dict]) -> dict[str, dict]:
+    """The guided-diffusion flags that are not a plain copy, added to ``values`` (``{section: {...}}``)."""
+    if args.channel_mult not in (None, ""):
+        values["model"]["channel_mult"] = args.channel_mult
+    if args.attention_resolutions is not None:
+        values["model"]["attention_resolutions"] = args.attention_resolutions
+    if args.rescale_learned_sigmas is not None:
+        values["process"]["loss"] = "rescaled_mse" if args.rescale_learned_sigmas else "mse"
+    if args.ema_rate is not None:
+        try:
+            rates = [float(v) for v in str(args.ema_rate).split(",") if v.strip()]
+        except ValueError:
+            rates = []
+        if len(rates) != 1:
+            raise InputError(f"--ema_rate {args.ema_rate}: give one EMA decay, e.g. 0.9999")
+        values["train"]["ema_rate"] = rates[0]
+    return values
 
 
-def diffusion_trainer_options(args: argparse.Namespace, train) -> tuple[TrainerOptions, str | None]:
-    """Trainer options of a diffusion training run (``train``: a ``DiffusionTrainConfig``): steps from
-    ``--max_steps`` or the config, logging every ``log_interval``, no validation, devices and DDP strategy.
-    Also checks that ``--data_path`` has a train split and resolves ``--resume``; returns (options, resume)."""
-    from tav.data.dataset import list_stems
+def check_diffusion_flags(args: argparse.Namespace, log: logging.Logger) -> None:
+    """One-line errors for guided-diffusion settings no diffusion trainer here implements."""
+    bad = [(args.class_cond, "--class_cond True: the TA2V prior is unconditional and the TIA2V U-Nets condition on "
+                             "text, image and audio, not classes; pass --class_cond False"),
+           (args.timestep_respacing not in ("", None), "--timestep_respacing applies at sampling time; "
+                                                       "training uses every step: pass \"\""),
+           (bool(args.use_kl), "--use_kl True (pure variational-bound loss) is not supported; the recipe "
+                               "uses the hybrid MSE + VB loss")]
+    for cond, message in bad:
+        if cond:
+            raise InputError(message)
+    if args.use_fp16:
+        log.warning("--use_fp16 True: mixed precision is --precision bf16 (or 16); training in %s", args.precision)
 
-    opts = trainer_options(args)
+
+def diffusion_trainer_options(opts: TrainerOptions, train) -> TrainerOptions:
+    """Trainer options of a diffusion run (``train``: its train section): steps from ``--max_steps`` or the
+    config, logging every ``log_interval``, no validation."""
     if opts.max_steps == -1:
         opts.max_steps = train.lr_anneal_steps or train.max_steps
     opts.log_every_n_steps, opts.limit_val_batches = train.log_interval, 0
     opts.accumulate_grad_batches = max(opts.accumulate_grad_batches, 1)
-    opts, _ = resolve_devices_and_strategy(opts, find_unused=False)
-    list_stems(Path(args.data_path) / "train")  # a missing dataset fails here, not after model set-up
-    return opts, resume_path(args.resume, Path(opts.default_root_dir))
+    return opts

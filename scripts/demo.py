@@ -44,17 +44,10 @@ from tav.data.layout import clip_files
 from tav.data.video import read_video, write_video
 from tav.utils.console import configure_output
 from tav.utils.contact_sheet import contact_sheet, save_png
-
-try:  # imported as scripts.demo (tests) or run as a file (scripts/ is then on sys.path)
-    from scripts.demo_metrics import stage_metrics
-    from scripts.demo_sample import stage_sample
-    from scripts.demo_stages import stage_diffusion, stage_gpt, stage_vqgan
-    from scripts.demo_tia2v import stage_tia2v
-except ImportError:
-    from demo_metrics import stage_metrics
-    from demo_sample import stage_sample
-    from demo_stages import stage_diffusion, stage_gpt, stage_vqgan
-    from demo_tia2v import stage_tia2v
+from tav_scripts.demo_metrics import stage_metrics
+from tav_scripts.demo_sample import stage_sample
+from tav_scripts.demo_stages import stage_diffusion, stage_gpt, stage_vqgan
+from tav_scripts.demo_tia2v import stage_tia2v
 
 
 @dataclass

@@ -20,7 +20,6 @@ import contextlib
 import importlib
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -33,18 +32,16 @@ from tav.metrics.inception import save_tiny_inception
 from tav.metrics.runs import write_record
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the tools are imported from the repository root (tools/...)
-    sys.path.insert(0, str(REPO))
 
 RUN_TAG = "17_tav_URMP"  # the sample stage's run folder (scripts/demo_sample.py: --run 17, URMP)
 ENCODER_FILES = {"audioclip": "AudioCLIP-Full-Training.pt", "clip": "ViT-B-32.pt", "wav2clip": "Wav2CLIP.pt"}
 I3D_FILE = "i3d_tiny_random.pt"  # not a released file name: nothing mistakes it for the real weights
 INCEPTION_FILE = "inception_tiny_random.pth"
 TOOLS = {  # name -> (module, README flags besides --exp_tag)
-    "clip_audio": ("tools.clip_score.clip_audio", ["--audio_folder", "audio", "--audio_emb_model", "audioclip"]),
-    "clip_text": ("tools.clip_score.clip_text", ["--txt_folder", "txt", "--batch_size", "5"]),
-    "fvd": ("tools.tf_fvd.fvd", ["--real_folder", "real", "--mode", "full"]),
-    "fid": ("tools.tf_fvd.fid", ["--real_folder", "real", "--mode", "full"]),
+    "clip_audio": ("tav_tools.clip_score.clip_audio", ["--audio_folder", "audio", "--audio_emb_model", "audioclip"]),
+    "clip_text": ("tav_tools.clip_score.clip_text", ["--txt_folder", "txt", "--batch_size", "5"]),
+    "fvd": ("tav_tools.tf_fvd.fvd", ["--real_folder", "real", "--mode", "full"]),
+    "fid": ("tav_tools.tf_fvd.fid", ["--real_folder", "real", "--mode", "full"]),
 }
 VIDEO_FOLDERS = ("real", "fake_stage1", "fake_stage2")
 NOTE = ("make demo: tiny random-weight feature networks (saved_ckpts/demo/), so these numbers are meaningless; "
@@ -104,7 +101,7 @@ def run_tools(run_folder: Path, weights: dict[str, Path], log: io.StringIO | Non
             code = module.main(argv)
         if code != 0:
             raise InputError(f"{module.TOOL} failed (exit {code}; its error is printed above): "
-                             f"python {module_name.replace('.', '/')}.py {' '.join(argv)}")
+                             f"python tools/{module_name.split('.', 1)[1].replace('.', '/')}.py {' '.join(argv)}")
         path = run_folder / f"metrics_{name}.json"
         record = json.loads(path.read_text(encoding="utf-8"))
         record["demo"] = {"note": NOTE, "i3d_config": to_dict(TINY_I3D) if name == "fvd" else None}

@@ -21,13 +21,7 @@ from tav.errors import InputError
 from tav.gpt import load_gpt, sample_codes
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav.vqgan import load_vqgan
-
-try:  # imported as scripts.demo_stages (tests) or next to scripts/demo.py (scripts/ on sys.path)
-    from scripts import diffusion_video_train_3d, train_text_transformer, train_vqgan
-except ImportError:
-    import diffusion_video_train_3d
-    import train_text_transformer
-    import train_vqgan
+from tav_scripts import diffusion_video_train_3d, train_text_transformer, train_vqgan
 
 QUIET = ["--num_workers", "0", "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1",
          "--lr_scaling", "none", "--limit_val_batches", "2"]

@@ -18,15 +18,9 @@ from pathlib import Path
 from tav.encoders.beats import save_tiny_beats
 from tav.encoders.clip_l import save_tiny_clip_l
 from tav.errors import InputError
-
-try:  # imported as scripts.demo_tia2v (tests) or next to scripts/demo.py
-    from scripts import tia2v_cli
-    from scripts.demo_sample import _rel, show_results, write_script
-    from scripts.demo_stages import verbose_flag
-except ImportError:
-    import tia2v_cli
-    from demo_sample import _rel, show_results, write_script
-    from demo_stages import verbose_flag
+from tav_scripts import tia2v_cli
+from tav_scripts.demo_sample import _rel, show_results, write_script
+from tav_scripts.demo_stages import verbose_flag
 
 FRAMES, SIZE, SHR_SIZE = 4, 16, 32  # the tiny presets: 4 frames of 16 px, SHR at 32 px
 DEMO_RUN = "0"

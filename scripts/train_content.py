@@ -1,12 +1,12 @@
-"""Train the TIA2V content U-Net: per-frame 2D diffusion conditioned on CLIP-L text + first-frame image
-(spec tia2v.md §4.1-4.4). The README seed line runs as written:
+"""Train the TIA2V content U-Net: per-frame 2D diffusion conditioned on CLIP-L text + first-frame image.
+The README seed line runs as written:
 
     python scripts/train_content.py --num_workers 8 --gpus 1 --batch_size 1 --data_path datasets/post_URMP/ \
       --save_dir saved_ckpts/your_directory_path --resolution 64 --sequence_length 16 --text_stft_cond \
       --diffusion_steps 4000 --noise_schedule cosine --lr 5e-5 --num_channels 64 --num_res_blocks 2 \
       --class_cond False --log_interval 50 --save_interval 10000 --image_size 64 --learn_sigma True --in_channels 3
 
-It trains the text + image model the paper describes (upstream's README path fed text only, spec §4.4).
+It trains the text + image model the paper describes (upstream's README path fed text only).
 Flags, presets and outputs: ``scripts/tia2v_cli.py``.
 """
 
@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import sys
 
-try:  # imported as scripts.train_content (tests, demo) or run as a file
-    from scripts.tia2v_cli import main as _main
-except ImportError:
-    from tia2v_cli import main as _main
+from tav_scripts.tia2v_cli import main as _main
 
 
 def main(argv: list[str] | None = None) -> int:

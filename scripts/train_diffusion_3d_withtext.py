@@ -1,4 +1,4 @@
-"""Train the TIA2V SHR network: a 3D text-conditioned video U-Net at 128 px (spec tia2v.md §5.1), used by
+"""Train the TIA2V SHR network: a 3D text-conditioned video U-Net at 128 px, used by
 ``sample_motion_optim.py`` to refine the motion model's clips. Upstream's entry point of the same name:
 
     python scripts/train_diffusion_3d_withtext.py --data_path datasets/post_URMP/ --save_dir runs/shr \
@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import sys
 
-try:  # imported as scripts.train_diffusion_3d_withtext (tests, demo) or run as a file
-    from scripts.tia2v_cli import main as _main
-except ImportError:
-    from tia2v_cli import main as _main
+from tav_scripts.tia2v_cli import main as _main
 
 
 def main(argv: list[str] | None = None) -> int:

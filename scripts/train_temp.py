@@ -1,5 +1,5 @@
 """Train the TIA2V motion U-Net: the content U-Net plus temporal convolutions and dual temporal transformers
-conditioned on BEATs audio tokens and the text (spec tia2v.md §4.5-4.9), initialised by name from a content
+conditioned on BEATs audio tokens and the text, initialised by name from a content
 checkpoint. The README seed line runs as written:
 
     python scripts/train_temp.py --num_workers 8 --batch_size 1 --data_path datasets/post_URMP/ \
@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import sys
 
-try:  # imported as scripts.train_temp (tests, demo) or run as a file
-    from scripts.tia2v_cli import main as _main
-except ImportError:
-    from tia2v_cli import main as _main
+from tav_scripts.tia2v_cli import main as _main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Checkpoint I/O shared by all stages: safe loading, the ``tav`` format, and stage detection.
 
-Nothing is ever plain-unpickled (spec README decision 3, ta2v.md §12). ``safe_load`` is
+Nothing is ever plain-unpickled. ``safe_load`` is
 ``torch.load(weights_only=True)`` plus a short allow-list: ``argparse.Namespace`` (the upstream
 Lightning-1.5 ``hyper_parameters['args']``) and inert stand-ins for Lightning class names that such files
 may reference. Any other global is refused with a one-line ``InputError`` naming the file and the global.
@@ -11,6 +11,9 @@ Formats read (``read_checkpoint``):
 - ``legacy-lightning``: an upstream Lightning-1.5 ``.ckpt``, ``hyper_parameters = {"args": Namespace}``;
 - ``state_dict``: a bare ``{name: tensor}`` file (guided-diffusion ``.pt``, AudioCLIP, ...), or a dict
   holding one under ``state_dict`` / ``model``.
+
+``strict_from_state_dict`` builds a network and loads weights into it strictly, with one-line errors; the
+VQGAN, GPT and diffusion loaders all go through it.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import argparse
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -31,6 +34,7 @@ from tav.errors import InputError
 from tav.utils.fileio import atomic_path
 
 FORMAT_VERSION = 1
+M = TypeVar("M", bound=torch.nn.Module)
 
 # Lightning classes that legacy checkpoints may name (ModelCheckpoint is a callback-state key in
 # Lightning <= 1.4-style files). Only the name is ever needed; we never import Lightning 1.x.
@@ -229,3 +233,51 @@ def read_checkpoint(path: str | os.PathLike, expect: str) -> Checkpoint:
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
     return Checkpoint(path, stage, fmt, sd, config, legacy, obj)
+
+
+# ------------------------------------------------------------------------------------------- strict loading
+def _mismatch(want: Mapping[str, tuple[int, ...]], sd: Mapping[str, Tensor],
+              optional: Collection[str] = ()) -> tuple[str, str | None]:
+    """What keeps ``sd`` from loading strictly into a module whose tensors have shapes ``want``.
+
+    Returns ``(summary, first mis-shaped key)``; the summary is ``""`` when ``sd`` fits, else e.g.
+    ``"1 missing (first a.weight), 1 of another shape (first b.bias has shape (3,) but the config builds
+    (4,))"``. Keys in ``optional`` may be absent.
+    """
+    missing = [k for k in want if k not in sd and k not in optional]
+    unexpected = [k for k in sd if k not in want]
+    shaped = [k for k in want if k in sd and tuple(sd[k].shape) != want[k]]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (first {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
+    if shaped:
+        k = shaped[0]
+        parts.append(f"{len(shaped)} of another shape (first {k} has shape {tuple(sd[k].shape)} but the config "
+                     f"builds {want[k]})")
+    return ", ".join(parts), shaped[0] if shaped else None
+
+
+def strict_from_state_dict(build: Callable[[], M], sd: Mapping[str, Tensor], where: str, what: str,
+                           hint: str = "", *, optional: Collection[str] = (),
+                           shape_hints: Mapping[str, str] | None = None) -> M:
+    """``build()`` on CPU with ``sd`` loaded strictly: the one strict loader of every model family.
+
+    The network is first built on the meta device (no memory, no init) to compare key sets and shapes;
+    missing, unexpected or mis-shaped keys are one ``InputError`` line ``"<where>: weights do not fit the
+    <what> config: <counts, each with its first key><hint>"``. ``shape_hints[key]`` is appended instead of
+    ``hint`` when ``key`` is the first mis-shaped one; keys in ``optional`` may be absent (the module's
+    ``load_state_dict`` hooks must fill them). Only then are CPU tensors allocated and ``sd`` copied in.
+    ``build`` must keep all its tensors as parameters or buffers (plain tensor attributes stay on meta).
+    """
+    with torch.device("meta"):
+        net = build()
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    summary, shaped = _mismatch(want, sd, optional)
+    if summary:
+        extra = (shape_hints or {}).get(shaped, hint) if shaped is not None else hint
+        raise InputError(f"{where}: weights do not fit the {what} config: {summary}{extra}")
+    net = net.to_empty(device="cpu")
+    net.load_state_dict(dict(sd), strict=True)
+    return net

@@ -19,7 +19,17 @@ from tav.errors import InputError
 
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _config_dir() -> Path:
+    """The presets: the repository's ``configs/``, installed as the package ``tav_configs`` (so a plain
+    ``pip install .`` carries them too)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files("tav_configs")))
+
+
+CONFIG_DIR = _config_dir()
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -105,7 +115,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def preset_path(kind: str, name: str) -> Path:
-    """``configs/<kind>/<name>.yaml`` of the repository, or ``name`` itself if it is a file path."""
+    """The preset ``configs/<kind>/<name>.yaml``, or ``name`` itself if it is a file path."""
     if name.endswith((".yaml", ".yml")) or os.sep in name:
         return Path(name)
     return CONFIG_DIR / kind / f"{name}.yaml"

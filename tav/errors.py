@@ -1,5 +1,9 @@
-"""The one exception type for bad user input (files, options, checkpoints)."""
+"""tav's exception types: ``InputError`` for bad user input, ``NonFiniteLossError`` for a diverged training run."""
 
 
 class InputError(ValueError):
     """Bad input from the user. The message names the file or option and says what to do."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN or infinite; the message names the global step and the last good checkpoint."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from scripts import tia2v_cli
+from tav_scripts import tia2v_cli
 
 
 class DumpState(pl.Callback):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from scripts import train_vqgan
+from tav_scripts import train_vqgan
 
 
 class DumpState(pl.Callback):

@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: the spec's state-dict tables, a tiny VQGAN config and noise clips,
+"""Helpers shared by the test modules: the state-dict tables, a tiny VQGAN config and noise clips,
 the tiny VAT dataset of the training tests and the metrics a training run logs."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ STATE_DICTS = Path(__file__).resolve().parent / "data" / "state_dicts"
 
 
 def spec_tsv(name: str) -> Path:
-    """The spec's state-dict table ``name`` (e.g. ``ta2v_vqgan.tsv``), copied into ``tests/data/state_dicts/``
-    from the design notes (key, shape and dtype of every tensor of the released upstream models)."""
+    """The state-dict table ``name`` (e.g. ``ta2v_vqgan.tsv``) in ``tests/data/state_dicts/``: key, shape and
+    dtype of every tensor of the released upstream models."""
     return STATE_DICTS / name
 
 

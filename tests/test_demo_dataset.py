@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import demo as demo_script
-from scripts import make_demo_dataset
 from tav.data.audio import read_audio
 from tav.data.demo import COLOURS, INSTRUMENTS, SHAPES, build_demo_dataset, get_preset, make_clip
 from tav.data.layout import clip_files
 from tav.data.video import probe_video, read_video
 from tav.errors import InputError
 from tav.utils.contact_sheet import LABEL_HEIGHT, contact_sheet, save_png
+from tav_scripts import demo as demo_script
+from tav_scripts import make_demo_dataset
 
 from .helpers import run_script
 

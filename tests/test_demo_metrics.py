@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from scripts import demo as demo_script
-from scripts import demo_metrics
 from tav.data.audio import write_wav
 from tav.data.video import write_video
 from tav.errors import InputError
 from tav.metrics.i3d import I3D, MIN_FRAMES, TINY_I3D, I3DConfig, i3d_features, load_i3d, save_tiny_i3d
 from tav.utils.fileio import write_text_atomic
+from tav_scripts import demo as demo_script
+from tav_scripts import demo_metrics
 
 N, T, SIZE, FPS, RATE = 3, 4, 16, 30, 48000
 PREFIX = {"real": "groundtruth", "fake_stage1": "generation_stage1", "fake_stage2": "generation_stage2"}

@@ -26,8 +26,8 @@ from tav.metrics.clip_score import clip_text_scores, image_features
 from tav.metrics.i3d import save_tiny_i3d
 from tav.metrics.inception import save_tiny_inception
 from tav.utils.fileio import write_text_atomic
-from tools.clip_score import clip_audio, clip_text
-from tools.tf_fvd import fid, fvd
+from tav_tools.clip_score import clip_audio, clip_text
+from tav_tools.tf_fvd import fid, fvd
 
 N, T, SIZE, FPS, RATE = 3, 16, 32, 30, 48000
 STEMS = ("a_1", "b_2", "c_3")

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from scripts import sample_tav as script
 from tav.data.video import probe_video, read_video
 from tav.diffusion.config import UNetConfig
 from tav.diffusion.load import save_unet
@@ -20,6 +19,7 @@ from tav.gpt import GPT, gpt_preset, save_gpt
 from tav.gpt.load import file_sha256
 from tav.pipelines import results as results_mod
 from tav.vqgan import VQGAN, save_vqgan
+from tav_scripts import sample_tav as script
 
 from .helpers import assert_same_videos, make_tiny_vat, run_script, tiny_vqgan_cfg
 

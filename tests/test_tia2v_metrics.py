@@ -35,7 +35,7 @@ from tav.metrics.av_align import (
 from tav.metrics.clip_score import image_features
 from tav.metrics.consistency import consistency_scores
 from tav.utils.fileio import write_text_atomic
-from tools.tia2v import av_align, first_frame_consistency, temporal_consistency
+from tav_tools.tia2v import av_align, first_frame_consistency, temporal_consistency
 
 T, SIZE, FPS, RATE = 24, 32, 10, 16000
 BURSTS = ((4, 10, 17), (6, 13), ())  # per sample: frames where the square jumps (sample 2: static and silent)

@@ -15,7 +15,6 @@ import pytest
 import torch
 import yaml
 
-from scripts import sample_motion_optim, tia2v_cli
 from tav.data.video import read_video
 from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
 from tav.encoders.beats import save_tiny_beats
@@ -26,6 +25,7 @@ from tav.pipelines.tia2v import FrameDenoiser, TIA2VSamplingConfig, first_frame_
 from tav.tia2v import TIA2VUNet, load_tia2v_unet, read_tia2v_checkpoint, tia2v_preset
 from tav.tia2v.conditions import motion_context
 from tav.training.tia2v_module import TIA2VModule, TIA2VTrainConfig, conditions_of
+from tav_scripts import sample_motion_optim, tia2v_cli
 
 from .helpers import assert_same_videos, make_tiny_vat, run_script
 

@@ -10,7 +10,6 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from scripts import diffusion_video_train_3d as script
 from tav.checkpoint import safe_load
 from tav.config import from_dict
 from tav.diffusion.config import UNetConfig
@@ -20,6 +19,7 @@ from tav.diffusion.unet3d import UNet
 from tav.errors import InputError
 from tav.training.diffusion_module import DiffusionModule, DiffusionTrainConfig, ema_update, quartile_losses
 from tav.vqgan import VQGAN, save_vqgan
+from tav_scripts import diffusion_video_train_3d as script
 
 from .helpers import metrics, optimizer_steps, tiny_vqgan_cfg
 

@@ -13,7 +13,6 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from scripts import train_text_transformer as script
 from tav.checkpoint import safe_load
 from tav.config import from_dict
 from tav.data import token_cache
@@ -23,6 +22,7 @@ from tav.errors import InputError
 from tav.gpt import GPT, check_vqgan_compat, gpt_preset, load_gpt, save_gpt
 from tav.training.gpt_module import GPTModule, GPTTrainConfig, effective_lr, lr_factor, param_groups
 from tav.vqgan import VQGAN, VQGANConfig, load_vqgan, save_vqgan, vqgan_preset
+from tav_scripts import train_text_transformer as script
 
 from .helpers import make_tiny_vat, metrics, optimizer_steps
 

@@ -12,12 +12,12 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from scripts import train_vqgan
 from tav.checkpoint import safe_load
 from tav.data.video import probe_video
 from tav.training import vqgan_module
 from tav.training.vqgan_module import effective_lr
 from tav.vqgan import load_vqgan
+from tav_scripts import train_vqgan
 
 from .helpers import make_tiny_vat, metrics, optimizer_steps
 
@@ -37,7 +37,9 @@ def vgg_dir(tmp_path_factory):
     import torchvision
 
     folder = tmp_path_factory.mktemp("ckpts")
-    features = torchvision.models.vgg16(weights=None).features.state_dict()
+    with torch.random.fork_rng():  # the same weights whatever ran before (the overfit test depends on them)
+        torch.manual_seed(0)
+        features = torchvision.models.vgg16(weights=None).features.state_dict()
     torch.save({f"features.{k}": v for k, v in features.items()}, folder / "vgg16-397923af.pth")
     return folder
 

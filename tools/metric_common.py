@@ -1,5 +1,5 @@
 """Plumbing shared by the four metric tools (``tools/clip_score/*.py``, ``tools/tf_fvd/*.py``): the common
-flags (spec metrics.md §1.2), run-folder lookup and folds, the printed table, the JSON record and
+flags (listed in ``docs/metrics.md``), run-folder lookup and folds, the printed table, the JSON record and
 ``main()`` exit codes. The computations live in ``tav.metrics``; tools import nothing from ``scripts/``.
 """
 
@@ -82,7 +82,7 @@ def command_line(tool: str, argv: list[str] | None) -> list[str]:
 
 
 def run_folders(args: argparse.Namespace) -> list[RunFolder]:
-    """The run folder of ``--exp_tag`` (spec §1.1), or ``<i>_<exp_tag>`` for ``i < --num_folds``."""
+    """The run folder of ``--exp_tag``, or ``<i>_<exp_tag>`` for ``i < --num_folds``."""
     if args.num_folds is None:
         return [open_run(find_run(args.results_root, args.exp_tag))]
     if args.num_folds < 1:
@@ -115,14 +115,14 @@ def video_summary(paths: Sequence[Path]) -> dict:
 
 
 def check_same_frames(a: dict, b: dict, what_a: str, what_b: str) -> None:
-    """Never compare clips of different lengths (spec §2.4 pitfall 3)."""
+    """Never compare clips of different lengths."""
     if a["frames"] != b["frames"]:
         raise InputError(f"{what_a} has {a['frames']} frames per video but {what_b} has {b['frames']}; "
                          "compare clips of the same length")
 
 
 def protocol_pairs(args: argparse.Namespace, sources: dict[str, Source], where: Path) -> list:
-    """The pairs of ``sources`` (spec §1.3); ``--protocol ta2v`` drops the remainder of ``N // --batch_size``
+    """The pairs of ``sources``; ``--protocol ta2v`` drops the remainder of ``N // --batch_size``
     batches as upstream. None left is a one-line ``InputError`` naming ``where`` (the evaluated folder)."""
     pairs = pair_sources(sources, args.protocol)
     if args.protocol == "ta2v":

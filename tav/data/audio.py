@@ -49,6 +49,15 @@ def read_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     return resample(wave, native_rate, sample_rate)
 
 
+def frames_audio(path: str | os.PathLike, sample_rate: int, samples_per_frame: int, start: int,
+                 n_frames: int) -> np.ndarray:
+    """The mono sound of video frames ``[start, start + n_frames)`` of ``path``: ``(n_frames * spf,)`` float32 in
+    [-1, 1] at ``sample_rate``, zero-padded where the file's sound ends early."""
+    wave = read_audio(path, sample_rate)
+    chunk = wave[start * samples_per_frame: (start + n_frames) * samples_per_frame]
+    return np.pad(chunk, (0, n_frames * samples_per_frame - len(chunk))).astype(np.float32)
+
+
 def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     x = frame.to_ndarray()
     if frame.format.is_packed:  # interleaved (1, N*C) -> (C, N)

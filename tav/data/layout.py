@@ -1,4 +1,4 @@
-"""The VAT on-disk layout (decision 5), and the one function that writes a clip into it.
+"""The VAT on-disk layout (also in ``datasets/README.md``), and the one function that writes a clip into it.
 
 ``<root>/{train,test}/{mp4,txt,audio|wav,stft_pickle}/<stem>.<ext>``, modalities paired by stem. The
 README of the upstream datasets says ``audio/``, the upstream code reads ``wav/``: both are accepted, and

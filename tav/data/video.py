@@ -1,6 +1,6 @@
 """Video I/O on PyAV, the value-range conversions, and the resize + centre-crop used by every stage.
 
-Conventions (decision 4): on disk and in ``read_video`` video is uint8 ``(T, H, W, 3)`` RGB; inside models
+Conventions: on disk and in ``read_video`` video is uint8 ``(T, H, W, 3)`` RGB; inside models
 it is float ``(3, T, H, W)`` (or batched ``(B, 3, T, H, W)``) in [-0.5, 0.5]. Convert only through
 ``to_model_range`` / ``to_uint8`` so every encoder sees the same range.
 """

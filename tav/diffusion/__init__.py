@@ -1,2 +1,2 @@
 """Diffusion: the guided-diffusion-compatible U-Net (network) and the Gaussian diffusion process (schedule,
-losses, samplers), kept apart (spec style.md §2.4)."""
+losses, samplers), kept apart."""

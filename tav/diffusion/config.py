@@ -1,4 +1,4 @@
-"""Typed configuration of the diffusion U-Net (guided-diffusion ``UNetModel`` layout, spec ta2v.md §5.1).
+"""Typed configuration of the diffusion U-Net (guided-diffusion ``UNetModel`` layout).
 
 Defaults are the TA2V released network (``model300000.pt``): 128 px, widths 128/128/256/384/512, three
 ResBlocks per level, attention at 16² and 8² (plus the middle block), FiLM conditioning on the timestep,

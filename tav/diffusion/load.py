@@ -10,7 +10,7 @@ Formats (all read with ``weights_only=True`` through ``tav.checkpoint``):
   the attention order cannot be inferred and default to upstream's (4, legacy). The process defaults to
   the released setting (4000 cosine steps, learned range, MSE) with ``rescale_timesteps=True``, the
   convention of upstream's sampler (its trainer defaulted to False; which one the released weights saw is
-  unknown, spec §5.2 and §14: pass ``rescale_timesteps=False`` to try the other).
+  unknown, see ``docs/upstream.md``: pass ``rescale_timesteps=False`` to try the other).
 
 ``overrides`` name fields of either ``UNetConfig`` (e.g. ``num_heads``, ``gradient_checkpointing``,
 ``attention_impl``) or ``ProcessConfig`` (e.g. ``rescale_timesteps``); they replace stored values.
@@ -19,15 +19,15 @@ Formats (all read with ``weights_only=True`` through ``tav.checkpoint``):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from tav.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from tav.checkpoint import Checkpoint, read_checkpoint, save_checkpoint, strict_from_state_dict
 from tav.config import from_dict, to_dict
 from tav.diffusion.config import UNetConfig, unet_config_from_state_dict
 from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
@@ -37,7 +37,6 @@ from tav.errors import InputError
 UNET_FIELDS = frozenset(f.name for f in fields(UNetConfig))
 PROCESS_FIELDS = frozenset(f.name for f in fields(ProcessConfig))
 LIGHTNING_PREFIXES = {True: "ema.", False: "net."}
-M = TypeVar("M", bound=torch.nn.Module)
 
 
 def split_overrides(overrides: Mapping[str, Any], where: str, unet_fields: frozenset[str] = UNET_FIELDS,
@@ -95,31 +94,6 @@ def read_unet_checkpoint(path: str | os.PathLike, *, ema: bool = True, process_d
         process = from_dict(ProcessConfig, {"learn_sigma": unet_cfg.learn_sigma, **process_over},
                             where=f"{where}: process overrides")
     return unet_cfg, process, sd
-
-
-def strict_from_state_dict(build: Callable[[], M], sd: Mapping[str, Tensor], where: str, what: str,
-                           hint: str = "") -> M:
-    """``build()`` on CPU with ``sd`` loaded strictly.
-
-    The network is first built on the meta device (no memory, no init) to compare key sets and shapes;
-    missing, unexpected or mis-shaped keys are one ``InputError`` line ``"<where>: weights do not fit the
-    <what> config: ...<hint>"``. Only then are CPU tensors allocated and ``sd`` copied in.
-    """
-    with torch.device("meta"):
-        net = build()
-    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
-    missing = [k for k in want if k not in sd]
-    unexpected = [k for k in sd if k not in want]
-    shaped = [k for k in want if k in sd and tuple(sd[k].shape) != want[k]]
-    if missing or unexpected or shaped:
-        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
-                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
-                 f"{len(shaped)} of another shape (e.g. {shaped[0]}: {tuple(sd[shaped[0]].shape)} vs "
-                 f"{want[shaped[0]]})" if shaped else ""]
-        raise InputError(f"{where}: weights do not fit the {what} config: " + ", ".join(p for p in parts if p) + hint)
-    net = net.to_empty(device="cpu")
-    net.load_state_dict(dict(sd), strict=True)
-    return net
 
 
 def unet_from_state_dict(cfg: UNetConfig, sd: Mapping[str, Tensor], where: str = "state dict") -> UNet:

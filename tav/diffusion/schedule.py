@@ -1,4 +1,4 @@
-"""The Gaussian diffusion process (spec ta2v.md §5.2, tia2v.md §3): betas, respacing, q(x_t | x_0), the
+"""The Gaussian diffusion process: betas, respacing, q(x_t | x_0), the
 posterior, the learned-range variance and the training loss. One implementation shared by TA2V and TIA2V.
 
 The network is any callable ``net(x, t, **model_kwargs) -> out``:

@@ -1,8 +1,8 @@
-"""The guided-diffusion U-Net (``UNetModel``), the TA2V stage-2 denoiser (spec ta2v.md §5.1).
+"""The guided-diffusion U-Net (``UNetModel``), the TA2V stage-2 denoiser.
 
 Source: Dhariwal & Nichol 2021 (https://github.com/openai/guided-diffusion, ``unet.py``); written fresh with
 the same module tree, so the released ``model300000.pt`` (a bare state dict,
-``state_dicts/ta2v_diffusion_unet3d.tsv``) loads strictly. ``resblock_updown`` and class conditioning are
+``tests/data/state_dicts/ta2v_diffusion_unet3d.tsv``) loads strictly. ``resblock_updown`` and class conditioning are
 not implemented (TA2V uses neither). The network only maps ``(x_t, t) -> output``; the Gaussian process
 (schedule, losses, samplers, timestep rescaling) lives elsewhere.
 

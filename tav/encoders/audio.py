@@ -1,4 +1,4 @@
-"""Per-video-frame audio for an encoder's audio tower (spec ta2v.md §8.1, §8.2).
+"""Per-video-frame audio for an encoder's audio tower.
 
 Two modes:
 

@@ -1,4 +1,4 @@
-"""AudioCLIP (spec ta2v.md §8.1): CLIP RN50 image + text towers and an ESResNeXt-fbsp audio tower in one
+"""AudioCLIP: CLIP RN50 image + text towers and an ESResNeXt-fbsp audio tower in one
 1024-d space, loaded strictly from the released ``AudioCLIP-Full-Training.pt`` (a bare state dict).
 
 The module tree reproduces the released keys and their order (``tests/data/state_dicts/audioclip.tsv``):

@@ -1,5 +1,4 @@
-"""BEATs as a frozen audio ``Encoder``, its checkpoint I/O, and per-video-frame audio tokens (spec tia2v.md §7,
-§2.3, §2.5, §11 ``beats.input_mode``, §12).
+"""BEATs as a frozen audio ``Encoder``, its checkpoint I/O, and per-video-frame audio tokens.
 
 The released ``BEATs_iter3_plus_AS20K.pt`` is ``{'cfg': dict, 'model': state_dict}``; ``load_beats`` builds
 ``BEATs(BEATsConfig.from_cfg(cfg))`` and loads strictly. ``beats_frame_tokens`` turns one clip's audio into
@@ -148,7 +147,7 @@ def save_tiny_beats(path: str | os.PathLike, seed: int = 0, **cfg_overrides) -> 
 # ----------------------------------------------------------------------------------------- per-frame tokens
 
 def upstream_compat_rate(n_frames: int) -> int:
-    """Upstream's load rate for BEATs rows: 96 kHz for 90-frame files (URMP), else 48 kHz (spec §2.3)."""
+    """Upstream's load rate for BEATs rows: 96 kHz for 90-frame files (URMP), else 48 kHz."""
     return 96000 if n_frames == 90 else 48000
 
 

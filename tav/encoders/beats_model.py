@@ -1,5 +1,5 @@
-"""The BEATs audio transformer (iter3+ layout), inference only (spec tia2v.md §7; keys:
-``state_dicts/beats_iter3plus.tsv``).
+"""The BEATs audio transformer (iter3+ layout), inference only (keys:
+``tests/data/state_dicts/beats_iter3plus.tsv``).
 
 Source: BEATs (Chen et al. 2022, "Audio Pre-Training with Acoustic Tokenizers", microsoft/unilm ``beats/``)
 and WavLM's gated relative position bias; the maths is re-derived here, the module tree keeps the released

@@ -1,6 +1,6 @@
 """CLIP ViT-B/32 (OpenAI weights) as a frozen ``Encoder``, built on ``open_clip``'s ``CLIP`` model.
 
-Spec ta2v.md §8.4: input 224, OpenAI mean/std, QuickGELU activations. Weight files accepted by
+Input 224, OpenAI mean/std, QuickGELU activations. Weight files accepted by
 ``load_clip``:
 
 - OpenAI's released ``ViT-B-32.pt``, a TorchScript archive (mostly fp16 tensors);

@@ -1,6 +1,6 @@
 """CLIP ViT-L/14 (Hugging Face ``CLIPModel`` folder) as a frozen ``Encoder``: TIA2V's text and image conditions.
 
-Spec tia2v.md §2.3, §4.1, §12: the text condition is the text tower's ``last_hidden_state`` ``(77, 768)`` of
+The text condition is the text tower's ``last_hidden_state`` ``(77, 768)`` of
 the caption tokenised like HF ``CLIPTokenizer`` (padded to 77 with ``<|endoftext|>``, truncated); the image
 condition is ``get_image_features`` ``(768,)`` (the projected image embedding) after CLIP preprocessing.
 

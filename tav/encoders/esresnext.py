@@ -1,4 +1,4 @@
-"""ESResNeXt-fbsp: AudioCLIP's audio tower (spec ta2v.md §8.1), a clean port with the released key layout.
+"""ESResNeXt-fbsp: AudioCLIP's audio tower, a clean port with the released key layout.
 
 A waveform in the int16 range is rescaled to [-1, 1], cut into windowed frames, projected onto a
 *learnable* Fourier basis (``fbsp``: per-bin centre frequency ``fc``, bandwidth ``fb`` and window

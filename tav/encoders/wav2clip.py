@@ -1,4 +1,4 @@
-"""wav2clip's audio encoder as a frozen ``Encoder`` (spec ta2v.md §8.2; keys: ``state_dicts/wav2clip.tsv``).
+"""wav2clip's audio encoder as a frozen ``Encoder`` (keys: ``tests/data/state_dicts/wav2clip.tsv``).
 
 The model is the ``wav2clip`` package's own ``ResNetExtractor`` (a ResNet-18 over a log spectrogram,
 n_fft 512, hop 353, then a 512-512-512 MLP), built offline. ``wav2clip.get_model(pretrained=False)`` builds

@@ -9,10 +9,11 @@ from tav.gpt.load import (
     gpt_from_state_dict,
     load_embedded_vqgan,
     load_gpt,
+    load_stage1,
     read_gpt_checkpoint,
     save_gpt,
 )
-from tav.gpt.model import GPT, KVCache, token_accuracy
+from tav.gpt.model import GPT, KVCache, token_accuracy, token_loss
 from tav.gpt.sampling import filter_logits, sample_codes
 
 __all__ = [
@@ -29,8 +30,10 @@ __all__ = [
     "gpt_preset",
     "load_embedded_vqgan",
     "load_gpt",
+    "load_stage1",
     "read_gpt_checkpoint",
     "sample_codes",
     "save_gpt",
     "token_accuracy",
+    "token_loss",
 ]

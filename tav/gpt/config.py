@@ -1,10 +1,10 @@
-"""Typed configuration of the text -> video-token GPT (minGPT, spec ta2v.md §4).
+"""Typed configuration of the text -> video-token GPT (minGPT).
 
 Defaults are the README recipe (12 layers, 8 heads, 512 wide, context 1024, dropouts 0.2) with the
 **fixed** text-vocabulary offset: video code ``c`` has id ``c + video_offset`` and ``video_offset``
 defaults to the tokenizer's vocabulary size (30522 for bert-base-uncased), so word-piece ids and video
 ids never collide. ``text_vocab_offset=21128`` is the compatibility value of the released weights
-(spec §4.2, §13). Presets live in ``configs/gpt/``; derived sizes are properties here and nowhere else.
+(``docs/upstream.md``). Presets live in ``configs/gpt/``; derived sizes are properties here and nowhere else.
 
 The combined vocabulary (``bert`` mode) is ``[0, video_offset)`` text ids, then ``n_codes`` video ids:
 ``vocab_size = video_offset + n_codes`` rows in the token embedding and the output head.

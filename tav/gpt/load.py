@@ -19,6 +19,7 @@ both released VQGANs; pass ``vqgan_config=`` for anything else.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,15 +28,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tav.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from tav.checkpoint import Checkpoint, read_checkpoint, save_checkpoint, strict_from_state_dict
 from tav.config import to_dict
 from tav.errors import InputError
 from tav.gpt.config import BERT_VOCAB_SIZE, UPSTREAM_TEXT_OFFSET, GPTConfig, gpt_config_from_dict
 from tav.gpt.model import GPT
 from tav.utils.fileio import file_sha256  # noqa: F401  (re-exported: what GPTConfig.vqgan_hash records)
 from tav.vqgan.config import VQGANConfig, vqgan_config_from_dict
-from tav.vqgan.load import vqgan_from_state_dict
+from tav.vqgan.load import load_vqgan, vqgan_from_state_dict
 from tav.vqgan.model import VQGAN
+
+log = logging.getLogger(__name__)
 
 GPT_PREFIXES = ("gpt.", "transformer_text.")  # ours (Lightning module attribute), upstream
 VQGAN_PREFIX = "first_stage_model."  # the frozen VQGAN copy inside upstream GPT checkpoints
@@ -115,26 +118,16 @@ def _drop_causal_masks(sd: dict[str, Tensor], block_size: int, where: str) -> di
     return out
 
 
+_VOCAB_HINT = " (check text_vocab_offset: 21128 for released weights)"
+
+
 def gpt_from_state_dict(cfg: GPTConfig, state_dict: Mapping[str, Tensor], where: str = "state dict") -> GPT:
     """Build ``GPT(cfg)`` and load ``state_dict`` (no prefix) strictly; upstream causal-mask buffers are
-    checked and dropped. Missing, unexpected or mis-shaped tensors raise a one-line ``InputError``."""
+    checked and dropped. Missing, unexpected or mis-shaped tensors raise a one-line ``InputError``
+    (``tav.checkpoint.strict_from_state_dict``). Returns the model in train mode on CPU."""
     sd = _drop_causal_masks(dict(state_dict), cfg.block_size, where)
-    model = GPT(cfg)
-    expected = model.state_dict()
-    wrong = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if wrong:
-        k = wrong[0]
-        vocab_rows = k in ("tok_emb.weight", "head.weight")
-        hint = " (check text_vocab_offset: 21128 for released weights)" if vocab_rows else ""
-        raise InputError(f"{where}: {len(wrong)} tensor(s) do not fit the config, e.g. {k} has shape "
-                         f"{tuple(sd[k].shape)} but the config builds {tuple(expected[k].shape)}{hint}")
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    if missing or unexpected:
-        raise InputError(f"{where}: state dict does not match the GPT: {len(missing)} missing (e.g. {missing[:2]}), "
-                         f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
-    model.load_state_dict(sd, strict=True)
-    return model
+    return strict_from_state_dict(lambda: GPT(cfg), sd, where, "GPT",
+                                  shape_hints={"tok_emb.weight": _VOCAB_HINT, "head.weight": _VOCAB_HINT})
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -224,6 +217,26 @@ def load_gpt(path: str | os.PathLike, device: str | torch.device = "cpu", *, wit
         return model
     vqgan = load_embedded_vqgan(ckpt, cfg, vqgan_config)
     return model, None if vqgan is None else vqgan.to(device)
+
+
+def load_stage1(gpt_path: str | os.PathLike, vqgan_path: str | os.PathLike,
+                device: str | torch.device = "cpu") -> tuple[GPT, VQGAN]:
+    """The TA2V stage 1 for sampling: the GPT and the VQGAN it was trained on, in eval mode on ``device``.
+
+    The VQGAN must match the GPT (codebook, code grid, file hash when recorded: one-line ``InputError``). An
+    upstream GPT file carries its own copy of the VQGAN; when that copy differs from ``vqgan_path``, it is
+    the one decoded with (what upstream did), with a warning.
+    """
+    gpt, embedded = load_gpt(gpt_path, device, with_vqgan=True)
+    vqgan = load_vqgan(vqgan_path, device)
+    check_vqgan_compat(gpt.cfg, vqgan, vqgan_path)
+    if embedded is not None:
+        same = all(torch.equal(v, embedded.state_dict()[k]) for k, v in vqgan.state_dict().items())
+        if not same:
+            log.warning("%s differs from the VQGAN embedded in %s; decoding with the embedded one (upstream "
+                        "behaviour)", vqgan_path, gpt_path)
+            vqgan = embedded
+    return gpt, vqgan.eval()
 
 
 def save_gpt(model: GPT, path: str | os.PathLike, **extra: Any) -> Path:

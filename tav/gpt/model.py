@@ -1,4 +1,4 @@
-"""The text -> video-token GPT (minGPT layout, spec ta2v.md §4.1-4.3), with a preallocated KV cache.
+"""The text -> video-token GPT (minGPT layout), with a preallocated KV cache.
 
 Pre-LN causal transformer: token embedding + learned absolute position embedding (zeros at init),
 ``n_layer`` blocks ``x + Attn(LN(x)); x + MLP(LN(x))``, final LayerNorm, bias-free head. Attention goes
@@ -10,9 +10,11 @@ strictly once the prefix is removed. Upstream also stores a lower-triangular ``b
 buffer; ``tav.gpt.load`` checks it is causal and drops it.
 
 Sequence (bert mode): ``[text ids (L_text) | video codes + video_offset (t*h*w, raster t, h, w)]``; the
-model sees all but the last token and the loss is cross-entropy at the video positions over the full
-vocabulary. In clip mode the prefix is ``Linear(clip_dim, n_embd)`` of CLIP text features instead of
-embedded ids, and the vocabulary is the video codes only.
+model sees all but the last token and the loss is cross-entropy at the video positions (``token_loss``),
+with the softmax over the video codes alone (``video_only=True``, the training default) or over the full
+vocabulary (upstream; ``softmax: full`` in the training config). In clip mode the prefix is
+``Linear(clip_dim, n_embd)`` of CLIP text features instead of embedded ids, and the vocabulary is the
+video codes only.
 """
 
 from __future__ import annotations
@@ -105,11 +107,12 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Text-prefixed autoregressive model over VQGAN video codes (spec ta2v.md §4).
+    """Text-prefixed autoregressive model over VQGAN video codes.
 
     ``logits(tokens)`` / ``forward(tokens)``: ``(B, L)`` ids of the combined vocabulary
     ``[text ids | video codes + video_offset]`` -> ``(B, L, vocab_size)`` next-token logits.
-    ``loss(prefix, codes)`` is the training objective; ``tav.gpt.sample_codes`` draws codes.
+    ``training_logits(prefix, codes, video_only)`` + ``token_loss`` is the training objective (``loss`` composes
+    the two); ``tav.gpt.sample_codes`` draws codes.
     """
 
     def __init__(self, cfg: GPTConfig):
@@ -208,10 +211,15 @@ class GPT(nn.Module):
             return F.linear(h, self.head.weight[off: off + self.cfg.n_codes]), targets - off
         return self.head(h), targets
 
-    def loss(self, prefix: Tensor, codes: Tensor) -> Tensor:
-        """Mean cross-entropy of the video tokens given the prefix (softmax over the full vocabulary)."""
-        logits, targets = self.training_logits(prefix, codes)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    def loss(self, prefix: Tensor, codes: Tensor, video_only: bool = False) -> Tensor:
+        """Scalar training loss: ``token_loss`` of ``training_logits(prefix, codes, video_only)`` (softmax over
+        the full vocabulary unless ``video_only``). Shapes as in ``training_logits``."""
+        return token_loss(*self.training_logits(prefix, codes, video_only))
+
+
+def token_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits (B, N, V)`` against ``targets (B, N)`` in ``[0, V)``: a scalar."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def token_accuracy(logits: Tensor, targets: Tensor, ks: tuple[int, ...] = (1, 5)) -> list[Tensor]:

@@ -1,4 +1,4 @@
-"""Autoregressive sampling of video codes from a ``GPT`` (spec ta2v.md §4.5).
+"""Autoregressive sampling of video codes from a ``GPT``.
 
 One prefix pass fills a preallocated ``KVCache`` (causal attention over the prompt), then each step feeds
 one token and attends to the filled part of the cache; a whole batch of prompts runs at once.
@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from tav.errors import InputError
 from tav.gpt.model import GPT
+from tav.utils.seeding import sample_generators
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -78,7 +79,7 @@ def _generators(batch: int, seeds: Sequence[int] | None, generators: Sequence[to
         seeds = torch.randint(0, 2**62, (batch,)).tolist()
     if len(seeds) != batch:
         raise InputError(f"sample_codes: {len(seeds)} seeds for a batch of {batch}")
-    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    return sample_generators(seeds, device)
 
 
 def _gumbel(shape: int, generators: list[torch.Generator], device: torch.device) -> Tensor:

@@ -1,4 +1,4 @@
-"""Audio + text + direction + range guidance for the stage-2 SDEdit refinement (spec ta2v.md §6.5).
+"""Audio + text + direction + range guidance for the stage-2 SDEdit refinement.
 
 ``Guidance`` holds the frozen encoders and the weights. Per batch of samples, ``prepare`` embeds the audio
 windows and captions once (no grad); ``cond_fn(cond)`` returns the sampler hook
@@ -16,24 +16,31 @@ Encoders by ``audio_encoder``:
   the rest randomly warped) with wav2clip's audio embedding; direction uses the plain views; text as above.
 Frame embeddings are computed once per step per encoder and shared by the terms that need them.
 
-Input mapping (default, correct): frames in [-0.5, 0.5] -> ``x + 0.5`` in [0, 1] -> the encoder's resize and
-normalisation. ``faithful_quirks`` reproduces upstream: no +0.5 shift for CLIP/AudioCLIP, ``(x + 1) / 2``
-for the wav2clip views, un-normalised frames in the wav2clip direction term, range clamp at [-1, 1].
+Input mapping: frames in [-0.5, 0.5] -> ``x + 0.5`` in [0, 1] -> the encoder's resize and normalisation;
+the range term keeps x̂0 inside the data range [-0.5, 0.5]; the audio is one ``audio_window_s`` window per
+frame. This class is only that corrected computation. ``GuidanceConfig(faithful_quirks=True)`` makes
+``Guidance(...)`` build :class:`tav.compat.guidance.UpstreamGuidance`, which overrides the hooks below
+(``audio_mode``, ``range_bounds``, ``_encoder_frames``, ``_view_frames``, ``_plain_view``,
+``_direction_frames``) with upstream's behaviour; ``docs/upstream.md`` lists the differences.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tav.diffusion.schedule import GaussianSchedule, gather_coef
 from tav.encoders.base import Encoder
 from tav.errors import InputError
 from tav.guidance import losses as L
+from tav.utils.seeding import sample_generators
+
+if TYPE_CHECKING:
+    from tav.encoders.audio import AudioMode
 
 AUDIO_ENCODERS = ("audioclip", "wav2clip")
 
@@ -48,8 +55,8 @@ class GuidanceConfig:
     text_lambda: float = 10000.0  # --text_guidance_lambda
     range_lambda: float = 50.0  # --range_lambda
     aug_num: int = 8  # views per frame in wav2clip mode (view 0 unaugmented)
-    audio_window_s: float = 0.5  # seconds of audio around each frame (spec §8.1); "upstream" chunking in quirks
-    faithful_quirks: bool = False  # reproduce upstream's input mapping and chunking (see module docstring)
+    audio_window_s: float = 0.5  # seconds of audio around each frame (unused with faithful_quirks)
+    faithful_quirks: bool = False  # build tav.compat.guidance.UpstreamGuidance (upstream's mapping and chunking)
 
     def __post_init__(self) -> None:
         if self.audio_encoder not in AUDIO_ENCODERS:
@@ -76,7 +83,21 @@ class Conditions:
 
 
 class Guidance:
-    """The guidance of one sampling run: encoders are built by the caller once and reused for every batch."""
+    """The guidance of one sampling run: encoders are built by the caller once and reused for every batch.
+
+    ``Guidance(cfg, ...)`` with ``cfg.faithful_quirks`` returns a :class:`tav.compat.guidance.UpstreamGuidance`
+    (same constructor), so callers never choose the class themselves.
+    """
+
+    audio_mode: AudioMode = "window"  # how ``prepare`` gives each frame its audio (tav.encoders.audio)
+    range_bounds: tuple[float, float] = (-0.5, 0.5)  # the range term keeps x̂0 inside the data range
+
+    def __new__(cls, cfg: GuidanceConfig | None = None, *args, **kwargs) -> Guidance:
+        if cls is Guidance and cfg is not None and cfg.faithful_quirks:
+            from tav.compat.guidance import UpstreamGuidance
+
+            cls = UpstreamGuidance
+        return super().__new__(cls)
 
     def __init__(self, cfg: GuidanceConfig, schedule: GaussianSchedule, *, audio_encoder: Encoder | None = None,
                  clip: Encoder | None = None):
@@ -110,8 +131,8 @@ class Guidance:
             if audio is None:
                 raise InputError("audio guidance is on but the batch has no audio")
             enc = self.audio_encoder
-            mode = "upstream" if cfg.faithful_quirks else "window"
-            windows = encoder_audio(audio, rate, enc, n_frames, window_s=cfg.audio_window_s, mode=mode, device=device)
+            windows = encoder_audio(audio, rate, enc, n_frames, window_s=cfg.audio_window_s, mode=self.audio_mode,
+                                    device=device)
             b, t, w = windows.shape
             aud = L.normalize(torch.cat([enc.encode_audio(row) for row in windows])).view(b, t, -1)
         if cfg.text_lambda != 0:
@@ -119,26 +140,31 @@ class Guidance:
                 raise InputError("text guidance needs a caption for every sample; one is empty")
             txt = L.normalize(self.clip.encode_texts(list(captions)))
         seeds = list(range(len(captions))) if seeds is None else list(seeds)
-        return Conditions(aud, txt, [torch.Generator().manual_seed(int(s)) for s in seeds])
+        return Conditions(aud, txt, sample_generators(seeds))
 
     def _device(self) -> torch.device:
         enc = self.audio_encoder or self.clip
         return enc.device if enc is not None else torch.device("cpu")
 
     # ------------------------------------------------------------------------------------ loss
-    def _frames01(self, x: Tensor) -> Tensor:
-        """``(B, 3, T, H, W)`` in [-0.5, 0.5] -> ``(B*T, 3, H, W)`` encoder input range."""
-        frames = x.transpose(1, 2).flatten(0, 1)
-        return frames if self.cfg.faithful_quirks else frames + 0.5
+    @staticmethod
+    def _flat(x: Tensor) -> Tensor:
+        """``(B, 3, T, H, W)`` -> ``(B*T, 3, H, W)`` (frames of a sample adjacent)."""
+        return x.transpose(1, 2).flatten(0, 1)
+
+    def _encoder_frames(self, x: Tensor) -> Tensor:
+        """``(B, 3, T, H, W)`` in [-0.5, 0.5] -> ``(B*T, 3, H, W)`` in [0, 1], what the encoders take."""
+        return self._flat(x) + 0.5
 
     def _embed(self, enc: Encoder, frames: Tensor, b: int) -> Tensor:
+        """``(B*T, 3, H, W)`` encoder input -> ``(B, T, D)`` unit embeddings."""
         return L.normalize(enc.encode_images(frames)).view(b, -1, enc.dim)
 
     def loss_terms(self, x_in: Tensor, pred_xstart: Tensor, cond: Conditions) -> dict[str, Tensor]:
         """Per-sample ``(B,)`` terms (unweighted) for ``x_in`` / ``pred_xstart`` ``(B, 3, T, H, W)``."""
         cfg, b = self.cfg, x_in.shape[0]
         terms: dict[str, Tensor] = {}
-        frames = self._frames01(x_in)
+        frames = self._encoder_frames(x_in)
         clip_emb = None
         if cfg.text_lambda != 0 or (cfg.uses_audio and cfg.audio_encoder == "wav2clip"):
             clip_emb = self._embed(self.clip, frames, b)
@@ -151,33 +177,33 @@ class Guidance:
             terms["direction"] = L.direction_loss(self._direction_frames(x_in, clip_emb), cond.audio)
         if cfg.text_lambda != 0:
             terms["text"] = L.text_loss(clip_emb, cond.text)
-        lo, hi = (-1.0, 1.0) if cfg.faithful_quirks else (-0.5, 0.5)
-        terms["range"] = L.range_loss(pred_xstart, lo, hi)
+        terms["range"] = L.range_loss(pred_xstart, *self.range_bounds)
         return terms
 
     def _views(self, x_in: Tensor, cond: Conditions, plain: Tensor) -> Tensor:
-        """CLIP embeddings ``(B, T, V, D)`` of the plain frame (reused) and ``aug_num - 1`` warped views."""
+        """CLIP embeddings ``(B, T, V, D)``: view 0 the plain frame, then ``aug_num - 1`` warped views of
+        ``_view_frames(x_in)``; ``plain`` ``(B, T, D)`` are the CLIP embeddings of ``_encoder_frames(x_in)``."""
         b, v = x_in.shape[0], self.cfg.aug_num
         if v == 1:
             return plain[:, :, None]
-        frames = x_in.transpose(1, 2).flatten(0, 1)
-        frames = (frames + 1) / 2 if self.cfg.faithful_quirks else frames + 0.5
+        frames = self._view_frames(x_in)
         per_sample = frames.view(b, -1, *frames.shape[1:])
         views = torch.cat([L.augmented_views(f, v, gen)[:, 1:]  # (T, V-1, 3, H, W) per sample
                            for f, gen in zip(per_sample, cond.generators, strict=True)])
         warped = L.normalize(self.clip.encode_images(views.flatten(0, 1))).view(b, -1, v - 1, self.clip.dim)
-        if self.cfg.faithful_quirks:  # upstream's plain view is also (x + 1) / 2
-            plain = self._embed(self.clip, frames, b)
-        return torch.cat([plain[:, :, None], warped], dim=2)
+        return torch.cat([self._plain_view(plain, frames, b)[:, :, None], warped], dim=2)
+
+    def _view_frames(self, x_in: Tensor) -> Tensor:
+        """The ``(B*T, 3, H, W)`` frames the wav2clip views are made from: the encoder input, in [0, 1]."""
+        return self._encoder_frames(x_in)
+
+    def _plain_view(self, plain: Tensor, frames: Tensor, b: int) -> Tensor:
+        """View 0 ``(B, T, D)``: the view frames are the encoder input, so ``plain`` is reused as is."""
+        return plain
 
     def _direction_frames(self, x_in: Tensor, plain: Tensor) -> Tensor:
-        """wav2clip direction term's frame embeddings: the plain views, or (quirks) resized un-normalised frames."""
-        if not self.cfg.faithful_quirks:
-            return plain
-        frames = x_in.transpose(1, 2).flatten(0, 1)
-        size = self.clip.image_size
-        frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
-        return L.normalize(self.clip.model.encode_image(frames)).view(x_in.shape[0], -1, self.clip.dim)
+        """Frame embeddings ``(B, T, D)`` of the wav2clip direction term: the plain views."""
+        return plain
 
     def total(self, terms: dict[str, Tensor]) -> Tensor:
         """``Σ_b Σ_k λ_k · term_k[b]`` (a scalar)."""
@@ -200,3 +226,16 @@ class Guidance:
             return -torch.autograd.grad(total, x)[0]
 
         return hook
+
+
+def build_guidance(cfg: GuidanceConfig, schedule: GaussianSchedule, device: str | torch.device = "cpu",
+                   weights: dict[str, str | None] | None = None) -> Guidance:
+    """``Guidance`` with the encoders ``cfg`` needs, built once through the registry (shared with the metric
+    tools in one process). ``weights``: encoder name (``audioclip``, ``wav2clip``, ``clip``) -> weight file,
+    None or absent = the default file under ``saved_ckpts/``."""
+    from tav.encoders.registry import get_encoder
+
+    weights = weights or {}
+    audio = get_encoder(cfg.audio_encoder, weights.get(cfg.audio_encoder), device) if cfg.uses_audio else None
+    clip = get_encoder("clip", weights.get("clip"), device) if cfg.needs_clip else None
+    return Guidance(cfg, schedule, audio_encoder=audio, clip=clip)

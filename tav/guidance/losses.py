@@ -1,4 +1,4 @@
-"""The TA2V stage-2 guidance loss terms (spec ta2v.md §6.5), as pure functions of embeddings and frames.
+"""The TA2V stage-2 guidance loss terms, as pure functions of embeddings and frames.
 
 Every term returns one value per sample, shape ``(B,)``; the guided sampler sums ``λ · term`` over the
 batch, so each sample's gradient is its own (samples never interact). Embeddings passed in are

@@ -1,4 +1,4 @@
-"""AV-Align (spec metrics.md §6): how well a video's motion peaks line up with its audio onsets.
+"""AV-Align: how well a video's motion peaks line up with its audio onsets.
 
 Source: the AV-Align definition of TempoTokens (Yariv et al., 2023), as TIA2V's ``audio_video_align.py`` uses it.
 

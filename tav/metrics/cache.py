@@ -1,4 +1,4 @@
-"""On-disk cache of per-video features (spec metrics.md §1.2 ``--feature_cache``, style.md §16).
+"""On-disk cache of per-video features (the metric tools' ``--feature_cache``).
 
 Each video's features are one ``.npy`` file named by a sha256 over: the video file's identity (its content
 sha256, or ``size:mtime_ns`` with ``identity="stat"``), the protocol, the feature network's weight hash and

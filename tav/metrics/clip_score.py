@@ -1,4 +1,4 @@
-"""CLIP-text and CLIP-audio scores (spec metrics.md §4, §5): pure functions on frames, captions and audio.
+"""CLIP-text and CLIP-audio scores: pure functions on frames, captions and audio.
 
 Both scores compare each video frame with a condition in an encoder's joint space and report
 ``100 · cos`` averaged over frames (per video); the caller averages over videos.
@@ -176,18 +176,3 @@ def audio_image_scale(encoder: Encoder) -> float | None:
     """AudioCLIP's clamped audio-image logit scale, ``None`` for encoders without one."""
     scale = getattr(encoder, "audio_image_scale", None)
     return None if scale is None else float(scale)
-
-
-def clip_audio_scores(audio_encoder: Encoder, clip_encoder: Encoder | None, videos: np.ndarray | Tensor,
-                      audios: Sequence[np.ndarray] | np.ndarray, rate: int, protocol: str = "tav",
-                      window_s: float = 0.5) -> AudioScores:
-    """CLIP-audio score per video (spec metrics.md §5).
-
-    AudioCLIP (``clip_encoder=None``): its own image tower against its audio tower. wav2clip: pass the CLIP
-    ViT-B/32 encoder as ``clip_encoder`` for the frames. ``videos``: uint8 ``(N, T, H, W, 3)`` RGB;
-    ``audios``: ``N`` mono waveforms at ``rate`` Hz (48 kHz under ``ta2v``, as upstream reads them).
-    """
-    image_encoder = clip_encoder if clip_encoder is not None else audio_encoder  # wav2clip alone raises
-    img = image_features(image_encoder, videos, protocol)
-    aud = audio_features(audio_encoder, audios, rate, img.shape[1], protocol, window_s)
-    return frame_audio_scores(img, aud, audio_image_scale(audio_encoder))

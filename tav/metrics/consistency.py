@@ -1,4 +1,4 @@
-"""First-frame consistency (FFC) and temporal consistency (TC) of TIA2V (spec metrics.md §7), on CLIP ViT-B/32
+"""First-frame consistency (FFC) and temporal consistency (TC) of TIA2V, on CLIP ViT-B/32
 frame embeddings ``e_t`` (unit norm):
 
 - FFC = mean over ``t = 1 … T−1`` of ``100 · cos(e_t, e_0)``;

@@ -1,4 +1,4 @@
-"""Reading a sampling run's results folder for the metric tools (spec metrics.md §1.1, §1.4).
+"""Reading a sampling run's results folder for the metric tools.
 
 Layout (``tav.pipelines.results``)::
 

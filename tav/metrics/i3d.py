@@ -5,7 +5,7 @@ arXiv:1705.07750) as in DeepMind's ``kinetics-i3d`` Sonnet graph, which TF-Hub `
 exports and the FVD reference reads at ``RGB/inception_i3d/Mean:0``: the 400 logits averaged over time.
 TF "SAME" padding is applied per input shape (asymmetric, the extra pixel at the end), as TF does.
 
-Weight files (``saved_ckpts/``, never downloaded; spec metrics.md §2.2):
+Weight files (``saved_ckpts/``, never downloaded):
 
 - ``i3d_pretrained_400.pt``: the TF-Hub weights converted to a state dict by VideoGPT and shipped with TATS.
   Its key layout is ``<Endpoint>.conv3d.weight``, ``<Endpoint>.bn.{weight,bias,running_mean,

@@ -1,7 +1,6 @@
 """Frame preparation for the metric networks: the one uint8 -> [0, 1] conversion, and bilinear resizing.
 
-Two bilinear resizes are offered because they sample different grids (spec metrics.md §2.3, §2.4
-pitfall 2):
+Two bilinear resizes are offered because they sample different grids:
 
 - ``"torch"``: ``F.interpolate(mode="bilinear", align_corners=False, antialias=False)``, half-pixel
   centres: source coordinate ``(i + 0.5) · in / out − 0.5``. The ``tav`` default, as in pytorch-fid and
@@ -29,7 +28,7 @@ FID_RESIZE_MODES = ("torch", "tf1", "clean")  # clean: resize_clean (PIL bicubic
 def to_unit_float(frames: np.ndarray | Tensor, device: torch.device | str | None = None) -> Tensor:
     """uint8 frames in {0..255} -> float32 in [0, 1]; float frames must already be in [0, 1] (checked).
 
-    The only place the metric code converts pixel values (spec metrics.md §2.4 pitfall 9). Any shape.
+    The only place the metric code converts pixel values. Any shape.
     ``device``: where to put the result (moved before the conversion, so uint8 crosses the bus); default:
     where ``frames`` are (CPU for numpy).
     """

@@ -1,4 +1,4 @@
-"""What a metric tool reports for one comparison (spec metrics.md §1.2 ``--mode``, §1.3): values over all
+"""What a metric tool reports for one comparison (its ``--mode`` flag): values over all
 pairs or over consecutive chunks, and the JSON record written next to the results folder.
 
 ``mode="full"``: one value over all N pairs (per-video scores also give their std over videos).
@@ -90,7 +90,7 @@ def fold_summary(values: Sequence[float]) -> dict:
 def metric_record(metric: str, protocol: str, values: Mapping[str, dict], backbone: Mapping, preprocessing: Mapping,
                   videos: Mapping, folders: Mapping, run_folder: str | os.PathLike, manifest_sha256: str | None,
                   **extra) -> dict:
-    """The JSON record of one metric run (spec metrics.md §1.3): ``values`` per evaluated folder, the common
+    """The JSON record of one metric run: ``values`` per evaluated folder, the common
     ``N`` (a dict when the folders differ), the protocol, backbone and weight hash, preprocessing, fps and
     frame counts read from the files (``videos``: per folder ``{"fps", "frames", "resolution"}``; the top-level
     ``fps``/``frames`` are their union), the folders compared, the manifest hash and the ``tav`` version."""

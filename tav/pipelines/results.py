@@ -1,4 +1,4 @@
-"""The results folder of a sampling run (spec README decision 6, ta2v.md §6.6, tia2v.md §6.3), with resume.
+"""The results folder of a sampling run, with resume (also described in ``docs/formats.md``).
 
 Layout with TA2V's names (``naming="ta2v"``; ``<stem>`` = the clip's file stem, ``<i>`` = the sample number)::
 

@@ -1,4 +1,4 @@
-"""The TA2V two-stage sampler (spec ta2v.md §6): caption -> GPT codes -> VQGAN clip -> guided SDEdit refinement.
+"""The TA2V two-stage sampler: caption -> GPT codes -> VQGAN clip -> guided SDEdit refinement.
 
 Stage 1: a batch of BERT caption prefixes -> ``sample_codes`` (KV cache, top-k / top-p, one generator per
 sample) -> ``VQGAN.decode`` -> clamp to [-0.5, 0.5] -> bilinear resize of every frame to the diffusion size.
@@ -27,6 +27,7 @@ from tav.gpt.model import GPT
 from tav.gpt.sampling import sample_codes
 from tav.guidance import Guidance
 from tav.utils.runtime import autocast
+from tav.utils.seeding import sample_generators
 from tav.vqgan.model import VQGAN
 
 ITERATION_SEED_STRIDE = 1_000_003  # seed of refinement iteration k of sample i: base + i + k * stride
@@ -40,6 +41,7 @@ class SamplingConfig:
     top_p: float | None = 0.80
     temperature: float = 1.0
     output_size: int = 128  # --model_output_size: stage-1 frames are resized to this
+    respacing: str = "100"  # --timestep_respacing: the stage-2 chain ("100" of 4000, "ddim50", "" = every step)
     skip_timesteps: int = 25  # SDEdit start: the first `skip` respaced steps are skipped
     sampler: str = "ddpm"  # ddpm | ddim (--ddim)
     iterations: int = 1  # --iterations_num: independent refinements per sample
@@ -75,7 +77,7 @@ class TwoStageSampler:
     def stage1(self, text_ids: Tensor, seeds: Sequence[int], progress: bool = False) -> Tensor:
         """``(B, L)`` caption ids -> ``(B, 3, T, R, R)`` decoded clips in [-0.5, 0.5] (VQGAN resolution)."""
         c = self.cfg
-        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        gens = sample_generators(seeds, self.device)
         with autocast(c.precision, self.device):
             codes = sample_codes(self.gpt, text_ids.to(self.device), temperature=c.temperature, top_k=c.top_k,
                                  top_p=c.top_p, generators=gens, progress=progress)
@@ -89,7 +91,7 @@ class TwoStageSampler:
         sample = SAMPLERS[c.sampler]
         for k in range(c.iterations):
             iter_seeds = [stage_seed(s, k) for s in seeds]
-            gens = [torch.Generator(device=self.device).manual_seed(s) for s in iter_seeds]
+            gens = sample_generators(iter_seeds, self.device)
             cond_fn = None
             if g.active:
                 cond = g.prepare(audio, captions, rate, n_frames, seeds=iter_seeds)

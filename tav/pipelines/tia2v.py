@@ -1,5 +1,4 @@
-"""TIA2V sampling: text + first image + audio -> 16 frames (motion U-Net) -> optional SHR refinement (spec
-tia2v.md §5.2, §6).
+"""TIA2V sampling: text + first image + audio -> 16 frames (motion U-Net) -> optional SHR refinement.
 
 Stage 1 (motion): the clip's first frame followed by zeros is noised to the SDEdit start (upstream: skip 100
 of 4000 steps, so the frame survives at √ᾱ ≈ 0.04) and denoised by the motion U-Net, conditioned on the
@@ -16,9 +15,11 @@ cache (:mod:`tav.tia2v.conditions`), so no encoder runs per step.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from einops import rearrange
@@ -30,18 +31,20 @@ from tav.errors import InputError
 from tav.pipelines.ta2v import resize_frames
 from tav.tia2v.conditions import motion_context
 from tav.utils.runtime import autocast
+from tav.utils.seeding import sample_generators
 
 
 @dataclass
 class TIA2VSamplingConfig:
     """How ``sample_motion_optim.py`` samples (flags in brackets)."""
 
+    respacing: str = "200"  # both chains respaced ("200" of 4000, "ddim50", "" = every step; upstream "")
     skip_timesteps: int = 100  # motion SDEdit start, in steps of the original chain (--skip_timesteps)
     shr_strength: float = 0.375  # SHR start t0/T: 0.375 = skip 2500 of 4000, a refinement (--shr_strength)
     shr_skip_timesteps: int | None = None  # or the original-chain steps to skip, overriding shr_strength
     shr_size: int = 128  # frames are upsampled to this before SHR (--model_output_size)
     sampler: str = "ddpm"  # ddpm | ddim (--use_ddim)
-    clip_denoised: float = 0.5  # clamp x̂0 to [-c, c]; 0.5 = the data range, 1.0 = upstream (--faithful-quirks)
+    clip_denoised: float = 0.5  # clamp x̂0 to [-c, c]; 0.5 = the data range (upstream 1.0: tav.compat.tia2v)
     reimpose_first_frame: bool = False  # put the given frame 0 back after each stage (off = upstream)
     precision: str = "32"  # 32 | bf16 autocast around the networks
 
@@ -108,7 +111,7 @@ class TIA2VSampler:
 
     def _sample(self, net, schedule, x_init: Tensor, skip: int, seeds: Sequence[int], kwargs: dict,
                 progress: bool) -> Tensor:
-        gens = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+        gens = sample_generators(seeds, self.device)
         with torch.no_grad(), autocast(self.cfg.precision, self.device):
             x = SAMPLERS[self.cfg.sampler](
                 net, schedule, tuple(x_init.shape), x_init=x_init.to(self.device),
@@ -123,9 +126,7 @@ class TIA2VSampler:
         first_frames ``(B, 3, H, W)`` in [-0.5, 0.5]; text ``(B, 77, D)``; image ``(B, D)``; audio_tokens
         ``(B, F, P, D_a)``. Returns ``(B, 3, F, H, W)`` in [-0.5, 0.5].
         """
-        b, c, h, w = first_frames.shape
-        video = torch.zeros(b, c, n_frames, h, w, device=self.device)
-        video[:, :, 0] = first_frames.to(self.device)
+        video = first_frame_init(first_frames.to(self.device)[:, :, None].expand(-1, -1, n_frames, -1, -1))
         text, image = text.to(self.device), image.to(self.device)
         kwargs = {"context": torch.cat([text, image[:, None].to(text.dtype)], dim=1),
                   "context_temp": motion_context(audio_tokens.to(self.device), text)}
@@ -156,3 +157,21 @@ class TIA2VSampler:
         t1 = time.perf_counter()
         v2 = None if self.shr is None else self.stage2(v1, text, shr_seeds or seeds, progress)
         return v1, v2, {"stage1": t1 - t0, "stage2": time.perf_counter() - t1}
+
+
+def load_tia2v_sampler(motion_path: str | os.PathLike, shr_path: str | os.PathLike | None, cfg: TIA2VSamplingConfig,
+                       device: str | torch.device = "cpu", compat: str | None = None) -> TIA2VSampler:
+    """The sampler of the motion checkpoint (and the SHR checkpoint unless ``shr_path`` is None), both chains
+    respaced as ``cfg.respacing`` says; ``compat`` as in ``tav.tia2v.load.load_tia2v_unet``."""
+    from tav.tia2v.load import load_tia2v_unet
+
+    respacing = cfg.respacing or None
+    motion = load_tia2v_unet(motion_path, "motion", device, compat=compat)
+    shr = s_sched = None
+    if shr_path is not None:
+        if not Path(shr_path).is_file():
+            raise InputError(f"--diffusion_ckpt {shr_path}: no such file; pass the SHR (\"Diffusion\") checkpoint, "
+                             "or --skip_shr for the motion stage only")
+        shr = load_tia2v_unet(shr_path, "shr", device, compat=compat)
+        s_sched = GaussianSchedule.from_config(shr.process, respacing=respacing)
+    return TIA2VSampler(motion, GaussianSchedule.from_config(motion.process, respacing=respacing), shr, s_sched, cfg)

@@ -1,4 +1,4 @@
-"""TIA2V: text + image + audio to video with three pixel-space diffusion U-Nets (spec tia2v.md).
+"""TIA2V: text + image + audio to video with three pixel-space diffusion U-Nets.
 
 - ``TIA2VUNetConfig`` / ``tia2v_preset``: the content, motion and SHR architectures;
 - ``TIA2VUNet``: the networks, in upstream's state-dict layout;

@@ -1,5 +1,5 @@
 """Transformers of the TIA2V U-Nets: cross-attention, GEGLU feed-forward, and the spatial transformers with
-first-frame K/V self-attention (spec tia2v.md §4.2, §5.1).
+first-frame K/V self-attention.
 
 Source: latent-diffusion's ``SpatialTransformer`` / ``BasicTransformerBlock`` (Rombach et al. 2022), the
 first-frame ("cross-frame") self-attention of Text2Video-Zero (Khachatryan et al. 2023) and Shazeer 2020

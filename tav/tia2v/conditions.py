@@ -1,5 +1,4 @@
-"""TIA2V conditions: the offline condition cache and the context tensors the U-Nets read (spec tia2v.md §2.5,
-§4.1, §4.6, §4.9).
+"""TIA2V conditions: the offline condition cache and the context tensors the U-Nets read.
 
 Cache layout: ``<cache_dir>/<split>/<stem>.pt``, one plain dict per clip file (``torch.save``; read back with
 ``weights_only=True``):

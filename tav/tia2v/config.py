@@ -1,4 +1,4 @@
-"""Typed configuration of the three TIA2V U-Nets (spec tia2v.md §4.1, §4.5, §5.1, §11).
+"""Typed configuration of the three TIA2V U-Nets.
 
 One dataclass covers the three parts, which share guided-diffusion's U-Net skeleton:
 
@@ -12,9 +12,11 @@ One dataclass covers the three parts, which share guided-diffusion's U-Net skele
 ``attention_resolutions`` keeps guided-diffusion's meaning (spatial sizes for ``image_size``); like upstream,
 a size without a level (8 for the 64 px content model) is allowed and simply never matches.
 
-Compatibility switches (§11): ``double_residual`` is part of the released content/motion architecture;
-``dual_block_frame_collapse`` and ``audio_row_mapping`` reproduce the two motion-model bugs that shaped the
-released weights (``compat="tia2v"`` in :func:`tav.tia2v.load.load_tia2v_unet` turns them on).
+Switches: ``double_residual`` is part of the released content/motion architecture (an ordinary option);
+``dual_block_frame_collapse`` and ``audio_row_mapping`` (†) reproduce the two motion-model bugs that shaped the
+released weights. The corrected blocks ignore them; when one is on, the U-Net gets the upstream block of
+:mod:`tav.compat.tia2v` instead (``compat="tia2v"`` in :func:`tav.tia2v.load.load_tia2v_unet` turns them on
+for released weights; ``docs/upstream.md`` lists every such switch).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tav.errors import InputError
 
 PARTS = ("content", "motion", "shr")
 PRESETS = ("content", "motion", "shr", "content-tiny", "motion-tiny", "shr-tiny")
-MOTION_ONLY = ("dual_block_frame_collapse", "audio_row_mapping")
+MOTION_ONLY = ("dual_block_frame_collapse", "audio_row_mapping")  # † the upstream motion bugs (tav.compat.tia2v)
 
 
 @dataclass
@@ -60,8 +62,8 @@ class TIA2VUNetConfig(UNetShape):
     mix_ratio: float = 0.7  # motion: dual block output = x + mix·(T_audio(x)−x) + (1−mix)·(T_text(x)−x)
     temporal_dropout: float = 0.1  # motion: dropout in stages 2-4 of every temporal conv
     double_residual: bool | None = None  # x' = (x+A_text)+(x+A_image) (released content/motion); None = per part
-    dual_block_frame_collapse: bool = False  # † motion: every frame gets frame 0 of clip 0 (upstream `[0]`)
-    audio_row_mapping: bool = False  # † motion: feature row h attends to frame h's audio (upstream repeat)
+    dual_block_frame_collapse: bool = False  # † motion, compat: every frame gets frame 0 of clip 0 (upstream `[0]`)
+    audio_row_mapping: bool = False  # † motion, compat: feature row h hears frame h's audio (upstream repeat)
     temporal_pos_emb: Literal["none", "sinusoidal", "learned"] = "none"  # motion: frame position embedding
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass
     attention_impl: Literal["sdpa", "math"] = "sdpa"  # F.scaled_dot_product_attention, or explicit softmax

@@ -1,10 +1,9 @@
-"""TIA2V training items: VAT video windows with their conditions read from the condition cache (spec tia2v.md
-§2.3, §2.5).
+"""TIA2V training items: VAT video windows with their conditions read from the condition cache.
 
-No encoder runs here (upstream ran a ViT-L text encoder in every DataLoader worker, spec §10 item 24): the
+No encoder runs here (upstream ran a ViT-L text encoder in every DataLoader worker): the
 text states, the per-frame image embeddings and the per-frame audio tokens come from
 ``tav.tia2v.conditions.build_condition_cache``. Windows are cut as in ``VATDataset``: random starts for
-training, deterministic ones (``eval_crop``, seeded per stem by default; decision 7) for test. The default
+training, deterministic ones (``eval_crop``, seeded per stem by default) for test. The default
 ``DataLoader`` collate batches the items.
 """
 

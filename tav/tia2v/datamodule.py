@@ -1,7 +1,7 @@
 """Lightning data for TIA2V training: the condition cache built once, then :class:`TIA2VDataset` loaders.
 
 The encoders (CLIP ViT-L/14 and, for the motion model, BEATs) are loaded only while the cache is built, on
-the training device, and never in a DataLoader worker (upstream ran a ViT-L in every worker, spec §2.3).
+the training device, and never in a DataLoader worker (upstream ran a ViT-L in every worker).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class ConditionSpec:
 
     clip_l_path: str | None = None  # CLIP ViT-L/14 folder; None = saved_ckpts/clip-vit-large-patch14
     beats_path: str | None = None  # BEATs file; None = saved_ckpts/BEATs_iter3_plus_AS20K.pt
-    beats_mode: str = "fixed"  # fixed | compat (spec tia2v.md §2.5, §11)
+    beats_mode: str = "fixed"  # fixed | compat: the per-frame BEATs input (tav.encoders.beats)
     device: str = "cpu"
     batch_size: int = 16  # frames per encoder call
     need_audio: bool = True  # False for the content / SHR models (no BEATs needed)

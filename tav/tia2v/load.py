@@ -1,4 +1,4 @@
-"""Save and load the TIA2V U-Nets, and the content → motion weight transfer (spec tia2v.md §4.5, §11, §12).
+"""Save and load the TIA2V U-Nets, and the content → motion weight transfer.
 
 Formats read by :func:`load_tia2v_unet` (all through ``torch.load(weights_only=True)``):
 
@@ -10,12 +10,13 @@ Formats read by :func:`load_tia2v_unet` (all through ``torch.load(weights_only=T
 - upstream bare state dicts (guided-diffusion ``modelNNNNNN.pt`` / ``ema_0.9999_NNNNNN.pt``, the released
   "TIA" and "Diffusion" files): no config. The architecture is read from the tensor shapes, with the
   released preset of the part for what the shapes cannot tell (image size, heads, frames, token counts);
-  the process is §3's (4000 cosine steps, ε, learned range, RESCALED_MSE, ``rescale_timesteps``).
+  the process is ``TIA2V_PROCESS`` (4000 cosine steps, ε, learned range, RESCALED_MSE, ``rescale_timesteps``).
 
 ``compat``: ``"tia2v"`` turns on every † switch of the part (``double_residual``; motion also
 ``dual_block_frame_collapse`` and ``audio_row_mapping``), ``"fixed"`` turns the motion bugs off, None keeps
-the file's setting; bare upstream files default to ``"tia2v"`` (logged). ``overrides`` name fields of
-``TIA2VUNetConfig`` or ``ProcessConfig`` and win over everything.
+the file's setting; bare upstream files default to ``"tia2v"`` (logged). The switch values are
+:func:`tav.compat.tia2v.compat_switches`'s. ``overrides`` name fields of ``TIA2VUNetConfig`` or
+``ProcessConfig`` and win over everything.
 """
 
 from __future__ import annotations
@@ -30,10 +31,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tav.checkpoint import FORMAT_VERSION, detect_stage, safe_load, save_checkpoint, state_dict_of
+from tav.checkpoint import (
+    FORMAT_VERSION,
+    detect_stage,
+    read_checkpoint,
+    safe_load,
+    save_checkpoint,
+    state_dict_of,
+    strict_from_state_dict,
+)
+from tav.compat import tia2v as tia2v_compat  # a module import: tav.compat.tia2v imports tav.tia2v's blocks
 from tav.config import from_dict, to_dict
 from tav.diffusion.config import input_levels, require_key
-from tav.diffusion.load import split_overrides, strict_from_state_dict
+from tav.diffusion.load import split_overrides
 from tav.diffusion.schedule import ProcessConfig
 from tav.errors import InputError
 from tav.tia2v.config import PARTS, TIA2VUNetConfig, tia2v_preset
@@ -43,25 +53,11 @@ from tav.tia2v.unet import TIA2VUNet
 log = logging.getLogger(__name__)
 
 TIA2V_PROCESS = {"steps": 4000, "noise_schedule": "cosine", "learn_sigma": True, "predict_xstart": False,
-                 "loss": "rescaled_mse", "rescale_timesteps": True}  # spec §3, all three U-Nets
+                 "loss": "rescaled_mse", "rescale_timesteps": True}  # the released process, all three U-Nets
 STAGES = {part: f"tia2v_{part}" for part in PARTS}  # recorded stage of tav / Lightning files
-COMPAT_MODES = ("tia2v", "fixed")
 UNET_FIELDS = frozenset(f.name for f in fields(TIA2VUNetConfig))
 INFERRED = ("in_channels", "out_channels", "model_channels", "channel_mult", "num_res_blocks",
             "use_scale_shift_norm", "context_dim", "context_dim_temp", "transformer_depth")
-
-
-def compat_switches(part: str, compat: str | None) -> dict[str, bool]:
-    """The † switch values that ``compat`` sets for ``part`` (empty for None)."""
-    if compat is None:
-        return {}
-    if compat not in COMPAT_MODES:
-        raise InputError(f"compat={compat!r}: must be one of {COMPAT_MODES} or None")
-    on = compat == "tia2v"
-    switches = {"double_residual": True} if on and part != "shr" else {}
-    if part == "motion":
-        switches.update(dual_block_frame_collapse=on, audio_row_mapping=on)
-    return switches
 
 
 # -------------------------------------------------------------------------------- bare upstream state dicts
@@ -168,14 +164,14 @@ def read_tia2v_checkpoint(path: str | os.PathLike, part: str, *, ema: bool = Tru
         if compat is None:
             compat = "tia2v"
             log.info("%s: upstream %s state dict; compat='tia2v' (the released weights' switches %s on)", path, part,
-                     sorted(compat_switches(part, compat)))
+                     sorted(tia2v_compat.compat_switches(part, compat)))
         unet = to_dict(tia2v_config_from_state_dict(sd, part, **unet_over))
         process = {**TIA2V_PROCESS, "learn_sigma": unet["out_channels"] == 2 * unet["in_channels"]}
     else:
         got = f"a {stage!r} checkpoint" if stage else "no recognisable model"
         raise InputError(f"{path}: holds {got}, but a TIA2V {part} U-Net (tav file, Lightning checkpoint or "
                          "upstream state dict) was expected")
-    cfg = from_dict(TIA2VUNetConfig, {**unet, **compat_switches(part, compat), **unet_over},
+    cfg = from_dict(TIA2VUNetConfig, {**unet, **tia2v_compat.compat_switches(part, compat), **unet_over},
                     where=f"{path}: config.unet")
     process_cfg = from_dict(ProcessConfig, {**process, **process_over}, where=f"{path}: config.process")
     return cfg, process_cfg, sd
@@ -191,7 +187,7 @@ def load_tia2v_unet(path: str | os.PathLike, part: str, device: str | torch.devi
                     compat: str | None = None, **overrides: Any) -> TIA2VUNet:
     """The TIA2V ``part`` U-Net (``"content"``, ``"motion"``, ``"shr"``) of ``path``, in eval mode on ``device``.
 
-    ``net.process`` is the ``ProcessConfig`` the weights go with (stored, else spec §3's). ``compat``: see the
+    ``net.process`` is the ``ProcessConfig`` the weights go with (stored, else ``TIA2V_PROCESS``). ``compat``: see the
     module docstring (bare upstream files default to ``"tia2v"``). ``overrides``: ``TIA2VUNetConfig`` /
     ``ProcessConfig`` fields, plus ``ema`` (default True: a Lightning checkpoint's EMA weights).
     """
@@ -200,6 +196,19 @@ def load_tia2v_unet(path: str | os.PathLike, part: str, device: str | torch.devi
     net = tia2v_from_state_dict(cfg, sd, where=str(path)).to(device).eval()
     net.process = process
     return net
+
+
+def beats_mode_for(path: str | os.PathLike, net: TIA2VUNet) -> str:
+    """The BEATs input mode motion weights expect: the one recorded in the file (ours), else ``compat`` for
+    weights trained with upstream's bugs (the released files) and ``fixed`` otherwise."""
+    try:
+        raw = read_checkpoint(path, expect=STAGES["motion"]).raw
+    except InputError:  # an upstream bare state dict records nothing
+        raw = {}
+    recorded = raw.get("beats_mode") or (raw.get("hyper_parameters") or {}).get("beats_mode")
+    if recorded:
+        return recorded
+    return "compat" if tia2v_compat.has_motion_bugs(net.config) else "fixed"
 
 
 def save_tia2v_unet(net: TIA2VUNet, path: str | os.PathLike, process: ProcessConfig, **extra: Any) -> Path:
@@ -235,7 +244,7 @@ def _remap(key: str, index: dict[str, list[int]]) -> str:
 @torch.no_grad()
 def transfer_content_to_motion(content_state_dict: Mapping[str, Tensor], motion_net: TIA2VUNet,
                                remap_shifted: bool = False) -> dict[str, Any]:
-    """Copy a content model's tensors into ``motion_net`` in place and report what happened (spec §4.5).
+    """Copy a content model's tensors into ``motion_net`` in place and report what happened.
 
     Upstream copies by name: 354 of the 366 released content tensors; ``middle_block.2.*`` and
     ``output_blocks.2.2.conv.*`` are dropped because the motion net's extra dual blocks shift their indices.

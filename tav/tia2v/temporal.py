@@ -1,4 +1,4 @@
-"""Temporal layers of the TIA2V motion U-Net (spec tia2v.md §4.5, §4.6): the temporal conv inside every
+"""Temporal layers of the TIA2V motion U-Net: the temporal conv inside every
 ResBlock, the temporal transformer over the frames of each pixel, and the dual (audio / text) block.
 
 Sources: the temporal conv follows ModelScope/VideoComposer's ``TemporalConvBlock_v2``; the temporal
@@ -7,13 +7,13 @@ transformer is latent-diffusion's transformer run along the frame axis; the dual
 
 Inputs are the motion U-Net's ``(B·F, C, H, W)`` frame batches (``(b f)`` order); F comes from the config.
 
-Temporal cross-attention context ``(B·F, M, D)`` holds each frame's own tokens. Which frame's tokens a
-feature attends to:
+Temporal cross-attention context ``(B·F, M, D)`` holds each frame's own tokens; the feature of frame f
+attends to frame f's tokens, and the dual block gives every frame its own output.
 
-- default (fixed): the feature of frame f attends to frame f's tokens;
-- ``audio_row_mapping`` (†, released weights): upstream repeats the per-frame context over the ``H·W``
-  per-pixel sequences (``b m d -> (b r) m d``, ``r = H·W / F``), so all frames of pixel ``p = h·W + w``
-  attend to frame ``p // r``: at 16×16 with F = 16, row h hears frame h.
+This module is that corrected computation only. The two motion-model bugs the released weights were trained
+with live in :mod:`tav.compat.tia2v`: ``TemporalTransformer(..., row_mapping=True)`` builds its
+``RowMappedTemporalTransformer`` (``audio_row_mapping``) and ``DualTemporalTransformer(...,
+frame_collapse=True)`` its ``FrameCollapsedDualTemporalTransformer`` (``dual_block_frame_collapse``).
 """
 
 from __future__ import annotations
@@ -78,47 +78,55 @@ class TemporalResBlock(ResBlock):
 
 
 class TemporalBlock(TransformerBlock):
-    """Pre-LN block on per-pixel frame sequences: self-attention over the F frames, cross-attention to each
-    frame's context tokens (mapping: see the module docstring), GEGLU feed-forward."""
+    """Pre-LN block on per-pixel frame sequences: self-attention over the F frames, cross-attention of each
+    frame's features to that frame's context tokens, GEGLU feed-forward."""
 
-    def forward(self, x: Tensor, context: Tensor, clips: int, row_mapping: bool) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor, clips: int) -> Tensor:
         """x: (B·H·W, F, C) per-pixel sequences (b-major); context: (B·F, M, D) -> like x."""
         x = x + self.attn1(self.norm1(x))
-        h = _frame_groups(self.norm2(x), clips, row_mapping)  # (B·F, L, C): the queries of each context row
-        x = x + _undo_frame_groups(self.attn2(h, context), x.shape, clips, row_mapping)
+        h = self.frame_groups(self.norm2(x), clips)  # (B·F, L, C): the queries of each context row
+        x = x + self.undo_frame_groups(self.attn2(h, context), x.shape, clips)
         return x + self.ff(self.norm3(x))
 
+    @staticmethod
+    def frame_groups(x: Tensor, clips: int) -> Tensor:
+        """(B·HW, F, C) -> (B·F, HW, C): row b·F + f holds frame f's features of every pixel of clip b."""
+        n, f, c = x.shape
+        return x.reshape(clips, n // clips, f, c).transpose(1, 2).reshape(clips * f, n // clips, c)
 
-def _frame_groups(x: Tensor, clips: int, row_mapping: bool) -> Tensor:
-    """(B·HW, F, C) -> (B·F, L, C): group the tokens by the context frame they attend to."""
-    n, f, c = x.shape
-    hw = n // clips
-    if row_mapping:  # pixel p hears frame p // (HW / F): consecutive blocks of HW / F pixels per frame
-        return x.reshape(clips * f, (hw // f) * f, c)
-    return x.reshape(clips, hw, f, c).transpose(1, 2).reshape(clips * f, hw, c)
-
-
-def _undo_frame_groups(x: Tensor, shape: torch.Size, clips: int, row_mapping: bool) -> Tensor:
-    """Inverse of :func:`_frame_groups`: (B·F, L, C) -> ``shape`` = (B·HW, F, C)."""
-    if row_mapping:
-        return x.reshape(shape)
-    n, f, c = shape
-    return x.reshape(clips, f, n // clips, c).transpose(1, 2).reshape(shape)
+    @staticmethod
+    def undo_frame_groups(x: Tensor, shape: torch.Size, clips: int) -> Tensor:
+        """Inverse of :meth:`frame_groups`: (B·F, L, C) -> ``shape`` = (B·HW, F, C)."""
+        n, f, c = shape
+        return x.reshape(clips, f, n // clips, c).transpose(1, 2).reshape(shape)
 
 
 class TemporalTransformer(nn.Module):
     """GroupNorm → Conv1d ``proj_in`` along the frames of each pixel → blocks → zero-initialised Conv1d
-    ``proj_out``, plus the input. Optional frame position embedding (``pos_emb``; upstream: none)."""
+    ``proj_out``, plus the input. Optional frame position embedding (``pos_emb``; upstream: none).
+
+    ``row_mapping=True`` returns :class:`tav.compat.tia2v.RowMappedTemporalTransformer` (upstream's context
+    repeat, the released motion weights' ``audio_row_mapping``); this class ignores the argument otherwise.
+    """
+
+    block_type: type[TemporalBlock] = TemporalBlock
+
+    def __new__(cls, *args, row_mapping: bool = False, **kwargs) -> TemporalTransformer:
+        if cls is TemporalTransformer and row_mapping:
+            from tav.compat.tia2v import RowMappedTemporalTransformer
+
+            cls = RowMappedTemporalTransformer
+        return super().__new__(cls)
 
     def __init__(self, channels: int, heads: int, context_dim: int, frames: int, depth: int = 1,
                  dropout: float = 0.0, row_mapping: bool = False, pos_emb: str = "none", impl: str = "sdpa",
                  use_checkpoint: bool = False) -> None:
         super().__init__()
-        self.frames, self.row_mapping, self.pos_emb = frames, row_mapping, pos_emb
+        self.frames, self.pos_emb = frames, pos_emb
         self.use_checkpoint = use_checkpoint
         self.norm = transformer_norm(channels)
         self.proj_in = nn.Conv1d(channels, channels, 1)
-        self.transformer_blocks = nn.ModuleList([TemporalBlock(channels, heads, context_dim, dropout, impl)
+        self.transformer_blocks = nn.ModuleList([self.block_type(channels, heads, context_dim, dropout, impl)
                                                  for _ in range(depth)])
         self.proj_out = zero_init(nn.Conv1d(channels, channels, 1))
         if pos_emb == "learned":
@@ -136,17 +144,18 @@ class TemporalTransformer(nn.Module):
         if context.shape[0] != n:
             raise InputError(f"temporal transformer: {n} frames but a context of shape {tuple(context.shape)}; "
                              "pass one context row per frame, (B·F, tokens, dim)")
-        if self.row_mapping and (hh * ww) % f:
-            raise InputError(f"audio_row_mapping needs H·W ({hh}x{ww}) to be a multiple of F={f} "
-                             "(upstream's context repeat); turn the switch off for this size")
+        self._check_grid(hh, ww)
         h = self.norm(x).reshape(b, f, c, hh * ww).permute(0, 3, 2, 1).reshape(b * hh * ww, c, f)
         tokens = self.proj_in(h).transpose(1, 2)  # (B·HW, F, C)
         tokens = tokens + self._position(tokens)
         context = context.to(tokens.dtype)
         for block in self.transformer_blocks:
-            tokens = block(tokens, context, b, self.row_mapping)
+            tokens = block(tokens, context, b)
         h = self.proj_out(tokens.transpose(1, 2))  # (B·HW, C, F)
         return x + h.reshape(b, hh * ww, c, f).permute(0, 3, 2, 1).reshape(n, c, hh, ww)
+
+    def _check_grid(self, hh: int, ww: int) -> None:
+        """Reject feature maps the context mapping cannot handle (every size works here)."""
 
     def _position(self, tokens: Tensor) -> Tensor | float:
         """Frame position embedding (F, C) for ``tokens`` (B·HW, F, C), or 0."""
@@ -162,9 +171,18 @@ class DualTemporalTransformer(nn.Module):
     """Two temporal transformers: ``transformers.0`` on the audio tokens, ``transformers.1`` on the text.
 
     Output ``x + mix·(T0(x) − x) + (1 − mix)·(T1(x) − x)`` with ``T0`` fed ``context[:, :audio_tokens]``
-    and ``T1`` fed the next ``text_tokens``. ``frame_collapse`` (†, released weights) keeps upstream's
-    ``[0]`` indexing: ``T(x)[0]`` is frame 0 of clip 0 ``(C, H, W)``, broadcast to every frame of every clip.
+    and ``T1`` fed the next ``text_tokens``; other keyword arguments (``row_mapping``, ``pos_emb``, ...) go
+    to both :class:`TemporalTransformer`. ``frame_collapse=True`` returns
+    :class:`tav.compat.tia2v.FrameCollapsedDualTemporalTransformer` (upstream's ``[0]`` indexing, the released
+    motion weights' ``dual_block_frame_collapse``); this class ignores the argument otherwise.
     """
+
+    def __new__(cls, *args, frame_collapse: bool = False, **kwargs) -> DualTemporalTransformer:
+        if cls is DualTemporalTransformer and frame_collapse:
+            from tav.compat.tia2v import FrameCollapsedDualTemporalTransformer
+
+            cls = FrameCollapsedDualTemporalTransformer
+        return super().__new__(cls)
 
     def __init__(self, channels: int, heads: int, context_dim: int, frames: int, audio_tokens: int = 8,
                  text_tokens: int = 77, mix_ratio: float = 0.7, frame_collapse: bool = False, **kwargs) -> None:
@@ -172,7 +190,7 @@ class DualTemporalTransformer(nn.Module):
         self.transformers = nn.ModuleList([TemporalTransformer(channels, heads, context_dim, frames, **kwargs)
                                            for _ in range(2)])
         self.lengths = (audio_tokens, text_tokens)
-        self.mix_ratio, self.frame_collapse = mix_ratio, frame_collapse
+        self.mix_ratio = mix_ratio
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         """x: (B·F, C, H, W); context: (B·F, audio_tokens + text_tokens, D), audio first -> like x."""
@@ -180,8 +198,10 @@ class DualTemporalTransformer(nn.Module):
             raise InputError(f"dual temporal block: context_temp of shape {tuple(context.shape)}; expected "
                              f"(B·F, {self.lengths[0]} audio + {self.lengths[1]} text tokens, dim)")
         audio, text = context.split(self.lengths, dim=1)
-        deltas = []
-        for transformer, tokens in zip(self.transformers, (audio, text), strict=True):
-            y = transformer(x, tokens)
-            deltas.append((y[0] if self.frame_collapse else y) - x)
+        deltas = [self._frames_out(transformer(x, tokens)) - x
+                  for transformer, tokens in zip(self.transformers, (audio, text), strict=True)]
         return deltas[0] * self.mix_ratio + deltas[1] * (1 - self.mix_ratio) + x
+
+    def _frames_out(self, y: Tensor) -> Tensor:
+        """One transformer's output ``y`` (B·F, C, H, W) as the block uses it: every frame its own."""
+        return y

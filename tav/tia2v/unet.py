@@ -1,8 +1,8 @@
-"""The TIA2V content, motion and SHR U-Nets (spec tia2v.md §4.1, §4.5, §5.1) in upstream's state-dict layout.
+"""The TIA2V content, motion and SHR U-Nets in upstream's state-dict layout.
 
 Source: guided-diffusion's ``UNetModel`` with latent-diffusion's spatial transformers, as modified by TIA2V
 (``tacm_unet.py``, ``tacm_unet_temp_dual.py``, ``tacm_unet_diffusion.py``); written fresh with the same
-module tree so the released ``.pt`` state dicts (``state_dicts/tia2v_*.tsv``) load strictly.
+module tree so the released ``.pt`` state dicts (``tests/data/state_dicts/tia2v_*.tsv``) load strictly.
 
 Layout, for levels with widths ``w_i = model_channels * channel_mult[i]``:
 
@@ -76,7 +76,8 @@ class TIA2VUNet(UNetSkeleton):
         return super()._res_block(channels, out_channels)
 
     def _attention_layers(self, channels: int) -> list[nn.Module]:
-        """The spatial transformer of an attention level (+ the dual temporal block for motion)."""
+        """The spatial transformer of an attention level (+ the dual temporal block for motion; the † switches
+        make it build upstream's variant from :mod:`tav.compat.tia2v`)."""
         cfg = self.config
         heads = cfg.heads_for(channels)
         common = dict(depth=cfg.transformer_depth, dropout=cfg.dropout, impl=cfg.attention_impl,

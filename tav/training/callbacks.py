@@ -3,7 +3,8 @@
 A run directory holds ``config.yaml``, ``log.txt``, ``metrics.jsonl`` (one JSON object per logged step),
 ``checkpoints/`` (best by a validation metric, every N steps, ``last.ckpt``), ``samples/`` (mp4) and
 ``tb/`` when TensorBoard is installed. Nothing here knows about a particular model: the sample logger
-only calls ``pl_module.input_video(batch)`` and ``pl_module.reconstruct(video)``.
+only calls ``pl_module.input_video(batch)`` and ``pl_module.reconstruct(video)``, and ``check_finite`` (the
+NaN guard of every stage) only sees a loss.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,9 @@ import torch
 from pytorch_lightning.callbacks import Callback, Checkpoint, ModelCheckpoint
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
+
+from tav.errors import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,22 @@ def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
     if files:
         return str(max(files, key=lambda f: f.stat().st_mtime))
     return str(trainer.ckpt_path) if trainer.ckpt_path else None
+
+
+def check_finite(trainer: pl.Trainer, loss: Tensor, what: str, step: int,
+                 parts: Mapping[str, Tensor] | None = None) -> None:
+    """Raise ``NonFiniteLossError`` on every rank at once when the scalar ``loss`` is NaN or infinite on any.
+
+    One line: ``"non-finite <what> loss at global step <step> (<parts>); last good checkpoint: <file>"``;
+    ``parts`` are named loss terms, of which the scalar ones are listed (left out when none are given).
+    """
+    bad = trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+    if not bad:
+        return
+    terms = ", ".join(f"{k}={float(v):.4g}" for k, v in (parts or {}).items() if v.numel() == 1)
+    ckpt = last_good_checkpoint(trainer)
+    raise NonFiniteLossError(f"non-finite {what} loss at global step {step}{f' ({terms})' if terms else ''}; "
+                             f"last good checkpoint: {ckpt or 'none saved yet'}")
 
 
 def best_or_last(dirpath: str | os.PathLike, trainer: pl.Trainer) -> Path | None:

@@ -1,9 +1,9 @@
-"""Lightning module of the TA2V stage-2 prior: an unconditional video diffusion U-Net (spec ta2v.md §5.3).
+"""Lightning module of the TA2V stage-2 prior: an unconditional video diffusion U-Net.
 
 One batch: real clips ``batch[input_key]`` ``(B, 3, T, H, W)`` in [-0.5, 0.5] -> uniform timesteps ->
 ``GaussianSchedule.training_losses`` (MSE on ε plus, with learned sigma, the variational-bound term on the
 variance) -> AdamW. Only the video is used: upstream passed the caption into an unconditional U-Net and
-crashed (spec §10.1). Logged as ``train_loss``, ``train_mse``, ``train_vb`` and the loss per quarter of the
+crashed. Logged as ``train_loss``, ``train_mse``, ``train_vb`` and the loss per quarter of the
 timestep range (``train_loss_q0`` .. ``q3``, as guided-diffusion logs it).
 
 EMA: ``self.ema`` is a frozen copy of the network, updated after every optimiser step as
@@ -35,8 +35,7 @@ from tav.diffusion.load import save_unet
 from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
 from tav.diffusion.unet3d import UNet
 from tav.errors import InputError
-from tav.training.callbacks import last_good_checkpoint
-from tav.training.vqgan_module import NonFiniteLossError
+from tav.training.callbacks import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +158,7 @@ class DiffusionModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         terms, t = self.diffusion_terms(batch)
         loss = terms["loss"].mean()
-        self._check_finite(loss)
+        check_finite(self.trainer, loss, "diffusion", self.global_step)
         bs = len(batch[self.train_cfg.input_key])
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         parts = {f"train_{k}": v.mean() for k, v in terms.items() if k != "loss"}
@@ -172,14 +171,6 @@ class DiffusionModule(pl.LightningModule):
         if self.global_step != self._ema_step:  # once per optimiser step (accumulation-safe)
             self._ema_step = self.global_step
             ema_update(self.ema, self.net, self.train_cfg.ema_rate)
-
-    def _check_finite(self, loss: Tensor) -> None:
-        """Raise ``NonFiniteLossError`` on every rank when the loss is NaN or infinite."""
-        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
-        if bad:
-            ckpt = last_good_checkpoint(self.trainer)
-            raise NonFiniteLossError(f"non-finite diffusion loss at global step {self.global_step}; "
-                                     f"last good checkpoint: {ckpt or 'none saved yet'}")
 
 
 class UNetExport(Callback):

@@ -1,9 +1,11 @@
-"""Lightning module of the text -> video-token GPT stage (spec ta2v.md §4.2, §4.4).
+"""Lightning module of the text -> video-token GPT stage.
 
 One batch: BERT ids ``(B, L)`` + VQGAN codes of the clips -> cross-entropy of the video tokens only
-(softmax over the full vocabulary), logged as ``train_text_loss`` / ``val_text_loss`` (upstream's names)
-with top-1 / top-5 token accuracy (``*_text_acc1``, ``*_text_acc5``). Automatic optimisation: the
-Trainer does accumulation, clipping and mixed precision.
+(``tav.gpt.model.token_loss``). ``train.softmax`` picks its vocabulary: the video codes alone (``video``,
+the default) or the full text + video vocabulary as upstream (``full``, the ``urmp_upstream`` preset).
+Logged as ``train_text_loss`` / ``val_text_loss`` (upstream's names) with top-1 / top-5 token accuracy
+(``*_text_acc1``, ``*_text_acc5``). Automatic optimisation: the Trainer does accumulation, clipping and
+mixed precision.
 
 The codes come from a token cache (``batch["codes"]``, ``tav.data.token_cache``) or are encoded on the
 fly from ``batch[first_stage_key]`` with the frozen VQGAN: under ``no_grad``, autocast off (fp32 codes
@@ -13,7 +15,7 @@ never see it, so it stays in eval mode without overriding ``train`` and is not c
 checkpoint (upstream stored it under ``first_stage_model.*``). The GPT config records the VQGAN file's
 sha256, ``n_codes`` and code grid instead (``tav.gpt.check_vqgan_compat``).
 
-Optimiser (spec §4.4): AdamW, betas (0.9, 0.95), weight decay on Linear weights only (none on biases,
+Optimiser: AdamW, betas (0.9, 0.95), weight decay on Linear weights only (none on biases,
 LayerNorm, the token embedding, ``pos_emb``). ``lr = accumulate * world_size * batch_size * base_lr``
 (upstream rule; ``lr_scaling: none`` uses ``base_lr``). Schedules: ``cosine_steps`` (default: optional
 linear warm-up, then one cosine from lr to 0 over ``max_steps``), ``constant`` (optional warm-up), and
@@ -33,15 +35,13 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tav.config import from_dict, to_dict
 from tav.errors import InputError
 from tav.gpt.config import GPTConfig
-from tav.gpt.model import GPT, token_accuracy
-from tav.training.callbacks import last_good_checkpoint
-from tav.training.vqgan_module import NonFiniteLossError
+from tav.gpt.model import GPT, token_accuracy, token_loss
+from tav.training.callbacks import check_finite
 from tav.vqgan.model import VQGAN
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class GPTTrainConfig:
                              "(or --lr_schedule constant)")
         if self.cond_key != "text":
             raise InputError(f"--cond1_stage_key {self.cond_key}: the GPT is conditioned on the caption only "
-                             "('text'); audio never enters the GPT (spec ta2v.md §4.2)")
+                             "('text'); audio never enters the GPT")
 
 
 def train_config_from_dict(data: dict[str, Any], where: str = "train") -> GPTTrainConfig:
@@ -202,14 +202,14 @@ class GPTModule(pl.LightningModule):
         prefix, codes = self.batch_inputs(batch)
         video_only = self.train_cfg.softmax == "video"
         logits, targets = self.gpt.training_logits(prefix, codes, video_only)  # (B, N, V), (B, N): video positions
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        loss = token_loss(logits, targets)
         acc1, acc5 = token_accuracy(logits.detach(), targets)
         return loss, acc1, acc5, prefix.shape[0]
 
     # ------------------------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, acc1, acc5, bs = self._loss_and_accuracy(batch)
-        self._check_finite(loss)
+        check_finite(self.trainer, loss, "text", self.global_step)
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.log("train_text_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
         self.log_dict({"train_text_acc1": acc1, "train_text_acc5": acc5, "lr": float(lr),
@@ -228,11 +228,3 @@ class GPTModule(pl.LightningModule):
         self.log("step", float(self.global_step), batch_size=bs, sync_dist=True)
         self.log("val_text_loss", loss, prog_bar=True, sync_dist=True, batch_size=bs)
         self.log_dict({"val_text_acc1": acc1, "val_text_acc5": acc5}, sync_dist=True, batch_size=bs)
-
-    def _check_finite(self, loss: Tensor) -> None:
-        """Raise ``NonFiniteLossError`` on every rank when the loss is NaN or infinite."""
-        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
-        if bad:
-            ckpt = last_good_checkpoint(self.trainer)
-            raise NonFiniteLossError(f"non-finite text loss at global step {self.global_step}; "
-                                     f"last good checkpoint: {ckpt or 'none saved yet'}")

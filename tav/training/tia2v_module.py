@@ -1,4 +1,4 @@
-"""Lightning module for the three TIA2V diffusion U-Nets: content, motion and SHR (spec tia2v.md §3–§5).
+"""Lightning module for the three TIA2V diffusion U-Nets: content, motion and SHR.
 
 It is the TA2V prior's :class:`~tav.training.diffusion_module.DiffusionModule` (EMA, per-rank generator,
 non-finite check, ``modelNNNNNN.pt`` / ``emaNNNNNN.pt`` exports, resumable checkpoints) with a conditioned
@@ -16,7 +16,7 @@ Per part:
 
 Timesteps: per frame for content and motion when ``per_frame_t`` (upstream; sampling shares one t per clip),
 else one per clip repeated over its frames; one per clip for SHR. Upstream's side-trained discriminators
-(no effect on the generator, spec §4.8) are not reproduced.
+(no effect on the generator) are not reproduced.
 """
 
 from __future__ import annotations

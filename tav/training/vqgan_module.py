@@ -1,4 +1,4 @@
-"""Lightning module of the video VQGAN stage (spec ta2v.md §3.5): one batch = a generator pass and a
+"""Lightning module of the video VQGAN stage: one batch = a generator pass and a
 discriminator pass, with two Adam optimisers under manual optimisation.
 
 Lightning 2 forbids ``accumulate_grad_batches`` and ``gradient_clip_val`` as Trainer arguments under
@@ -34,7 +34,7 @@ from torch import Tensor
 
 from tav.config import from_dict, to_dict
 from tav.errors import InputError
-from tav.training.callbacks import last_good_checkpoint
+from tav.training.callbacks import check_finite
 from tav.vqgan.config import VQGANConfig
 from tav.vqgan.losses import (
     Perceptual,
@@ -92,10 +92,6 @@ def effective_lr(base_lr: float, rule: str, accumulate: int, world_size: int, ba
     if rule == "upstream":
         return accumulate * (world_size / 8.0) * (batch_size / 4.0) * base_lr
     raise InputError(f"train.lr_scaling={rule!r}: expected 'upstream' or 'none'")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A training loss became NaN or infinite; the message names the global step and the last good checkpoint."""
 
 
 class VQGANModule(pl.LightningModule):
@@ -169,7 +165,7 @@ class VQGANModule(pl.LightningModule):
         opt = self.optimizers()[0]
         with opt.toggle_model(sync_grad=boundary):
             loss, parts = generator_loss(self.vqgan, self.perceptual, video, recon, vq, step, frame_idx)
-            self._check_finite(loss, "autoencoder", parts, step)
+            check_finite(self.trainer, loss, "autoencoder", step, parts)
             self.manual_backward(loss / self.train_cfg.accumulate_grad_batches)
             if boundary:
                 self._clip_and_step(opt, opt.optimizer)
@@ -185,25 +181,12 @@ class VQGANModule(pl.LightningModule):
         raw = self.optimizers(use_pl_optimizer=False)[1]  # plain step: global_step counts the generator only
         with opt.toggle_model(sync_grad=boundary):
             loss, parts = discriminator_loss(self.vqgan, video, recon, step, frame_idx)
-            self._check_finite(loss, "discriminator", parts, step)
+            check_finite(self.trainer, loss, "discriminator", step, parts)
             self.manual_backward(loss / self.train_cfg.accumulate_grad_batches)
             if boundary:
                 self._clip_and_step(raw, raw)
         parts["disc_loss"] = loss.detach()
         return parts
-
-    def _check_finite(self, loss: Tensor, what: str, parts: dict[str, Tensor], step: int) -> None:
-        """Raise ``NonFiniteLossError`` (on every rank at once) when ``loss`` is NaN or infinite.
-
-        ``step`` is the global step being computed: the number of optimiser steps taken before this batch.
-        """
-        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
-        if not bad:
-            return
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items() if v.numel() == 1)
-        ckpt = last_good_checkpoint(self.trainer)
-        raise NonFiniteLossError(f"non-finite {what} loss at global step {step} ({terms}); "
-                                 f"last good checkpoint: {ckpt or 'none saved yet'}")
 
     # ------------------------------------------------------------------------------------ validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -1,4 +1,4 @@
-"""Typed configuration of the video VQGAN (TATS architecture, spec ta2v.md §3.1).
+"""Typed configuration of the video VQGAN (TATS architecture).
 
 Defaults are upstream's code defaults; the URMP / Landscape README recipes are the YAML presets in
 ``configs/vqgan/``. Derived sizes (latent grid, stage count, channel widths) are properties here and

@@ -1,4 +1,4 @@
-"""2D and 3D PatchGAN discriminators (spec ta2v.md §3.4).
+"""2D and 3D PatchGAN discriminators.
 
 Source: pix2pixHD's multi-feature ``NLayerDiscriminator`` (Wang et al. 2018,
 https://github.com/NVIDIA/pix2pixHD), as used by TATS. Blocks are named ``model0 .. model{n+1}`` with the

@@ -2,7 +2,7 @@
 
 The upstream Lightning-1.5 files carry ``hyper_parameters = {"args": argparse.Namespace(...)}``; the
 fields that shape the model are mapped onto ``VQGANConfig`` and the rest are ignored. Their state dict
-uses the key layout of ``state_dicts/ta2v_vqgan.tsv`` and includes the LPIPS weights
+uses the key layout of ``tests/data/state_dicts/ta2v_vqgan.tsv`` and includes the LPIPS weights
 (``perceptual_model.*``), which the VQGAN module does not hold: they are accepted and skipped here, and
 ``tav.vqgan.losses.build_perceptual(state_dict=...)`` can use them.
 
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from tav.checkpoint import Checkpoint, read_checkpoint, save_checkpoint
+from tav.checkpoint import Checkpoint, read_checkpoint, save_checkpoint, strict_from_state_dict
 from tav.config import to_dict
 from tav.errors import InputError
 from tav.vqgan.config import VQGANConfig, vqgan_config_from_dict
@@ -30,6 +30,7 @@ from tav.vqgan.model import VQGAN
 
 PERCEPTUAL_PREFIX = "perceptual_model."
 _ANCHOR = "encoder.conv_first.conv.weight"  # present in every VQGAN state dict, whatever the prefix
+_CODEBOOK_FLAG = "codebook.initialised"  # ours; absent from upstream files (loads as initialised)
 
 # upstream argparse name -> VQGANConfig field (values are copied unchanged)
 _UPSTREAM_FIELDS = {
@@ -68,33 +69,16 @@ def _strip_prefix(sd: dict[str, Tensor], where: str) -> dict[str, Tensor]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def _check_keys(model: VQGAN, sd: Mapping[str, Tensor], where: str) -> None:
-    """One-line ``InputError`` for missing, unexpected or mis-shaped tensors."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in sd and k != "codebook.initialised"]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [k for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if wrong:
-        k = wrong[0]
-        raise InputError(f"{where}: {len(wrong)} tensor(s) do not fit the checkpoint's config, e.g. {k} has shape "
-                         f"{tuple(sd[k].shape)} but the config builds {tuple(expected[k].shape)}")
-    if missing or unexpected:
-        raise InputError(f"{where}: state dict does not match a VQGAN: {len(missing)} missing "
-                         f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
-
-
 def vqgan_from_state_dict(cfg: VQGANConfig, state_dict: Mapping[str, Tensor], where: str = "state dict") -> VQGAN:
     """Build ``VQGAN(cfg)`` and load ``state_dict`` strictly; only ``perceptual_model.*`` may be extra and
-    ``codebook.initialised`` absent (upstream files: the codebook is then marked initialised).
+    ``codebook.initialised`` absent (upstream files: the codebook is then marked initialised). Missing,
+    unexpected or mis-shaped tensors raise a one-line ``InputError`` (``tav.checkpoint.strict_from_state_dict``).
 
     Also the way to use the VQGAN copy inside a GPT checkpoint (``first_stage_model.*`` with the prefix
     removed). Returns the model in train mode on CPU.
     """
     sd = {k: v for k, v in state_dict.items() if not k.startswith(PERCEPTUAL_PREFIX)}
-    model = VQGAN(cfg)
-    _check_keys(model, sd, where)
-    model.load_state_dict(sd, strict=True)
-    return model
+    return strict_from_state_dict(lambda: VQGAN(cfg), sd, where, "VQGAN", optional=(_CODEBOOK_FLAG,))
 
 
 def _config_of(ckpt: Checkpoint, config: VQGANConfig | None) -> VQGANConfig:

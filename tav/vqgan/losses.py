@@ -1,4 +1,4 @@
-"""VQGAN training losses (spec ta2v.md §3.5): L1 + commitment + LPIPS + PatchGAN + feature matching.
+"""VQGAN training losses: L1 + commitment + LPIPS + PatchGAN + feature matching.
 
 Source: the VQGAN objective of Esser et al. 2021 (https://github.com/CompVis/taming-transformers) with
 the two-discriminator video variant of TATS (https://github.com/songweige/TATS). Hinge loss: Lim & Ye

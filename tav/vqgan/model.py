@@ -1,8 +1,8 @@
-"""Video VQGAN of TATS (spec ta2v.md §3.2): 3D conv encoder/decoder, EMA codebook, two PatchGANs.
+"""Video VQGAN of TATS: 3D conv encoder/decoder, EMA codebook, two PatchGANs.
 
 Source: Ge et al. 2022, "Long Video Generation with Time-Agnostic VQGAN and Time-Sensitive Transformer"
 (https://github.com/songweige/TATS). Module and attribute names follow upstream so that the released
-TA2V checkpoints load with their own keys (``state_dicts/ta2v_vqgan.tsv``); the only key we add is
+TA2V checkpoints load with their own keys (``tests/data/state_dicts/ta2v_vqgan.tsv``); the only key we add is
 ``codebook.initialised``. LPIPS is not part of this module (see ``losses.build_perceptual``).
 
 Videos are ``(B, C, T, H, W)`` float in [-0.5, 0.5]. Clips whose size is not a multiple of

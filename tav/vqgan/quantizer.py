@@ -1,4 +1,4 @@
-"""EMA vector-quantisation codebook (spec ta2v.md §3.3); no learned embedding parameter.
+"""EMA vector-quantisation codebook; no learned embedding parameter.
 
 Source: EMA VQ update of van den Oord et al. 2017, "Neural Discrete Representation Learning", App. A.1
 (https://arxiv.org/abs/1711.00937), with Laplace-smoothed counts and the data-dependent init / random

@@ -1,4 +1,4 @@
-"""CLIP-audio score of a results folder (spec metrics.md §5): each frame against its own audio window,
+"""CLIP-audio score of a results folder: each frame against its own audio window,
 ``100 · cos`` averaged over frames, then over videos. The README seed line runs as written:
 
     python tools/clip_score/clip_audio.py --exp_tag 1_tav_URMP --audio_folder audio --video_folder fake_stage2 \
@@ -15,13 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-try:  # imported as tools.clip_score.clip_audio (tests) or run as a file
-    from tools import metric_common as mc
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import metric_common as mc
 
 from tav.data.audio import read_audio
 from tav.encoders.registry import get_encoder, resolve_encoder_path
@@ -29,6 +22,7 @@ from tav.errors import InputError
 from tav.metrics.clip_score import audio_features, audio_image_scale, frame_audio_scores, image_features
 from tav.metrics.folders import RunFolder, Source, audio_rate, find_run, load_videos, open_run
 from tav.metrics.runs import metric_record, score_summary
+from tav_tools import metric_common as mc
 
 TOOL = "clip_audio.py"
 UPSTREAM_RATE = 48000  # upstream reloads every wav with librosa at 48 kHz

@@ -1,4 +1,4 @@
-"""CLIP-text score of a results folder (spec metrics.md §4): ``100 · cos(frame, caption)`` with CLIP
+"""CLIP-text score of a results folder: ``100 · cos(frame, caption)`` with CLIP
 ViT-B/32, averaged over frames, then over videos. The README seed line runs as written:
 
     python tools/clip_score/clip_text.py --exp_tag 1_tav_URMP --txt_folder txt --video_folder fake_stage2 --batch_size 5
@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-try:  # imported as tools.clip_score.clip_text (tests) or run as a file
-    from tools import metric_common as mc
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import metric_common as mc
 
 from tav.errors import InputError
 from tav.metrics.clip_score import frame_text_scores, image_features, text_features
 from tav.metrics.folders import RunFolder, Source, find_run, load_videos, open_run, read_caption
 from tav.metrics.runs import metric_record, score_summary
+from tav_tools import metric_common as mc
 
 TOOL = "clip_text.py"
 

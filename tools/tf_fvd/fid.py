@@ -1,4 +1,4 @@
-"""Per-frame FID between a run's real and generated videos (spec metrics.md §3). The README seed line runs
+"""Per-frame FID between a run's real and generated videos. The README seed line runs
 as written:
 
     python tools/tf_fvd/fid.py --exp_tag 1_tav_URMP --real_folder real --fake_folder fake_stage2 --mode full
@@ -17,15 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # imported as tools.tf_fvd.fid (tests) or run as a file
-    from tools import metric_common as mc
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import metric_common as mc
-
 from tav.metrics import inception
 from tav.metrics.frechet import frechet_distance, frechet_scipy, frechet_stats
 from tav.metrics.inception import inception_features, load_inception
+from tav_tools import metric_common as mc
 
 TOOL = "fid.py"
 MAX_IMAG = 1e-3  # upstream raises above this imaginary residual; tav logs it and records a note

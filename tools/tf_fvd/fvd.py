@@ -1,4 +1,4 @@
-"""FVD between a run's real and generated videos (spec metrics.md §2). The README seed line runs as written:
+"""FVD between a run's real and generated videos. The README seed line runs as written:
 
     python tools/tf_fvd/fvd.py --exp_tag 1_tav_URMP --real_folder real --fake_folder fake_stage2 --mode full
 
@@ -16,15 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # imported as tools.tf_fvd.fvd (tests) or run as a file
-    from tools import metric_common as mc
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import metric_common as mc
-
 from tav.metrics import i3d
 from tav.metrics.frechet import frechet_distance
 from tav.metrics.i3d import i3d_features, load_i3d
+from tav_tools import metric_common as mc
 
 TOOL = "fvd.py"
 

@@ -1,4 +1,4 @@
-"""AV-Align of a results folder (spec metrics.md §6): per video, the IoU of its audio onsets (librosa, 22 050 Hz,
+"""AV-Align of a results folder: per video, the IoU of its audio onsets (librosa, 22 050 Hz,
 hop 512) and its motion peaks (OpenCV Farneback flow), an onset being matched by a peak strictly within
 ±``--window_frames`` frames; then mean ± std over videos.
 
@@ -16,21 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-try:  # imported as tools.tia2v.av_align (tests) or run as a file
-    from tools import metric_common as mc
-    from tools.tia2v.first_frame_consistency import video_folder
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import metric_common as mc
-    from first_frame_consistency import video_folder
 
 from tav.errors import InputError
 from tav.metrics.av_align import AUDIO_RATE, FARNEBACK, HOP_LENGTH, WINDOW_FRAMES, av_align_folder
 from tav.metrics.folders import RunFolder, Source
 from tav.metrics.runs import metric_record, score_summary
+from tav_tools import metric_common as mc
+from tav_tools.tia2v.first_frame_consistency import video_folder
 
 TOOL = "av_align.py"
 NAME = "av_align"

@@ -1,4 +1,4 @@
-"""First-frame consistency of a results folder (spec metrics.md §7): per video, the mean over t ≥ 1 of
+"""First-frame consistency of a results folder: per video, the mean over t ≥ 1 of
 ``100 · cos(e_t, e_0)`` with CLIP ViT-B/32 frame embeddings; then mean ± std over videos.
 
     python tools/tia2v/first_frame_consistency.py --exp_tag tacm_URMP --video_folder fake_stage2
@@ -15,16 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-try:  # imported as tools.tia2v.first_frame_consistency (tests) or run as a file
-    from tools import metric_common as mc
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import metric_common as mc
-
 from tav.errors import InputError
 from tav.metrics.consistency import SCORERS, frame_embeddings
 from tav.metrics.folders import RunFolder, Source, default_fake_folder, load_videos
 from tav.metrics.runs import metric_record, score_summary
+from tav_tools import metric_common as mc
 
 TOOL = "first_frame_consistency.py"
 NAME = "first_frame_consistency"
@@ -82,7 +77,7 @@ def evaluate_folder(args, name: str, encoder, weights: dict, run: RunFolder, fol
 
 def evaluate(name: str, tool: str, argv: list[str] | None) -> None:
     """Parse ``argv``, score ``name`` (a key of ``SCORERS``) on each run folder, print and write the JSON."""
-    args = build_parser(f"{name.replace('_', ' ')} of a results folder (spec metrics.md §7)").parse_args(argv)
+    args = build_parser(f"{name.replace('_', ' ')} of a results folder").parse_args(argv)
     runs = mc.run_folders(args)  # a wrong --exp_tag fails before any weights load
     encoder, weights = mc.clip_encoder(args, mc.device_of(args))
     records = []

@@ -1,4 +1,4 @@
-"""Temporal consistency of a results folder (spec metrics.md §7): per video, the mean over t ≤ T−2 of
+"""Temporal consistency of a results folder: per video, the mean over t ≤ T−2 of
 ``100 · cos(e_t, e_{t+1})`` with CLIP ViT-B/32 frame embeddings; then mean ± std over videos.
 
     python tools/tia2v/temporal_consistency.py --exp_tag tacm_URMP --video_folder fake_stage2
@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-try:  # imported as tools.tia2v.temporal_consistency (tests) or run as a file
-    from tools.tia2v import first_frame_consistency as ffc
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import first_frame_consistency as ffc
+from tav_tools.tia2v import first_frame_consistency as ffc
 
 TOOL = "temporal_consistency.py"
 NAME = "temporal_consistency"

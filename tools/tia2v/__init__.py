@@ -1,0 +1,1 @@
+"""Command-line tools of ``tools/tia2v/``."""
