@@ -46,10 +46,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tav.gpt import GPT, GPTConfig, gpt_preset, sample_codes  # noqa: E402
-from tav.gpt.model import CausalSelfAttention  # noqa: E402
+from tav.gpt import GPT, GPTConfig, gpt_preset, sample_codes
+from tav.gpt.model import CausalSelfAttention
 
 TOP_K, TOP_P = 2048, 0.80
 UPSTREAM_TOKENS_PER_S = 21.8  # measured earlier, not by this script: upstream concat cache, batch 1, this machine kind

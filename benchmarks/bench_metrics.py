@@ -45,12 +45,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tav.metrics.frechet import frechet_from_stats, frechet_scipy, frechet_stats  # noqa: E402
-from tav.metrics.i3d import I3D, i3d_features, seeded_random_init_  # noqa: E402
-from tav.metrics.inception import FIDInception, inception_features  # noqa: E402
-from tav.metrics.resize import resize_bilinear  # noqa: E402
+from tav.metrics.frechet import frechet_from_stats, frechet_scipy, frechet_stats
+from tav.metrics.i3d import I3D, i3d_features, seeded_random_init_
+from tav.metrics.inception import FIDInception, inception_features
+from tav.metrics.resize import resize_bilinear
 
 CACHE_FRAMES, CACHE_SIZE = 16, 64  # clips of the cache benchmark
 

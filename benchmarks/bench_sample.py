@@ -63,27 +63,25 @@ from pathlib import Path
 
 import open_clip
 import torch
+from bench_gpt import TOP_K, TOP_P, _loadavg, upstream_sample_with_past
+from bench_unet import _cpu_name
 from torch import Tensor, nn
 
+from tav.diffusion.config import UNetConfig
+from tav.diffusion.load import load_unet, save_unet
+from tav.diffusion.samplers import ddpm_sample
+from tav.diffusion.schedule import GaussianSchedule, ProcessConfig, gather_coef
+from tav.diffusion.unet3d import UNet
+from tav.encoders.audio import encoder_audio
+from tav.encoders.audioclip import AudioCLIP, AudioCLIPConfig, load_audioclip
+from tav.encoders.clip import CLIPEncoder, load_clip
+from tav.gpt import GPT, gpt_preset, sample_codes
+from tav.guidance import Guidance, GuidanceConfig
+from tav.guidance import losses as L
+from tav.pipelines.ta2v import resize_frames
+from tav.vqgan import VQGAN, vqgan_preset
+
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]
-
-from bench_gpt import TOP_K, TOP_P, _loadavg, upstream_sample_with_past  # noqa: E402
-from bench_unet import _cpu_name  # noqa: E402
-
-from tav.diffusion.config import UNetConfig  # noqa: E402
-from tav.diffusion.load import load_unet, save_unet  # noqa: E402
-from tav.diffusion.samplers import ddpm_sample  # noqa: E402
-from tav.diffusion.schedule import GaussianSchedule, ProcessConfig, gather_coef  # noqa: E402
-from tav.diffusion.unet3d import UNet  # noqa: E402
-from tav.encoders.audio import encoder_audio  # noqa: E402
-from tav.encoders.audioclip import AudioCLIP, AudioCLIPConfig, load_audioclip  # noqa: E402
-from tav.encoders.clip import CLIPEncoder, load_clip  # noqa: E402
-from tav.gpt import GPT, gpt_preset, sample_codes  # noqa: E402
-from tav.guidance import Guidance, GuidanceConfig  # noqa: E402
-from tav.guidance import losses as L  # noqa: E402
-from tav.pipelines.ta2v import resize_frames  # noqa: E402
-from tav.vqgan import VQGAN, vqgan_preset  # noqa: E402
 
 FRAMES, SIZE, RATE, FPS = 16, 64, 48000, 30
 RESPACING, SKIP = "100", 25

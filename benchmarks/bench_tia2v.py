@@ -62,25 +62,23 @@ from itertools import pairwise
 from pathlib import Path
 
 import torch
+from bench_unet import _cpu_name, _loadavg
 from torch import Tensor, nn
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]
-
-from bench_unet import _cpu_name, _loadavg  # noqa: E402
-
-from tav.diffusion.schedule import GaussianSchedule, ProcessConfig  # noqa: E402
-from tav.encoders.beats import (  # noqa: E402
+from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
+from tav.encoders.beats import (
     BEATsEncoder,
     beats_frame_tokens,
     compat_rows,
     fixed_windows,
     tiny_beats_config,
 )
-from tav.encoders.beats_model import BEATs, BEATsConfig  # noqa: E402
-from tav.pipelines.tia2v import TIA2VSampler, TIA2VSamplingConfig, respaced_skip  # noqa: E402
-from tav.tia2v import TIA2V_PROCESS, TIA2VUNet, tia2v_preset  # noqa: E402
-from tav.tia2v.conditions import motion_context  # noqa: E402
+from tav.encoders.beats_model import BEATs, BEATsConfig
+from tav.pipelines.tia2v import TIA2VSampler, TIA2VSamplingConfig, respaced_skip
+from tav.tia2v import TIA2V_PROCESS, TIA2VUNet, tia2v_preset
+from tav.tia2v.conditions import motion_context
+
+HERE = Path(__file__).resolve().parent
 
 FRAMES, FPS, AUDIO_RATE, COMPAT_RATE = 16, 30.0, 48000, 96000  # URMP: 30 fps, rows at 96 kHz (90-frame files)
 UPSTREAM_SKIP, SHR_SKIP = 100, TIA2VSamplingConfig().shr_skip(4000)  # 100 (motion and SHR upstream), ours 2500

@@ -65,7 +65,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 
 SHAPE = (1, 3, 16, 64, 64)
 SAMPLE_SHAPE = (1, 3, 4, 32, 32)

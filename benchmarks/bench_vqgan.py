@@ -178,10 +178,8 @@ def ours_training_step(model, perceptual, video, opt_g, opt_d, step: int, frame_
 # ------------------------------------------------------------------------------------------- children
 def _train_setup(variant: str):
     """Model, optimisers and step function of one training variant (same init and clip for all)."""
-    import torch
-
-    sys.path.insert(0, str(HERE))
     import baseline_vqgan
+    import torch
 
     from tav.vqgan import VQGAN, build_perceptual, vqgan_preset
     from tav.vqgan.losses import random_frame_index
@@ -251,7 +249,6 @@ def child_train_memory(variant: str, threads: int, steps: int) -> dict:
 def child_infer(threads: int, batches: list[int], baseline_batches: list[int], repeats: int) -> dict:
     """Encode/decode timing (ours contiguous, ours channels_last_3d, upstream-style), FLOPs, mm rate."""
     torch = _setup_torch(threads)
-    sys.path.insert(0, str(HERE))
     import baseline_vqgan
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from tav.config import from_dict, to_dict
-from tav.data.config import DataConfig, load_data_config
+from tav.data.config import DataConfig
 from tav.data.dataset import VATDataModule
 from tav.diffusion.config import UNetConfig
 from tav.diffusion.schedule import ProcessConfig
@@ -46,6 +46,7 @@ class DiffusionRecipe(training.Recipe):
     arch_fields = ("in_channels", "model_channels", "out_channels", "channel_mult", "num_res_blocks",
                    "attention_resolutions", "use_scale_shift_norm", "dims")
     log = logging.getLogger("diffusion_video_train_3d")
+    data_fixed = {"tokenizer": "none", "load_audio": False}  # the prior sees video only
 
     def add_flags(self, p: argparse.ArgumentParser) -> None:
         groups = cli.add_diffusion_flags(p, extra_model=(("use_new_attention_order", cli.str2bool),))
@@ -73,7 +74,6 @@ class DiffusionRecipe(training.Recipe):
     def defaults(self, args: argparse.Namespace) -> dict[str, dict]:
         tree = super().defaults(args)
         tree["train"] = {**to_dict(DiffusionTrainConfig()), **tree["train"]}
-        tree["data"] = {**to_dict(load_data_config(args.data_config)), "tokenizer": "none", "load_audio": False}
         return tree
 
     def flag_values(self, args: argparse.Namespace) -> dict[str, dict]:

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from tav.config import from_dict, to_dict
-from tav.data.config import DataConfig, load_data_config
+from tav.data.config import DataConfig
 from tav.diffusion.schedule import ProcessConfig
 from tav.errors import InputError
 from tav.tia2v.config import tia2v_config_from_dict
@@ -46,6 +46,7 @@ class TIA2VRecipe(training.Recipe):
     arch_fields = ("part", "in_channels", "model_channels", "out_channels", "channel_mult", "num_res_blocks",
                    "attention_resolutions", "context_dim", "num_frames")
     log = logging.getLogger("tia2v_train")
+    data_fixed = {"tokenizer": "none", "load_audio": False}  # conditions come from the cache
 
     def __init__(self, part: str) -> None:
         self.part, self.script, self.default_preset = part, SCRIPTS[part], part
@@ -86,7 +87,6 @@ class TIA2VRecipe(training.Recipe):
         tree = super().defaults(args)
         tree["process"] = {**TIA2V_PROCESS, **tree["process"]}
         tree["train"] = {**to_dict(TIA2VTrainConfig()), **tree["train"]}
-        tree["data"] = {**to_dict(load_data_config(args.data_config)), "tokenizer": "none", "load_audio": False}
         return tree
 
     def flag_values(self, args: argparse.Namespace) -> dict[str, dict]:

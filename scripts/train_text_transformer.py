@@ -24,7 +24,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from tav.config import from_dict, to_dict
-from tav.data.config import DataConfig, load_data_config
+from tav.data.config import DataConfig
 from tav.data.dataset import VATDataModule
 from tav.data.token_cache import TokenDataModule
 from tav.errors import InputError
@@ -44,7 +44,6 @@ MODEL_FLAGS = {"block_size": int, "n_layer": int, "n_head": int, "n_embd": int, 
 TRAIN_FLAGS = ("batch_size", "num_workers", "base_lr", "lr_scaling", "weight_decay", "lr_schedule", "warmup_steps",
                "max_steps", "first_stage_key", "cond_key", "precompute_tokens", "token_cache_dir", "token_stride",
                "save_every_n_steps", "seed")
-CLIP_WEIGHTS = "ViT-B-32.pt"
 
 
 class GPTRecipe(training.Recipe):
@@ -58,6 +57,7 @@ class GPTRecipe(training.Recipe):
                    "latent_shape", "block_size", "n_layer", "n_head", "n_embd")
     splits = ("train", "test")
     log = logging.getLogger("train_text_transformer")
+    data_fixed = {"load_audio": False}  # audio never enters the GPT
 
     def __init__(self) -> None:
         self.vqgan = None  # the frozen VQGAN, loaded while the config is resolved
@@ -92,7 +92,6 @@ class GPTRecipe(training.Recipe):
         tree = super().defaults(args)
         tree["model"] = to_dict(gpt_preset(args.config))
         tree["train"] = {**to_dict(GPTTrainConfig()), **tree["train"]}
-        tree["data"] = {**to_dict(load_data_config(args.data_config)), "load_audio": False}  # no audio in the GPT
         return tree
 
     def tie(self, tree: dict[str, dict], args: argparse.Namespace) -> None:
@@ -155,14 +154,13 @@ class GPTRecipe(training.Recipe):
 
 
 def _check_text_mode(mode: str) -> None:
+    """tav trains the BERT word-piece prefix only; say so (and that the CLIP weights are missing, if they are)."""
     if mode != "clip":
         return
-    weights = ckpt_dir() / CLIP_WEIGHTS
-    if not weights.is_file():
-        raise InputError(f"--text_emb_model clip: CLIP text features need the OpenAI CLIP ViT-B/32 weights {weights}, "
-                         "which are missing; use --text_emb_model bert (the released setting)")
-    raise InputError("--text_emb_model clip: tav does not train the CLIP-feature GPT; use --text_emb_model bert "
-                     "(the released setting)")
+    weights = ckpt_dir() / "ViT-B-32.pt"
+    missing = "" if weights.is_file() else f"; it would also need the OpenAI CLIP weights {weights}, which are missing"
+    raise InputError(f"--text_emb_model clip: tav trains the BERT word-piece prefix only (the released setting)"
+                     f"{missing}; use --text_emb_model bert")
 
 
 def train(argv: list[str] | None = None, callbacks: list | None = None) -> Path | None:

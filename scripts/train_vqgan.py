@@ -27,7 +27,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from tav.config import from_dict, to_dict
-from tav.data.config import DataConfig, load_data_config
+from tav.data.config import DataConfig
 from tav.data.dataset import VATDataModule
 from tav.errors import InputError
 from tav.training.callbacks import VideoSampleLogger, checkpoint_callbacks, run_loggers
@@ -61,6 +61,7 @@ class VQGANRecipe(training.Recipe):
     find_unused = True  # the discriminators sit out the generator pass (and every pass before they start)
     splits = ("train", "test")
     log = logging.getLogger("train_vqgan")
+    data_fixed = {"tokenizer": "none", "load_audio": False}  # the VQGAN reads video only
 
     def add_flags(self, p: argparse.ArgumentParser) -> None:
         m = p.add_argument_group("model (seed flags; override the --config preset)")
@@ -82,7 +83,6 @@ class VQGANRecipe(training.Recipe):
     def defaults(self, args: argparse.Namespace) -> dict[str, dict]:
         tree = super().defaults(args)
         tree["train"] = {**to_dict(VQGANTrainConfig()), **tree["train"]}
-        tree["data"] = {**to_dict(load_data_config(args.data_config)), "tokenizer": "none", "load_audio": False}
         return tree
 
     def tie(self, tree: dict[str, dict], args: argparse.Namespace) -> None:

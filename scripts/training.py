@@ -30,6 +30,7 @@ import yaml
 
 from tav.checkpoint import read_checkpoint
 from tav.config import apply_overrides, load_yaml, preset_path, to_dict
+from tav.data.config import load_data_config
 from tav.data.dataset import list_stems
 from tav.errors import InputError
 from tav.training.callbacks import best_or_last
@@ -89,10 +90,16 @@ class Recipe:
         """One-line errors for flag values the script does not support."""
 
     # --------------------------------------------------------------------------------- the config layers
+    data_fixed: dict[str, Any] = {}  # data fields the stage decides (e.g. no audio for the VQGAN)
+
     def defaults(self, args: argparse.Namespace) -> dict[str, dict]:
-        """Layers 1-2: the sections' dataclass defaults updated with the ``--config`` preset."""
+        """Layers 1-2: the ``--data_config`` preset, then the ``--config`` preset's sections (its ``data:`` too),
+        then ``data_fixed``; the dataclasses' defaults fill the rest when the sections are typed."""
         preset = load_yaml(preset_path(self.preset_kind, args.config))
-        return {s: dict(preset.get(s) or {}) for s in self.sections}
+        tree = {s: dict(preset.get(s) or {}) for s in self.sections}
+        if "data" in tree:
+            tree["data"] = {**to_dict(load_data_config(args.data_config)), **tree["data"], **self.data_fixed}
+        return tree
 
     def flag_values(self, args: argparse.Namespace) -> dict[str, dict]:
         """Layer 3: the flags given on the command line, as ``{section: {field: value}}``."""

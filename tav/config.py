@@ -110,8 +110,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for p in parents:
             node[p] = dict(node.get(p) or {})
             node = node[p]
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = _scalar(raw)
     return out
+
+
+def _scalar(raw: str) -> Any:
+    """A ``--set`` value: YAML (lists, booleans, null), with numbers YAML 1.1 reads as strings (``1e-4``) as
+    numbers."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        for number in (int, float):
+            try:
+                return number(value)
+            except ValueError:
+                continue
+    return value
 
 
 def preset_path(kind: str, name: str) -> Path:

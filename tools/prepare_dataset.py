@@ -20,7 +20,7 @@ from tav.utils.console import configure_output
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--videos", type=Path, required=True, help="folder of source videos (searched recursively)")
     p.add_argument("--captions", type=Path, default=None,
                    help="CSV (file,caption) or JSONL captions; default: <video>.txt next to each video")

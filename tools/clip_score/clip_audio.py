@@ -1,5 +1,7 @@
 """CLIP-audio score of a results folder: each frame against its own audio window,
-``100 · cos`` averaged over frames, then over videos. The README seed line runs as written:
+``100 · cos`` averaged over frames, then over videos.
+
+The README seed line runs as written:
 
     python tools/clip_score/clip_audio.py --exp_tag 1_tav_URMP --audio_folder audio --video_folder fake_stage2 \
         --audio_emb_model audioclip
@@ -29,7 +31,7 @@ UPSTREAM_RATE = 48000  # upstream reloads every wav with librosa at 48 kHz
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = mc.base_parser(__doc__.splitlines()[0])
+    p = mc.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--audio_folder", default="audio", help="wav folder of the run")
     p.add_argument("--audio_emb_model", choices=("audioclip", "wav2clip"), default="wav2clip",
                    help="audio tower (upstream default wav2clip)")

@@ -1,5 +1,7 @@
 """CLIP-text score of a results folder: ``100 · cos(frame, caption)`` with CLIP
-ViT-B/32, averaged over frames, then over videos. The README seed line runs as written:
+ViT-B/32, averaged over frames, then over videos.
+
+The README seed line runs as written:
 
     python tools/clip_score/clip_text.py --exp_tag 1_tav_URMP --txt_folder txt --video_folder fake_stage2 --batch_size 5
 
@@ -23,7 +25,7 @@ TOOL = "clip_text.py"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = mc.base_parser(__doc__.splitlines()[0])
+    p = mc.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--txt_folder", default="txt", help="caption folder of the run")
     p.add_argument("--real_tag", default=None, help="take the real videos from the run folder of this tag")
     p.add_argument("--sequence_length", type=int, default=16, help="frames per video (the first ones)")

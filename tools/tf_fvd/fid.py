@@ -1,5 +1,6 @@
-"""Per-frame FID between a run's real and generated videos. The README seed line runs
-as written:
+"""Per-frame FID between a run's real and generated videos.
+
+The README seed line runs as written:
 
     python tools/tf_fvd/fid.py --exp_tag 1_tav_URMP --real_folder real --fake_folder fake_stage2 --mode full
 
@@ -79,7 +80,7 @@ SPEC = mc.FrechetTool(tool=TOOL, name="fid", backbone="Inception-v3 pool3 (2048-
 
 
 def build_parser():
-    p = mc.frechet_parser(__doc__.splitlines()[0])
+    p = mc.frechet_parser(__doc__.split("\n\n")[0])
     p.add_argument("--resize_mode", choices=["torch", "clean"], default="torch",
                    help="resize to 299: torch bilinear as pytorch-fid (default) or clean-fid's antialiased PIL "
                         "bicubic; --protocol ta2v always uses TF1 bilinear")

@@ -1,4 +1,6 @@
-"""FVD between a run's real and generated videos. The README seed line runs as written:
+"""FVD between a run's real and generated videos.
+
+The README seed line runs as written:
 
     python tools/tf_fvd/fvd.py --exp_tag 1_tav_URMP --real_folder real --fake_folder fake_stage2 --mode full
 
@@ -60,7 +62,7 @@ SPEC = mc.FrechetTool(tool=TOOL, name="fvd", backbone="I3D Kinetics-400 (TF-Hub 
 
 
 def build_parser():
-    return mc.frechet_parser(__doc__.splitlines()[0])
+    return mc.frechet_parser(__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:

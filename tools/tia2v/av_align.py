@@ -29,7 +29,7 @@ NAME = "av_align"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = mc.base_parser(__doc__.splitlines()[0])
+    p = mc.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--video_folder", default=None,
                    help="video folder to evaluate (default: fake_stage2, else fake_stage1, legacy TIA2V names too)")
     p.add_argument("--audio_folder", default="audio", help="wav folder of the run")

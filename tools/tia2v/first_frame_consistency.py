@@ -27,7 +27,7 @@ DEFINITIONS = {"first_frame_consistency": "100*cos(e_t, e_0) averaged over t=1..
                "temporal_consistency": "100*cos(e_t, e_t+1) averaged over t=0..T-2, then mean/std over videos"}
 
 
-def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+def build_parser(description: str = __doc__.split("\n\n")[0]) -> argparse.ArgumentParser:
     p = mc.base_parser(description)
     p.add_argument("--video_folder", default=None,
                    help="video folder to evaluate (default: fake_stage2, else fake_stage1, legacy TIA2V names too)")

@@ -19,7 +19,7 @@ NAME = "temporal_consistency"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return ffc.build_parser(__doc__.splitlines()[0])
+    return ffc.build_parser(__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:

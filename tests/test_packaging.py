@@ -1,0 +1,47 @@
+"""The install: scripts/, tools/ and configs/ are packages of the distribution (``tav_scripts``, ``tav_tools``,
+``tav_configs``), so a plain (non-editable) install has the presets and the console commands, and no script
+edits ``sys.path``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+
+from .helpers import REPO
+
+
+def test_wheel_carries_presets_scripts_and_commands(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                           str(tmp_path / "wheel"), str(REPO)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    wheel = next((tmp_path / "wheel").glob("tav-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    presets = sorted(p.relative_to(REPO / "configs").as_posix() for p in (REPO / "configs").rglob("*.yaml"))
+    assert [n.removeprefix("tav_configs/") for n in names if n.startswith("tav_configs/") and n.endswith(".yaml")] \
+        == presets
+    assert "tav_scripts/sample_tav.py" in names and "tav_tools/tf_fvd/fvd.py" in names
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "tav-sample = tav_scripts.sample_tav:main" in entry and "tav-fvd = tav_tools.tf_fvd.fvd:main" in entry
+
+    # installed outside the checkout, the presets come from the installed package
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
+                    str(wheel)], check=True, capture_output=True)
+    probe = ("import tav.config as c; import tav_scripts.sample_tav as s; "
+             "print(c.CONFIG_DIR); print(c.list_presets('gpt')); print(s.__file__)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    config_dir, gpt_presets, script = out.stdout.splitlines()
+    assert config_dir.startswith(str(tmp_path / "site")) and script.startswith(str(tmp_path / "site"))
+    assert "urmp" in gpt_presets and "tiny" in gpt_presets
+
+
+def test_no_path_hacks_or_import_fallbacks():
+    """Scripts and tools import each other as installed packages: no sys.path edits, no second import path."""
+    for folder in ("scripts", "tools", "tav", "benchmarks"):
+        for path in (REPO / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            assert "sys.path.insert" not in text and "sys.path.append" not in text, path
+            if folder in ("scripts", "tools"):
+                assert "except ImportError" not in text, path
