@@ -46,7 +46,7 @@ from tav.utils.console import configure_output
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav_scripts.demo_metrics import stage_metrics
 from tav_scripts.demo_sample import stage_sample
-from tav_scripts.demo_stages import stage_diffusion, stage_gpt, stage_vqgan
+from tav_scripts.demo_stages import stage_diffusion, stage_gpt, stage_joint, stage_vqgan
 from tav_scripts.demo_tia2v import stage_tia2v
 
 
@@ -87,6 +87,7 @@ STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [
     ("vqgan", stage_vqgan),
     ("gpt", stage_gpt),
     ("diffusion", stage_diffusion),
+    ("joint", stage_joint),
     ("sample", stage_sample),
     ("tia2v", stage_tia2v),
     ("metrics", stage_metrics),
@@ -112,6 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vqgan_steps", type=int, default=600, help=hidden)
     p.add_argument("--gpt_steps", type=int, default=400, help=hidden)
     p.add_argument("--diffusion_steps", type=int, default=300, help=hidden)
+    p.add_argument("--joint_steps", type=int, default=600, help=hidden)
     p.add_argument("--n_sample", type=int, default=4, help=hidden)
     p.add_argument("--sample_args", default="", help=hidden)  # extra sample_tav.py flags (tests: fewer steps)
     p.add_argument("--tia2v_steps", type=int, default=200, help=hidden)  # content and motion training steps

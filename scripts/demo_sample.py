@@ -1,9 +1,9 @@
 """The ``sample`` stage of ``scripts/demo.py``: the full TA2V two-stage sampler on the demo test set.
 
-It gathers the demo checkpoints and tiny random encoders in ``<ckpt_dir>`` (``saved_ckpts/demo/``), writes
-``<ckpt_dir>/sample_tav.sh`` (the README's sampling command with every seed flag kept, only paths and sizes
-changed for the demo, extra arguments passed through) and runs it. The encoders have random weights: the
-guidance runs exactly as with real weights, but its directions mean nothing.
+It gathers the demo checkpoints and the joint encoder trained on the demo clips (the ``joint`` stage) in
+``<ckpt_dir>`` (``saved_ckpts/demo/``), writes ``<ckpt_dir>/sample_tav.sh`` (the README's sampling command with
+every seed flag kept; paths and sizes changed for the demo, and the joint encoder as the audio and text guide
+in place of AudioCLIP and CLIP, whose weights cannot be had offline; extra arguments passed through) and runs it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 from tav.data.video import read_video
-from tav.encoders.registry import save_tiny_encoders
 from tav.errors import InputError
 from tav.gpt import load_gpt, save_gpt
 from tav.utils.contact_sheet import contact_sheet, save_png
@@ -37,8 +36,8 @@ def _rel(path: Path) -> str:
 
 
 def gather_checkpoints(run, folder: Path) -> dict[str, Path]:
-    """Demo VQGAN (byte copy: the GPT records its hash), GPT (exported as a ``tav`` file), diffusion EMA and
-    tiny random encoders in ``folder``; files already there are kept."""
+    """Demo VQGAN (byte copy: the GPT records its hash), GPT (exported as a ``tav`` file) and diffusion EMA in
+    ``folder`` (files already there are kept), and the joint encoder of the ``joint`` stage."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {"vqgan": folder / "vqgan.ckpt", "gpt": folder / "gpt.ckpt", "diffusion": folder / "diffusion.pt"}
     if not files["vqgan"].is_file():
@@ -47,11 +46,10 @@ def gather_checkpoints(run, folder: Path) -> dict[str, Path]:
         save_gpt(load_gpt(run.state["gpt_ckpt"]), files["gpt"])
     if not files["diffusion"].is_file():
         shutil.copyfile(run.state["diffusion_ckpt"], files["diffusion"])
-    encoders = {"audioclip": folder / "AudioCLIP-Full-Training.pt", "clip": folder / "ViT-B-32.pt",
-                "wav2clip": folder / "Wav2CLIP.pt"}
-    if not all(p.is_file() for p in encoders.values()):
-        encoders = save_tiny_encoders(folder)
-    return {**files, **encoders}
+    joint = Path(run.state.get("joint_ckpt") or folder / "joint_encoder.pt")
+    if not joint.is_file():
+        raise InputError(f"{joint}: no joint encoder; run the demo's joint stage first (--stages joint sample)")
+    return {**files, "joint": joint}
 
 
 def sample_command(files: dict[str, Path], data_root: Path, save: Path, n_sample: int) -> list[str]:
@@ -59,13 +57,13 @@ def sample_command(files: dict[str, Path], data_root: Path, save: Path, n_sample
     return ["scripts/sample_tav.py", "--gpt_text_ckpt", _rel(files["gpt"]), "--text_stft_cond",
             "--vqgan_ckpt", _rel(files["vqgan"]), "--text_emb_model", "bert", "--data_path", _rel(data_root),
             "--top_k", "2048", "--top_p", "0.80", "--n_sample", str(n_sample), "--run", DEMO_RUN, "--dataset", "URMP",
-            "--load_vid_len", "90", "--audio_emb_model", "audioclip", "--resolution", "32", "--batch_size", "4",
+            "--load_vid_len", "90", "--audio_emb_model", "joint", "--resolution", "32", "--batch_size", "4",
             "--model_output_size", "16", "--noise_schedule", "cosine", "--iterations_num", "1",
             "--audio_guidance_lambda", "10000", "--direction_lambda", "5000", "--text_guidance_lambda", "10000",
             "--diffusion_ckpt", _rel(files["diffusion"]),
             # demo sizes and paths the README line leaves at their defaults
-            "--sequence_length", "8", "--save", _rel(save), "--audioclip_ckpt", _rel(files["audioclip"]),
-            "--clip_ckpt", _rel(files["clip"]), "--wav2clip_ckpt", _rel(files["wav2clip"])]
+            "--sequence_length", "8", "--save", _rel(save), "--text_guidance_model", "joint",
+            "--joint_ckpt", _rel(files["joint"])]
 
 
 def _pairs(command: list[str]) -> list[str]:
@@ -80,8 +78,8 @@ def _pairs(command: list[str]) -> list[str]:
 
 
 TA2V_COMMENT = ["# Written by `make demo`: the README's TA2V sampling command with every seed flag kept; only paths",
-                "# and sizes are changed for the demo checkpoints and tiny random encoders. Extra arguments are passed",
-                "# through, e.g.  bash saved_ckpts/demo/sample_tav.sh --n_sample 3 --batch_size 2"]
+                "# and sizes are changed for the demo, and the guide is the joint encoder trained on the demo clips.",
+                "# Extra arguments are passed through, e.g.  bash saved_ckpts/demo/sample_tav.sh --n_sample 3"]
 
 
 def write_script(path: Path, command: list[str], comment: list[str] | None = None) -> Path:
@@ -105,8 +103,8 @@ def stage_sample(run) -> None:
     files = gather_checkpoints(run, folder)
     save = run.out
     script = write_script(folder / "sample_tav.sh", sample_command(files, run.state["data_root"], save, a.n_sample))
-    print(f"  tiny random encoders in {folder} (guidance runs, its directions are meaningless; real weights: "
-          "saved_ckpts/README.md)\n  running: bash " + _rel(script))
+    print(f"  guide: the joint encoder {_rel(files['joint'])} (audio, direction and text terms)\n"
+          "  running: bash " + _rel(script))
     done = subprocess.run(["bash", str(script), *shlex.split(a.sample_args)], capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]

@@ -21,7 +21,7 @@ from tav.errors import InputError
 from tav.gpt import load_gpt, sample_codes
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav.vqgan import load_vqgan
-from tav_scripts import diffusion_video_train_3d, train_text_transformer, train_vqgan
+from tav_scripts import diffusion_video_train_3d, train_joint_encoder, train_text_transformer, train_vqgan
 
 QUIET = ["--num_workers", "0", "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1",
          "--lr_scaling", "none", "--limit_val_batches", "2"]
@@ -135,3 +135,30 @@ def stage_diffusion(run) -> None:
     save_png(run.out / "diffusion_samples.png", contact_sheet(clips, n_frames=8, labels=labels))
     run.state["diffusion_ckpt"] = ema
     print(f"  EMA weights {ema}\n  {n} prior samples: {run.out / 'diffusion_samples.png'}")
+
+
+def stage_joint(run) -> None:
+    """Train the demo's guide, the joint audio-video-text encoder, on the demo clips; report retrieval R@1 on
+    the test clips and leave ``joint_encoder.pt`` in the checkpoint folder (guidance and the CLIP-score tools
+    use it)."""
+    import json
+    import shutil
+
+    a, root = run.args, run.out / "joint"
+    n_train = sum(r["split"] == "train" for r in run.state["manifest"])
+    argv = ["--config", "demo", "--data_path", str(run.state["data_root"]), "--save_dir", str(root),
+            "--batch_size", str(min(16, n_train)), "--max_steps", str(a.joint_steps), "--accelerator", "cpu",
+            "--devices", "1", "--progress_bar_refresh_rate", "0", *verbose_flag(run)]
+    export = root / train_joint_encoder.EXPORT
+    if export.is_file() and (root / "retrieval.json").is_file():
+        print(f"  reusing {root} (delete it to retrain)")
+    else:
+        train_joint_encoder.train(argv)
+    target = Path(a.ckpt_dir) / "joint_encoder.pt"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(export, target)
+    r1 = json.loads((root / "retrieval.json").read_text())
+    run.state["joint_ckpt"] = target
+    print(f"  joint encoder {target}\n  retrieval R@1 among {r1['candidates']} test clips: audio -> frame "
+          f"{r1['audio_to_frame']:.2f}, caption -> frame {r1['caption_to_frame']:.2f} (chance "
+          f"{1 / r1['candidates']:.2f})")

@@ -40,7 +40,8 @@ DATASETS = {"URMP": "urmp", "landscape": "landscape"}
 SAMPLING_FLAGS = {"top_k": "top_k", "top_p": "top_p", "temperature": "temperature",
                   "model_output_size": "output_size", "timestep_respacing": "respacing",
                   "skip_timesteps": "skip_timesteps", "iterations_num": "iterations", "precision": "precision"}
-GUIDANCE_FLAGS = {"audio_emb_model": "audio_encoder", "audio_guidance_lambda": "audio_lambda",
+GUIDANCE_FLAGS = {"audio_emb_model": "audio_encoder", "text_guidance_model": "text_encoder",
+                  "audio_guidance_lambda": "audio_lambda",
                   "direction_lambda": "direction_lambda", "text_guidance_lambda": "text_lambda",
                   "range_lambda": "range_lambda", "aug_num": "aug_num", "audio_window": "audio_window_s",
                   "faithful_quirks": "faithful_quirks"}
@@ -134,7 +135,9 @@ def _add_stage2(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rescale_timesteps", type=str2bool, default=None,
                    help="bare state dicts: whether the network saw t*1000/steps")
     sampling.config_flag(g, "audio_emb_model", GuidanceConfig, "audio_encoder",
-                         choices=["STFT", "wav2clip", "audioclip"])
+                         choices=["STFT", "wav2clip", "audioclip", "joint"])
+    sampling.config_flag(g, "text_guidance_model", GuidanceConfig, "text_encoder", choices=["clip", "joint"],
+                         help="frame and caption towers of the text term")
     for flag, name in (("audio_guidance_lambda", "audio_lambda"), ("text_guidance_lambda", "text_lambda"),
                        ("direction_lambda", "direction_lambda"), ("range_lambda", "range_lambda")):
         sampling.config_flag(g, flag, GuidanceConfig, name, type=float)
@@ -145,7 +148,7 @@ def _add_stage2(p: argparse.ArgumentParser) -> None:
                          help="seconds of audio embedded per frame")
     g.add_argument("--faithful-quirks", "--faithful_quirks", dest="faithful_quirks", action="store_true",
                    help="upstream's guidance input mapping and audio chunking (reproduction only)")
-    for name in ("audioclip", "clip", "wav2clip"):
+    for name in ("audioclip", "clip", "wav2clip", "joint"):
         g.add_argument(f"--{name}_ckpt", default=None, help=f"{name} weights (default under saved_ckpts/)")
     x = p.add_argument_group("accepted for upstream compatibility; no effect")
     sampling.add_accepted(x, ("prompt", "init_image", "mask", "output_path", "output_file", "vid"), "no effect")
@@ -161,7 +164,7 @@ def _stage2_models(args: argparse.Namespace, scfg: SamplingConfig, device: torch
     net, schedule = load_diffusion(args.diffusion_ckpt, device, respacing=scfg.respacing,
                                    process_defaults=defaults)
     gcfg = sampling.config_from_args(GuidanceConfig, GUIDANCE_FLAGS, args)
-    weights = {name: getattr(args, f"{name}_ckpt") for name in ("audioclip", "wav2clip", "clip")}
+    weights = {name: getattr(args, f"{name}_ckpt") for name in ("audioclip", "wav2clip", "clip", "joint")}
     return net, schedule, build_guidance(gcfg, schedule, device, weights)
 
 

@@ -91,13 +91,14 @@ class Recipe:
 
     # --------------------------------------------------------------------------------- the config layers
     data_fixed: dict[str, Any] = {}  # data fields the stage decides (e.g. no audio for the VQGAN)
+    data_is_vat: bool = True  # the data section is a DataConfig (from --data_config) layered under the preset
 
     def defaults(self, args: argparse.Namespace) -> dict[str, dict]:
         """Layers 1-2: the ``--data_config`` preset, then the ``--config`` preset's sections (its ``data:`` too),
         then ``data_fixed``; the dataclasses' defaults fill the rest when the sections are typed."""
         preset = load_yaml(preset_path(self.preset_kind, args.config))
         tree = {s: dict(preset.get(s) or {}) for s in self.sections}
-        if "data" in tree:
+        if "data" in tree and self.data_is_vat:
             tree["data"] = {**to_dict(load_data_config(args.data_config)), **tree["data"], **self.data_fixed}
         return tree
 

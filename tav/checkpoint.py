@@ -127,7 +127,8 @@ _KEY_RULES: list[tuple[str, str, Any]] = [
     ("audioclip", "an AudioCLIP checkpoint",
      lambda ks: any(k.startswith("audio.") for k in ks) and any(k.startswith("visual.") for k in ks)),
 ]
-STAGE_DESCRIPTIONS = {stage: text for stage, text, _ in _KEY_RULES}
+STAGE_DESCRIPTIONS = {**{stage: text for stage, text, _ in _KEY_RULES},
+                      "joint": "a joint audio-video-text encoder (scripts/train_joint_encoder.py)"}
 
 
 def state_dict_of(obj: Any) -> dict[str, Tensor] | None:

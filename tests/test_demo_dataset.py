@@ -189,7 +189,7 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     argv = ["--out", str(out), "--n_train", "8", "--n_test", "2", "--size", "32", "--vqgan_steps", "2",
             "--gpt_steps", "2", "--diffusion_steps", "2", "--n_sample", "1", "--ckpt_dir", str(tmp_path / "ckpts"),
             "--sample_args", "--timestep_respacing 8 --skip_timesteps 2", "--tia2v_steps", "2",
-            "--tia2v_shr_steps", "2", "--tia2v_sample_args", "--timestep_respacing 8"]
+            "--tia2v_shr_steps", "2", "--tia2v_sample_args", "--timestep_respacing 8", "--joint_steps", "2"]
     run = demo_script.main(argv)
     text = capsys.readouterr().out
     assert "[vqgan]" in text and "[gpt]" in text and "[diffusion]" in text and "PSNR" in text
@@ -205,6 +205,7 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     assert (out / "tav_samples.png").is_file()
     script = (tmp_path / "ckpts" / "sample_tav.sh").read_text()
     assert "--audio_guidance_lambda 10000" in script and '"$@"' in script
+    assert "--audio_emb_model joint" in script and "[joint]" in text and "retrieval R@1 among 2 test clips" in text
     tia = out / "0_tacm_urmp"  # TIA2V: tiny content, motion, SHR; one sample through all three folders
     for folder, name in (("real", "groundtruth_0"), ("fake_stage1", "video_0"), ("fake_stage2", "video_0")):
         assert (tia / folder / f"{name}.mp4").is_file()
@@ -212,4 +213,4 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     assert (out / "tia2v_samples.png").is_file() and "[tia2v]" in text
     assert '"$@"' in (tmp_path / "ckpts" / "sample_motion_optim.sh").read_text()
     demo_script.main(argv)
-    assert capsys.readouterr().out.count("reusing") == 6
+    assert capsys.readouterr().out.count("reusing") == 7

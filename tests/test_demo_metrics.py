@@ -13,6 +13,7 @@ import torch
 
 from tav.data.audio import write_wav
 from tav.data.video import write_video
+from tav.encoders.joint import save_tiny_joint
 from tav.errors import InputError
 from tav.metrics.i3d import I3D, MIN_FRAMES, TINY_I3D, I3DConfig, i3d_features, load_i3d, save_tiny_i3d
 from tav.utils.fileio import write_text_atomic
@@ -51,9 +52,12 @@ def make_results(run) -> None:
     (run / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_metrics_stage_runs_the_four_tools(tmp_path, capsys):
+def test_metrics_stage_runs_the_four_tools_and_the_judges(tmp_path, capsys):
     out, ckpts = tmp_path / "demo", tmp_path / "ckpts"
     make_results(out / demo_metrics.RUN_TAG)
+    with pytest.raises(InputError, match="run the demo's joint stage first"):
+        demo_script.main(["--out", str(out), "--stages", "metrics", "--ckpt_dir", str(ckpts)])
+    save_tiny_joint(ckpts / "joint_encoder.pt")  # what the joint stage leaves there
     run = demo_script.main(["--out", str(out), "--stages", "metrics", "--ckpt_dir", str(ckpts)])
     text = capsys.readouterr().out
     assert "[metrics]" in text and "meaningless" in text and "8-frame clips" in text
@@ -62,7 +66,8 @@ def test_metrics_stage_runs_the_four_tools(tmp_path, capsys):
         path = out / demo_metrics.RUN_TAG / f"metrics_{name}.json"
         assert run.state["metrics"][name] == path and str(path) in text
         rec = records[name] = json.loads(path.read_text())
-        assert rec["metric"] == name and rec["N"] == N and rec["frames"] == [T] and "meaningless" in rec["demo"]["note"]
+        assert rec["metric"] == name and rec["N"] == N and rec["frames"] == [T]
+        assert ("meaningless" if name in ("fvd", "fid") else "joint encoder") in rec["demo"]["note"]
         assert all(v["N"] == N and math.isfinite(v["value"]) for v in rec["values"].values())
     assert set(records["clip_text"]["values"]) == set(PREFIX)
     assert set(records["fvd"]["values"]) == set(records["fid"]["values"]) == {"fake_stage1", "fake_stage2"}
@@ -76,6 +81,12 @@ def test_metrics_stage_runs_the_four_tools(tmp_path, capsys):
         assert values["fake_stage1"]["value"] == pytest.approx(values["real"]["value"], abs=1e-9)
     assert records["fid"]["values"]["fake_stage1"]["samples_per_side"] == N * T  # per-frame FID
     assert "fvd.py" in (out / "metrics_tools.txt").read_text()  # the tools' own tables are kept
+    assert records["clip_audio"]["backbone"]["path"] == str(ckpts / "joint_encoder.pt")
+    judged = run.state["judges"][demo_metrics.RUN_TAG]["folders"]  # the judges, also in the results folder
+    assert set(judged) == set(PREFIX) and judged["fake_stage1"]["fd_judge"] == pytest.approx(0, abs=1e-6)
+    saved = json.loads((out / demo_metrics.RUN_TAG / "metrics_synthetic.json").read_text())["folders"]
+    assert saved["real"]["n"] == N and saved["real"]["unjudged"] == N  # these captions name no colour or shape
+    assert "judges of the synthetic domain" in text
 
 
 def test_metrics_stage_needs_a_results_folder(tmp_path):

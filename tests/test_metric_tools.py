@@ -171,6 +171,29 @@ def test_clip_audio_seed_line_and_wav2clip(kit, tmp_path):
     assert w2c["backbone"]["image_tower"]["sha256"] == folders.file_sha256(kit["enc"]["clip"])
 
 
+def test_joint_encoder_scores_audio_and_text(kit, tmp_path):
+    """``--audio_emb_model joint`` / ``--text_emb_model joint``: the joint encoder's frame tower against its audio
+    and caption towers, 100·cos as for CLIP; the text score equals a hand computation."""
+    from tav.encoders.joint import save_tiny_joint
+
+    joint = save_tiny_joint(tmp_path / "joint.pt", seed=1)
+    audio = run_tool(clip_audio, kit, "--exp_tag 1_tav_URMP --audio_emb_model joint --video_folder fake_stage2",
+                     "--joint_ckpt", str(joint), out=tmp_path / "a.json")
+    assert audio["N"] == 3 and audio["backbone"]["sha256"] == folders.file_sha256(joint)
+    assert "logit_scaled" not in audio["values"]["fake_stage2"] and abs(audio["values"]["fake_stage2"]["value"]) <= 100
+    text = run_tool(clip_text, kit, CLIP_TEXT, "--text_emb_model", "joint", "--joint_ckpt", str(joint),
+                    out=tmp_path / "t.json")
+    enc = get_encoder("joint", joint)
+    with torch.no_grad():
+        frames, _ = read_video(kit["run"] / f"fake_stage2/generation_stage2_{STEMS[0]}_0.mp4")
+        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+        x = F.interpolate(x, size=(64, 64), mode="bicubic", antialias=True).clamp(0, 1)
+        img = F.normalize(enc.encode_images(x).double(), dim=-1)
+        txt = F.normalize(enc.encode_texts([CAPTIONS[0]]).double(), dim=-1)
+    first = text["values"]["fake_stage2"]["per_video"][0]["score"]
+    assert first == pytest.approx(float((100 * img @ txt.T).mean()), abs=1e-4)
+
+
 def test_run_folder_lookup(kit, tmp_path, capsys):
     assert folders.find_run(kit["results"], "tav_URMP") == kit["run"]
     assert folders.find_run(kit["results"], "1_tav_URMP") == kit["run"]

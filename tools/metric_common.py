@@ -40,6 +40,7 @@ WEIGHT_FLAGS = {
     "--clip_ckpt": "CLIP ViT-B/32 weights (clip_text; clip_audio with wav2clip) [saved_ckpts/ViT-B-32.pt]",
     "--audioclip_ckpt": "AudioCLIP weights (clip_audio) [saved_ckpts/AudioCLIP-Full-Training.pt]",
     "--wav2clip_ckpt": "wav2clip weights (clip_audio) [saved_ckpts/Wav2CLIP.pt]",
+    "--joint_ckpt": "joint encoder (clip_audio / clip_text with joint) [saved_ckpts/joint_encoder.pt]",
     "--i3d_ckpt": "I3D Kinetics-400 weights (fvd) [the loader's default under saved_ckpts/]",
     "--inception_ckpt": "Inception weights (fid) [the loader's default under saved_ckpts/]",
 }
@@ -140,12 +141,16 @@ def groups_of(args: argparse.Namespace, n: int, folder: str) -> list:
     return groups
 
 
-def clip_encoder(args: argparse.Namespace, device) -> tuple[object, dict]:
-    """``(CLIP ViT-B/32 encoder, weights record)`` from ``--clip_ckpt`` (or its default); the record is made
-    first, so a missing file fails before anything loads."""
-    path = resolve_encoder_path("clip", args.clip_ckpt)
-    weights = weights_info("CLIP ViT-B/32", path, "--clip_ckpt")
-    return get_encoder("clip", path, device), weights
+IMAGE_TEXT_ENCODERS = {"clip": "CLIP ViT-B/32", "joint": "joint encoder (frame and caption towers)"}
+
+
+def clip_encoder(args: argparse.Namespace, device, name: str = "clip") -> tuple[object, dict]:
+    """``(image-text encoder, weights record)``: CLIP ViT-B/32 from ``--clip_ckpt``, or (``name="joint"``) the
+    joint encoder from ``--joint_ckpt`` (or their defaults); the record is made first, so a missing file fails
+    before anything loads."""
+    path = resolve_encoder_path(name, getattr(args, f"{name}_ckpt"))
+    weights = weights_info(IMAGE_TEXT_ENCODERS[name], path, f"--{name}_ckpt")
+    return get_encoder(name, path, device), weights
 
 
 def frame_cache(args: argparse.Namespace, run: RunFolder, sha256: str, image_size: int) -> FeatureCache:

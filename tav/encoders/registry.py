@@ -1,9 +1,10 @@
 """Encoders by name, built once per process: ``get_encoder(name, path, device)``.
 
 Names: the joint-space guidance/metric encoders ``"clip"``, ``"audioclip"``, ``"wav2clip"``
-(``DEFAULT_ENCODERS``), and the TIA2V condition encoders ``"beats"`` (audio tokens) and ``"clip_l"``
-(CLIP ViT-L/14, a Hugging Face folder). Weight files default to ``ckpt_dir() / ENCODER_FILES[name]``;
-``ENCODER_FLAGS`` names the command-line option that overrides each one (for error messages and scripts).
+(``DEFAULT_ENCODERS``) and ``"joint"`` (trained on your own clips by ``scripts/train_joint_encoder.py``), and
+the TIA2V condition encoders ``"beats"`` (audio tokens) and ``"clip_l"`` (CLIP ViT-L/14, a Hugging Face
+folder). Weight files default to ``ckpt_dir() / ENCODER_FILES[name]``; ``ENCODER_FLAGS`` names the
+command-line option that overrides each one (for error messages and scripts).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from tav.errors import InputError
 from tav.utils.paths import ckpt_dir
 
 ENCODER_FILES = {"clip": "ViT-B-32.pt", "audioclip": "AudioCLIP-Full-Training.pt", "wav2clip": "Wav2CLIP.pt",
-                 "beats": "BEATs_iter3_plus_AS20K.pt", "clip_l": "clip-vit-large-patch14"}
+                 "beats": "BEATs_iter3_plus_AS20K.pt", "clip_l": "clip-vit-large-patch14", "joint": "joint_encoder.pt"}
 ENCODER_FLAGS = {"clip": "--clip_ckpt", "audioclip": "--audioclip_ckpt", "wav2clip": "--wav2clip_ckpt",
-                 "beats": "--beats_ckpt", "clip_l": "--clip_l_ckpt"}
+                 "beats": "--beats_ckpt", "clip_l": "--clip_l_ckpt", "joint": "--joint_ckpt"}
 DEFAULT_ENCODERS = ("clip", "audioclip", "wav2clip")  # what save_tiny_encoders writes by default
 
 _CACHE: dict[tuple[str, str, str], Encoder] = {}
@@ -41,6 +42,9 @@ def _loader(name: str) -> Callable[..., Encoder]:
     if name == "clip_l":
         from tav.encoders.clip_l import load_clip_l
         return load_clip_l
+    if name == "joint":
+        from tav.encoders.joint import load_joint
+        return load_joint
     from tav.encoders.audioclip import load_audioclip
     return load_audioclip
 
@@ -84,6 +88,9 @@ def _tiny_saver(name: str) -> Callable[..., object]:
     if name == "beats":
         from tav.encoders.beats import save_tiny_beats
         return save_tiny_beats
+    if name == "joint":
+        from tav.encoders.joint import save_tiny_joint
+        return save_tiny_joint
     from tav.encoders.clip_l import save_tiny_clip_l
     return save_tiny_clip_l
 

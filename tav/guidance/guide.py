@@ -12,6 +12,9 @@ Per step, with ``fac = sqrt(1 - ᾱ_t)`` (blended-diffusion's mix: close to x_t 
 Encoders by ``audio_encoder``:
 - ``audioclip`` (the release setting): audio and direction terms use AudioCLIP's image tower against its audio
   tower (one window per frame); the text term uses CLIP ViT-B/32.
+- ``joint`` (``tav.encoders.joint``, trained on the user's clips): as ``audioclip``, with the joint encoder's
+  frame and audio towers; with ``text_encoder="joint"`` its frame and caption towers also give the text term
+  (one frame embedding then serves all three terms).
 - ``wav2clip``: the audio term compares CLIP ViT-B/32 embeddings of ``aug_num`` views per frame (view 0 plain,
   the rest randomly warped) with wav2clip's audio embedding; direction uses the plain views; text as above.
 Frame embeddings are computed once per step per encoder and shared by the terms that need them.
@@ -42,14 +45,17 @@ from tav.utils.seeding import sample_generators
 if TYPE_CHECKING:
     from tav.encoders.audio import AudioMode
 
-AUDIO_ENCODERS = ("audioclip", "wav2clip")
+AUDIO_ENCODERS = ("audioclip", "wav2clip", "joint")
+PAIRED_AUDIO = ("audioclip", "joint")  # encoders whose own image tower is compared with their audio tower
+TEXT_ENCODERS = ("clip", "joint")
 
 
 @dataclass
 class GuidanceConfig:
     """Weights and encoder choice of the stage-2 guidance (defaults: the README sampling command)."""
 
-    audio_encoder: str = "audioclip"  # audioclip | wav2clip
+    audio_encoder: str = "audioclip"  # audioclip | wav2clip | joint (--audio_emb_model)
+    text_encoder: str = "clip"  # clip | joint: the frame and caption towers of the text term (--text_emb_model)
     audio_lambda: float = 10000.0  # --audio_guidance_lambda
     direction_lambda: float = 5000.0  # --direction_lambda
     text_lambda: float = 10000.0  # --text_guidance_lambda
@@ -61,6 +67,11 @@ class GuidanceConfig:
     def __post_init__(self) -> None:
         if self.audio_encoder not in AUDIO_ENCODERS:
             raise InputError(f"--audio_emb_model {self.audio_encoder}: guidance supports {AUDIO_ENCODERS}")
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise InputError(f"--text_guidance_model {self.text_encoder}: guidance supports {TEXT_ENCODERS}")
+        if self.audio_encoder == "wav2clip" and self.text_encoder != "clip" and self.uses_audio:
+            raise InputError("--audio_emb_model wav2clip compares CLIP ViT-B/32 frames with its audio: it needs "
+                             "--text_guidance_model clip")
         if self.aug_num < 1:
             raise InputError(f"--aug_num {self.aug_num}: must be >= 1")
 
@@ -168,8 +179,9 @@ class Guidance:
         clip_emb = None
         if cfg.text_lambda != 0 or (cfg.uses_audio and cfg.audio_encoder == "wav2clip"):
             clip_emb = self._embed(self.clip, frames, b)
-        if cfg.uses_audio and cfg.audio_encoder == "audioclip":
-            img = self._embed(self.audio_encoder, frames, b)
+        if cfg.uses_audio and cfg.audio_encoder in PAIRED_AUDIO:
+            same = self.audio_encoder is self.clip and clip_emb is not None  # the joint encoder for both terms
+            img = clip_emb if same else self._embed(self.audio_encoder, frames, b)
             terms["audio"] = L.audio_loss(img, cond.audio)
             terms["direction"] = L.direction_loss(img, cond.audio)
         elif cfg.uses_audio:
@@ -231,11 +243,11 @@ class Guidance:
 def build_guidance(cfg: GuidanceConfig, schedule: GaussianSchedule, device: str | torch.device = "cpu",
                    weights: dict[str, str | None] | None = None) -> Guidance:
     """``Guidance`` with the encoders ``cfg`` needs, built once through the registry (shared with the metric
-    tools in one process). ``weights``: encoder name (``audioclip``, ``wav2clip``, ``clip``) -> weight file,
-    None or absent = the default file under ``saved_ckpts/``."""
+    tools in one process). ``weights``: encoder name (``audioclip``, ``wav2clip``, ``clip``, ``joint``) -> weight
+    file, None or absent = the default file under ``saved_ckpts/``."""
     from tav.encoders.registry import get_encoder
 
     weights = weights or {}
     audio = get_encoder(cfg.audio_encoder, weights.get(cfg.audio_encoder), device) if cfg.uses_audio else None
-    clip = get_encoder("clip", weights.get("clip"), device) if cfg.needs_clip else None
-    return Guidance(cfg, schedule, audio_encoder=audio, clip=clip)
+    text = get_encoder(cfg.text_encoder, weights.get(cfg.text_encoder), device) if cfg.needs_clip else None
+    return Guidance(cfg, schedule, audio_encoder=audio, clip=text)

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +199,29 @@ def run_loggers(root: str | os.PathLike) -> list[Logger]:
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         loggers.append(TensorBoardLogger(save_dir=str(root), name="tb", version=""))
     return loggers
+
+
+class PeriodicExport(Callback):
+    """Every ``every_n_steps`` optimiser steps (0: never) and when training ends, rank 0 calls
+    ``export(module, step)`` once per step: the plain weight files a later stage loads (written atomically by
+    ``export``)."""
+
+    def __init__(self, every_n_steps: int, export: Callable[[pl.LightningModule, int], None]):
+        self.every_n_steps, self._export = every_n_steps, export
+        self._done = -1
+
+    def export(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        if step == self._done or not trainer.is_global_zero:
+            return
+        self._done = step
+        self._export(module, step)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
+            self.export(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step > 0:
+            self.export(trainer, pl_module)

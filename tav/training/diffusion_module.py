@@ -26,7 +26,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
 from torch import Tensor, nn
 
 from tav.config import from_dict, to_dict
@@ -35,7 +34,7 @@ from tav.diffusion.load import save_unet
 from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
 from tav.diffusion.unet3d import UNet
 from tav.errors import InputError
-from tav.training.callbacks import check_finite
+from tav.training.callbacks import PeriodicExport, check_finite
 
 log = logging.getLogger(__name__)
 
@@ -173,29 +172,16 @@ class DiffusionModule(pl.LightningModule):
             ema_update(self.ema, self.net, self.train_cfg.ema_rate)
 
 
-class UNetExport(Callback):
+class UNetExport(PeriodicExport):
     """Every ``every_n_steps`` optimiser steps and at the end of training, rank 0 writes
     ``<dirpath>/modelNNNNNN.pt`` (the trained weights) and ``<dirpath>/emaNNNNNN.pt`` (the EMA weights):
     plain ``tav`` files (config + state dict in the upstream key layout), written atomically."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int):
-        self.dirpath, self.every_n_steps = Path(dirpath), every_n_steps
-        self._done = -1
+        self.dirpath = Path(dirpath)
+        super().__init__(every_n_steps, self._write)
 
-    def export(self, trainer: pl.Trainer, module: DiffusionModule) -> None:
-        step = trainer.global_step
-        if step == self._done or not trainer.is_global_zero:
-            return
-        self._done = step
+    def _write(self, module: DiffusionModule, step: int) -> None:
         for name, net in (("model", module.net), ("ema", module.ema)):
             module.export_net(net, self.dirpath / f"{name}{step:06d}.pt", step=step, weights=name)
         log.info("exported %s/{model,ema}%06d.pt", self.dirpath, step)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
-            self.export(trainer, pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step > 0:
-            self.export(trainer, pl_module)

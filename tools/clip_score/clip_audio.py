@@ -33,8 +33,8 @@ UPSTREAM_RATE = 48000  # upstream reloads every wav with librosa at 48 kHz
 def build_parser() -> argparse.ArgumentParser:
     p = mc.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--audio_folder", default="audio", help="wav folder of the run")
-    p.add_argument("--audio_emb_model", choices=("audioclip", "wav2clip"), default="wav2clip",
-                   help="audio tower (upstream default wav2clip)")
+    p.add_argument("--audio_emb_model", choices=("audioclip", "wav2clip", "joint"), default="wav2clip",
+                   help="audio tower (upstream default wav2clip; joint: an encoder trained on your clips)")
     p.add_argument("--audio_tag", default=None, help="take the audio from the run folder of this tag")
     p.add_argument("--sequence_length", type=int, default=16, help="frames per video (the first ones)")
     p.add_argument("--window_s", type=float, default=0.5, help="audio window per frame in seconds (tav protocol)")
@@ -47,10 +47,11 @@ def towers(args: argparse.Namespace, device) -> tuple:
     """(audio encoder, image encoder or None, backbone record)."""
     name = args.audio_emb_model
     path = resolve_encoder_path(name, getattr(args, f"{name}_ckpt"))
-    backbone = mc.weights_info("AudioCLIP (image and audio towers)" if name == "audioclip" else
-                               "wav2clip audio + CLIP ViT-B/32 image", path, f"--{name}_ckpt")
+    described = {"audioclip": "AudioCLIP (image and audio towers)", "joint": "joint encoder (frame and audio towers)",
+                 "wav2clip": "wav2clip audio + CLIP ViT-B/32 image"}
+    backbone = mc.weights_info(described[name], path, f"--{name}_ckpt")
     audio = get_encoder(name, path, device)
-    if name == "audioclip":
+    if name in ("audioclip", "joint"):  # paired towers: the encoder's own image tower
         backbone["logit_scale_ai"] = audio_image_scale(audio)
         return audio, None, backbone
     clip, backbone["image_tower"] = mc.clip_encoder(args, device)

@@ -27,6 +27,8 @@ TOOL = "clip_text.py"
 def build_parser() -> argparse.ArgumentParser:
     p = mc.base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--txt_folder", default="txt", help="caption folder of the run")
+    p.add_argument("--text_emb_model", choices=("clip", "joint"), default="clip",
+                   help="frame and caption towers: CLIP ViT-B/32, or a joint encoder trained on your clips")
     p.add_argument("--real_tag", default=None, help="take the real videos from the run folder of this tag")
     p.add_argument("--sequence_length", type=int, default=16, help="frames per video (the first ones)")
     mc.add_batch_size(p, 2, "videos per batch")
@@ -76,7 +78,7 @@ def evaluate_folder(args, encoder, weights, run: RunFolder, video_run: RunFolder
 def evaluate(argv: list[str] | None) -> None:
     args = build_parser().parse_args(argv)
     runs, folders = mc.score_runs(args)
-    encoder, weights = mc.clip_encoder(args, mc.device_of(args))
+    encoder, weights = mc.clip_encoder(args, mc.device_of(args), args.text_emb_model)
     records = []
     for run in runs:
         real_run = open_run(find_run(args.results_root, args.real_tag)) if args.real_tag else run

@@ -1,0 +1,141 @@
+"""The joint audio-video-text encoder: towers and loading (tav.encoders.joint), its training items
+(tav.data.frame_audio), the loss (tav.training.joint_module), scripts/train_joint_encoder.py, retrieval, and its
+use as a guide (tav.guidance) and a scorer (tools/clip_score)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tav.data.frame_audio import FrameAudioConfig, FrameAudioDataset, clip_items
+from tav.encoders.audioclip import load_audioclip, save_tiny_audioclip
+from tav.encoders.joint import JointConfig, JointModel, load_joint, save_joint, save_tiny_joint
+from tav.encoders.registry import clear_encoder_cache, get_encoder
+from tav.errors import InputError
+from tav.metrics.retrieval import retrieval_r1
+from tav.training.joint_module import multi_positive_nce
+from tav_scripts import train_joint_encoder as script
+
+TINY = dict(dim=16, width=8, audio_width=16, text_width=16, text_buckets=256, n_mels=32, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from tav.data.demo import build_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo")
+    build_demo_dataset(root, n_train=6, n_test=4, size=32)
+    return root
+
+
+def test_towers_shapes_any_window_and_gradients():
+    torch.manual_seed(0)
+    model = JointModel(JointConfig(**TINY))
+    frames = torch.rand(3, 3, 32, 32, requires_grad=True)
+    assert model.encode_frames(frames).shape == (3, 16)
+    for samples in (4000, 8000, 16000):  # any window length pools to the same width
+        assert model.encode_audio(torch.randn(2, samples) * 0.1).shape == (2, 16)
+    ids = torch.tensor([[101, 2417, 4418, 102, 0, 0], [101, 2630, 102, 0, 0, 0]])
+    assert model.encode_tokens(ids).shape == (2, 16)
+    model.encode_frames(frames).sum().backward()
+    assert frames.grad is not None and frames.grad.abs().sum() > 0  # guidance differentiates through frames
+
+
+def test_padding_does_not_change_the_caption_embedding():
+    model = JointModel(JointConfig(**TINY))
+    short = torch.tensor([[101, 2417, 102]])
+    padded = torch.tensor([[101, 2417, 102, 0, 0, 0, 0]])
+    torch.testing.assert_close(model.encode_tokens(short), model.encode_tokens(padded), rtol=1e-6, atol=1e-6)
+
+
+def test_multi_positive_nce_known_values():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    one = torch.tensor([[True, False, False], [False, True, False]])
+    expected = -(torch.log_softmax(logits, 1)[0, 0] + torch.log_softmax(logits, 1)[1, 1]) / 2
+    torch.testing.assert_close(multi_positive_nce(logits, one), expected)
+    both = torch.tensor([[True, False, False], [False, True, True]])
+    p = torch.softmax(logits, 1)
+    expected = -(torch.log(p[0, 0]) + torch.log(p[1, 1] + p[1, 2])) / 2  # row 1: two positives share the mass
+    torch.testing.assert_close(multi_positive_nce(logits, both), expected)
+    assert multi_positive_nce(logits, both) < multi_positive_nce(logits, one)
+
+
+def test_save_load_round_trip_and_wrong_files(tmp_path):
+    path = save_tiny_joint(tmp_path / "joint.pt", seed=3, **TINY)
+    enc = load_joint(path)
+    again = JointModel(JointConfig(**TINY))
+    again.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
+    frames = torch.rand(2, 3, 40, 40)  # any size: resized to image_size
+    torch.testing.assert_close(enc.encode_images(frames), again.encode_frames((torch.nn.functional.interpolate(
+        frames, size=(32, 32), mode="bilinear", align_corners=False) - 0.5) / 0.5), rtol=1e-5, atol=1e-6)
+    assert enc.encode_texts(["A red circle moves to a Flute."]).shape == (1, 16)
+    assert not any(p.requires_grad for p in enc.parameters())
+    audioclip = save_tiny_audioclip(tmp_path / "audioclip.pt")
+    with pytest.raises(InputError, match=r"audioclip\.pt: holds an AudioCLIP checkpoint, but a joint"):
+        load_joint(audioclip)
+    with pytest.raises(InputError, match=r"joint\.pt: holds a tav 'joint' checkpoint, but an AudioCLIP"):
+        load_audioclip(path)
+    with pytest.raises(InputError, match="missing.pt: no joint-encoder file"):
+        load_joint(tmp_path / "missing.pt")
+    other = save_joint(JointModel(JointConfig(**{**TINY, "dim": 8})), tmp_path / "other.pt")
+    sd = torch.load(other, weights_only=True)
+    sd["config"]["dim"] = 16  # a config that does not match the tensors
+    torch.save(sd, other)
+    with pytest.raises(InputError, match="weights do not fit the the joint encoder config"):
+        load_joint(other)
+
+
+def test_items_hold_frames_and_their_centred_audio(demo):
+    cfg = FrameAudioConfig(frames_per_item=3, image_size=32, window_s=0.2)
+    train, test = FrameAudioDataset(demo, "train", cfg, train=True), FrameAudioDataset(demo, "test", cfg, False)
+    item = test[0]
+    assert item["images"].shape == (3, 3, 32, 32) and item["audio"].shape == (3, 3200)
+    assert 0 <= float(item["images"].min()) and float(item["images"].max()) <= 1 and item["text"].dtype == torch.long
+    torch.testing.assert_close(test[0]["images"], item["images"])  # evaluation frames are fixed
+    assert test.frame_indices(90).tolist() == [0, 44, 90 - 1] or test.frame_indices(90).tolist() == [0, 45, 89]
+    torch.manual_seed(0)
+    picks = {tuple(train.frame_indices(90).tolist()) for _ in range(5)}
+    assert len(picks) > 1 and all(len(set(p)) == 3 for p in picks)  # training frames: random, distinct
+
+
+def test_training_script_learns_exports_resumes_and_scores(demo, tmp_path):
+    root = tmp_path / "run"
+    argv = ["--data_path", str(demo), "--save_dir", str(root), "--accelerator", "cpu", "--devices", "1",
+            "--progress_bar_refresh_rate", "0", "--batch_size", "3", "--max_steps", "30", "--num_workers", "0",
+            *[a for k, v in TINY.items() for a in ("--set", f"model.{k}={v}")], "--set", "train.log_interval=1",
+            "--set", "train.warmup_steps=1", "--frames_per_item", "3"]
+    path = script.train(argv)
+    assert path == root / "joint_encoder.pt" and (root / "checkpoints" / "last.ckpt").is_file()
+    rows = [json.loads(x) for x in (root / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in rows if "train_loss" in r]
+    assert len(losses) == 30 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5  # it learns
+    scores = json.loads((root / "retrieval.json").read_text())
+    assert scores["candidates"] == 4 and 0 <= scores["audio_to_frame"] <= 1
+    enc = load_joint(path)
+    same_items = clip_items(demo, "test", FrameAudioConfig(frames_per_item=3, image_size=32), n=16)
+    assert scores == retrieval_r1(enc, same_items)
+    assert script.train([*argv, "--max_steps", "32", "--resume", "last"]) == path  # continues from step 30
+    assert json.loads((root / "metrics.jsonl").read_text().splitlines()[-1])["step"] >= 31
+
+
+def test_guidance_and_scores_with_the_joint_encoder(tmp_path):
+    from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
+    from tav.guidance import GuidanceConfig, build_guidance
+
+    path = save_tiny_joint(tmp_path / "joint.pt", **TINY)
+    schedule = GaussianSchedule.from_config(ProcessConfig(steps=100), respacing="10")
+    cfg = GuidanceConfig(audio_encoder="joint", text_encoder="joint", range_lambda=0)
+    guide = build_guidance(cfg, schedule, weights={"joint": str(path)})
+    assert guide.audio_encoder is guide.clip and guide.clip is get_encoder("joint", path)
+    cond = guide.prepare(torch.rand(2, 4 * 1600) - 0.5, ["A red circle moves to a Flute.", "A blue square."],
+                         48000, 4)
+    x = torch.rand(2, 3, 4, 16, 16, requires_grad=True) - 0.5
+    out = {"pred_xstart": x}
+    grad = guide.cond_fn(cond)(x, torch.tensor([5, 5]), out)
+    assert grad.shape == x.shape and grad.abs().sum() > 0 and set(guide.last_terms) == {"audio", "direction", "text",
+                                                                                       "range"}
+    with pytest.raises(InputError, match="wav2clip compares CLIP"):
+        GuidanceConfig(audio_encoder="wav2clip", text_encoder="joint")
+    clear_encoder_cache()
