@@ -250,7 +250,7 @@ def test_get_encoder_builds_once(tmp_path, monkeypatch, clip_file):
         get_encoder("bert")
     with pytest.raises(InputError, match="--wav2clip_ckpt"):
         get_encoder("wav2clip", path=tmp_path / "missing.pt")
-    assert set(ENCODER_FLAGS) == set(ENCODER_FILES) == {"clip", "audioclip", "wav2clip", "beats", "clip_l"}
+    assert set(ENCODER_FLAGS) == set(ENCODER_FILES) == {"clip", "audioclip", "wav2clip", "beats", "clip_l", "joint"}
     assert set(DEFAULT_ENCODERS) == {"clip", "audioclip", "wav2clip"}
     clear_encoder_cache()
 
