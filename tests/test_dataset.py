@@ -70,6 +70,16 @@ def test_test_crops_are_deterministic_and_seeded(urmp_root):
     assert VATDataset(urmp_root, "test", fixed)[1]["start"] == 5
 
 
+def test_decoded_clip_cache_gives_the_same_items(urmp_root):
+    """``cache_clips`` keeps decoded files in memory: every item equals the one decoded from the window."""
+    plain = VATDataset(urmp_root, "test", load_data_config("urmp", resolution=32))
+    cached = VATDataset(urmp_root, "test", load_data_config("urmp", resolution=32, cache_clips=4))
+    for i in range(len(plain)):
+        a, b = plain[i], cached[i]
+        assert a["start"] == b["start"] and torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"])
+    assert cached._decoded.cache_info().currsize == len(plain) and plain._decoded is None
+
+
 def test_subsampling_and_stft(urmp_root):
     cfg = load_data_config("urmp", resolution=32, sample_every_n_frames=2, load_stft=True, eval_crop="4")
     item = VATDataset(urmp_root, "test", cfg)[0]

@@ -33,6 +33,7 @@ class DataConfig:
     load_audio: bool = True  # return `audio`; video-only stages (VQGAN, GPT) turn it off to skip the decode
     load_stft: bool = False  # also return the stft_pickle spectrogram as `stft`
     stft_size: tuple[int, ...] = (96, 16)  # (freq, time) size the per-frame spectrogram is resized to
+    cache_clips: int = 0  # decoded files kept in memory per process (0: decode every item; small datasets: all)
 
     def __post_init__(self) -> None:
         samples_per_frame(self.sample_rate, self.fps, "data config: sample_rate", "fps")

@@ -8,6 +8,7 @@ DataLoader workers do not copy-on-write the index (the RAM growth users of the u
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import zlib
@@ -94,6 +95,7 @@ class VATDataset(Dataset):
         self.captions = np.array(captions)
         self.frame_counts = np.array(frames, dtype=np.int64)
         self.text = build_tokenizer(cfg.tokenizer, cfg.text_seq_len, cfg.tokenizer_path)(captions)
+        self._decoded = functools.lru_cache(maxsize=cfg.cache_clips)(self._decode) if cfg.cache_clips else None
 
     def _check_clip(self, stem: str) -> int:
         f = clip_files(self.split_dir, stem)
@@ -118,7 +120,10 @@ class VATDataset(Dataset):
         n_frames = int(self.frame_counts[idx])
         start = crop_start(self.crop, n_frames, cfg.span, stem, cfg.crop_seed, None)
         files = clip_files(self.split_dir, stem)
-        frames, _ = read_video(files.mp4, start, cfg.span)
+        if self._decoded is not None:  # the same frames as decoding the window, without the decode
+            frames = self._decoded(idx)[start: start + cfg.span]
+        else:
+            frames, _ = read_video(files.mp4, start, cfg.span)
         video = to_model_range(frames[:: cfg.sample_every_n_frames])
         item = {
             "video": resize_center_crop(video, cfg.resolution).contiguous(),
@@ -132,6 +137,13 @@ class VATDataset(Dataset):
         if cfg.load_stft:
             item["stft"] = self._stft(files.stft, start)
         return item
+
+    def _decode(self, idx: int) -> np.ndarray:
+        """Every frame of clip ``idx``, uint8 ``(T, H, W, 3)`` (kept by the ``cache_clips`` LRU cache)."""
+        frames, _ = read_video(clip_files(self.split_dir, str(self.stems[idx])).mp4)
+        if len(frames) < self.frame_counts[idx]:
+            raise InputError(f"{self.stems[idx]}: decoded {len(frames)} frames, expected {self.frame_counts[idx]}")
+        return frames
 
     def _audio(self, files, n_frames: int, start: int) -> np.ndarray:
         cfg, spf = self.cfg, self.cfg.samples_per_frame
