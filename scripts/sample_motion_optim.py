@@ -43,7 +43,8 @@ ARCH_FLAGS = {"num_channels": "model_channels", "num_res_blocks": "num_res_block
               "in_channels": "in_channels", "num_heads": "num_heads", "context_dim": "context_dim"}
 CONFIG_FLAGS = {"timestep_respacing": "respacing", "skip_timesteps": "skip_timesteps", "shr_strength": "shr_strength",
                 "shr_skip_timesteps": "shr_skip_timesteps", "model_output_size": "shr_size",
-                "reimpose_first_frame": "reimpose_first_frame", "precision": "precision"}
+                "reimpose_first_frame": "reimpose_first_frame", "hold_first_frame": "hold_first_frame",
+                "precision": "precision"}
 
 
 class TIA2VRecipe(sampling.SamplingRecipe):
@@ -144,6 +145,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     sampling.config_flag(s, "model_output_size", C, "shr_size", type=int, help="SHR frame size")
     s.add_argument("--clip_denoised", type=str2bool, default=True, help="clamp x0 (to the data range)")
     s.add_argument("--reimpose_first_frame", action="store_true", help="put the given frame 0 back")
+    sampling.config_flag(s, "hold_first_frame", C, "hold_first_frame", type=str2bool,
+                         help="keep frame 0 on the given frame's forward process at every step")
     s.add_argument("--faithful-quirks", "--faithful_quirks", dest="faithful_quirks", action="store_true",
                    help="upstream's x0 clamp to [-1, 1] and one seed for every sample")
     x = p.add_argument_group("seed-line flags checked against the checkpoint or accepted")

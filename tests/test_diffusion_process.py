@@ -341,3 +341,27 @@ def test_skip_timesteps_starts_from_q_sample():
     for bad in (20, -1):
         with pytest.raises(InputError, match="skip_timesteps"):
             ddpm_sample(net, base, SHAPE, x_init=x_init, skip_timesteps=bad)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim"])
+def test_known_region_follows_the_forward_process(name):
+    """``known = (x_known, mask)``: the masked part ends exactly at x_known; before every later network call it is
+    q_sample(x_known, t) with the sample's own noise; the unmasked part is sampled as without it (the test network
+    works per element, and DDIM at eta 0 draws no step noise that the replacement could shift)."""
+    base = GaussianSchedule(betas_for("cosine", 20), learn_sigma=False)
+    net = GaussEps(base)
+    x_known = torch.linspace(-0.4, 0.4, math.prod(SHAPE)).view(SHAPE)
+    mask = torch.zeros(1, 3, 1, 1, dtype=torch.bool)
+    mask[:, 0] = True  # channel 0 known
+    out = SAMPLERS[name](net, base, SHAPE, generators=_generators(2, 3), known=(x_known, mask))
+    assert torch.equal(out[:, 0], x_known[:, 0])  # the last replacement is x_known itself
+    if name == "ddim":
+        free = SAMPLERS[name](GaussEps(base), base, SHAPE, generators=_generators(2, 3))
+        torch.testing.assert_close(out[:, 1:], free[:, 1:], rtol=0, atol=0)
+    # the input of the second call holds the forward process of x_known at that step (t = 18)
+    x1 = net.calls[1][0][:, 0]
+    ab = float(base.alphas_cumprod[18])
+    residual = (x1 - math.sqrt(ab) * x_known[:, 0]) / math.sqrt(1 - ab)  # the noise used: N(0, 1)
+    assert abs(float(residual.mean())) < 0.5 and 0.3 < float(residual.std()) < 2.0
+    again = SAMPLERS[name](GaussEps(base), base, SHAPE, generators=_generators(2, 3), known=(x_known, mask))
+    assert torch.equal(again, out)  # seeded: the replacement noise comes from the sample's generator

@@ -245,3 +245,19 @@ def test_two_process_cpu_ddp_motion_training(world, tmp_path):
     assert [r["global_step"] for r in ranks] == [2, 2] and ranks[0]["world_size"] == 2
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0] if k not in ("global_step", "world_size"))
     assert (tmp_path / "run" / "ema000002.pt").is_file()
+
+
+def test_motion_stage_holds_the_given_first_frame(world):
+    """``hold_first_frame`` (default): frame 0 of the motion clip is the given frame exactly; without it (upstream)
+    the frame only seeds the start and comes back changed."""
+    from tav.pipelines.tia2v import load_tia2v_sampler
+
+    runs = world["runs"]
+    first = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) - 0.5
+    text, image = torch.randn(2, 77, 32), torch.randn(2, 32)
+    tokens = torch.randn(2, 4, 8, 32)
+    held, free = (load_tia2v_sampler(runs / "motion" / "ema000002.pt", None,
+                                     TIA2VSamplingConfig(respacing="10", hold_first_frame=hold))
+                  .stage1(first, text, image, tokens, 4, seeds=[1, 2]) for hold in (True, False))
+    assert held.shape == (2, 3, 4, 16, 16) and torch.equal(held[:, :, 0], first)
+    assert (free[:, :, 0] - first).abs().max() > 0.05

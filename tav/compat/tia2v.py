@@ -103,8 +103,9 @@ def has_motion_bugs(cfg: TIA2VUNetConfig) -> bool:
 
 # ------------------------------------------------------------------------------------------ sampling
 def upstream_sampling(cfg: TIA2VSamplingConfig) -> TIA2VSamplingConfig:
-    """``cfg`` with upstream's x̂0 clamp: [-1, 1] wherever ``cfg`` clamps at all (``clip_denoised`` > 0)."""
-    return dataclasses.replace(cfg, clip_denoised=UPSTREAM_CLIP_DENOISED if cfg.clip_denoised else 0.0)
+    """``cfg`` with upstream's x̂0 clamp ([-1, 1] wherever ``cfg`` clamps at all) and without holding frame 0."""
+    return dataclasses.replace(cfg, clip_denoised=UPSTREAM_CLIP_DENOISED if cfg.clip_denoised else 0.0,
+                               hold_first_frame=False)
 
 
 def upstream_seeds(seed: int, indices: Sequence[int]) -> list[int]:

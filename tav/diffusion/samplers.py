@@ -1,7 +1,7 @@
 """Reverse-process samplers: ancestral DDPM, DDIM and DDIM inversion, as plain functions with one signature.
 
 ``sampler(net, schedule, shape, *, x_init, skip_timesteps, cond_fn, generators, model_kwargs, clip_denoised,
-eta, progress, noise, device, dtype) -> x_0`` for ``sampler`` in :data:`SAMPLERS`.
+eta, progress, noise, device, dtype, known) -> x_0`` for ``sampler`` in :data:`SAMPLERS`.
 
 - Steps run over the schedule's (respaced) indices ``num_timesteps - skip_timesteps - 1`` down to 0.
 - Start: pure noise ``x_T`` of ``shape``; or, with ``x_init`` (SDEdit), ``q_sample(x_init, first index)`` —
@@ -14,6 +14,10 @@ eta, progress, noise, device, dtype) -> x_0`` for ``sampler`` in :data:`SAMPLERS
   It returns ∇_x log p(y | x) (the gradient of the negative guidance loss), ``x``'s shape. DDPM shifts the
   mean by variance·grad (Dhariwal & Nichol 2021, alg. 1); DDIM shifts ε by −√(1−ᾱ_t)·grad (alg. 2).
   Nothing of the graph survives a step.
+- Known content: ``known = (x_known, mask)`` keeps the masked part of the sample on the forward process of
+  ``x_known``: after every step the masked elements are replaced by ``q_sample(x_known, t−1)`` (by ``x_known``
+  itself after the last step), with noise from the sample's generator (replacement conditioning, as RePaint
+  without its resampling: Lugmayr et al. 2022). TIA2V uses it to hold the given first frame.
 
 Source: guided-diffusion ``gaussian_diffusion.py`` (p_sample, ddim_sample, ddim_reverse_sample,
 condition_mean, condition_score),
@@ -81,6 +85,22 @@ def _start(
     return x, list(range(first, -1, -1))
 
 
+Known = tuple[Tensor, Tensor]  # (x_known of the sample's shape, bool mask broadcastable to it)
+
+
+def _impose(x: Tensor, known: Known | None, schedule: GaussianSchedule, i: int,
+            generators: Sequence[torch.Generator] | None) -> Tensor:
+    """After the step from index ``i``: the masked part of ``x`` set to ``q_sample(x_known, i - 1)``, or to
+    ``x_known`` when ``i == 0``."""
+    if known is None:
+        return x
+    x_known, mask = known
+    x_known = x_known.to(x.device, x.dtype)
+    if i > 0:
+        x_known = schedule.q_sample(x_known, i - 1, noise_like(x.shape, generators, x.device, x.dtype))
+    return torch.where(mask.to(x.device), x_known, x)
+
+
 def _net_device(net: Callable) -> torch.device:
     """The device of ``net``'s first parameter (CPU for a parameter-free callable)."""
     if isinstance(net, nn.Module):
@@ -123,6 +143,7 @@ def ddpm_sample(
     noise: Tensor | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    known: Known | None = None,
 ) -> Tensor:
     """Ancestral sampling x_{t−1} ~ N(mean (+ variance·grad), variance), no noise at t = 0.
 
@@ -141,6 +162,7 @@ def ddpm_sample(
         noise: ``shape``, the starting noise instead of a fresh draw (x_T, or the SDEdit noise with x_init).
         device, dtype: of the sample; default that of ``x_init`` / ``noise``, else the device of ``net``'s first
             parameter (CPU without one) and float32.
+        known: ``(x_known, mask)``: the masked part follows ``x_known``'s forward process (module docstring).
     Returns:
         ``shape``, the final sample x_0 (which, unguided, equals the last step's predicted x_0).
     """
@@ -151,7 +173,7 @@ def ddpm_sample(
         mean = out["mean"] if grad is None else out["mean"] + out["variance"] * grad
         if i > 0:
             mean = mean + torch.exp(0.5 * out["log_variance"]) * noise_like(x.shape, generators, x.device, x.dtype)
-        x = mean.to(x.dtype)
+        x = _impose(mean.to(x.dtype), known, schedule, i, generators)
     return x
 
 
@@ -171,6 +193,7 @@ def ddim_sample(
     noise: Tensor | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    known: Known | None = None,
 ) -> Tensor:
     """DDIM sampling (Song et al. 2021) with stochasticity ``eta`` (0: deterministic once x_T is fixed; the
     loop then draws no noise at all). Arguments and return value as :func:`ddpm_sample`."""
@@ -189,7 +212,7 @@ def ddim_sample(
         x_next = alpha_bar_prev.sqrt() * pred_xstart + (1 - alpha_bar_prev - sigma.square()).sqrt() * eps
         if eta > 0 and i > 0:
             x_next = x_next + sigma * noise_like(x.shape, generators, x.device, x.dtype)
-        x = x_next.to(x.dtype)
+        x = _impose(x_next.to(x.dtype), known, schedule, i, generators)
     return x
 
 

@@ -46,6 +46,8 @@ class TIA2VSamplingConfig:
     sampler: str = "ddpm"  # ddpm | ddim (--use_ddim)
     clip_denoised: float = 0.5  # clamp x̂0 to [-c, c]; 0.5 = the data range (upstream 1.0: tav.compat.tia2v)
     reimpose_first_frame: bool = False  # put the given frame 0 back after each stage (off = upstream)
+    hold_first_frame: bool = True  # keep frame 0 on the given frame's forward process at every step (upstream:
+    # off; the given image then reaches the clip only through its noised copy at the start and the conditions)
     precision: str = "32"  # 32 | bf16 autocast around the networks
 
     def __post_init__(self) -> None:
@@ -112,11 +114,16 @@ class TIA2VSampler:
     def _sample(self, net, schedule, x_init: Tensor, skip: int, seeds: Sequence[int], kwargs: dict,
                 progress: bool) -> Tensor:
         gens = sample_generators(seeds, self.device)
+        known = None
+        if self.cfg.hold_first_frame:  # frame 0 of x_init is the given (or upsampled given) first frame
+            mask = torch.zeros(1, 1, x_init.shape[2], 1, 1, dtype=torch.bool, device=self.device)
+            mask[:, :, 0] = True
+            known = (x_init.to(self.device), mask)
         with torch.no_grad(), autocast(self.cfg.precision, self.device):
             x = SAMPLERS[self.cfg.sampler](
                 net, schedule, tuple(x_init.shape), x_init=x_init.to(self.device),
                 skip_timesteps=respaced_skip(schedule, skip), generators=gens, model_kwargs=kwargs,
-                clip_denoised=self.cfg.clip_denoised, progress=progress)
+                clip_denoised=self.cfg.clip_denoised, progress=progress, known=known)
         return x.float().clamp(-0.5, 0.5)
 
     def stage1(self, first_frames: Tensor, text: Tensor, image: Tensor, audio_tokens: Tensor,
