@@ -25,6 +25,9 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
   random-weight feature networks saved in ``saved_ckpts/demo/`` (the numbers are meaningless); a short
   table, ``<out>/17_tav_URMP/metrics_*.json`` and ``<out>/metrics_tools.txt`` (``scripts/demo_metrics.py``).
 
+The judges of ``tools/synthetic_judge.py`` on each stage's test outputs go to ``<out>/quality.json``
+(``scripts/demo_quality.py``); the demo's last lines are their table.
+
 Later stages read what earlier ones left in ``run.state``; a stage whose run folder holds a finished
 checkpoint reuses it.
 """
@@ -45,6 +48,7 @@ from tav.data.video import read_video, write_video
 from tav.utils.console import configure_output
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav_scripts.demo_metrics import stage_metrics
+from tav_scripts.demo_quality import quality_lines
 from tav_scripts.demo_sample import stage_sample
 from tav_scripts.demo_stages import stage_diffusion, stage_gpt, stage_joint, stage_vqgan
 from tav_scripts.demo_tia2v import stage_tia2v
@@ -110,11 +114,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help=hidden)
     p.add_argument("--sheet_clips", type=int, default=8, help=hidden)
     p.add_argument("--sheet_frames", type=int, default=8, help=hidden)
-    p.add_argument("--vqgan_steps", type=int, default=600, help=hidden)
-    p.add_argument("--gpt_steps", type=int, default=400, help=hidden)
-    p.add_argument("--diffusion_steps", type=int, default=300, help=hidden)
+    p.add_argument("--vqgan_steps", type=int, default=1000, help=hidden)
+    p.add_argument("--gpt_steps", type=int, default=1000, help=hidden)
+    p.add_argument("--diffusion_steps", type=int, default=800, help=hidden)
     p.add_argument("--joint_steps", type=int, default=600, help=hidden)
-    p.add_argument("--n_sample", type=int, default=4, help=hidden)
+    p.add_argument("--n_sample", type=int, default=16, help=hidden)  # the whole demo test split
     p.add_argument("--sample_args", default="", help=hidden)  # extra sample_tav.py flags (tests: fewer steps)
     p.add_argument("--tia2v_steps", type=int, default=200, help=hidden)  # content and motion training steps
     p.add_argument("--tia2v_shr_steps", type=int, default=100, help=hidden)
@@ -140,6 +144,7 @@ def main(argv: list[str] | None = None) -> DemoRun:
         stage(run)
         print(f"[{name}] {time.perf_counter() - t0:.1f} s")
     print(f"[demo] {time.perf_counter() - t_all:.1f} s; outputs in {run.out}")
+    print("\n".join(quality_lines(run.out)))
     return run
 
 

@@ -22,6 +22,7 @@ from tav.gpt import load_gpt, sample_codes
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav.vqgan import load_vqgan
 from tav_scripts import diffusion_video_train_3d, train_joint_encoder, train_text_transformer, train_vqgan
+from tav_scripts.demo_quality import judge_clips, psnr, record_quality
 
 QUIET = ["--num_workers", "0", "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1",
          "--lr_scaling", "none", "--limit_val_batches", "2"]
@@ -72,24 +73,30 @@ def stage_vqgan(run) -> None:
     ckpt = _trained(root, argv, train_vqgan.train)
     model = load_vqgan(ckpt)
     res = model.cfg.resolution
-    reals, recons, psnrs = [], [], []
-    for row in _test_clips(run, 4):
+    rows = _test_clips(run, a.n_test)
+    reals, recons, waves, psnrs = [], [], [], []
+    for row in rows:
         video, audio = _clip_video(run, row, res)
         with torch.inference_mode():
             recon = model.decode(model.encode(video), size=tuple(video.shape[2:])).clamp(-0.5, 0.5)
-        mse = float(((recon - video) ** 2).mean())
-        psnrs.append(10 * np.log10(1.0 / max(mse, 1e-12)))
         reals.append(to_uint8(video[0]).numpy())
         recons.append(to_uint8(recon[0]).numpy())
+        waves.append(audio)
+        psnrs.append(psnr(recons[-1], reals[-1]))
         if len(reals) == 1:  # real | reconstruction side by side, with the clip's sound
             side = np.concatenate([reals[0], recons[0]], axis=2)
             write_video(run.out / "vqgan_recon.mp4", side, row["fps"], audio=audio, sample_rate=row["sample_rate"])
-    sheet = contact_sheet([v for pair in zip(reals, recons, strict=True) for v in pair], n_frames=8,
-                          labels=[s for i in range(len(reals)) for s in (f"real {i}", f"recon {i}")])
+    shown = min(4, len(reals))
+    sheet = contact_sheet([v for pair in zip(reals[:shown], recons[:shown], strict=True) for v in pair], n_frames=8,
+                          labels=[s for i in range(shown) for s in (f"real {i}", f"recon {i}")])
     save_png(run.out / "vqgan_recon.png", sheet)
     run.state["vqgan_ckpt"] = ckpt
-    print(f"  checkpoint {ckpt}\n  test reconstructions: PSNR {np.mean(psnrs):.1f} dB (mean of {len(psnrs)} "
-          f"clips at {res} px); {run.out / 'vqgan_recon.png'}, {run.out / 'vqgan_recon.mp4'}")
+    judged = judge_clips(recons, rows, waves)
+    record_quality(run.out, "real", judge_clips(reals, rows, waves))
+    record_quality(run.out, "vqgan_recon", {"psnr": float(np.mean(psnrs)), **judged})
+    print(f"  checkpoint {ckpt}\n  test reconstructions ({len(rows)} clips at {res} px): PSNR {np.mean(psnrs):.1f} dB, "
+          f"colour_acc {judged['colour_acc']:.2f}, shape_acc {judged['shape_acc']:.2f}; {run.out / 'vqgan_recon.png'}, "
+          f"{run.out / 'vqgan_recon.mp4'}")
 
 
 def stage_gpt(run) -> None:
@@ -121,6 +128,7 @@ def stage_diffusion(run) -> None:
     argv = ["--config", "demo", "--data_path", str(run.state["data_root"]), "--save_dir", str(root),
             "--resolution", "16", "--sequence_length", "8", "--batch_size", str(min(4, n_train)),
             "--max_steps", str(a.diffusion_steps), "--save_interval", str(a.diffusion_steps), "--num_workers", "0",
+            "--lr_anneal_steps", str(a.diffusion_steps),
             "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1", "--log_interval", "25",
             *verbose_flag(run)]
     _trained(root, argv, diffusion_video_train_3d.train)

@@ -19,6 +19,7 @@ from tav.encoders.beats import save_tiny_beats
 from tav.encoders.clip_l import save_tiny_clip_l
 from tav.errors import InputError
 from tav_scripts import tia2v_cli
+from tav_scripts.demo_quality import first_frame_psnr, record_quality, record_results
 from tav_scripts.demo_sample import _rel, show_results, write_script
 from tav_scripts.demo_stages import verbose_flag
 
@@ -104,4 +105,10 @@ def stage_tia2v(run) -> None:
         raise InputError(f"{_rel(script)} failed (exit {done.returncode}): {tail}")
     root = run.out / f"{DEMO_RUN}_tacm_urmp"
     show_results(root, run.out / "tia2v_samples.png", n_frames=FRAMES, stages=("motion model", "SHR"))
+    judged = record_results(run.out, root, {"fake_stage1": "tia2v_motion", "fake_stage2": "tia2v_shr"})["folders"]
+    if "fake_stage1" in judged:
+        frame0 = first_frame_psnr(root)
+        record_quality(run.out, "tia2v_motion", {**judged["fake_stage1"], "frame0_psnr": frame0})
+        print(f"  motion model: frame 0 PSNR {frame0:.1f} dB against the given image, colour on every frame "
+              f"{judged['fake_stage1']['colour_frame_acc']:.2f}")
     print(f"  results: {root}\n  real | motion | SHR: {run.out / 'tia2v_samples.png'}")

@@ -42,10 +42,10 @@ MODEL_FLAGS = {
     "embedding_dim": int, "n_codes": int, "n_hiddens": int, "lr": float, "image_channels": int,
     "resolution": int, "sequence_length": int, "disc_channels": int, "disc_layers": int,
     "discriminator_iter_start": int, "image_gan_weight": float, "video_gan_weight": float, "l1_weight": float,
-    "gan_feat_weight": float, "perceptual_weight": float, "restart_thres": float,
+    "l2_weight": float, "gan_feat_weight": float, "perceptual_weight": float, "restart_thres": float,
 }
 TRAIN_FLAGS = ("batch_size", "num_workers", "accumulate_grad_batches", "gradient_clip_val", "seed",
-               "save_every_n_steps", "sample_every_n_steps", "lr_scaling", "input_key")
+               "save_every_n_steps", "sample_every_n_steps", "lr_scaling", "input_key", "lr_schedule", "warmup_steps")
 
 
 class VQGANRecipe(training.Recipe):
@@ -78,7 +78,8 @@ class VQGANRecipe(training.Recipe):
         cli.add_flag_table(p.add_argument_group("training"), {
             "batch_size": (int, "clips per device"), "num_workers": (int, "loader processes"),
             "save_every_n_steps": (int, "periodic checkpoints"), "sample_every_n_steps": (int, "sample videos"),
-            "lr_scaling": (str, "learning-rate rule", ["upstream", "none"]), "input_key": (str, "batch key")})
+            "lr_scaling": (str, "learning-rate rule", ["upstream", "none"]), "input_key": (str, "batch key"),
+            "lr_schedule": (str, "per-step schedule", ["constant", "cosine"]), "warmup_steps": (int, "linear warm-up")})
 
     def defaults(self, args: argparse.Namespace) -> dict[str, dict]:
         tree = super().defaults(args)

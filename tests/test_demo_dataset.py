@@ -212,5 +212,13 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     assert read_video(tia / "fake_stage2" / "video_0.mp4")[0].shape == (4, 32, 32, 3)
     assert (out / "tia2v_samples.png").is_file() and "[tia2v]" in text
     assert '"$@"' in (tmp_path / "ckpts" / "sample_motion_optim.sh").read_text()
+    quality = json.loads((out / "quality.json").read_text())  # the judges per stage, and the demo's last lines
+    assert list(quality) == ["real", "vqgan_recon", "stage1", "stage2", "tia2v_motion", "tia2v_shr"]
+    assert quality["real"]["colour_acc"] == 1.0 and quality["real"]["n"] == 2
+    assert 0 < quality["vqgan_recon"]["psnr"] < 100 and quality["stage2"]["n"] == 1
+    assert all(0 <= quality[k][j] <= 1 for k in quality for j in ("colour_acc", "shape_acc")
+               if quality[k].get(j) is not None)
+    assert quality["tia2v_motion"]["frame0_psnr"] >= 30  # the given first frame is held
+    assert text.rstrip().splitlines()[-1].split()[:2] == ["tia2v_shr", "1"]
     demo_script.main(argv)
     assert capsys.readouterr().out.count("reusing") == 7

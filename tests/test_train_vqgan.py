@@ -2,6 +2,7 @@
 non-finite loss, checkpoints that load through tav.vqgan.load_vqgan. Tiny configs on CPU."""
 
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -195,6 +196,20 @@ def test_overfits_one_clip(tmp_path):
     assert sum(losses[-10:]) / 10 <= 0.5 * losses[0], (losses[0], losses[-10:])
     assert [v for _, v in metrics(root, "train_perceptual_loss")][-1] > 0
     assert path == root / "checkpoints" / "last.ckpt"
+
+
+def test_cosine_schedule_and_mse_term(vat, tmp_path):
+    """lr_schedule cosine with warm-up: the logged rate rises linearly, then decays towards 0 over max_steps;
+    l2_weight adds the MSE term to the logged reconstruction loss."""
+    root = tmp_path / "run"
+    train_vqgan.train(tiny(vat, root, "--batch_size", 2, "--max_steps", 6, "--lr", 1e-3, "--lr_scaling", "none",
+                           "--lr_schedule", "cosine", "--warmup_steps", 2, "--perceptual_weight", 0,
+                           "--discriminator_iter_start", 100, "--l1_weight", 0, "--l2_weight", 4.0,
+                           "--limit_val_batches", 0, "--save_every_n_steps", 0))
+    lrs = [v for _, v in metrics(root, "lr")]  # logged after the step that used it
+    expected = [1e-3 * (s + 1) / 2 if s < 2 else 1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 4)) for s in range(6)]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    assert all(v > 0 for _, v in metrics(root, "train_recon_loss"))
 
 
 def test_bf16_autocast_runs(vat, tmp_path):

@@ -19,6 +19,7 @@ from tav.vqgan.losses import (
     generator_loss,
     hinge_d_loss,
     random_frame_index,
+    reconstruction_loss,
     select_frames,
     vanilla_d_loss,
 )
@@ -333,3 +334,11 @@ def test_codebook_stays_identical_across_two_ddp_ranks(tmp_path):
     single = EMACodebook(n_codes=16, dim=4).train()
     single(torch.randn(1, 4, 1, 2, 3))  # without a process group the same code runs unsynchronised
     assert bool(single.initialised)
+
+
+def test_reconstruction_loss_weights_l1_and_mse():
+    video = torch.zeros(1, 3, 2, 4, 4)
+    recon = video + 0.1
+    assert float(reconstruction_loss(VQGANConfig(l1_weight=4.0), recon, video)) == pytest.approx(0.4)
+    cfg = VQGANConfig(l1_weight=1.0, l2_weight=10.0)
+    assert float(reconstruction_loss(cfg, recon, video)) == pytest.approx(0.1 + 10 * 0.01)

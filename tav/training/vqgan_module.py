@@ -29,12 +29,12 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from tav.config import from_dict, to_dict
 from tav.errors import InputError
 from tav.training.callbacks import check_finite
+from tav.training.gpt_module import lr_factor
 from tav.vqgan.config import VQGANConfig
 from tav.vqgan.losses import (
     Perceptual,
@@ -42,6 +42,7 @@ from tav.vqgan.losses import (
     discriminator_loss,
     generator_loss,
     random_frame_index,
+    reconstruction_loss,
     select_frames,
 )
 from tav.vqgan.model import VQGAN
@@ -58,6 +59,8 @@ class VQGANTrainConfig:
     accumulate_grad_batches: int = 1  # micro-batches summed into one optimiser step (README: 6)
     gradient_clip_val: float | None = None  # max grad norm per optimiser; None or 0 = off (README: 1.0)
     lr_scaling: Literal["upstream", "none"] = "upstream"  # upstream: lr *= accumulate * world/8 * batch/4
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: decay to 0 over the trainer's max_steps
+    warmup_steps: int = 0  # linear warm-up of both optimisers' learning rate
     input_key: str = "video"  # batch entry holding (B, 3, T, H, W) clips in [-0.5, 0.5] (upstream: "stft")
     save_every_n_steps: int = 3000  # periodic checkpoints (0 = off); best-by-val and last.ckpt are always kept
     sample_every_n_steps: int = 1500  # real | recon sample videos (0 = off)
@@ -68,7 +71,7 @@ class VQGANTrainConfig:
         for name in ("batch_size", "accumulate_grad_batches", "n_sample_videos"):
             if getattr(self, name) < 1:
                 raise InputError(f"train.{name}={getattr(self, name)}: must be >= 1")
-        for name in ("num_workers", "save_every_n_steps", "sample_every_n_steps"):
+        for name in ("num_workers", "save_every_n_steps", "sample_every_n_steps", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise InputError(f"train.{name}={getattr(self, name)}: must be >= 0")
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
@@ -132,7 +135,13 @@ class VQGANModule(pl.LightningModule):
         return (batch_idx + 1) % n == 0 or batch_idx + 1 == self.trainer.num_training_batches
 
     def _clip_and_step(self, opt: Any, raw: torch.optim.Optimizer) -> None:
-        clip = self.train_cfg.gradient_clip_val
+        tcfg = self.train_cfg
+        if self.lr is not None and (tcfg.lr_schedule != "constant" or tcfg.warmup_steps):
+            schedule = "cosine_steps" if tcfg.lr_schedule == "cosine" else "constant"
+            total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.global_step + 1
+            for group in raw.param_groups:
+                group["lr"] = self.lr * lr_factor(self.global_step, schedule, tcfg.warmup_steps, total)
+        clip = tcfg.gradient_clip_val
         if clip:
             self.clip_gradients(raw, gradient_clip_val=clip, gradient_clip_algorithm="norm")
         opt.step()
@@ -155,7 +164,7 @@ class VQGANModule(pl.LightningModule):
         d_parts = self.discriminator_step(video, recon, step, frame_idx, boundary)
         logs = {f"train_{k}": v for k, v in {**g_parts, **d_parts}.items()}
         logs["train_used_codes"] = float(torch.unique(vq["codes"]).numel())  # distinct codes in this micro-batch
-        logs["lr"] = float(self.lr or 0.0)
+        logs["lr"] = float(self.optimizers()[0].optimizer.param_groups[0]["lr"])
         logs["step"] = float(self.global_step)  # x-axis of the loggers: optimiser steps done (not micro-batches)
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=video.shape[0])
 
@@ -194,7 +203,7 @@ class VQGANModule(pl.LightningModule):
         recon, _ = self.vqgan(video)  # eval mode: the codebook is not updated
         bs = video.shape[0]
         self.log("step", float(self.global_step), batch_size=bs, sync_dist=True)
-        self.log("val_recon_loss", self.model_cfg.l1_weight * F.l1_loss(recon, video), sync_dist=True,
+        self.log("val_recon_loss", reconstruction_loss(self.model_cfg, recon, video), sync_dist=True,
                  prog_bar=True, batch_size=bs)
         if self.perceptual is not None:
             gen = torch.Generator().manual_seed(batch_idx)  # the same frames at every validation

@@ -34,6 +34,7 @@ class VQGANConfig:
     image_gan_weight: float = 1.0  # weight of the 2D (single-frame) PatchGAN terms
     video_gan_weight: float = 1.0  # weight of the 3D PatchGAN terms
     l1_weight: float = 4.0  # weight of the L1 reconstruction loss
+    l2_weight: float = 0.0  # weight of an MSE reconstruction term (0 = upstream; small demo models learn faster)
     gan_feat_weight: float = 4.0  # weight of discriminator feature matching
     perceptual_weight: float = 4.0  # weight of the LPIPS loss on one random frame per clip
     discriminator_iter_start: int = 10000  # global step from which the GAN terms are switched on

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tav.errors import InputError
+from tav.vqgan.config import VQGANConfig
 from tav.vqgan.model import VQGAN
 
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's VGG16 ImageNet weights (LPIPS backbone)
@@ -195,6 +196,14 @@ def _gan_generator_terms(model: VQGAN, video: Tensor, recon: Tensor, frames: Ten
     return {"g_adv": adv, "feat_match": cfg.gan_feat_weight * feat}
 
 
+def reconstruction_loss(cfg: VQGANConfig, recon: Tensor, video: Tensor) -> Tensor:
+    """``l1_weight * L1 + l2_weight * MSE`` between two videos of the same shape (the MSE term only if set)."""
+    loss = cfg.l1_weight * F.l1_loss(recon, video)
+    if cfg.l2_weight:
+        loss = loss + cfg.l2_weight * F.mse_loss(recon, video)
+    return loss
+
+
 def generator_loss(model: VQGAN, perceptual: Perceptual | None, video: Tensor, recon: Tensor,
                    vq: dict[str, Tensor], step: int, frame_idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """Autoencoder loss of one step: recon + commitment + perceptual + factor * (adv + feature matching).
@@ -205,7 +214,7 @@ def generator_loss(model: VQGAN, perceptual: Perceptual | None, video: Tensor, r
     parts detached for logging.
     """
     cfg = model.cfg
-    parts = {"recon_loss": cfg.l1_weight * F.l1_loss(recon, video), "commitment_loss": vq["commitment_loss"]}
+    parts = {"recon_loss": reconstruction_loss(cfg, recon, video), "commitment_loss": vq["commitment_loss"]}
     frames, frames_rec = select_frames(video, frame_idx), select_frames(recon, frame_idx)
     if cfg.perceptual_weight > 0:
         if perceptual is None:

@@ -1,0 +1,203 @@
+"""Quality tables of the TA2V sampler on the demo test set, measured by the synthetic-domain judges.
+
+    python benchmarks/bench_quality.py [--ckpt_dir saved_ckpts/demo] [--data results/demo/data] [--n 16]
+                                       [--json OUT.json] [--md OUT.md] [--tables ablation steps precision]
+
+Needs the demo's checkpoints (``make demo`` leaves them in ``saved_ckpts/demo/``: VQGAN, GPT, diffusion prior,
+the joint encoder) and its dataset. Every row runs ``scripts/sample_tav.py`` on the first ``--n`` test clips
+(per-sample seeds 0..n-1, so every row starts from the same stage-1 clips) and judges the results with
+``tools/synthetic_judge.py``'s judges. Values are means with a 95% confidence interval (1.96 standard errors
+over the clips); ``s/video`` is the stage-2 time per video.
+
+Tables:
+- ``ablation``: real / real judged against rotated captions (a control) / stage 1 / stage 2 without guidance /
+  + audio / + direction / + text (each term alone) / all terms (the joint encoder), and all terms with
+  AudioCLIP-architecture random weights (the control);
+- ``steps``: respaced DDPM 25 / 50 / 100 / 200 and DDIM 10 / 25 / 50, all terms, the SDEdit start at the same
+  point of each chain as the demo's (``--skip_timesteps`` 75 of 100: the last quarter is run);
+- ``precision``: fp32 against bf16 autocast at the default steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+JUDGES = ("colour_acc", "shape_acc", "onset_f1", "pitch_height", "flicker")
+SKIP = 0.75  # share of the respaced chain stage 2 skips: the demo's --skip_timesteps 75 of 100
+NO_GUIDANCE = {"audio_guidance_lambda": 0, "direction_lambda": 0, "text_guidance_lambda": 0}
+
+
+def ablation_rows(lambdas: dict[str, float]) -> list[tuple[str, dict]]:
+    """(label, flag overrides) of the guidance ablation; ``lambdas`` are the default weights."""
+    alone = {name: {**NO_GUIDANCE, flag: lambdas[flag]} for name, flag in
+             (("+ audio", "audio_guidance_lambda"), ("+ direction", "direction_lambda"),
+              ("+ text", "text_guidance_lambda"))}
+    return [("stage 2, no guidance", dict(NO_GUIDANCE)), *alone.items(), ("all terms (joint encoder)", {}),
+            ("all terms, random AudioCLIP + CLIP (control)", {"audio_emb_model": "audioclip",
+                                                              "text_guidance_model": "clip"})]
+
+
+def steps_rows(ddpm=(25, 50, 100, 200), ddim=(10, 25, 50), skip: float = SKIP) -> list[tuple[str, dict]]:
+    """(label, overrides) of the steps table: SDEdit from the same point of each chain (``skip`` of it skipped)."""
+    rows = [(f"DDPM {n}", {"timestep_respacing": str(n), "skip_timesteps": round(skip * n)}) for n in ddpm]
+    rows += [(f"DDIM {n}", {"timestep_respacing": f"ddim{n}", "skip_timesteps": round(skip * n), "ddim": True})
+             for n in ddim]
+    return rows
+
+
+def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and 95% CI half-width (1.96 standard errors; 0 for a single value) of the finite values."""
+    xs = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if len(xs) == 0:
+        return None, None
+    half = 1.96 * xs.std(ddof=1) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0
+    return float(xs.mean()), float(half)
+
+
+def judge_run(folder: Path, videos: str, rotate_captions: bool = False) -> dict:
+    """Judges of one video folder of a results folder: ``{judge: [mean, ci]}``, ``n`` and ``s_per_video``.
+    ``rotate_captions`` judges video i against caption i+1 (a constructed negative control)."""
+    import dataclasses
+
+    from tav.metrics.synthetic_folders import judge_item, results_items
+
+    items, _ = results_items(folder)
+    chosen = items[videos]
+    if rotate_captions:
+        chosen = [dataclasses.replace(it, caption=chosen[(i + 1) % len(chosen)].caption) for i, it in enumerate(chosen)]
+    judged = [judge_item(it)[0].scores() for it in chosen]
+    out: dict = {"n": len(judged)}
+    for key in JUDGES:
+        out[key] = list(mean_ci([j[key] for j in judged]))
+    rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
+    secs = [r.get("info", {}).get("seconds", {}).get("stage2") for r in rows]
+    out["s_per_video"] = float(np.mean([s for s in secs if s is not None])) if any(s is not None for s in secs) \
+        else None
+    return out
+
+
+def sample_argv(ckpt: Path, data: Path, save: Path, n: int, overrides: dict, extra: Sequence[str] = ()) -> list[str]:
+    """``sample_tav.py`` flags of the demo's sampling command with ``overrides`` (flag -> value; True = switch),
+    then the ``extra`` flags (they win: argparse keeps the last value)."""
+    flags = {"gpt_text_ckpt": ckpt / "gpt.ckpt", "vqgan_ckpt": ckpt / "vqgan.ckpt", "diffusion_ckpt":
+             ckpt / "diffusion.pt", "data_path": data, "top_k": 2048, "top_p": 0.8, "n_sample": n, "run": "bench",
+             "dataset": "URMP", "load_vid_len": 90, "resolution": 32, "batch_size": 4, "sequence_length": 8,
+             "model_output_size": 16, "iterations_num": 1, "audio_emb_model": "joint", "text_guidance_model":
+             "joint", "joint_ckpt": ckpt / "joint_encoder.pt", "audioclip_ckpt": ckpt / "audioclip_random.pt",
+             "clip_ckpt": ckpt / "clip_random.pt", "audio_guidance_lambda": 10000, "direction_lambda": 5000,
+             "text_guidance_lambda": 10000, "skip_timesteps": round(SKIP * 100), "save": save,
+             "progress": "false"}
+    flags.update(overrides)
+    argv = ["--text_stft_cond"]
+    for key, value in flags.items():
+        if value is True:
+            argv.append(f"--{key}")
+        elif value is not False:
+            argv += [f"--{key}", str(value)]
+    return argv + list(extra)
+
+
+def control_encoders(ckpt: Path) -> None:
+    """Random-weight AudioCLIP and CLIP ViT-B/32 stand-ins (tiny, same classes) for the control row."""
+    from tav.encoders.audioclip import save_tiny_audioclip
+    from tav.encoders.clip import save_tiny_clip
+
+    if not (ckpt / "audioclip_random.pt").is_file():
+        save_tiny_audioclip(ckpt / "audioclip_random.pt")
+    if not (ckpt / "clip_random.pt").is_file():
+        save_tiny_clip(ckpt / "clip_random.pt")
+
+
+def run_row(args, work: Path, label: str, overrides: dict, keep_real: bool = False) -> dict[str, dict]:
+    """Sample one row into a scratch folder and judge it; ``keep_real`` also judges real and stage 1."""
+    from tav_scripts import sample_tav
+
+    save = work / f"row{len(list(work.iterdir()))}"
+    folder = sample_tav.sample(sample_argv(args.ckpt_dir, args.data, save, args.n, overrides,
+                                           shlex.split(args.sample_args)))
+    out = {label: judge_run(folder, "fake_stage2")}
+    if keep_real:
+        out = {"real": judge_run(folder, "real"), "real, captions rotated (control)": judge_run(folder, "real", True),
+               "stage 1 (GPT + VQGAN)": judge_run(folder, "fake_stage1"), **out}
+        for key in list(out)[:3]:
+            out[key]["s_per_video"] = None
+    shutil.rmtree(save, ignore_errors=True)
+    print(f"  {label}: " + ", ".join(f"{k} {out[label][k][0]:.3f}" for k in JUDGES if out[label][k][0] is not None),
+          flush=True)
+    return out
+
+
+def markdown(tables: dict[str, dict[str, dict]], n: int) -> str:
+    """The tables as markdown: mean ± 95% CI per judge, and seconds per video."""
+    parts = []
+    for name, rows in tables.items():
+        parts += [f"**{name}** (N = {n} demo test clips, mean ± 95% CI)", "",
+                  "| setting | " + " | ".join(JUDGES) + " | s/video |", "|---" * (len(JUDGES) + 2) + "|"]
+        for label, r in rows.items():
+            cells = ["-" if r[k][0] is None else f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in JUDGES]
+            secs = "-" if r.get("s_per_video") is None else f"{r['s_per_video']:.2f}"
+            parts.append(f"| {label} | " + " | ".join(cells) + f" | {secs} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt_dir", type=Path, default=REPO / "saved_ckpts" / "demo", help="the demo's checkpoints")
+    p.add_argument("--data", type=Path, default=REPO / "results" / "demo" / "data", help="the demo dataset")
+    p.add_argument("--n", type=int, default=16, help="test clips per row")
+    p.add_argument("--tables", nargs="+", default=["ablation", "steps", "precision"],
+                   choices=["ablation", "steps", "precision"])
+    p.add_argument("--sample_args", default="", help="extra sample_tav.py flags for every row (they win)")
+    p.add_argument("--json", type=Path, default=None, help="write the tables as JSON here")
+    p.add_argument("--md", type=Path, default=None, help="write the markdown tables here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    for name in ("gpt.ckpt", "vqgan.ckpt", "diffusion.pt", "joint_encoder.pt"):
+        if not (args.ckpt_dir / name).is_file():
+            sys.exit(f"{args.ckpt_dir / name}: missing; run `make demo` first (or pass --ckpt_dir)")
+    control_encoders(args.ckpt_dir)
+    defaults = {"audio_guidance_lambda": 10000, "direction_lambda": 5000, "text_guidance_lambda": 10000}
+    tables: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
+        work = Path(tmp)
+        if "ablation" in args.tables:
+            tables["ablation"] = {}
+            for i, (label, over) in enumerate(ablation_rows(defaults)):
+                tables["ablation"].update(run_row(args, work, label, over, keep_real=i == 0))
+        if "steps" in args.tables:
+            tables["steps"] = {}
+            for label, over in steps_rows():
+                tables["steps"].update(run_row(args, work, label, over))
+        if "precision" in args.tables:
+            tables["precision"] = {}
+            for label, over in (("fp32", {"precision": "32"}), ("bf16 autocast", {"precision": "bf16"})):
+                tables["precision"].update(run_row(args, work, label, over))
+    record = {"n": args.n, "judges": list(JUDGES), "tables": tables}
+    text = markdown(tables, args.n)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(text, encoding="utf-8")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Small versions of the quality tables (benchmarks/bench_quality.py) on tiny models and a tiny demo dataset, and
+the demo's quality record (scripts/demo_quality.py). The targets belong to the benchmark and the demo output;
+here the judges' values must lie in [0, 1] and be ordered as constructed (real >= real with rotated captions)."""
+
+import dataclasses
+import importlib.util
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tav.data.demo import build_demo_dataset
+from tav.diffusion.config import UNetConfig
+from tav.diffusion.load import save_unet
+from tav.diffusion.schedule import ProcessConfig
+from tav.diffusion.unet3d import UNet
+from tav.encoders.joint import save_tiny_joint
+from tav.gpt import GPT, gpt_preset, save_gpt
+from tav.gpt.load import file_sha256
+from tav.vqgan import VQGAN, save_vqgan
+from tav_scripts import demo_quality as dq
+
+from .helpers import REPO, tiny_vqgan_cfg
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "benchmarks" / "bench_quality.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    """A demo dataset of 2 test clips at 32 px and the demo's checkpoint names, with tiny random models."""
+    root = tmp_path_factory.mktemp("bench")
+    build_demo_dataset(root / "data", n_train=0, n_test=2, size=32, seed=3)
+    ckpt = root / "ckpt"
+    ckpt.mkdir()
+    torch.manual_seed(0)
+    vq = save_vqgan(VQGAN(tiny_vqgan_cfg()).eval(), ckpt / "vqgan.ckpt")
+    save_gpt(GPT(dataclasses.replace(gpt_preset("tiny"), n_codes=32, latent_shape=(2, 4, 4),
+                                     vqgan_hash=file_sha256(vq))), ckpt / "gpt.ckpt")
+    net = UNet(UNetConfig(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+                          attention_resolutions=(8,), num_heads=2))
+    for p in net.parameters():  # a fresh U-Net predicts exactly 0
+        torch.nn.init.normal_(p, std=0.02)
+    save_unet(net, ckpt / "diffusion.pt", ProcessConfig(steps=100))
+    save_tiny_joint(ckpt / "joint_encoder.pt")
+    return {"root": root, "ckpt": ckpt, "data": root / "data"}
+
+
+def test_small_tables_are_judged_in_range_and_ordered(kit, tmp_path):
+    bench = _bench()
+    tiny = "--resolution 16 --sequence_length 4 --timestep_respacing 8 --skip_timesteps 2 --batch_size 2"
+    out = tmp_path / "q.json"
+    record = bench.main(["--ckpt_dir", str(kit["ckpt"]), "--data", str(kit["data"]), "--n", "2", "--tables",
+                         "ablation", "precision", "--sample_args", tiny, "--json", str(out), "--md",
+                         str(tmp_path / "q.md")])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    ablation = record["tables"]["ablation"]
+    assert list(ablation)[:3] == ["real", "real, captions rotated (control)", "stage 1 (GPT + VQGAN)"]
+    assert len(ablation) == 3 + 6 and set(record["tables"]["precision"]) == {"fp32", "bf16 autocast"}
+    for table in record["tables"].values():
+        for row in table.values():
+            assert row["n"] == 2
+            for key in ("colour_acc", "shape_acc", "onset_f1"):
+                mean, ci = row[key]
+                assert mean is None or 0.0 <= mean <= 1.0
+                assert ci is None or ci >= 0.0
+    real, rotated = ablation["real"], ablation["real, captions rotated (control)"]
+    assert real["colour_acc"][0] == 1.0  # the two clips' colours differ (seed 3): rotation must miss both
+    assert real["colour_acc"][0] >= rotated["colour_acc"][0] and rotated["colour_acc"][0] == 0.0
+    assert "| real |" in (tmp_path / "q.md").read_text()
+
+
+def test_steps_rows_start_sdedit_at_the_same_fraction():
+    rows = dict(_bench().steps_rows())
+    assert rows["DDPM 100"] == {"timestep_respacing": "100", "skip_timesteps": 75}
+    assert rows["DDPM 25"]["skip_timesteps"] == 19 and rows["DDPM 200"]["skip_timesteps"] == 150
+    assert rows["DDIM 10"] == {"timestep_respacing": "ddim10", "skip_timesteps": 8, "ddim": True}
+    assert [k for k in rows] == ["DDPM 25", "DDPM 50", "DDPM 100", "DDPM 200", "DDIM 10", "DDIM 25", "DDIM 50"]
+
+
+def test_mean_ci_is_the_normal_interval():
+    mean, half = _bench().mean_ci([0.0, 1.0, 1.0, 0.0, None, float("nan")])
+    assert mean == 0.5 and half == pytest.approx(1.96 * np.std([0, 1, 1, 0], ddof=1) / 2)
+    assert _bench().mean_ci([]) == (None, None)
+
+
+def test_quality_record_merges_stages_and_prints_a_table(tmp_path):
+    dq.record_quality(tmp_path, "stage1", {"n": 4, "colour_acc": 0.5, "shape_acc": 0.25})
+    dq.record_quality(tmp_path, "vqgan_recon", {"n": 4, "psnr": 28.5, "colour_acc": 1.0})
+    dq.record_quality(tmp_path, "tia2v_motion", {"n": 4, "frame0_psnr": float("inf")})
+    data = json.loads((tmp_path / "quality.json").read_text())
+    assert list(data) == ["vqgan_recon", "stage1", "tia2v_motion"]  # demo order, whatever the call order
+    assert data["vqgan_recon"]["psnr"] == 28.5 and data["tia2v_motion"]["frame0_psnr"] == "inf"
+    lines = dq.quality_lines(tmp_path)
+    assert lines[2].split()[:3] == ["vqgan_recon", "4", "28.5"] and "inf" in lines[4]
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_psnr_of_known_errors():
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0, 0] = 255  # one of 96 values off by the peak: MSE = 255^2 / 96
+    assert dq.psnr(a, b) == pytest.approx(10 * math.log10(96))
+    assert dq.psnr(a, a) == math.inf
