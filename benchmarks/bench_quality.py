@@ -81,7 +81,7 @@ def judge_run(folder: Path, videos: str, rotate_captions: bool = False) -> dict:
     for key in JUDGES:
         out[key] = list(mean_ci([j[key] for j in judged]))
     rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
-    secs = [r.get("info", {}).get("seconds", {}).get("stage2") for r in rows]
+    secs = [r.get("seconds", {}).get("stage2") for r in rows]  # per sample, written by the sampler
     out["s_per_video"] = float(np.mean([s for s in secs if s is not None])) if any(s is not None for s in secs) \
         else None
     return out

@@ -119,8 +119,9 @@ def stage_sample(run) -> None:
     show_results(root, run.out / "tav_samples.png")
     judged = record_results(run.out, root, {"fake_stage1": "stage1", "fake_stage2": "stage2"})["folders"]
     for name in ("fake_stage1", "fake_stage2"):
-        print(f"  {name}: " + ", ".join(f"{k} {judged.get(name, {}).get(k)}" for k in ("colour_acc", "shape_acc",
-                                                                                     "onset_f1")))
+        values = judged.get(name, {})
+        print(f"  {name}: " + ", ".join(f"{k} {values[k]:.2f}" for k in ("colour_acc", "shape_acc", "onset_f1")
+                                        if values.get(k) is not None))
     print(f"  results: {root}\n  real | stage 1 | stage 2: {run.out / 'tav_samples.png'}")
 
 

@@ -75,6 +75,7 @@ def test_small_tables_are_judged_in_range_and_ordered(kit, tmp_path):
     real, rotated = ablation["real"], ablation["real, captions rotated (control)"]
     assert real["colour_acc"][0] == 1.0  # the two clips' colours differ (seed 3): rotation must miss both
     assert real["colour_acc"][0] >= rotated["colour_acc"][0] and rotated["colour_acc"][0] == 0.0
+    assert all(r["s_per_video"] > 0 for r in list(ablation.values())[3:])  # stage 2 timed per video
     assert "| real |" in (tmp_path / "q.md").read_text()
 
 
