@@ -14,16 +14,20 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
   from test captions in ``<out>/gpt_samples.png``.
 - ``diffusion``: a tiny unconditional video diffusion prior (``configs/diffusion/demo.yaml``, 16 px) trained on
   the demo clips; prior samples (DDIM 50) in ``<out>/diffusion_samples.png``.
-- ``sample``: the two-stage sampler (``scripts/sample_tav.py``, audio + text guidance through tiny random
-  encoders) on the first test clips, run through ``saved_ckpts/demo/sample_tav.sh``; results in
-  ``<out>/17_tav_URMP/`` and ``<out>/tav_samples.png`` (``scripts/demo_sample.py``).
+- ``joint``: the joint audio-video-text encoder (``configs/joint/demo.yaml``), the demo's guide and scorer;
+  retrieval R@1 on the test clips.
+- ``sample``: the two-stage sampler (``scripts/sample_tav.py``, audio, direction and text guidance through the
+  joint encoder; stage 2 over the last quarter of the chain) on the 16 test clips, run through
+  ``saved_ckpts/demo/sample_tav.sh``; results in ``<out>/17_tav_URMP/`` and ``<out>/tav_samples.png``
+  (``scripts/demo_sample.py``).
 - ``tia2v``: tiny TIA2V content, motion (initialised from the content model) and SHR models with tiny random
   CLIP ViT-L/14 and BEATs stand-ins, then ``scripts/sample_motion_optim.py`` (run through
-  ``saved_ckpts/demo/sample_motion_optim.sh``) on the first test clips; results in ``<out>/0_tacm_urmp/`` and
+  ``saved_ckpts/demo/sample_motion_optim.sh``) on the 16 test clips; results in ``<out>/0_tacm_urmp/`` and
   ``<out>/tia2v_samples.png`` (``scripts/demo_tia2v.py``).
-- ``metrics``: the four metric tools (CLIP-audio, CLIP-text, FVD, FID) on that results folder with tiny
-  random-weight feature networks saved in ``saved_ckpts/demo/`` (the numbers are meaningless); a short
-  table, ``<out>/17_tav_URMP/metrics_*.json`` and ``<out>/metrics_tools.txt`` (``scripts/demo_metrics.py``).
+- ``metrics``: the four metric tools on that results folder (CLIP-audio and CLIP-text with the joint encoder;
+  FVD and FID with tiny random-weight feature networks saved in ``saved_ckpts/demo/``, numbers meaningless) and
+  the judges on both results folders; a short table, ``<out>/17_tav_URMP/metrics_*.json`` and
+  ``<out>/metrics_tools.txt`` (``scripts/demo_metrics.py``).
 
 The judges of ``tools/synthetic_judge.py`` on each stage's test outputs go to ``<out>/quality.json``
 (``scripts/demo_quality.py``); the demo's last lines are their table.
