@@ -14,7 +14,8 @@ Tables:
   + audio / + direction / + text (each term alone) / all terms (the joint encoder), and all terms with
   AudioCLIP-architecture random weights (the control);
 - ``steps``: respaced DDPM 25 / 50 / 100 / 200 and DDIM 10 / 25 / 50, all terms, the SDEdit start at the same
-  point of each chain as the demo's (``--skip_timesteps`` 75 of 100: the last quarter is run);
+  point of each chain as the demo's (``--skip_timesteps`` 75 of 100: the last quarter is run), and with
+  ``--upstream_steps 4000`` the unrespaced chain upstream sampled;
 - ``precision``: fp32 against bf16 autocast at the default steps.
 """
 
@@ -48,11 +49,16 @@ def ablation_rows(lambdas: dict[str, float]) -> list[tuple[str, dict]]:
                                                               "text_guidance_model": "clip"})]
 
 
-def steps_rows(ddpm=(25, 50, 100, 200), ddim=(10, 25, 50), skip: float = SKIP) -> list[tuple[str, dict]]:
-    """(label, overrides) of the steps table: SDEdit from the same point of each chain (``skip`` of it skipped)."""
+def steps_rows(ddpm=(25, 50, 100, 200), ddim=(10, 25, 50), skip: float = SKIP,
+               upstream_steps: int | None = None) -> list[tuple[str, dict]]:
+    """(label, overrides) of the steps table: SDEdit from the same point of each chain (``skip`` of it skipped);
+    ``upstream_steps`` (the process's length, e.g. 4000) adds the unrespaced chain upstream sampled."""
     rows = [(f"DDPM {n}", {"timestep_respacing": str(n), "skip_timesteps": round(skip * n)}) for n in ddpm]
     rows += [(f"DDIM {n}", {"timestep_respacing": f"ddim{n}", "skip_timesteps": round(skip * n), "ddim": True})
              for n in ddim]
+    if upstream_steps:
+        rows.append((f"DDPM {upstream_steps} (upstream: every step)",
+                     {"timestep_respacing": "", "skip_timesteps": round(skip * upstream_steps)}))
     return rows
 
 
@@ -159,6 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=16, help="test clips per row")
     p.add_argument("--tables", nargs="+", default=["ablation", "steps", "precision"],
                    choices=["ablation", "steps", "precision"])
+    p.add_argument("--upstream_steps", type=int, default=0, help="also the unrespaced chain of this many steps "
+                   "(the demo prior's 4000; about 30 s per video on 2 cores)")
     p.add_argument("--sample_args", default="", help="extra sample_tav.py flags for every row (they win)")
     p.add_argument("--json", type=Path, default=None, help="write the tables as JSON here")
     p.add_argument("--md", type=Path, default=None, help="write the markdown tables here")
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
                 tables["ablation"].update(run_row(args, work, label, over, keep_real=i == 0))
         if "steps" in args.tables:
             tables["steps"] = {}
-            for label, over in steps_rows():
+            for label, over in steps_rows(upstream_steps=args.upstream_steps):
                 tables["steps"].update(run_row(args, work, label, over))
         if "precision" in args.tables:
             tables["precision"] = {}

@@ -85,6 +85,8 @@ def test_steps_rows_start_sdedit_at_the_same_fraction():
     assert rows["DDPM 25"]["skip_timesteps"] == 19 and rows["DDPM 200"]["skip_timesteps"] == 150
     assert rows["DDIM 10"] == {"timestep_respacing": "ddim10", "skip_timesteps": 8, "ddim": True}
     assert [k for k in rows] == ["DDPM 25", "DDPM 50", "DDPM 100", "DDPM 200", "DDIM 10", "DDIM 25", "DDIM 50"]
+    upstream = _bench().steps_rows(upstream_steps=4000)[-1]
+    assert upstream == ("DDPM 4000 (upstream: every step)", {"timestep_respacing": "", "skip_timesteps": 3000})
 
 
 def test_mean_ci_is_the_normal_interval():
