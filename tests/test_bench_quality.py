@@ -113,3 +113,11 @@ def test_psnr_of_known_errors():
     b[0, 0, 0, 0] = 255  # one of 96 values off by the peak: MSE = 255^2 / 96
     assert dq.psnr(a, b) == pytest.approx(10 * math.log10(96))
     assert dq.psnr(a, a) == math.inf
+
+
+def test_missing_checkpoints_or_data_are_one_line(kit, tmp_path):
+    bench = _bench()
+    with pytest.raises(SystemExit, match="gpt.ckpt: missing; run `make demo` first"):
+        bench.main(["--ckpt_dir", str(tmp_path), "--data", str(kit["data"])])
+    with pytest.raises(SystemExit, match="no demo test split"):
+        bench.main(["--ckpt_dir", str(kit["ckpt"]), "--data", str(tmp_path / "nowhere")])
