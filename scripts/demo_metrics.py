@@ -139,14 +139,17 @@ def judge_lines(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def run_judges(folders: list[Path]) -> dict[str, dict]:
-    """``tools/synthetic_judge.py``'s judges on each results folder; writes its ``metrics_synthetic.json``."""
+def run_judges(folders: list[Path], known: dict[str, dict] | None = None) -> dict[str, dict]:
+    """``tools/synthetic_judge.py``'s judges on each results folder; writes its ``metrics_synthetic.json``.
+    ``known`` (folder path -> record) holds folders this run already judged (the sample and tia2v stages)."""
     from tav.metrics.synthetic_folders import judge_folders, results_items
 
     out = {}
     for folder in folders:
-        items, _ = results_items(folder)
-        out[folder.name] = record = judge_folders(items)
+        record = (known or {}).get(str(folder))
+        if record is None:
+            record = judge_folders(results_items(folder)[0])
+        out[folder.name] = record
         write_record(folder / "metrics_synthetic.json", {**record, "tool": "synthetic_judge.py"})
     return out
 
@@ -169,7 +172,8 @@ def stage_metrics(run) -> None:
         (run.out / "metrics_tools.txt").write_text(log.getvalue(), encoding="utf-8")
     written = {name: r["json"] for name, r in results.items() if "json" in r}
     print("\n".join(summary_lines(results)))
-    judged = run_judges([f for f in (run_folder, run.out / TIA2V_TAG) if (f / "manifest.jsonl").is_file()])
+    judged = run_judges([f for f in (run_folder, run.out / TIA2V_TAG) if (f / "manifest.jsonl").is_file()],
+                        run.state.get("judged"))
     print("  judges of the synthetic domain (tools/synthetic_judge.py):")
     print("\n".join(judge_lines(judged)))
     written.update({f"synthetic {name}": run.out / name / "metrics_synthetic.json" for name in judged})

@@ -78,13 +78,16 @@ def quality_lines(out: Path) -> list[str]:
     return lines
 
 
-def record_results(out: Path, folder: Path, stages: dict[str, str]) -> dict:
+def record_results(out: Path, folder: Path, stages: dict[str, str], judged: dict | None = None) -> dict:
     """Judge a results folder (``tools/synthetic_judge.py --results``) and record its video folders as stages:
-    ``stages`` maps a video folder (``fake_stage1``) to a quality key (``stage1``). Returns the judges' record."""
+    ``stages`` maps a video folder (``fake_stage1``) to a quality key (``stage1``). Returns the judges' record
+    and keeps it in ``judged[str(folder)]`` when given (the metrics stage then reuses it)."""
     from tav.metrics.synthetic_folders import judge_folders, results_items
 
     items, _ = results_items(folder)
     record = judge_folders(items)
+    if judged is not None:
+        judged[str(folder)] = record
     for name, key in stages.items():
         if name in record["folders"]:
             record_quality(out, key, record["folders"][name])

@@ -117,7 +117,8 @@ def stage_sample(run) -> None:
         raise InputError(f"{_rel(script)} failed (exit {done.returncode}): {tail}")
     root = save / f"{DEMO_RUN}_tav_URMP"
     show_results(root, run.out / "tav_samples.png")
-    judged = record_results(run.out, root, {"fake_stage1": "stage1", "fake_stage2": "stage2"})["folders"]
+    judged = record_results(run.out, root, {"fake_stage1": "stage1", "fake_stage2": "stage2"},
+                            run.state.setdefault("judged", {}))["folders"]
     for name in ("fake_stage1", "fake_stage2"):
         values = judged.get(name, {})
         print(f"  {name}: " + ", ".join(f"{k} {values[k]:.2f}" for k in ("colour_acc", "shape_acc", "onset_f1")

@@ -105,7 +105,8 @@ def stage_tia2v(run) -> None:
         raise InputError(f"{_rel(script)} failed (exit {done.returncode}): {tail}")
     root = run.out / f"{DEMO_RUN}_tacm_urmp"
     show_results(root, run.out / "tia2v_samples.png", n_frames=FRAMES, stages=("motion model", "SHR"))
-    judged = record_results(run.out, root, {"fake_stage1": "tia2v_motion", "fake_stage2": "tia2v_shr"})["folders"]
+    judged = record_results(run.out, root, {"fake_stage1": "tia2v_motion", "fake_stage2": "tia2v_shr"},
+                            run.state.setdefault("judged", {}))["folders"]
     if "fake_stage1" in judged:
         frame0 = first_frame_psnr(root)
         record_quality(run.out, "tia2v_motion", {**judged["fake_stage1"], "frame0_psnr": frame0})
