@@ -18,6 +18,7 @@ COMMANDS = {
     "tav-train-shr": "tav_scripts.train_diffusion_3d_withtext:main",
     "tav-sample": "tav_scripts.sample_tav:main",
     "tav-sample-tia2v": "tav_scripts.sample_motion_optim:main",
+    "tav-generate": "tav_scripts.generate:main",
     "tav-prepare-dataset": "tav_tools.prepare_dataset:main",
     "tav-clip-audio": "tav_tools.clip_score.clip_audio:main",
     "tav-clip-text": "tav_tools.clip_score.clip_text:main",

@@ -24,6 +24,9 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
   CLIP ViT-L/14 and BEATs stand-ins, then ``scripts/sample_motion_optim.py`` (run through
   ``saved_ckpts/demo/sample_motion_optim.sh``) on the 16 test clips; results in ``<out>/0_tacm_urmp/`` and
   ``<out>/tia2v_samples.png`` (``scripts/demo_tia2v.py``).
+- ``generate``: ``saved_ckpts/demo/generate.sh`` (``scripts/generate.py`` with the demo's models, both methods,
+  arguments passed through), run once with TA2V on a 10-second melody it synthesises (longer than one window):
+  ``<out>/generate/ta2v_10s.mp4`` and its ``.json`` (``scripts/demo_generate.py``).
 - ``metrics``: the four metric tools on that results folder (CLIP-audio and CLIP-text with the joint encoder;
   FVD and FID with tiny random-weight feature networks saved in ``saved_ckpts/demo/``, numbers meaningless) and
   the judges on both results folders; a short table, ``<out>/17_tav_URMP/metrics_*.json`` and
@@ -51,6 +54,7 @@ from tav.data.layout import clip_files
 from tav.data.video import read_video, write_video
 from tav.utils.console import configure_output
 from tav.utils.contact_sheet import contact_sheet, save_png
+from tav_scripts.demo_generate import stage_generate
 from tav_scripts.demo_metrics import stage_metrics
 from tav_scripts.demo_quality import quality_lines
 from tav_scripts.demo_sample import stage_sample
@@ -98,6 +102,7 @@ STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [
     ("joint", stage_joint),
     ("sample", stage_sample),
     ("tia2v", stage_tia2v),
+    ("generate", stage_generate),
     ("metrics", stage_metrics),
 ]
 
@@ -127,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tia2v_steps", type=int, default=200, help=hidden)  # content and motion training steps
     p.add_argument("--tia2v_shr_steps", type=int, default=100, help=hidden)
     p.add_argument("--tia2v_sample_args", default="", help=hidden)  # extra sample_motion_optim.py flags
+    p.add_argument("--generate_seconds", type=float, default=10.0, help=hidden)  # length of the demo's own song
+    p.add_argument("--generate_args", default="", help=hidden)  # extra generate.py flags
     p.add_argument("--ckpt_dir", default="saved_ckpts/demo", help="where the demo checkpoints, tiny encoders, tiny "
                    "metric networks and sample_tav.sh are left")
     args = p.parse_args(argv)

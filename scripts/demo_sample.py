@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tav.checkpoint import recorded_data
 from tav.data.video import read_video
 from tav.errors import InputError
 from tav.gpt import load_gpt, save_gpt
@@ -45,7 +46,7 @@ def gather_checkpoints(run, folder: Path) -> dict[str, Path]:
     if not files["vqgan"].is_file():
         shutil.copyfile(run.state["vqgan_ckpt"], files["vqgan"])
     if not files["gpt"].is_file():
-        save_gpt(load_gpt(run.state["gpt_ckpt"]), files["gpt"])
+        save_gpt(load_gpt(run.state["gpt_ckpt"]), files["gpt"], data=recorded_data(run.state["gpt_ckpt"]))
     if not files["diffusion"].is_file():
         shutil.copyfile(run.state["diffusion_ckpt"], files["diffusion"])
     joint = Path(run.state.get("joint_ckpt") or folder / "joint_encoder.pt")

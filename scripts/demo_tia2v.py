@@ -97,6 +97,7 @@ def stage_tia2v(run) -> None:
     enc = tiny_encoders(folder)
     print(f"  tiny random CLIP ViT-L/14 and BEATs in {folder} (conditions are computed, but meaningless)")
     models = train_models(run, enc)
+    run.state["tia2v_models"] = models
     script = write_script(folder / "sample_motion_optim.sh", sample_command(run, enc, models), COMMENT)
     print("  running: bash " + _rel(script))
     done = subprocess.run(["bash", str(script), *shlex.split(a.tia2v_sample_args)], capture_output=True, text=True)

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from tav.config import from_dict, to_dict
-from tav.data.config import DataConfig
+from tav.data.config import DataConfig, data_record
 from tav.diffusion.schedule import ProcessConfig
 from tav.errors import InputError
 from tav.tia2v.config import tia2v_config_from_dict
@@ -125,7 +125,8 @@ class TIA2VRecipe(training.Recipe):
         data = TIA2VDataModule(run.data_path, run.data, run.extra["cache_dir"], conditions, t.batch_size,
                                t.num_workers)
         module = TIA2VModule(run.model, run.process, t,
-                             beats_mode=conditions.beats_mode if conditions.need_audio else None)
+                             beats_mode=conditions.beats_mode if conditions.need_audio else None,
+                             data=data_record(run.data))
         init_from = run.extra["init_from"]
         if init_from and not run.resume:
             _, _, content_sd = read_tia2v_checkpoint(init_from, "content")

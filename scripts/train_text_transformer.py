@@ -24,7 +24,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 
 from tav.config import from_dict, to_dict
-from tav.data.config import DataConfig
+from tav.data.config import DataConfig, data_record
 from tav.data.dataset import VATDataModule
 from tav.data.token_cache import TokenDataModule
 from tav.errors import InputError
@@ -141,12 +141,12 @@ class GPTRecipe(training.Recipe):
         pl.seed_everything(run.train.seed, workers=True, verbose=False)
         t, root = run.train, Path(run.trainer.default_root_dir)
         if t.precompute_tokens:
-            module = GPTModule(run.model, t, None, run.extra["vqgan_path"])
+            module = GPTModule(run.model, t, None, run.extra["vqgan_path"], data=data_record(run.data))
             cache = Path(t.token_cache_dir or root / "token_cache")
             data = TokenDataModule(run.data_path, run.data, self.vqgan, run.model.vqgan_hash, cache, t.batch_size,
                                    t.num_workers, t.token_stride)
         else:
-            module = GPTModule(run.model, t, self.vqgan, run.extra["vqgan_path"])
+            module = GPTModule(run.model, t, self.vqgan, run.extra["vqgan_path"], data=data_record(run.data))
             data = VATDataModule(run.data_path, run.data, t.batch_size, t.num_workers)
         callbacks = [*checkpoint_callbacks(root / "checkpoints", "val_text_loss", t.save_every_n_steps), *callbacks]
         trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root))

@@ -20,6 +20,7 @@ _LAZY = {
     "VATDataset": ("tav.data.dataset", "VATDataset"),
     "VATDataModule": ("tav.data.dataset", "VATDataModule"),
     "load_data_config": ("tav.data.config", "load_data_config"),
+    "generate": ("tav.pipelines.generate", "generate"),
 }
 
 

@@ -236,6 +236,19 @@ def read_checkpoint(path: str | os.PathLike, expect: str) -> Checkpoint:
     return Checkpoint(path, stage, fmt, sd, config, legacy, obj)
 
 
+def recorded_data(path: str | os.PathLike) -> dict | None:
+    """The training-data record a checkpoint carries (``{"name", "fps", "sample_rate"}``, written by our
+    trainers), or None for files that have none (upstream releases, older files)."""
+    obj = safe_load(path)
+    if not isinstance(obj, Mapping):
+        return None
+    data = obj.get("data")
+    hp = obj.get("hyper_parameters")
+    if data is None and isinstance(hp, Mapping):
+        data = hp.get("data")
+    return dict(data) if isinstance(data, Mapping) else None
+
+
 # ------------------------------------------------------------------------------------------- strict loading
 def _mismatch(want: Mapping[str, tuple[int, ...]], sd: Mapping[str, Tensor],
               optional: Collection[str] = ()) -> tuple[str, str | None]:

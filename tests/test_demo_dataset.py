@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -189,7 +190,8 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     argv = ["--out", str(out), "--n_train", "8", "--n_test", "2", "--size", "32", "--vqgan_steps", "2",
             "--gpt_steps", "2", "--diffusion_steps", "2", "--n_sample", "1", "--ckpt_dir", str(tmp_path / "ckpts"),
             "--sample_args", "--timestep_respacing 8 --skip_timesteps 2", "--tia2v_steps", "2",
-            "--tia2v_shr_steps", "2", "--tia2v_sample_args", "--timestep_respacing 8", "--joint_steps", "2"]
+            "--tia2v_shr_steps", "2", "--tia2v_sample_args", "--timestep_respacing 8", "--joint_steps", "2",
+            "--generate_seconds", "0.5", "--generate_args", "--timestep_respacing ddim8 --skip_timesteps 2"]
     run = demo_script.main(argv)
     text = capsys.readouterr().out
     assert "[vqgan]" in text and "[gpt]" in text and "[diffusion]" in text and "PSNR" in text
@@ -213,12 +215,22 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     assert (out / "tia2v_samples.png").is_file() and "[tia2v]" in text
     assert '"$@"' in (tmp_path / "ckpts" / "sample_motion_optim.sh").read_text()
     quality = json.loads((out / "quality.json").read_text())  # the judges per stage, and the demo's last lines
-    assert list(quality) == ["real", "vqgan_recon", "stage1", "stage2", "tia2v_motion", "tia2v_shr"]
+    assert list(quality) == ["real", "vqgan_recon", "stage1", "stage2", "tia2v_motion", "tia2v_shr", "generate_ta2v"]
     assert quality["real"]["colour_acc"] == 1.0 and quality["real"]["n"] == 2
     assert 0 < quality["vqgan_recon"]["psnr"] < 100 and quality["stage2"]["n"] == 1
     assert all(0 <= quality[k][j] <= 1 for k in quality for j in ("colour_acc", "shape_acc")
                if quality[k].get(j) is not None)
     assert quality["tia2v_motion"]["frame0_psnr"] >= 30  # the given first frame is held
-    assert text.rstrip().splitlines()[-1].split()[:2] == ["tia2v_shr", "1"]
+    assert text.rstrip().splitlines()[-1].split()[:2] == ["generate_ta2v", "1"]
+    made = out / "generate" / "ta2v_0.5s.mp4"  # generate.sh on the demo's own song: 15 frames at 30 fps, with sound
+    assert read_video(made)[0].shape == (15, 16, 16, 3) and probe_video(made).has_audio
+    assert json.loads(made.with_suffix(".json").read_text())["frames"] == 15
+    tia2v_out = tmp_path / "gen" / "t.mp4"  # the TIA2V form of generate.sh
+    Image.fromarray(read_video(made)[0][0]).save(tmp_path / "first.png")
+    subprocess.run(["bash", str(tmp_path / "ckpts" / "generate.sh"), "--method", "tia2v", "--audio",
+                    str(out / "generate" / "melody_0.5s.wav"), "--caption", "A red circle moves to a Flute.", "--image",
+                    str(tmp_path / "first.png"), "--out", str(tia2v_out), "--progress", "False",
+                    "--timestep_respacing", "8"], check=True, capture_output=True)
+    assert read_video(tia2v_out)[0].shape == (15, 32, 32, 3) and tia2v_out.with_suffix(".json").is_file()
     demo_script.main(argv)
-    assert capsys.readouterr().out.count("reusing") == 7
+    assert capsys.readouterr().out.count("reusing") == 8

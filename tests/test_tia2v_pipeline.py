@@ -80,6 +80,9 @@ def test_training_exports_and_motion_init(world):
     recorded = yaml.safe_load((runs / "motion" / "config.yaml").read_text())
     assert recorded["init_from"].endswith("ema000002.pt") and recorded["model"]["part"] == "motion"
     assert torch.load(runs / "motion" / "ema000002.pt", weights_only=True)["beats_mode"] == "fixed"
+    from tav.checkpoint import recorded_data  # the training data's frame rate, generate.py's default --fps
+
+    assert recorded_data(runs / "motion" / "ema000002.pt") == {"name": "urmp", "fps": 30.0, "sample_rate": 48000}
 
 
 def test_initialise_from_content_and_freeze():

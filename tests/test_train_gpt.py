@@ -198,6 +198,7 @@ def test_checkpoints_load_through_load_gpt(trained, vqgans):
     assert (root / "checkpoints" / "epoch=1-step=2.ckpt").is_file() and best.is_file() and "val_text_loss" in best.name
     hp = last["hyper_parameters"]
     assert hp["stage"] == "gpt" and hp["config"]["vqgan_hash"] == sha(vqgans[0]) and hp["vqgan_path"] == str(vqgans[0])
+    assert hp["data"]["fps"] == 30.0 and hp["data"]["sample_rate"] == 48000  # generate.py's default --fps
     assert (hp["config"]["n_codes"], hp["config"]["latent_shape"]) == (64, [2, 4, 4])
     assert all(k.startswith("gpt.") for k in last["state_dict"])  # the frozen VQGAN is referenced, not stored
     run_cfg = yaml.safe_load((root / "config.yaml").read_text())

@@ -49,6 +49,49 @@ def read_audio(path: str | os.PathLike, sample_rate: int) -> np.ndarray:
     return resample(wave, native_rate, sample_rate)
 
 
+def probe_audio_seconds(path: str | os.PathLike) -> float | None:
+    """The duration the container records for the first audio stream of ``path`` (seconds), or None when it
+    records none. A decoded length well below it means the file is truncated. For WAV files the ``data`` chunk
+    size in the header is used (ffmpeg derives a WAV's duration from the bytes present)."""
+    header = _wav_header_seconds(path)
+    if header is not None:
+        return header
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.audio:
+                return None
+            s = c.streams.audio[0]
+            return float(s.duration * s.time_base) if s.duration is not None and s.time_base else None
+    except av.FFmpegError:
+        return None
+
+
+def _wav_header_seconds(path: str | os.PathLike) -> float | None:
+    """Seconds of sound a RIFF/WAVE header announces (``data`` size / (block align * rate)), or None."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        rate = align = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            name, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if name == b"fmt ":
+                fmt = f.read(size)
+                if len(fmt) < 16:
+                    return None
+                rate, align = struct.unpack("<I", fmt[4:8])[0], struct.unpack("<H", fmt[12:14])[0]
+                f.seek(size & 1, 1)
+                continue
+            if name == b"data":
+                return size / (align * rate) if rate and align and size < 0xFFFFFFFF else None
+            f.seek(size + (size & 1), 1)
+
+
 def frames_audio(path: str | os.PathLike, sample_rate: int, samples_per_frame: int, start: int,
                  n_frames: int) -> np.ndarray:
     """The mono sound of video frames ``[start, start + n_frames)`` of ``path``: ``(n_frames * spf,)`` float32 in

@@ -55,6 +55,12 @@ class DataConfig:
         return self.sequence_length * self.sample_every_n_frames
 
 
+def data_record(cfg: DataConfig) -> dict:
+    """What a checkpoint records of its training data: the model's frame rate (the clips' fps over the temporal
+    subsampling), the audio rate and the preset name. ``generate.py`` takes its default ``--fps`` from it."""
+    return {"name": cfg.name, "fps": cfg.fps / cfg.sample_every_n_frames, "sample_rate": cfg.sample_rate}
+
+
 def check_divisible(resolution: int, sequence_length: int, downsample: tuple[int, ...]) -> None:
     """One-line error when the clip shape cannot be tiled by the VQGAN's (T, H, W) downsampling."""
     dt, dh, dw = downsample

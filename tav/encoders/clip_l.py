@@ -54,6 +54,10 @@ class HFTokenizer:
                        return_tensors="pt")
         return out["input_ids"].long()
 
+    def count(self, caption: str) -> int:
+        """Tokens of ``caption`` before truncation, start and end tokens included."""
+        return len(self.tok(caption)["input_ids"])
+
 
 def _hf_normalise(text: str) -> str:
     # What HF's CLIPTokenizer (transformers 5) does before BPE: NFC, runs of whitespace -> one space, lowercase.
@@ -83,6 +87,10 @@ class OpenCLIPTokenizer:
             row = [BOS_ID, *self.bpe.encode(text)][: n - 1] + [EOS_ID]
             ids[i, : len(row)] = torch.tensor(row)
         return ids
+
+    def count(self, caption: str) -> int:
+        """Tokens of ``caption`` before truncation, start and end tokens included."""
+        return len(self.bpe.encode(caption)) + 2
 
 
 def has_tokenizer_files(folder: str | os.PathLike) -> bool:

@@ -118,24 +118,39 @@ def _check_prefix(gpt: GPT, prefix: Tensor) -> None:
                          f"[{int(prefix.min())}, {int(prefix.max())}]")
 
 
+def _valid_codes(codes: Tensor, batch: int, n_codes: int) -> bool:
+    """``codes`` is ``(batch, N)`` integer codes in ``[0, n_codes)``."""
+    if codes.dim() != 2 or codes.shape[0] != batch or codes.is_floating_point():
+        return False
+    return not codes.numel() or 0 <= int(codes.min()) <= int(codes.max()) < n_codes
+
+
 @torch.inference_mode()
 def sample_codes(gpt: GPT, prefix: Tensor, steps: int | None = None, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seeds: Sequence[int] | None = None,
                  generators: Sequence[torch.Generator] | None = None, restrict_to_video: bool | None = None,
-                 progress: bool = False) -> Tensor:
+                 progress: bool = False, context: Tensor | None = None) -> Tensor:
     """Sample video codes for a batch of prompts with a preallocated KV cache.
 
     ``prefix``: ``(B, L_text)`` BERT ids (bert mode) or ``(B, L_text, clip_dim)`` CLIP features (clip).
-    ``steps``: codes to draw, default ``video_seq_len``. ``seeds`` / ``generators``: one per sample
-    (default: seeds from the global RNG). ``restrict_to_video``: default ``cfg.mask_text_logits_at_sampling``.
+    ``steps``: codes to draw, default ``video_seq_len`` (minus the context). ``seeds`` / ``generators``: one
+    per sample (default: seeds from the global RNG). ``restrict_to_video``: default
+    ``cfg.mask_text_logits_at_sampling``. ``context``: ``(B, N_ctx)`` codes in ``[0, n_codes)`` that follow the
+    prefix as given video tokens (a continuation: the trailing latent frames of the previous window); they
+    fill the cache with the prefix, and the draw continues after them.
 
-    Returns codes long in ``[0, n_codes)``: ``(B, t, h, w)`` when ``steps == video_seq_len``, else
-    ``(B, steps)``. The model runs in eval mode (its mode is restored afterwards).
+    Returns the drawn codes long in ``[0, n_codes)`` (the context is not repeated): ``(B, t, h, w)`` when there
+    is no context and ``steps == video_seq_len``, else ``(B, steps)``. The model runs in eval mode (its mode is
+    restored afterwards).
     """
     cfg = gpt.cfg
     _check_prefix(gpt, prefix)
-    steps = cfg.video_seq_len if steps is None else steps
-    n_text = prefix.shape[1]
+    n_ctx = 0 if context is None else context.shape[1]
+    if context is not None and not _valid_codes(context, prefix.shape[0], cfg.n_codes):
+        raise InputError(f"sample_codes: context must be (B, N) integer codes in [0, {cfg.n_codes}) for a batch of "
+                         f"{prefix.shape[0]}, got {tuple(context.shape)} {context.dtype}")
+    steps = cfg.video_seq_len - n_ctx if steps is None else steps
+    n_text = prefix.shape[1] + n_ctx
     if steps < 1 or n_text + steps - 1 > cfg.block_size:
         raise InputError(f"sample_codes: steps={steps} must be in [1, {cfg.block_size - n_text + 1}]")
     restrict = cfg.mask_text_logits_at_sampling if restrict_to_video is None else restrict_to_video
@@ -147,10 +162,12 @@ def sample_codes(gpt: GPT, prefix: Tensor, steps: int | None = None, temperature
     gpt.eval()
     try:
         cache = gpt.new_cache(prefix.shape[0], capacity=n_text + steps - 1)
+        given = None if context is None else context.to(device).long() + off
         if cfg.text_mode == "clip":
-            h = gpt.features(None, prefix_emb=prefix.to(device), cache=cache)
+            h = gpt.features(given, prefix_emb=prefix.to(device), cache=cache)
         else:
-            h = gpt.features(prefix.to(device).long(), cache=cache)
+            ids = prefix.to(device).long()
+            h = gpt.features(ids if given is None else torch.cat([ids, given], dim=1), cache=cache)
         ids = torch.empty(prefix.shape[0], steps, dtype=torch.long, device=device)
         for i in tqdm(range(steps), desc="gpt", unit="tok", disable=not progress, leave=False):
             ids[:, i] = draw(F.linear(h[:, -1], head), gens, temperature, top_k, top_p) + (off if restrict else 0)
@@ -159,4 +176,4 @@ def sample_codes(gpt: GPT, prefix: Tensor, steps: int | None = None, temperature
     finally:
         gpt.train(was_training)
     codes = (ids - off).clamp_(0, cfg.n_codes - 1)
-    return codes.view(-1, *cfg.latent_shape) if steps == cfg.video_seq_len else codes
+    return codes.view(-1, *cfg.latent_shape) if steps == cfg.video_seq_len and n_ctx == 0 else codes

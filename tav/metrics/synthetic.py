@@ -172,14 +172,39 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a[ok], b[ok]).statistic)
 
 
+def frame_changes(frames: np.ndarray) -> np.ndarray:
+    """``(T - 1,)`` mean absolute change into frames 1..T-1, in [0, 1]."""
+    return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3)) / 255.0
+
+
+def _calm(n_changes: int, moments: Sequence[int]) -> np.ndarray:
+    """Which changes (into frame i + 1) are not within a frame of ``moments``."""
+    keep = np.ones(n_changes, bool)
+    for m in moments:
+        keep[max(m - 1 - TOLERANCE, 0): m + TOLERANCE] = False  # changes into frames m-1 .. m+1
+    return keep
+
+
 def flicker(frames: np.ndarray, moments: Sequence[int]) -> float:
     """Mean absolute change between consecutive frames, in [0, 1], leaving out the changes within a frame of
     ``moments`` (onsets, where the picture is meant to change)."""
-    diffs = np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3)) / 255.0  # change into t+1
-    keep = np.ones(len(diffs), bool)
-    for m in moments:
-        keep[max(m - 1 - TOLERANCE, 0): m + TOLERANCE] = False  # changes into frames m-1 .. m+1
+    diffs = frame_changes(frames)
+    keep = _calm(len(diffs), moments)
     return float(diffs[keep].mean()) if keep.any() else math.nan
+
+
+def seam_flicker(frames: np.ndarray, seams: Sequence[int], moments: Sequence[int]) -> tuple[float, float]:
+    """``(at seams, inside)``: the mean change into each seam frame (the first frame a window made after what it
+    was given) and into every other frame, both leaving out changes within a frame of ``moments`` (onsets).
+    NaN where no change qualifies."""
+    diffs = frame_changes(frames)
+    keep = _calm(len(diffs), moments)
+    at = np.zeros(len(diffs), bool)
+    for s in seams:
+        if 1 <= s <= len(diffs):
+            at[s - 1] = True
+    seam, inside = diffs[at & keep], diffs[~at & keep]
+    return (float(seam.mean()) if len(seam) else math.nan, float(inside.mean()) if len(inside) else math.nan)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from tav.diffusion.samplers import SAMPLERS
 from tav.diffusion.schedule import GaussianSchedule
 from tav.errors import InputError
 from tav.pipelines.ta2v import resize_frames
+from tav.pipelines.windows import WindowedNet
 from tav.tia2v.conditions import motion_context
 from tav.utils.runtime import autocast
 from tav.utils.seeding import sample_generators
@@ -143,13 +144,16 @@ class TIA2VSampler:
             out[:, :, 0] = video[:, :, 0]
         return out
 
-    def stage2(self, video: Tensor, text: Tensor, seeds: Sequence[int], progress: bool = False) -> Tensor:
-        """SHR: ``(B, 3, F, h, w)`` in [-0.5, 0.5] -> ``(B, 3, F, S, S)`` refined at ``shr_size`` S."""
+    def stage2(self, video: Tensor, text: Tensor, seeds: Sequence[int], progress: bool = False,
+               window: int | None = None) -> Tensor:
+        """SHR: ``(B, 3, F, h, w)`` in [-0.5, 0.5] -> ``(B, 3, F, S, S)`` refined at ``shr_size`` S. ``window``:
+        run the U-Net on overlapping windows of that many frames (a video longer than the SHR's clips)."""
         if self.shr is None:
             raise InputError("no SHR model loaded: pass --diffusion_ckpt, or --skip_shr for stage 1 only")
         up = resize_frames(video.to(self.device), self.cfg.shr_size)
         skip = self.cfg.shr_skip(self.shr_schedule.original_steps)
-        out = self._sample(self.shr, self.shr_schedule, up, skip, seeds,
+        net = self.shr if window is None else WindowedNet(self.shr, window)
+        out = self._sample(net, self.shr_schedule, up, skip, seeds,
                            {"context": text.to(self.device)}, progress)
         if self.cfg.reimpose_first_frame:
             out[:, :, 0] = up[:, :, 0]

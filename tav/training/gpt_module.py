@@ -146,13 +146,13 @@ class GPTModule(pl.LightningModule):
     instead of codes (None when a token cache supplies the codes)."""
 
     def __init__(self, model_cfg: GPTConfig, train_cfg: GPTTrainConfig, vqgan: VQGAN | None = None,
-                 vqgan_path: str | None = None):
+                 vqgan_path: str | None = None, data: dict | None = None):
         super().__init__()
         if model_cfg.text_mode != "bert":
             raise InputError("GPT training supports text_mode 'bert' only (BERT word-piece prefix)")
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.save_hyperparameters({"stage": "gpt", "config": to_dict(model_cfg), "train": to_dict(train_cfg),
-                                   "vqgan_path": vqgan_path})
+                                   "vqgan_path": vqgan_path, "data": data})
         self.gpt = GPT(model_cfg)
         self.frozen = FrozenVQGAN(vqgan) if vqgan is not None else None
         self.lr: float | None = None  # peak learning rate, set in configure_optimizers

@@ -71,10 +71,12 @@ class TIA2VModule(DiffusionModule):
     """Trains ``TIA2VUNet(cfg)`` (content, motion or SHR) under ``process_cfg``; keeps an EMA copy."""
 
     def __init__(self, unet_cfg: TIA2VUNetConfig, process_cfg, train_cfg: TIA2VTrainConfig,
-                 beats_mode: str | None = None):
+                 beats_mode: str | None = None, data: dict | None = None):
         super().__init__(unet_cfg, process_cfg, train_cfg)
         self.beats_mode = beats_mode  # BEATs input mode of the cached audio tokens (motion), recorded in files
         self.hparams["beats_mode"] = beats_mode
+        self.data_record = data  # tav.data.config.data_record of the training data, recorded in files
+        self.hparams["data"] = data
         self.init_report: dict | None = None  # content -> motion transfer (copied / skipped / fresh keys)
 
     @property
@@ -102,7 +104,8 @@ class TIA2VModule(DiffusionModule):
         return TIA2VUNet(cfg)
 
     def export_net(self, net: nn.Module, path: Path, **extra: Any) -> Path:
-        return save_tia2v_unet(net, path, self.process_cfg, beats_mode=self.beats_mode, **extra)
+        return save_tia2v_unet(net, path, self.process_cfg, beats_mode=self.beats_mode, data=self.data_record,
+                               **extra)
 
     def flat_inputs(self, batch: dict) -> tuple[Tensor, Tensor]:
         """``(x0, t)`` in the network's layout: ``(B·F, 3, H, W)`` frames with ``(B·F,)`` timesteps for
