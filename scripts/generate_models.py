@@ -54,6 +54,8 @@ def add_tia2v_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shr_strength", type=float, default=None, help="SHR start t0/T")
     g.add_argument("--shr_skip_timesteps", type=int, default=None)
     g.add_argument("--hold_first_frame", type=str2bool, default=None)
+    g.add_argument("--motion_init", choices=["zeros", "first"], default=None,
+                   help="motion SDEdit input: the window's first frame then zeros, or every frame = that frame")
     g.add_argument("--hand_over", type=str2bool, default=True,
                    help="window k+1 starts from window k's last frame (False: every window from --image)")
     g.add_argument("--clip_l_ckpt", default=None, help="CLIP ViT-L/14 folder")
@@ -125,7 +127,8 @@ def build_tia2v(args: argparse.Namespace, device: torch.device) -> TIA2VModels:
         raise InputError("--method tia2v needs --model_path (the motion checkpoint)")
     fields = _given(args, {"timestep_respacing": "respacing", "skip_timesteps": "skip_timesteps",
                            "shr_strength": "shr_strength", "shr_skip_timesteps": "shr_skip_timesteps",
-                           "model_output_size": "shr_size", "hold_first_frame": "hold_first_frame"})
+                           "model_output_size": "shr_size", "hold_first_frame": "hold_first_frame",
+                           "motion_init": "motion_init"})
     scfg = TIA2VSamplingConfig(**fields, sampler="ddim" if args.ddim else "ddpm", precision=args.precision)
     shr_path = None if args.skip_shr else (args.diffusion_ckpt or TIA2V_SHR)
     sampler = load_tia2v_sampler(args.model_path, shr_path, scfg, device, compat=args.compat)

@@ -44,6 +44,7 @@ ARCH_FLAGS = {"num_channels": "model_channels", "num_res_blocks": "num_res_block
 CONFIG_FLAGS = {"timestep_respacing": "respacing", "skip_timesteps": "skip_timesteps", "shr_strength": "shr_strength",
                 "shr_skip_timesteps": "shr_skip_timesteps", "model_output_size": "shr_size",
                 "reimpose_first_frame": "reimpose_first_frame", "hold_first_frame": "hold_first_frame",
+                "motion_init": "motion_init",
                 "precision": "precision"}
 
 
@@ -145,6 +146,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     sampling.config_flag(s, "model_output_size", C, "shr_size", type=int, help="SHR frame size")
     s.add_argument("--clip_denoised", type=str2bool, default=True, help="clamp x0 (to the data range)")
     s.add_argument("--reimpose_first_frame", action="store_true", help="put the given frame 0 back")
+    sampling.config_flag(s, "motion_init", C, "motion_init", choices=["zeros", "first"],
+                         help="motion SDEdit input: frame 0 then zeros (upstream) or every frame = frame 0")
     sampling.config_flag(s, "hold_first_frame", C, "hold_first_frame", type=str2bool,
                          help="keep frame 0 on the given frame's forward process at every step")
     s.add_argument("--faithful-quirks", "--faithful_quirks", dest="faithful_quirks", action="store_true",

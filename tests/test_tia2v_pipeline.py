@@ -147,6 +147,10 @@ def test_respaced_skip_and_frame_denoiser():
     assert torch.allclose(out, ref.view(2, f, 6, 16, 16).transpose(1, 2), atol=1e-6)
     init = first_frame_init(x)
     assert torch.equal(init[:, :, 0], x[:, :, 0]) and not init[:, :, 1:].any()
+    repeated = first_frame_init(x, "first")  # every frame starts as frame 0
+    assert all(torch.equal(repeated[:, :, k], x[:, :, 0]) for k in range(f))
+    with pytest.raises(InputError, match="--motion_init"):
+        TIA2VSamplingConfig(motion_init="noise")
 
 
 def test_sample_motion_optim_results_resume_and_seeds(world, tmp_path):

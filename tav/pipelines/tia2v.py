@@ -47,11 +47,15 @@ class TIA2VSamplingConfig:
     sampler: str = "ddpm"  # ddpm | ddim (--use_ddim)
     clip_denoised: float = 0.5  # clamp x̂0 to [-c, c]; 0.5 = the data range (upstream 1.0: tav.compat.tia2v)
     reimpose_first_frame: bool = False  # put the given frame 0 back after each stage (off = upstream)
+    motion_init: str = "zeros"  # SDEdit input of the motion stage: "zeros" (upstream: frame 0 then zeros) or
+    # "first" (every frame starts as the given frame; with a later start the clip keeps its colours and shapes)
     hold_first_frame: bool = True  # keep frame 0 on the given frame's forward process at every step (upstream:
     # off; the given image then reaches the clip only through its noised copy at the start and the conditions)
     precision: str = "32"  # 32 | bf16 autocast around the networks
 
     def __post_init__(self) -> None:
+        if self.motion_init not in MOTION_INITS:
+            raise InputError(f"--motion_init {self.motion_init!r}: must be one of {MOTION_INITS}")
         if self.sampler not in SAMPLERS:
             raise InputError(f"sampler {self.sampler!r}: must be one of {sorted(SAMPLERS)}")
         if self.skip_timesteps < 0 or (self.shr_skip_timesteps or 0) < 0:
@@ -96,8 +100,14 @@ class FrameDenoiser(nn.Module):
         return rearrange(out, "(b f) c h w -> b c f h w", b=b)
 
 
-def first_frame_init(video: Tensor) -> Tensor:
-    """``(B, C, F, H, W)`` -> the same with frames 1.. set to 0 (upstream's motion init: only frame 0 kept)."""
+MOTION_INITS = ("zeros", "first")
+
+
+def first_frame_init(video: Tensor, mode: str = "zeros") -> Tensor:
+    """``(B, C, F, H, W)`` -> the motion stage's SDEdit input: frame 0 kept and frames 1.. set to 0 (``zeros``,
+    upstream's) or to frame 0 (``first``)."""
+    if mode == "first":
+        return video[:, :, :1].expand_as(video).clone()
     init = torch.zeros_like(video)
     init[:, :, 0] = video[:, :, 0]
     return init
@@ -134,7 +144,8 @@ class TIA2VSampler:
         first_frames ``(B, 3, H, W)`` in [-0.5, 0.5]; text ``(B, 77, D)``; image ``(B, D)``; audio_tokens
         ``(B, F, P, D_a)``. Returns ``(B, 3, F, H, W)`` in [-0.5, 0.5].
         """
-        video = first_frame_init(first_frames.to(self.device)[:, :, None].expand(-1, -1, n_frames, -1, -1))
+        video = first_frame_init(first_frames.to(self.device)[:, :, None].expand(-1, -1, n_frames, -1, -1),
+                                 self.cfg.motion_init)
         text, image = text.to(self.device), image.to(self.device)
         kwargs = {"context": torch.cat([text, image[:, None].to(text.dtype)], dim=1),
                   "context_temp": motion_context(audio_tokens.to(self.device), text)}
