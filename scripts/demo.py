@@ -48,12 +48,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from tav.data.audio import read_audio
 from tav.data.demo import build_demo_dataset, format_summary
 from tav.data.layout import clip_files
 from tav.data.video import read_video, write_video
 from tav.utils.console import configure_output
 from tav.utils.contact_sheet import contact_sheet, save_png
+from tav.utils.runtime import auto_precision
 from tav_scripts.demo_generate import stage_generate
 from tav_scripts.demo_metrics import stage_metrics
 from tav_scripts.demo_quality import quality_lines
@@ -114,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", nargs="+", default=names, choices=names, help="stages to run, in order")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     p.add_argument("--verbose", action="store_true", help="also show Lightning's own output and debug logging")
+    p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
+                   help="training precision of the VQGAN, GPT and diffusion stages: auto = bf16 autocast on a CPU "
+                        "with AMX (1.5x faster there), fp32 elsewhere (default: %(default)s)")
     # Knobs for quick tests; the defaults are the demo.
     hidden = argparse.SUPPRESS
     p.add_argument("--preset", default="urmp", help=hidden)
@@ -147,6 +153,9 @@ def main(argv: list[str] | None = None) -> DemoRun:
     configure_output(args.verbose)
     run = DemoRun(args=args, out=Path(args.out))
     run.out.mkdir(parents=True, exist_ok=True)
+    run.state["precision"] = auto_precision(torch.device("cpu")) if args.precision == "auto" else args.precision
+    print(f"[demo] training precision: {'bf16 autocast' if run.state['precision'] == 'bf16' else 'fp32'}"
+          f"{' (auto: this CPU has AMX)' if args.precision == 'auto' and run.state['precision'] == 'bf16' else ''}")
     t_all = time.perf_counter()
     for name, stage in STAGES:
         if name not in args.stages:

@@ -33,6 +33,11 @@ def verbose_flag(run) -> list[str]:
     return ["--verbose"] if run.args.verbose else []
 
 
+def precision_flags(run) -> list[str]:
+    """``--precision bf16`` for the trainings when the demo runs in bf16 (``--precision auto`` on an AMX CPU)."""
+    return ["--precision", "bf16"] if run.state.get("precision") == "bf16" else []
+
+
 def _steps(n: int) -> list[str]:
     """Train ``n`` steps; validate and checkpoint once, at the end."""
     return ["--max_steps", str(n), "--val_check_interval", str(n), "--save_every_n_steps", str(n)]
@@ -69,7 +74,7 @@ def stage_vqgan(run) -> None:
     n_train = sum(r["split"] == "train" for r in run.state["manifest"])
     argv = ["--config", "demo", "--data_path", str(run.state["data_root"]), "--default_root_dir", str(root),
             "--batch_size", str(min(8, n_train)), "--sample_every_n_steps", str(a.vqgan_steps),
-            *_steps(a.vqgan_steps), *QUIET, *verbose_flag(run)]
+            *_steps(a.vqgan_steps), *QUIET, *precision_flags(run), *verbose_flag(run)]
     ckpt = _trained(root, argv, train_vqgan.train)
     model = load_vqgan(ckpt)
     res = model.cfg.resolution
@@ -106,7 +111,7 @@ def stage_gpt(run) -> None:
     argv = ["--config", "demo", "--vqvae", str(run.state["vqgan_ckpt"]), "--data_path", str(run.state["data_root"]),
             "--default_root_dir", str(root), "--precompute_tokens", "--token_stride", "8",
             "--batch_size", str(min(16, sum(r["split"] == "train" for r in run.state["manifest"]))),
-            *_steps(a.gpt_steps), *QUIET, *verbose_flag(run)]
+            *_steps(a.gpt_steps), *QUIET, *precision_flags(run), *verbose_flag(run)]
     ckpt = _trained(root, argv, train_text_transformer.train)
     gpt = load_gpt(ckpt)
     run.state["gpt_ckpt"] = ckpt
@@ -130,7 +135,7 @@ def stage_diffusion(run) -> None:
             "--max_steps", str(a.diffusion_steps), "--save_interval", str(a.diffusion_steps), "--num_workers", "0",
             "--lr_anneal_steps", str(a.diffusion_steps),
             "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1", "--log_interval", "25",
-            *verbose_flag(run)]
+            *precision_flags(run), *verbose_flag(run)]
     _trained(root, argv, diffusion_video_train_3d.train)
     ema = max(root.glob("ema*.pt"), key=lambda p: int(p.stem[3:]))
     net, schedule = load_diffusion(ema, respacing="ddim50")

@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--image", default=None, help="TIA2V: the first frame (PNG/JPEG, any size; resized and cropped)")
     r.add_argument("--out", help="output .mp4 (its .json sidecar is written next to it)")
     r.add_argument("--batch_file", default=None, help="CSV with columns audio,caption[,image],out[,seed]")
+    r.add_argument("--shard", default=None, help="i/n with --batch_file: this process runs rows i, i+n, ... "
+                   "(default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--fps", type=float, default=None, help="default: the checkpoints' training fps")
     r.add_argument("--dataset", choices=list(DEFAULT_FPS), default="urmp",
@@ -98,11 +100,13 @@ def is_done(out: str | Path) -> bool:
 def run(argv: list[str] | None = None) -> Path | None:
     """Parse, build the models once, generate every request; returns the last output written."""
     from tav.pipelines.generate import generate
-    from tav.utils.runtime import deterministic_kernels, pick_device
+    from tav.utils.runtime import deterministic_kernels
+    from tav_scripts.sampling import resolve_shard, shard_device
 
     args = parse_args(argv)
     if args.batch_file is not None:
-        requests = read_batch_file(args.batch_file)
+        index, count = resolve_shard(args.shard)
+        requests = [r for k, r in enumerate(read_batch_file(args.batch_file)) if k % count == index]
     else:
         requests = [{"audio": args.audio, "caption": args.caption, "image": args.image, "out": args.out,
                      "seed": None}]
@@ -111,7 +115,7 @@ def run(argv: list[str] | None = None) -> Path | None:
         log.info("%d of %d outputs already exist; skipped", len(requests) - len(todo), len(requests))
     if not todo:
         return None
-    device = pick_device(args.device)
+    device = shard_device(args.device)
     deterministic_kernels(device)
     models = generate_models.build(args, device)
     last = None

@@ -129,7 +129,35 @@ def add_common_flags(p: argparse.ArgumentParser, n_flag: tuple[str, ...], n_defa
     d.add_argument("--seed", type=int, default=404, help="sample i uses seed + i (default: %(default)s)")
     d.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     d.add_argument("--progress", type=cli.str2bool, default=True, help="per-step bars")
+    d.add_argument("--shard", default=None, help="i/n: this process makes samples i, i+n, ... into the same folder "
+                   "(default: torchrun's RANK/WORLD_SIZE, else 0/1)")
     return d
+
+
+def resolve_shard(value: str | None) -> tuple[int, int]:
+    """``--shard i/n`` as ``(i, n)``; without it torchrun's ``RANK`` / ``WORLD_SIZE``, else ``(0, 1)``."""
+    import os
+
+    if value is None:
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        return 0, 1
+    try:
+        i, n = (int(x) for x in str(value).split("/"))
+    except ValueError:
+        raise InputError(f"--shard {value}: write it as i/n, e.g. 0/2") from None
+    if n < 1 or not 0 <= i < n:
+        raise InputError(f"--shard {value}: need 0 <= i < n")
+    return i, n
+
+
+def shard_device(name: str) -> torch.device:
+    """``--device``; ``auto`` under torchrun on a CUDA machine is the process's own GPU (``LOCAL_RANK``)."""
+    import os
+
+    if name == "auto" and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
+    return pick_device(name)
 
 
 def build_parser(recipe: SamplingRecipe, argv: list[str] | None) -> argparse.ArgumentParser:
@@ -155,9 +183,11 @@ def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
     if args.batch_size < 1 or args.n_sample < 1:
         raise InputError("--batch_size and the sample count must be >= 1")
     recipe.check_args(args)
-    device = pick_device(args.device)
+    shard = resolve_shard(args.shard)
+    device = shard_device(args.device)
     deterministic_kernels(device)
     st = recipe.setup(args, device)
+    st.results.set_shard(*shard)
 
     def run_batch(indices: list[int]) -> None:
         items = [st.data[i] for i in indices]
@@ -171,7 +201,8 @@ def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
                                           [v.cpu() for v in out.stage2[b]], out.audio[b], info))
 
     run_samples(st.n, lambda i: st.results.is_done(i, str(st.data.stems[i])), args.batch_size, run_batch,
-                st.results.root, recipe.log)
+                st.results.root, recipe.log, shard)
+    st.results.finish()
     return st.results.root
 
 
@@ -181,13 +212,17 @@ def main(recipe: SamplingRecipe, argv: list[str] | None = None) -> int:
 
 
 def run_samples(n: int, is_done: Callable[[int], bool], batch_size: int,
-                run_batch: Callable[[list[int]], None], where: Path, logger: logging.Logger) -> None:
-    """Run ``run_batch`` over the samples ``0..n-1`` not yet done, ``batch_size`` at a time, with a bar."""
+                run_batch: Callable[[list[int]], None], where: Path, logger: logging.Logger,
+                shard: tuple[int, int] = (0, 1)) -> None:
+    """Run ``run_batch`` over this shard's samples of ``0..n-1`` (``i % n_shards == shard index``) not yet done,
+    ``batch_size`` at a time, with a bar."""
     from tqdm import tqdm
 
-    todo = [i for i in range(n) if not is_done(i)]
-    logger.info("%s: %d of %d samples to do", where, len(todo), n)
-    with tqdm(total=n, initial=n - len(todo), desc="samples", unit="video") as bar:
+    mine = [i for i in range(n) if i % shard[1] == shard[0]]
+    todo = [i for i in mine if not is_done(i)]
+    part = f" (shard {shard[0]}/{shard[1]}: {len(mine)} of them)" if shard[1] > 1 else ""
+    logger.info("%s: %d of %d samples to do%s", where, len(todo), n, part)
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), desc="samples", unit="video") as bar:
         for k in range(0, len(todo), batch_size):
             batch = todo[k: k + batch_size]
             run_batch(list(batch))

@@ -78,3 +78,23 @@ def test_a_training_run_prints_no_lightning_chatter(tmp_path):
                     "smaller than the logging interval", "val_dataloader", "`Trainer.fit` stopped"):
         assert chatter not in out, chatter
     assert "checkpoint:" in done.stderr  # our own closing line
+
+
+def test_auto_precision_is_bf16_only_with_amx(monkeypatch):
+    """bf16 autocast pays on a CPU with AMX tile units; with avx512_bf16 alone, or oneDNN capped below AMX (as
+    `make test-isa` does), the demo stays in fp32."""
+    import torch
+
+    from tav.utils import runtime
+
+    amx = "flags : fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert runtime.cpu_has_amx(amx) and not runtime.cpu_has_amx("flags : fpu avx512f avx512_bf16\n")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert not runtime.cpu_has_amx(amx)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert runtime.cpu_has_amx(amx)
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda cpuinfo=None: False)
+    assert runtime.auto_precision(torch.device("cpu")) == "32"
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda cpuinfo=None: True)
+    assert runtime.auto_precision(torch.device("cpu")) == "bf16"

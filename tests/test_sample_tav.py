@@ -121,6 +121,34 @@ def test_same_command_in_two_processes_same_videos(kit, tmp_path, batch):
     assert assert_same_videos(tmp_path / "first", tmp_path / "second") == 6  # real, stage 1, stage 2 x 2
 
 
+def _rows(root: Path) -> list[dict]:
+    """Manifest rows without what depends on the run (timings, batch size)."""
+    rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "batch")} for r in rows]
+
+
+def test_two_shards_make_the_one_process_folder(kit, tmp_path):
+    """--shard 0/2 and 1/2 run as two processes at once into one --save folder: the same files and, once both have
+    finished, a manifest with the same rows as one process (shard manifests merged, then removed)."""
+    import subprocess
+    import sys
+
+    from .helpers import REPO
+
+    shards = [subprocess.Popen([sys.executable, "scripts/sample_tav.py",
+                                *argv(kit, tmp_path / "sharded", "--batch_size", 1, "--shard", f"{i}/2")],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+    for proc in shards:
+        assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-2000:]
+    run_script("scripts/sample_tav.py", argv(kit, tmp_path / "single", "--batch_size", 1))
+    sharded, single = tmp_path / "sharded" / "17_tav_URMP", tmp_path / "single" / "17_tav_URMP"
+    assert assert_same_videos(sharded, single) == 9  # 3 samples x real, stage 1, stage 2
+    assert _rows(sharded) == _rows(single) and [r["id"] for r in _rows(single)] == [0, 1, 2]
+    assert not list(sharded.glob("manifest.shard-*"))
+    with pytest.raises(Exception, match="--shard"):
+        script.sample(argv(kit, tmp_path / "bad", "--shard", "2/2"))
+
+
 def test_kill_9_and_resume_ends_as_the_uninterrupted_run(kit, tmp_path):
     """``kill -9`` once the first sample is in the manifest, then the same command again: the folder ends with
     the files of a run that was never interrupted (the finished sample is kept, the others are redone)."""

@@ -16,7 +16,9 @@ the dataset fps: the names are kept for old scripts, the frame rates are not).
 
 Every mp4 carries the clip's audio (AAC); frames are rounded to uint8 with clamping, at the model resolution,
 with no border. Every file is written atomically and the manifest row last (the manifest itself is rewritten
-atomically), so a sample is finished exactly when it has a manifest row; a re-run skips those.
+atomically), so a sample is finished exactly when it has a manifest row; a re-run skips those. A sharded run
+(``set_shard``: several processes, one folder) writes each process's rows to ``manifest.shard-<i>-of-<n>.jsonl``
+and merges them into ``manifest.jsonl`` under a file lock as each process finishes; readers take the union.
 """
 
 from __future__ import annotations
@@ -37,6 +39,21 @@ from tav.utils.fileio import write_jsonl_atomic, write_text_atomic
 
 FOLDERS = ("real", "fake_stage1", "fake_stage2", "audio", "txt")
 MANIFEST = "manifest.jsonl"
+SHARD_GLOB = "manifest.shard-*-of-*.jsonl"  # rows of processes of a sharded run, merged when each finishes
+
+
+def _read_rows(path: Path) -> dict[int, dict]:
+    """The rows of one manifest file by id; a line that is not a row is a one-line ``InputError``."""
+    rows: dict[int, dict] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows[int(row["id"])] = row
+        except (ValueError, KeyError, TypeError):
+            raise InputError(f"{path}:{n}: not a manifest row; move the folder away or fix the line") from None
+    return rows
 
 
 def sample_key(stem: str, index: int) -> str:
@@ -94,22 +111,43 @@ class ResultsFolder:
         self.naming, self.legacy_folders, self.stage2 = naming, legacy_folders, stage2  # stage2: False = none
         sample_paths(root, "x", 0, naming)  # an unknown naming fails here
         self.manifest = self.root / MANIFEST
+        self.shard = (0, 1)  # (index, count): see set_shard
         self.rows = self._read_manifest()
 
     def _read_manifest(self) -> dict[int, dict]:
-        if not self.manifest.is_file():
-            return {}
+        """Rows of ``manifest.jsonl`` and of any shard manifests (``manifest.shard-<i>-of-<n>.jsonl``), by id."""
         rows: dict[int, dict] = {}
-        for n, line in enumerate(self.manifest.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                rows[int(row["id"])] = row
-            except (ValueError, KeyError, TypeError):
-                raise InputError(f"{self.manifest}:{n}: not a manifest row; move the folder away or fix the "
-                                 "line") from None
+        for path in [self.manifest, *sorted(self.root.glob(SHARD_GLOB))]:
+            if path.is_file():
+                rows.update(_read_rows(path))
         return rows
+
+    def set_shard(self, index: int, count: int) -> None:
+        """This process writes the samples ``i`` with ``i % count == index``; its rows go to its own shard manifest
+        until :meth:`finish` merges them into ``manifest.jsonl``."""
+        if count < 1 or not 0 <= index < count:
+            raise InputError(f"--shard {index}/{count}: need 0 <= i < n")
+        self.shard = (index, count)
+
+    @property
+    def rows_file(self) -> Path:
+        """Where this process writes its rows: ``manifest.jsonl``, or its shard manifest when sharded."""
+        i, n = self.shard
+        return self.manifest if n == 1 else self.root / f"manifest.shard-{i}-of-{n}.jsonl"
+
+    def finish(self) -> None:
+        """Sharded runs: merge every row written so far into ``manifest.jsonl`` (under a lock, atomically) and
+        drop this process's shard manifest. The last shard to finish leaves the complete manifest."""
+        if self.shard[1] == 1:
+            return
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.rows = self._read_manifest()
+            write_jsonl_atomic(self.manifest, [self.rows[i] for i in sorted(self.rows)])
+            self.rows_file.unlink(missing_ok=True)
 
     def is_done(self, index: int, stem: str) -> bool:
         """True when sample ``index`` has a manifest row for the same clip and all its files exist."""
@@ -150,7 +188,8 @@ class ResultsFolder:
                "sample_rate": self.sample_rate, "audio": str(paths["audio"].relative_to(self.root)),
                "files": {k: str(p.relative_to(self.root)) for k, p in paths.items()}, **rec.info}
         self.rows[rec.index] = row
-        write_jsonl_atomic(self.manifest, [self.rows[i] for i in sorted(self.rows)])
+        i, n = self.shard
+        write_jsonl_atomic(self.rows_file, [self.rows[k] for k in sorted(self.rows) if k % n == i])
         return row
 
     def _video(self, path: Path, video: Tensor, audio: np.ndarray) -> None:

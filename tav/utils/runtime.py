@@ -39,6 +39,30 @@ def deterministic_kernels(device: torch.device) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has AMX bf16 tile units (Linux ``amx_bf16`` flag) and oneDNN may use them (not capped
+    below AMX by ``ONEDNN_MAX_CPU_ISA``, as ``make test-isa`` does). ``cpuinfo``: the text of /proc/cpuinfo."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and cap != "ALL" and "AMX" not in cap:
+        return False
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    return "amx_bf16" in cpuinfo.split()
+
+
+def auto_precision(device: torch.device) -> str:
+    """``bf16`` where bf16 autocast pays on ``device``, else ``32``: a CUDA GPU with bf16 support, or a CPU with
+    AMX. Measured on the demo VQGAN's training step: 1.46x faster with AMX, 0.77x (slower) with
+    avx512_bf16 alone (oneDNN capped at AVX512_CORE_BF16), so AVX-512 bf16 without AMX stays fp32."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "32"
+    return "bf16" if device.type == "cpu" and cpu_has_amx() else "32"
+
+
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     """The autocast context for ``precision`` (``32`` | ``bf16`` | ``16``) on ``device``; 32 is a no-op."""
     if precision in ("32", "32-true", "fp32"):
