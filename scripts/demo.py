@@ -118,8 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--progress", action="store_true", help="show progress bars")
     p.add_argument("--verbose", action="store_true", help="also show Lightning's own output and debug logging")
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
-                   help="training precision of the VQGAN, GPT and diffusion stages: auto = bf16 autocast on a CPU "
-                        "with AMX (1.5x faster there), fp32 elsewhere (default: %(default)s)")
+                   help="training precision of the VQGAN, diffusion and TIA2V stages: auto = bf16 autocast on a "
+                        "CPU with AMX (1.5-1.8x faster there), fp32 elsewhere (default: %(default)s)")
     # Knobs for quick tests; the defaults are the demo.
     hidden = argparse.SUPPRESS
     p.add_argument("--preset", default="urmp", help=hidden)

@@ -34,7 +34,9 @@ def verbose_flag(run) -> list[str]:
 
 
 def precision_flags(run) -> list[str]:
-    """``--precision bf16`` for the trainings when the demo runs in bf16 (``--precision auto`` on an AMX CPU)."""
+    """``--precision bf16`` for a training when the demo runs in bf16 (``--precision auto`` on an AMX CPU). Used
+    by the stages it speeds up, measured on the 2-core AMX machine: VQGAN 1.46x, diffusion prior 1.46x, TIA2V
+    U-Nets 1.8x; not the GPT (128 wide: 204 s against 194 s in fp32)."""
     return ["--precision", "bf16"] if run.state.get("precision") == "bf16" else []
 
 
@@ -111,7 +113,7 @@ def stage_gpt(run) -> None:
     argv = ["--config", "demo", "--vqvae", str(run.state["vqgan_ckpt"]), "--data_path", str(run.state["data_root"]),
             "--default_root_dir", str(root), "--precompute_tokens", "--token_stride", "8",
             "--batch_size", str(min(16, sum(r["split"] == "train" for r in run.state["manifest"]))),
-            *_steps(a.gpt_steps), *QUIET, *precision_flags(run), *verbose_flag(run)]
+            *_steps(a.gpt_steps), *QUIET, *verbose_flag(run)]
     ckpt = _trained(root, argv, train_text_transformer.train)
     gpt = load_gpt(ckpt)
     run.state["gpt_ckpt"] = ckpt

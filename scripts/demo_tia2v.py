@@ -21,7 +21,7 @@ from tav.errors import InputError
 from tav_scripts import tia2v_cli
 from tav_scripts.demo_quality import first_frame_psnr, record_quality, record_results
 from tav_scripts.demo_sample import _rel, show_results, write_script
-from tav_scripts.demo_stages import verbose_flag
+from tav_scripts.demo_stages import precision_flags, verbose_flag
 
 FRAMES, SIZE, SHR_SIZE = 4, 16, 32  # the tiny presets: 4 frames of 16 px, SHR at 32 px
 DEMO_RUN = "0"
@@ -57,7 +57,7 @@ def _common(run, enc: dict[str, Path], steps: int) -> list[str]:
             "--clip_l_ckpt", str(enc["clip_l"]), "--beats_ckpt", str(enc["beats"]), "--sequence_length",
             str(FRAMES), "--batch_size", str(min(4, n_train)), "--max_steps", str(steps), "--save_interval",
             str(steps), "--log_interval", "25", "--num_workers", "0", "--progress_bar_refresh_rate", "0",
-            "--accelerator", "cpu", "--devices", "1", *verbose_flag(run)]
+            "--accelerator", "cpu", "--devices", "1", *precision_flags(run), *verbose_flag(run)]
 
 
 def train_models(run, enc: dict[str, Path]) -> dict[str, Path]:

@@ -279,6 +279,8 @@ def test_batch_file_skips_finished_outputs(kit, tmp_path):
     args = ta2v_argv(kit, audio, tmp_path / "unused.mp4", "--skip_stage2")
     args = [a for i, a in enumerate(args) if a not in ("--audio", "--caption", "--out")
             and args[i - 1] not in ("--audio", "--caption", "--out")]
+    assert script.main([*args, "--batch_file", str(table), "--shard", "1/2"]) == 0  # a second process's share
+    assert rows[1]["out"].is_file() and not rows[0]["out"].exists()
     assert script.main([*args, "--batch_file", str(table)]) == 0
     first = rows[0]["out"].with_suffix(".json").read_text()
     rows[1]["out"].unlink()
