@@ -28,7 +28,6 @@ import json
 import math
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +123,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    sys.path.insert(0, str(REPO))
     from tav_scripts.demo_generate import demo_song
 
     args = parse_args(argv)
