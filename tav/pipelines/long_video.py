@@ -31,7 +31,7 @@ from tav.errors import InputError
 from tav.gpt.sampling import sample_codes
 from tav.pipelines.ta2v import TwoStageSampler, resize_frames, stage_seed
 from tav.pipelines.tia2v import TIA2VSampler
-from tav.pipelines.windows import WindowedNet, decode_long, window_starts
+from tav.pipelines.windows import WindowedNet, decode_long
 from tav.tia2v.conditions import clip_image_input
 from tav.utils.runtime import autocast
 from tav.utils.seeding import sample_generators
@@ -180,7 +180,3 @@ def tia2v_long(sampler: TIA2VSampler, clip_l, first_frame: Tensor, caption: str,
     refined = sampler.stage2(motion, text, [stage_seed(seed, 1)], window=f)
     return motion, refined.cpu(), windows
 
-
-def check_window_plan(n_frames: int, window: int, stride: int) -> list[tuple[int, int]]:
-    """``[(start, end), ...]`` of the stage-2 windows over ``n_frames`` (for the sidecar)."""
-    return [(s, min(s + window, n_frames)) for s in window_starts(n_frames, window, stride)]

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -99,7 +97,3 @@ def decode_long(vqgan, codes: Tensor, n_frames: int, chunk: int | None = None, h
         parts.append(video[:, :, (a - lo) * dt:(b - lo) * dt])
     return torch.cat(parts, dim=2)[:, :, :n_frames].float()
 
-
-def n_windows(n: int, window: int, stride: int) -> int:
-    """How many windows :func:`window_starts` gives."""
-    return 1 if n <= window else math.ceil((n - window) / stride) + 1
