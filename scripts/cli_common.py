@@ -111,7 +111,7 @@ def resolve_devices_and_strategy(opts: TrainerOptions, find_unused: bool) -> tup
 
 
 def command_main(name: str, body: Callable[[list[str] | None], Path | None], argv: list[str] | None,
-                 result: str) -> int:
+                 result: str, report_hint: bool = False) -> int:
     """A script's ``main()``: quiet third-party output (``--verbose`` brings it back), run ``body(argv)`` and
     log ``<result>: <path>``. Exit codes: 0, 2 for an ``InputError`` and 1 for a ``NonFiniteLossError``, each
     printed as one line ``<name>: error: ...`` on stderr."""
@@ -123,7 +123,16 @@ def command_main(name: str, body: Callable[[list[str] | None], Path | None], arg
         return 2 if isinstance(err, InputError) else 1
     if path is not None:
         logging.getLogger(name).info("%s: %s", result, path)
+        if report_hint:
+            logging.getLogger(name).info("HTML report: %s", report_command(path))
     return 0
+
+
+def report_command(results: Path) -> str:
+    """The one-line command that writes the HTML report of ``results`` (``tools/report.py``)."""
+    import shlex
+
+    return f"python tools/report.py {shlex.quote(str(results))} --out {shlex.quote(str(Path(results) / 'report'))}"
 
 
 # ------------------------------------------------------------------- guided-diffusion's flags (3 scripts)

@@ -31,6 +31,8 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
   FVD and FID with tiny random-weight feature networks saved in ``saved_ckpts/demo/``, numbers meaningless) and
   the judges on both results folders; a short table, ``<out>/17_tav_URMP/metrics_*.json`` and
   ``<out>/metrics_tools.txt`` (``scripts/demo_metrics.py``).
+- ``report``: the HTML report (``tools/report.py``) of the TA2V and TIA2V results side by side per test clip, the
+  generated song, the training curves of every run and ``quality.json``: ``<out>/report/index.html``.
 
 The judges of ``tools/synthetic_judge.py`` on each stage's test outputs go to ``<out>/quality.json``
 (``scripts/demo_quality.py``); the demo's last lines are their table.
@@ -58,11 +60,11 @@ from tav.utils.console import configure_output
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav.utils.runtime import auto_precision
 from tav_scripts.demo_generate import stage_generate
-from tav_scripts.demo_metrics import stage_metrics
-from tav_scripts.demo_quality import quality_lines
+from tav_scripts.demo_metrics import RUN_TAG, stage_metrics
+from tav_scripts.demo_quality import QUALITY_FILE, quality_lines
 from tav_scripts.demo_sample import stage_sample
 from tav_scripts.demo_stages import stage_diffusion, stage_gpt, stage_joint, stage_vqgan
-from tav_scripts.demo_tia2v import stage_tia2v
+from tav_scripts.demo_tia2v import DEMO_RUN, stage_tia2v
 
 
 @dataclass
@@ -97,6 +99,26 @@ def stage_data(run: DemoRun) -> None:
     print(f"  sample clip:   {sample} ({row['caption']!r})")
 
 
+REPORT_RUNS = ("vqgan", "gpt", "diffusion", "joint", "tia2v_content", "tia2v_motion", "tia2v_shr")
+
+
+def stage_report(run: DemoRun) -> None:
+    """``tools/report.py`` on the demo's results (TA2V and TIA2V side by side per test clip, the generated song),
+    its training runs' curves and ``quality.json``: ``<out>/report/index.html``."""
+    from tav.report import build_report
+
+    folders = [f for f in (run.out / RUN_TAG, run.out / f"{DEMO_RUN}_tacm_urmp", run.out / "generate") if f.is_dir()]
+    if not folders:
+        print("  no results folder yet: run the sample, tia2v or generate stage first")
+        return
+    runs = [run.out / r for r in REPORT_RUNS if (run.out / r / "metrics.jsonl").is_file()]
+    quality = run.out / QUALITY_FILE
+    rep = build_report(folders, run.out / "report", runs, quality=quality if quality.is_file() else None,
+                       title="tav demo")
+    run.state["report"] = rep.index
+    print(f"  report: {rep.index} ({rep.videos} videos, {len(rep.plots)} plots; open it in a browser)")
+
+
 STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [
     ("data", stage_data),
     ("vqgan", stage_vqgan),
@@ -107,6 +129,7 @@ STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [
     ("tia2v", stage_tia2v),
     ("generate", stage_generate),
     ("metrics", stage_metrics),
+    ("report", stage_report),
 ]
 
 
@@ -164,6 +187,8 @@ def main(argv: list[str] | None = None) -> DemoRun:
         stage(run)
         print(f"[{name}] {time.perf_counter() - t0:.1f} s")
     print(f"[demo] {time.perf_counter() - t_all:.1f} s; outputs in {run.out}")
+    if "report" in run.state:
+        print(f"[demo] HTML report: {run.state['report']}")
     print("\n".join(quality_lines(run.out)))
     return run
 

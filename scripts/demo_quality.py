@@ -90,7 +90,8 @@ def record_results(out: Path, folder: Path, stages: dict[str, str], judged: dict
         judged[str(folder)] = record
     for name, key in stages.items():
         if name in record["folders"]:
-            record_quality(out, key, record["folders"][name])
+            summary = {k: v for k, v in record["folders"][name].items() if k != "per_video"}
+            record_quality(out, key, summary)
     return record
 
 

@@ -130,6 +130,10 @@ def run(argv: list[str] | None = None) -> Path | None:
         log.info("%s: %d frames at %g fps, %d windows, %.1f s", info["video"], info["frames"], info["fps"],
                  len(info["windows"]), info["seconds"])
         last = Path(req["out"])
+    from tav_scripts.cli_common import report_command
+
+    for folder in sorted({Path(r["out"]).parent for r in todo}):
+        log.info("HTML report: %s", report_command(folder))
     return last
 
 

@@ -189,12 +189,15 @@ def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
     st = recipe.setup(args, device)
     st.results.set_shard(*shard)
 
+    settings = run_settings(args)
+
     def run_batch(indices: list[int]) -> None:
         items = [st.data[i] for i in indices]
         seeds = recipe.seeds(args, indices)
         out = recipe.generate(st, items, seeds, args)
         for b, (i, it) in enumerate(zip(indices, items, strict=True)):
-            info = {"seed": seeds[b], "start": int(it["start"]), "checkpoints": st.hashes, "batch": len(indices),
+            info = {"seed": seeds[b], "start": int(it["start"]), "checkpoints": st.hashes, "settings": settings,
+                    "batch": len(indices),
                     "seconds": {k: v / len(indices) for k, v in out.seconds.items()},
                     **(out.info[b] if out.info else {})}
             st.results.write(SampleRecord(i, it["stem"], it["caption"], it["video"], out.stage1[b].cpu(),
@@ -206,9 +209,20 @@ def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
     return st.results.root
 
 
+NOT_SETTINGS = ("progress", "verbose", "shard", "device", "preset", "save")  # flags that do not change the samples
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    """The flags recorded in every manifest row (``settings``): those with plain values, but the ones that do not
+    change the samples (``NOT_SETTINGS``)."""
+    return {k: v for k, v in sorted(vars(args).items())
+            if k not in NOT_SETTINGS and (v is None or isinstance(v, (bool, int, float, str)))}
+
+
 def main(recipe: SamplingRecipe, argv: list[str] | None = None) -> int:
-    """A sampling script's ``main()``: 0 on success (the results folder is logged), 2 for bad input."""
-    return cli.command_main(recipe.name, lambda a: sample(recipe, a), argv, "results in")
+    """A sampling script's ``main()``: 0 on success (the results folder is logged, with the command that makes
+    its HTML report), 2 for bad input."""
+    return cli.command_main(recipe.name, lambda a: sample(recipe, a), argv, "results in", report_hint=True)
 
 
 def run_samples(n: int, is_done: Callable[[int], bool], batch_size: int,

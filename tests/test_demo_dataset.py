@@ -222,6 +222,12 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
                if quality[k].get(j) is not None)
     assert quality["tia2v_motion"]["frame0_psnr"] >= 30  # the given first frame is held
     assert text.rstrip().splitlines()[-1].split()[:2] == ["generate_ta2v", "1"]
+    report = (out / "report" / "index.html").read_text()  # TA2V and TIA2V per clip, the song, curves, judges
+    assert f"[demo] HTML report: {out / 'report' / 'index.html'}" in text
+    logged = [r for r in demo_script.REPORT_RUNS if (out / r / "metrics.jsonl").is_file()
+              and (out / r / "metrics.jsonl").read_text().strip()]  # 2 steps: some runs log nothing yet
+    assert report.count("<video ") == 3 + 2 + 1 and report.count('<img class="plot"') == len(logged) >= 1
+    assert "tia2v_shr" in report and "0_tacm_urmp: SHR" in report
     made = out / "generate" / "ta2v_0.5s.mp4"  # generate.sh on the demo's own song: 15 frames at 30 fps, with sound
     assert read_video(made)[0].shape == (15, 16, 16, 3) and probe_video(made).has_audio
     assert json.loads(made.with_suffix(".json").read_text())["frames"] == 15

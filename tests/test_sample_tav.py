@@ -89,6 +89,9 @@ def test_seed_line_writes_the_results_layout(run):
     rows = [json.loads(line) for line in (root / "manifest.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [0, 1, 2] and [r["seed"] for r in rows] == [404, 405, 406]
     assert set(rows[0]["checkpoints"]) == {"gpt_text_ckpt", "vqgan_ckpt", "diffusion_ckpt"}
+    settings = rows[0]["settings"]  # what made the sample, for the report's header (not where it was written)
+    assert settings["timestep_respacing"] == "20" and settings["skip_timesteps"] == 5 and settings["batch_size"] == 2
+    assert not {"device", "save", "progress", "shard"} & set(settings)
     assert rows[0]["seconds"]["stage2"] > 0 and set(rows[0]["guidance_final"]) == {"audio", "direction", "text",
                                                                                      "range"}
     assert (root / rows[0]["audio"]).is_file() and rows[0]["caption"]

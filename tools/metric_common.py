@@ -29,6 +29,7 @@ from tav.metrics.folders import (
     probe_videos,
     protocol_colour,
 )
+from tav.metrics.i3d import random_weights_note
 from tav.metrics.runs import MODES, chunk_groups, fold_summary, frechet_summary, metric_record, write_record
 from tav.utils.console import configure_output, wants_verbose
 from tav.utils.fileio import file_sha256
@@ -102,12 +103,15 @@ def cache_folder(args: argparse.Namespace, run: RunFolder) -> Path | None:
 
 
 def weights_info(name: str, path: str | Path, flag: str) -> dict:
-    """``{"name", "path", "sha256"}`` of a weight file (a missing file is a one-line error naming it and ``flag``)."""
+    """``{"name", "path", "sha256", "random_weights"}`` of a weight file; ``random_weights``: a note of seeded
+    random values lies beside it (``tav.metrics.i3d.mark_random_weights``). A missing file is a one-line error
+    naming it and ``flag``."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such weight file ({name}); put it under saved_ckpts/ (or $TAV_CKPT_DIR) "
                          f"or pass {flag} PATH")
-    return {"name": name, "path": str(path), "sha256": file_sha256(path)}
+    return {"name": name, "path": str(path), "sha256": file_sha256(path),
+            "random_weights": random_weights_note(path).is_file()}
 
 
 def video_summary(paths: Sequence[Path]) -> dict:

@@ -101,7 +101,9 @@ def read_video(
 _X264_DETERMINISTIC = {"threads": "1", "x264-params": "mbtree=0"}
 
 
-def _video_codec(lossless: bool) -> str:
+def _video_codec(lossless: bool, suffix: str = ".mp4") -> str:
+    if suffix == ".webm":
+        return "libvpx-vp9"
     if lossless:
         return "libx264rgb" if "libx264rgb" in av.codecs_available else "ffv1"
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
@@ -120,13 +122,16 @@ def write_video(
 
     ``audio``: float ``(N,)`` mono or ``(C, N)`` in [-1, 1] at ``sample_rate``, muxed as AAC. The video is
     H.264 (yuv420p; yuv444p for odd sizes) when the encoder exists, MPEG-4 Part 2 otherwise;
-    ``lossless=True`` gives bit-exact RGB (libx264rgb crf 0). This is the only video writer in ``tav``.
+    ``lossless=True`` gives bit-exact RGB (libx264rgb crf 0). A ``.webm`` path gives VP9 + Opus (what every
+    browser plays; the audio must then be at 48 kHz). This is the only video writer in ``tav``.
     """
     frames = np.ascontiguousarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"write_video: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     path = Path(path)
-    codec = _video_codec(lossless)
+    codec = _video_codec(lossless, path.suffix.lower())
+    if codec == "libvpx-vp9" and audio is not None and sample_rate != 48000:
+        raise ValueError(f"write_video: {path.name}: Opus audio must be at 48000 Hz, got {sample_rate}")
     _, h, w, _ = frames.shape
     with atomic_path(path) as tmp, av.open(str(tmp), "w") as c:
         vs = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
@@ -135,6 +140,8 @@ def write_video(
             vs.pix_fmt, vs.options = "rgb24", {"crf": "0", "preset": "veryfast", **_X264_DETERMINISTIC}
         elif codec == "ffv1":
             vs.pix_fmt = "rgb24"
+        elif codec == "libvpx-vp9":
+            vs.pix_fmt, vs.options = "yuv420p", {"crf": "20", "b": "0", "deadline": "good", "cpu-used": "4"}
         elif codec == "libx264":
             vs.pix_fmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
             vs.options = {"crf": str(crf), "preset": "medium", **_X264_DETERMINISTIC}
@@ -151,7 +158,8 @@ def write_video(
 
 def _add_audio_stream(container, audio: np.ndarray, sample_rate: int):
     channels = 1 if audio.ndim == 1 else audio.shape[0]
-    stream = container.add_stream("aac", rate=sample_rate)
+    webm = container.format.name.startswith("matroska") or container.format.name == "webm"
+    stream = container.add_stream("libopus" if webm else "aac", rate=sample_rate)
     stream.layout = "mono" if channels == 1 else "stereo"
     return stream
 

@@ -30,6 +30,7 @@ rebuilds it; weight files of the released layout always load as the full network
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ from tav.checkpoint import is_torchscript, safe_load, save_checkpoint, state_dic
 from tav.config import from_dict, to_dict
 from tav.errors import InputError
 from tav.metrics.resize import resize_bilinear, to_unit_float
-from tav.utils.fileio import atomic_path
+from tav.utils.fileio import atomic_path, write_text_atomic
 from tav.utils.paths import ckpt_dir
 
 I3D_TORCHSCRIPT_FILE = "i3d_torchscript.pt"
@@ -329,6 +330,19 @@ def _saved_config(obj, path: Path) -> I3DConfig | None:
     return from_dict(I3DConfig, obj["config"], where=f"{path}: config")
 
 
+def random_weights_note(path: str | os.PathLike) -> Path:
+    """``<weights>.random.json``: written beside a weight file of seeded random values, so that metric records
+    (and reports) can say the numbers come from random weights."""
+    return Path(f"{path}.random.json")
+
+
+def mark_random_weights(path: str | os.PathLike, seed: int) -> Path:
+    """Write the note of :func:`random_weights_note` for ``path`` (atomic)."""
+    note = random_weights_note(path)
+    write_text_atomic(note, json.dumps({"random_init_seed": seed, "weights": Path(path).name}) + "\n")
+    return note
+
+
 def save_tiny_i3d(path: str | os.PathLike, seed: int = 0, config: I3DConfig | None = None) -> Path:
     """Write an ``I3D`` with seeded random weights, atomically; it loads through ``load_i3d``.
 
@@ -340,9 +354,11 @@ def save_tiny_i3d(path: str | os.PathLike, seed: int = 0, config: I3DConfig | No
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     path = Path(path)
     if config is not None:
-        return save_checkpoint(path, I3D_STAGE, to_dict(config), state)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        save_checkpoint(path, I3D_STAGE, to_dict(config), state)
+    else:
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    mark_random_weights(path, seed)
     return path
 
 

@@ -26,7 +26,7 @@ from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, In
 
 from tav.checkpoint import safe_load, state_dict_of
 from tav.errors import InputError
-from tav.metrics.i3d import model_device, seeded_random_init_
+from tav.metrics.i3d import mark_random_weights, model_device, seeded_random_init_
 from tav.metrics.resize import resize_bilinear, resize_clean, to_unit_float
 from tav.utils.fileio import atomic_path
 from tav.utils.paths import ckpt_dir
@@ -167,6 +167,7 @@ def save_tiny_inception(path: str | os.PathLike, seed: int = 0) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    mark_random_weights(path, seed)
     return path
 
 

@@ -35,6 +35,7 @@ class Item:
     video: Path
     audio: Path | None
     caption: str | None
+    key: int | None = None  # the sample number in a results folder (per-video scores are listed by it)
 
 
 def split_items(split_dir: str | os.PathLike) -> tuple[list[Item], list[str]]:
@@ -68,7 +69,7 @@ def results_items(run_dir: str | os.PathLike) -> tuple[dict[str, list[Item]], li
         for key, video in sorted(index_folder(run, folder, "mp4").items()):
             row = run.row(key) or {}
             caption = row.get("caption") or (read_caption(texts[key])[0] if key in texts else None)
-            items.append(Item(video, audio.get(key), caption))
+            items.append(Item(video, audio.get(key), caption, key))
         out[folder] = items
         notes += _notes(items, folder)
     if not out:
@@ -121,6 +122,9 @@ def judge_folders(folders: dict[str, list[Item]], reference: str | None = None,
         summary = summarize(judged[name])
         ious = [iou for _, iou in pairs if iou is not None and math.isfinite(iou)]
         summary.update(av_align=float(np.mean(ious)) if ious else None, av_align_n=len(ious))
+        if any(item.key is not None for item in items):
+            summary["per_video"] = [{"key": item.key, **{k: v for k, v in j.scores().items() if v is not None}}
+                                    for item, (j, _) in zip(items, pairs, strict=True)]
         summaries[name] = summary
     reference = reference or ("real" if "real" in judged else None)
     for name, js in judged.items():
