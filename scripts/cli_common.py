@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tav.errors import InputError, NonFiniteLossError
+from tav.errors import InputError, NonFiniteLossError, NonFiniteOutputError
 from tav.training.trainer import TrainerOptions, resolve_devices
 from tav.utils.console import configure_output, wants_verbose
 
@@ -113,12 +113,12 @@ def resolve_devices_and_strategy(opts: TrainerOptions, find_unused: bool) -> tup
 def command_main(name: str, body: Callable[[list[str] | None], Path | None], argv: list[str] | None,
                  result: str, report_hint: bool = False) -> int:
     """A script's ``main()``: quiet third-party output (``--verbose`` brings it back), run ``body(argv)`` and
-    log ``<result>: <path>``. Exit codes: 0, 2 for an ``InputError`` and 1 for a ``NonFiniteLossError``, each
-    printed as one line ``<name>: error: ...`` on stderr."""
+    log ``<result>: <path>``. Exit codes: 0, 2 for an ``InputError`` and 1 for a ``NonFiniteLossError`` or
+    ``NonFiniteOutputError``, each printed as one line ``<name>: error: ...`` on stderr."""
     configure_output(wants_verbose(argv))
     try:
         path = body(argv)
-    except (InputError, NonFiniteLossError) as err:
+    except (InputError, NonFiniteLossError, NonFiniteOutputError) as err:
         print(f"{name}: error: {err}", file=sys.stderr)
         return 2 if isinstance(err, InputError) else 1
     if path is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tav.metrics.synthetic import judge_video, summarize
-from tav.utils.fileio import write_text_atomic
+from tav.utils.fileio import dumps_strict, write_text_atomic
 
 QUALITY_FILE = "quality.json"
 PSNR_CAP = 100.0  # dB given to an exact copy in means
@@ -53,7 +53,7 @@ def record_quality(out: Path, stage: str, values: dict) -> Path:
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     data[stage] = _plain(values)
     ordered = {k: data[k] for k in (*ORDER, *sorted(set(data) - set(ORDER))) if k in data}
-    write_text_atomic(path, json.dumps(ordered, indent=1) + "\n")
+    write_text_atomic(path, dumps_strict(ordered, indent=1) + "\n")
     return path
 
 

@@ -95,6 +95,10 @@ class TA2VRecipe(sampling.SamplingRecipe):
         if net.config.image_size != scfg.output_size:
             self.log.warning("--model_output_size %d differs from the U-Net's training size %d", scfg.output_size,
                              net.config.image_size)
+        made = gpt.cfg.latent_shape[-1] * vqgan.cfg.downsample[-1]  # stage-1 clip size in pixels
+        if args.resolution is not None and args.resolution != made:
+            raise InputError(f"--resolution {args.resolution}: the GPT + VQGAN make {made}-px clips, so the real and "
+                             f"generated videos would differ in size; pass --resolution {made} or leave it out")
         frames = vqgan.cfg.sequence_length
         if args.sequence_length != frames:
             raise InputError(f"--sequence_length {args.sequence_length}: the GPT + VQGAN make {frames}-frame clips; "

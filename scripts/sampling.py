@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from tav.config import list_presets, load_yaml, preset_path
-from tav.errors import InputError
+from tav.errors import InputError, NonFiniteOutputError
 from tav.pipelines.results import ResultsFolder, SampleRecord
+from tav.utils.fileio import check_writable
 from tav.utils.runtime import deterministic_kernels, pick_device
 from tav_scripts import cli_common as cli
 
@@ -131,6 +132,8 @@ def add_common_flags(p: argparse.ArgumentParser, n_flag: tuple[str, ...], n_defa
     d.add_argument("--progress", type=cli.str2bool, default=True, help="per-step bars")
     d.add_argument("--shard", default=None, help="i/n: this process makes samples i, i+n, ... into the same folder "
                    "(default: torchrun's RANK/WORLD_SIZE, else 0/1)")
+    d.add_argument("--overwrite", action="store_true", help="replace the samples of a results folder made with "
+                   "other checkpoints or settings (default: stop and say what differs)")
     return d
 
 
@@ -183,6 +186,7 @@ def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
     if args.batch_size < 1 or args.n_sample < 1:
         raise InputError("--batch_size and the sample count must be >= 1")
     recipe.check_args(args)
+    check_writable(args.save, "--save")  # before any model loads
     shard = resolve_shard(args.shard)
     device = shard_device(args.device)
     deterministic_kernels(device)
@@ -190,12 +194,18 @@ def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
     st.results.set_shard(*shard)
 
     settings = run_settings(args)
+    if args.overwrite:
+        st.results.clear()
+    else:
+        check_same_recipe(st.results, settings, st.hashes)
 
     def run_batch(indices: list[int]) -> None:
         items = [st.data[i] for i in indices]
         seeds = recipe.seeds(args, indices)
         out = recipe.generate(st, items, seeds, args)
         for b, (i, it) in enumerate(zip(indices, items, strict=True)):
+            check_output(i, it["stem"], {"stage 1": out.stage1[b], **{f"stage 2 ({k})" if len(out.stage2[b]) > 1
+                                         else "stage 2": v for k, v in enumerate(out.stage2[b])}})
             info = {"seed": seeds[b], "start": int(it["start"]), "checkpoints": st.hashes, "settings": settings,
                     "batch": len(indices),
                     "seconds": {k: v / len(indices) for k, v in out.seconds.items()},
@@ -209,7 +219,39 @@ def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
     return st.results.root
 
 
-NOT_SETTINGS = ("progress", "verbose", "shard", "device", "preset", "save")  # flags that do not change the samples
+def check_output(index: int, stem: str, videos: dict[str, torch.Tensor]) -> None:
+    """Stop with ``NonFiniteOutputError`` (one line, nothing of the sample written) when a video of sample
+    ``index`` holds NaN or infinite values: clamping them would write black or white frames that look like
+    results."""
+    for name, video in videos.items():
+        if not torch.isfinite(video).all():
+            raise NonFiniteOutputError(f"sample {index} ({stem}): the {name} output holds NaN or inf values; nothing "
+                                       "of it was written. Check the checkpoints (a diverged run?), or try "
+                                       "--precision 32")
+
+
+NOT_SETTINGS = ("progress", "verbose", "shard", "device", "preset", "save", "overwrite")  # do not change the samples
+SAME_OUTPUTS = ("batch_size", "n_sample", "num_samples")  # recorded, but a re-run may change them (same videos)
+
+
+def check_same_recipe(results: ResultsFolder, settings: dict, hashes: dict) -> None:
+    """Stop with one line when the folder's finished samples were made with other checkpoints or settings
+    (a re-run would keep them beside new ones): ``--overwrite`` replaces them, a new ``--run`` keeps both."""
+    for row in results.rows.values():
+        old_hashes = row.get("checkpoints") or {}
+        diff = [k for k in sorted(set(old_hashes) | set(hashes)) if old_hashes.get(k) != hashes.get(k)]
+        what = f"checkpoint {diff[0]} (sha256 {str(old_hashes.get(diff[0]))[:12]} then, " \
+               f"{str(hashes.get(diff[0]))[:12]} now)" if diff else None
+        old = row.get("settings")
+        if what is None and old is not None:
+            keys = sorted(k for k in set(old) | set(settings)  # checkpoint paths: their hashes were compared
+                          if k not in SAME_OUTPUTS and k not in hashes)
+            changed = [k for k in keys if old.get(k) != settings.get(k)]
+            what = f"--{changed[0]} ({old.get(changed[0])!r} then, {settings.get(changed[0])!r} now)" if changed \
+                else None
+        if what is not None:
+            raise InputError(f"{results.root}: sample {row['id']} was made with another {what}; pass --overwrite to "
+                             "replace the folder's samples, or a new --run to keep both")
 
 
 def run_settings(args: argparse.Namespace) -> dict:

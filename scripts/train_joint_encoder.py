@@ -13,7 +13,6 @@ Config layers and common flags: docs/training.md.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from tav.metrics.retrieval import retrieval_r1
 from tav.training.callbacks import LastCheckpoint, PeriodicExport, run_loggers
 from tav.training.joint_module import JointModule, JointTrainConfig, joint_train_config
 from tav.training.trainer import TrainerOptions, build_trainer
-from tav.utils.fileio import write_text_atomic
+from tav.utils.fileio import dumps_strict, write_text_atomic
 from tav_scripts import cli_common as cli
 from tav_scripts import training
 
@@ -90,7 +89,7 @@ class JointRecipe(training.Recipe):
         training.fit_run(trainer, module, data, run)
         if trainer.is_global_zero and export.is_file():
             scores = retrieval_r1(load_joint(export), clip_items(run.data_path, "test", run.data, n=16))
-            write_text_atomic(root / "retrieval.json", json.dumps(scores, indent=2) + "\n")
+            write_text_atomic(root / "retrieval.json", dumps_strict(scores, indent=2) + "\n")
             self.log.info("retrieval R@1 among %d test clips: audio->frame %.3f, caption->frame %.3f",
                           scores["candidates"], scores["audio_to_frame"], scores["caption_to_frame"])
         return export

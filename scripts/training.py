@@ -35,7 +35,7 @@ from tav.data.dataset import list_stems
 from tav.errors import InputError
 from tav.training.callbacks import best_or_last
 from tav.training.trainer import TrainerOptions
-from tav.utils.fileio import write_text_atomic
+from tav.utils.fileio import check_writable, remove_stale_temps, write_text_atomic
 from tav_scripts import cli_common as cli
 
 
@@ -198,6 +198,7 @@ def resolve(recipe: Recipe, args: argparse.Namespace, argv: list[str]) -> Run:
     opts, world = cli.resolve_devices_and_strategy(opts, find_unused=recipe.find_unused)
     for split in recipe.splits:
         list_stems(Path(args.data_path) / split)  # a missing dataset fails here, not after model set-up
+    check_writable(opts.default_root_dir, "--default_root_dir")  # before any data or model is read
     resume = resume_path(args.resume, Path(opts.default_root_dir))
     command = shlex.join([f"scripts/{recipe.script}", *argv])
     return Run(sections, args.data_path, opts, resume, command, recipe.extra(args, sections, world))
@@ -250,12 +251,20 @@ def tie_unet_sizes(tree: dict[str, dict], args: argparse.Namespace, sections: tu
 
 def resume_path(value: str | None, root: Path) -> str | None:
     """``--resume`` -> a checkpoint path: ``last`` means ``<root>/checkpoints/last.ckpt``; ``None`` stays
-    ``None``; a missing file is a one-line ``InputError``."""
+    ``None``; a missing, unreadable or non-finite file is a one-line ``InputError`` (a run never continues from
+    NaN weights)."""
+    from tav.checkpoint import check_finite, safe_load, state_dict_of
+
     if value is None:
         return None
     path = root / "checkpoints" / "last.ckpt" if value == "last" else Path(value)
     if not path.is_file():
         raise InputError(f"--resume {value}: {path} does not exist")
+    state = state_dict_of(safe_load(path)) or {}
+    try:
+        check_finite(state, f"--resume {path}")
+    except InputError as err:
+        raise InputError(f"{err}; resume from an earlier checkpoint instead") from None
     return str(path)
 
 
@@ -296,6 +305,7 @@ def fit_run(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningD
     continues from that checkpoint. Returns the best checkpoint under ``<root>/checkpoints``, else last."""
     root = Path(run.trainer.default_root_dir)
     if trainer.is_global_zero:
+        remove_stale_temps(root)  # temp files of a killed run of this folder
         write_text_atomic(root / "config.yaml", run.to_yaml())
     with run_log(root, trainer.is_global_zero):
         trainer.fit(module, datamodule=data, ckpt_path=run.resume, weights_only=True)

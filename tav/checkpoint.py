@@ -69,18 +69,35 @@ def safe_load(path: str | os.PathLike) -> Any:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        text = str(err)
-        found = re.search(r"GLOBAL (\S+) was not an allowed global", text) or re.search(
-            r"(unrecognized function \S+|new object for \S+ .*?got \S+|types allowlisted .*?got \S+)", text)
-        if found:
-            raise InputError(f"{path}: refused to unpickle {found.group(1)}: not on tav's checkpoint allow-list "
-                             "(loading it would run arbitrary code); convert the file with trusted code") from None
-        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-        raise InputError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
-                         f"{detail.group(1) if detail else _first_line(err)}; re-download or re-export it") from None
+        raise refused_unpickling(path, err) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as err:
         raise InputError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
                          f"{_first_line(err)}") from None
+
+
+def refused_unpickling(path: str | os.PathLike, err: BaseException) -> InputError:
+    """The one-line error for a file the weights-only unpickler refused: the global it would have run (a file that
+    is not safe to load), or the specific reason (a corrupt file). Never torch's advice to retry unsafely."""
+    text = str(err)
+    found = re.search(r"GLOBAL (\S+?)(?: was not an allowed global| whose module|[\s,;]|$)", text) or re.search(
+        r"(unrecognized function \S+|new object for \S+ .*?got \S+|types allowlisted .*?got \S+)", text)
+    if found:
+        return InputError(f"{path}: refused to unpickle {found.group(1)}: not on tav's checkpoint allow-list "
+                          "(loading it would run arbitrary code); do not load this file unless you know where "
+                          "it came from, and then convert it with trusted code")
+    return InputError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {_refusal(text)}; "
+                      "re-download or re-export it")
+
+
+def _refusal(text: str) -> str:
+    """The specific reason in torch's weights-only refusal, without its generic advice (which suggests
+    ``weights_only=False``: never right for a file that failed the safe unpickler)."""
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return detail.group(1)
+    generic = ("Weights only load failed", "Check the documentation", "weights_only", "Re-running", "In PyTorch")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(generic)]
+    return lines[0] if lines else "refused by the safe unpickler"
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:
@@ -273,6 +290,17 @@ def _mismatch(want: Mapping[str, tuple[int, ...]], sd: Mapping[str, Tensor],
     return ", ".join(parts), shaped[0] if shaped else None
 
 
+def check_finite(sd: Mapping[str, Tensor], where: str) -> None:
+    """Raise a one-line ``InputError`` naming ``where`` and the first floating tensor of ``sd`` that holds NaN or
+    infinite values (a damaged file, or weights saved from a diverged run)."""
+    for key, value in sd.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and value.device.type != "meta":
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise InputError(f"{where}: tensor {key} holds {bad} non-finite value(s) (NaN or inf): the weights "
+                                 "are damaged or come from a diverged run; use an earlier checkpoint")
+
+
 def strict_from_state_dict(build: Callable[[], M], sd: Mapping[str, Tensor], where: str, what: str,
                            hint: str = "", *, optional: Collection[str] = (),
                            shape_hints: Mapping[str, str] | None = None) -> M:
@@ -284,6 +312,7 @@ def strict_from_state_dict(build: Callable[[], M], sd: Mapping[str, Tensor], whe
     ``hint`` when ``key`` is the first mis-shaped one; keys in ``optional`` may be absent (the module's
     ``load_state_dict`` hooks must fill them). Only then are CPU tensors allocated and ``sd`` copied in.
     ``build`` must keep all its tensors as parameters or buffers (plain tensor attributes stay on meta).
+    Non-finite weights are refused (:func:`check_finite`).
     """
     with torch.device("meta"):
         net = build()
@@ -292,6 +321,7 @@ def strict_from_state_dict(build: Callable[[], M], sd: Mapping[str, Tensor], whe
     if summary:
         extra = (shape_hints or {}).get(shaped, hint) if shaped is not None else hint
         raise InputError(f"{where}: weights do not fit the {what} config: {summary}{extra}")
+    check_finite(sd, where)
     net = net.to_empty(device="cpu")
     net.load_state_dict(dict(sd), strict=True)
     return net

@@ -85,6 +85,27 @@ def test_safe_load_refuses_code_execution(tmp_path):
     assert not marker.exists()
 
 
+class _Shell:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned-by-pickle",))
+
+
+def test_safe_load_names_a_refused_global_and_never_advises_weights_only_false(tmp_path, monkeypatch):
+    """torch 2.14 words its refusal "unsupported GLOBAL posix.system whose module posix is blocked" and adds advice
+    to retry with ``weights_only=False``: we name the global and never pass that advice on."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "shell.pt"
+    torch.save({"state_dict": _Shell()}, path)
+    with pytest.raises(InputError) as err:
+        safe_load(path)
+    msg = str(err.value)
+    assert "refused to unpickle" in msg and "system" in msg and "allow-list" in msg and "\n" not in msg
+    assert "weights_only" not in msg and "corrupt" not in msg
+    assert not (tmp_path / "pwned-by-pickle").exists()
+
+
 def test_safe_load_missing_and_corrupt(tmp_path):
     with pytest.raises(InputError, match="no such checkpoint"):
         safe_load(tmp_path / "nope.ckpt")
@@ -98,6 +119,7 @@ def test_safe_load_missing_and_corrupt(tmp_path):
     with pytest.raises(InputError, match="corrupt or truncated") as err:
         safe_load(noise)
     assert "allow-list" not in str(err.value) and "\n" not in str(err.value)
+    assert "weights_only" not in str(err.value)
 
 
 def test_safe_load_namespace_and_lightning_stand_in(tmp_path):

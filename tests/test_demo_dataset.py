@@ -190,7 +190,8 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     argv = ["--out", str(out), "--n_train", "8", "--n_test", "2", "--size", "32", "--vqgan_steps", "2",
             "--gpt_steps", "2", "--diffusion_steps", "2", "--n_sample", "1", "--ckpt_dir", str(tmp_path / "ckpts"),
             "--sample_args", "--timestep_respacing 8 --skip_timesteps 2", "--tia2v_steps", "2",
-            "--tia2v_shr_steps", "2", "--tia2v_sample_args", "--timestep_respacing 8", "--joint_steps", "2",
+            "--tia2v_motion_steps", "2", "--tia2v_shr_steps", "2", "--tia2v_sample_args", "--timestep_respacing 8",
+            "--joint_steps", "2",
             "--generate_seconds", "0.5", "--generate_args", "--timestep_respacing ddim8 --skip_timesteps 2"]
     run = demo_script.main(argv)
     text = capsys.readouterr().out

@@ -364,3 +364,23 @@ def test_missing_weight_file_is_one_line(kit, capsys):
 def test_upstream_flags_parse(module, flags):
     args = module.build_parser().parse_args(["--exp_tag", "1_tav_URMP", *flags.split()])
     assert args.exp_tag == "1_tav_URMP" and args.resize == [64, 64] and args.protocol == "tav"
+
+
+def test_binary_caption_and_unwritable_outputs_are_one_line(kit, tmp_path, capsys):
+    """A caption that is not text, and a record that cannot be written, stop before any weights load."""
+    results = tmp_path / "results"
+    shutil.copytree(kit["run"], results / "1_tav_URMP")
+    (results / "1_tav_URMP" / "manifest.jsonl").unlink()  # captions come from txt/
+    bad = next((results / "1_tav_URMP" / "txt").glob("*.txt"))
+    bad.write_bytes(b"\xff\xfe\x00binary\x9c")
+    argv = [*CLIP_TEXT.split(), "--results_root", str(results), *kit["weights"]]
+    assert clip_text.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(bad) in err and "not UTF-8" in err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = ["--exp_tag", "1_tav_URMP", "--real_folder", "real", "--fake_folder", "fake_stage2",
+            "--results_root", str(kit["results"]), *kit["weights"], "--out", str(blocker / "fvd.json")]
+    assert fvd.main(line) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--out" in err and "cannot write there" in err

@@ -318,3 +318,34 @@ def test_load_captions_formats(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"file": 1}\n', encoding="utf-8")
     with pytest.raises(InputError, match="--captions .*bad.jsonl:1"):
         load_captions(tmp_path / "bad.jsonl")
+
+
+def test_bad_inputs_are_one_line_or_a_counted_skip(raw, tmp_path, capsys):
+    """An empty captions file, an unwritable --out: one line, exit 2, nothing built. A sidecar caption over the
+    CSV field limit and a video too elongated to encode: skipped with their reasons."""
+    cli = _load_cli()
+    base = ["--videos", str(raw), "--load_vid_len", str(L), "--fps", str(FPS), "--size", str(SIZE), "--no_progress"]
+    (tmp_path / "empty.csv").write_text("file,caption\n")
+    assert cli.main([*base, "--out", str(tmp_path / "o1"), "--captions", str(tmp_path / "empty.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "holds no captions" in err and not (tmp_path / "o1" / "manifest.jsonl").exists()
+    (tmp_path / "blocker").write_text("")
+    assert cli.main([*base, "--out", str(tmp_path / "blocker" / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "cannot write there" in err
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(raw / "c.mp4", src / "long.mp4")
+    (src / "long.txt").write_text("word " * 30000)  # 150 KB
+    _make(src / "wide.mp4", 15, 1600, 2, 20, 22050)  # 800:1 -> 25600 px wide at --size 32
+    (src / "wide.txt").write_text("A very wide video.")
+    out = tmp_path / "o2"
+    assert cli.main(["--videos", str(src), "--out", str(out), *base[2:]]) == 0
+    text = capsys.readouterr().out
+    assert "caption_too_long: 1" in text and "too_elongated: 1" in text
+    (tmp_path / "big.csv").write_text("file,caption\na.mp4,\"" + "x" * 140000 + "\"\n")
+    with pytest.raises(InputError, match="131072"):  # the same bound as the sidecar's
+        load_captions(tmp_path / "big.csv")
+    (tmp_path / "big.jsonl").write_text(json.dumps({"file": "a.mp4", "caption": "y" * 140000}) + "\n")
+    with pytest.raises(InputError, match="the caption of a.mp4 is 140000 bytes, over the 131072-byte limit"):
+        load_captions(tmp_path / "big.jsonl")

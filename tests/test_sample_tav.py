@@ -217,6 +217,7 @@ def test_wav2clip_quirks_and_iterations(kit, tmp_path):
     (["--audio_emb_model", "STFT"], "STFT"),
     (["--noise_schedule", "linear"], "noise_schedule='cosine'"),
     (["--text_emb_model", "clip"], "--text_emb_model clip"),
+    (["--resolution", "32"], "make 16-px clips"),  # real clips at 32 px beside 16 px stage-1 clips
 ])
 def test_bad_input_is_one_line(kit, tmp_path, capsys, extra, needle):
     assert script.main([*argv(kit, tmp_path), *extra]) == 2
@@ -230,3 +231,45 @@ def test_missing_encoder_and_wrong_stage_files(kit, tmp_path, capsys):
     assert "nope.pt" in err and "--audioclip_ckpt" in err
     assert script.main([*argv(kit, tmp_path), "--diffusion_ckpt", str(kit["vqgan"])]) == 2
     assert "diffusion U-Net" in capsys.readouterr().err
+
+
+def test_non_finite_diffusion_checkpoint_is_one_line_and_writes_nothing(kit, tmp_path, capsys):
+    """Upstream-style damage: a diffusion file of NaN weights used to give all-black stage-2 videos, exit 0."""
+    import torch
+
+    from tav.checkpoint import safe_load
+
+    obj = safe_load(kit["unet"])
+    sd = obj["state_dict"] if "state_dict" in obj else obj
+    key = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[key] = torch.full_like(sd[key], float("nan"))
+    bad = tmp_path / "nan_unet.pt"
+    torch.save(obj, bad)
+    assert script.main([*argv(kit, tmp_path / "out"), "--diffusion_ckpt", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"tensor {key} holds" in err and "nan_unet.pt" in err
+    assert not any(p.suffix == ".mp4" for p in (tmp_path / "out").rglob("*"))
+
+
+def test_rerun_with_another_recipe_stops_unless_overwrite(kit, tmp_path, capsys):
+    """A folder remembers what made it: another batch size is the same recipe (skipped as done), another
+    --skip_timesteps or checkpoint is a one-line stop, --overwrite replaces the samples."""
+    root = script.sample(argv(kit, tmp_path, "--n_sample", 1))
+    first = _rows(root)
+    script.sample(argv(kit, tmp_path, "--n_sample", 1, "--batch_size", 3))  # nothing to do
+    assert _rows(root) == first
+    capsys.readouterr()
+    assert script.main(argv(kit, tmp_path, "--n_sample", 1, "--skip_timesteps", 6)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--skip_timesteps (5 then, 6 now)" in err and "--overwrite" in err
+    import torch
+
+    from tav.checkpoint import safe_load
+
+    copy = tmp_path / "unet_copy.pt"  # the same weights in another file: another sha256
+    torch.save({**safe_load(kit["unet"]), "note": "a copy"}, copy)
+    assert script.main(argv(kit, tmp_path, "--n_sample", 1, "--diffusion_ckpt", str(copy))) == 2
+    assert "another checkpoint diffusion_ckpt" in capsys.readouterr().err
+    script.sample(argv(kit, tmp_path, "--n_sample", 1, "--skip_timesteps", 6, "--overwrite"))
+    rows = _rows(root)
+    assert [r["settings"]["skip_timesteps"] for r in rows] == [6] and rows[0]["seed"] == first[0]["seed"]

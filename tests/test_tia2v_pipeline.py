@@ -268,3 +268,42 @@ def test_motion_stage_holds_the_given_first_frame(world):
                   .stage1(first, text, image, tokens, 4, seeds=[1, 2]) for hold in (True, False))
     assert held.shape == (2, 3, 4, 16, 16) and torch.equal(held[:, :, 0], first)
     assert (free[:, :, 0] - first).abs().max() > 0.05
+
+
+def test_clean_first_frame_motion_training_and_sampling():
+    """``first_frame: clean``: in training frame 0 enters at t = 0 and is left out of the loss; in sampling the
+    network sees the given image at t = 0 in frame 0 whatever the chain holds there, and returns it exactly."""
+    from tav.config import to_dict
+    from tav.pipelines.tia2v import TIA2VSampler
+    from tav.tia2v.config import TIA2VUNetConfig
+
+    cfg = tia2v_preset("motion-tiny")
+    with pytest.raises(InputError, match="first_frame=clean is a motion-model setting"):
+        TIA2VUNetConfig(**{**to_dict(tia2v_preset("content-tiny")), "first_frame": "clean"})
+    cfg.first_frame = "clean"
+    module = TIA2VModule(cfg, ProcessConfig(steps=100, loss="rescaled_mse"), TIA2VTrainConfig(per_frame_t=True))
+    module._gen = torch.Generator().manual_seed(0)
+    b, f, d = 2, cfg.num_frames, cfg.context_dim
+    batch = {"video": torch.rand(b, 3, f, 16, 16) - 0.5, "text": torch.randn(b, 77, d), "image": torch.randn(b, d),
+             "audio_tokens": torch.randn(b, f, 8, d)}
+    _, t = module.flat_inputs(batch)
+    assert t.view(b, f)[:, 0].eq(0).all() and t.view(b, f)[:, 1:].gt(0).any()
+    terms, t_kept = module.diffusion_terms(batch)
+    assert terms["loss"].shape == (b * (f - 1),) and t_kept.shape == (b * (f - 1),)
+
+    net = TIA2VUNet(cfg).eval()
+    first = torch.rand(b, 3, 16, 16) - 0.5
+    x, steps = torch.randn(b, 3, f, 16, 16), torch.tensor([30.0, 60.0])
+    ctx, ctx_t = torch.randn(b, 78, d), torch.randn(b * f, 85, d)
+    with torch.no_grad():
+        out = FrameDenoiser(net)(x, steps, context=ctx, context_temp=ctx_t, first_frame=first)
+        given = x.clone()
+        given[:, :, 0] = first
+        flat_t = torch.tensor([0.0, 30, 30, 30, 0, 60, 60, 60])
+        ref = net(given.transpose(1, 2).reshape(b * f, 3, 16, 16), flat_t, ctx, ctx_t)
+    torch.testing.assert_close(out, ref.view(b, f, 6, 16, 16).transpose(1, 2))
+    schedule = GaussianSchedule.from_config(ProcessConfig(steps=100), respacing="5")
+    sampler = TIA2VSampler(net, schedule, None, None, TIA2VSamplingConfig(respacing="5", skip_timesteps=0,
+                                                                          hold_first_frame=False))
+    clip = sampler.stage1(first, torch.randn(b, 77, d), torch.randn(b, d), torch.randn(b, f, 8, d), f, seeds=[0, 1])
+    assert torch.equal(clip[:, :, 0], first) and clip[:, :, 1:].abs().gt(0).any()

@@ -32,7 +32,7 @@ from tav.metrics.folders import (
 from tav.metrics.i3d import random_weights_note
 from tav.metrics.runs import MODES, chunk_groups, fold_summary, frechet_summary, metric_record, write_record
 from tav.utils.console import configure_output, wants_verbose
-from tav.utils.fileio import file_sha256
+from tav.utils.fileio import check_writable, file_sha256
 from tav.utils.runtime import pick_device
 
 log = logging.getLogger("tav.metrics")
@@ -84,12 +84,20 @@ def command_line(tool: str, argv: list[str] | None) -> list[str]:
 
 
 def run_folders(args: argparse.Namespace) -> list[RunFolder]:
-    """The run folder of ``--exp_tag``, or ``<i>_<exp_tag>`` for ``i < --num_folds``."""
+    """The run folder of ``--exp_tag``, or ``<i>_<exp_tag>`` for ``i < --num_folds``; where the records go (the
+    run folders, or ``--out``'s folder) is checked writable here, before any work."""
     if args.num_folds is None:
-        return [open_run(find_run(args.results_root, args.exp_tag))]
-    if args.num_folds < 1:
+        runs = [open_run(find_run(args.results_root, args.exp_tag))]
+    elif args.num_folds < 1:
         raise InputError(f"--num_folds {args.num_folds}: must be at least 1")
-    return [open_run(find_run(args.results_root, f"{i}_{args.exp_tag}")) for i in range(args.num_folds)]
+    else:
+        runs = [open_run(find_run(args.results_root, f"{i}_{args.exp_tag}")) for i in range(args.num_folds)]
+    if getattr(args, "out", None) is not None:
+        check_writable(Path(args.out).parent, "--out")
+    else:
+        for run in runs:
+            check_writable(run.path, "the results folder")
+    return runs
 
 
 def device_of(args: argparse.Namespace):

@@ -43,7 +43,7 @@ from tav.data.sources import (
 )
 from tav.data.video import probe_video
 from tav.errors import InputError
-from tav.utils.fileio import write_jsonl_atomic, write_text_atomic
+from tav.utils.fileio import check_writable, remove_stale_temps, write_jsonl_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,9 @@ class SourceResult:
 
 
 # ----------------------------------------------------------------------------------------- frames
+
+
+MAX_OUTPUT_SIDE = 8192  # longest side of a written clip (encoders refuse far larger frames with cryptic errors)
 
 
 def output_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -304,6 +307,11 @@ def _write_clips(job: SourceJob) -> Iterator[dict[str, Any]]:
     """Write the clips of ``job`` one by one, yielding each one's manifest row."""
     cfg = job.cfg
     wave = _read_sound(job.path, cfg.sample_rate)
+    info = probe_video(job.path)
+    w, h = output_size(info.width, info.height, cfg.size)
+    if max(w, h) > MAX_OUTPUT_SIDE:
+        raise SourceSkipped("too_elongated", f"{info.width}x{info.height}: with the shorter side at --size {cfg.size} "
+                                             f"it would be {w}x{h}, over {MAX_OUTPUT_SIDE} px; crop it first")
     starts = audio_clip_starts(len(wave), cfg)
     if not starts:
         raise SourceSkipped("too_short", f"the audio lasts {len(wave) / cfg.sample_rate:.3f} s; "
@@ -387,6 +395,8 @@ def prepare_dataset(cfg: PrepareConfig) -> PrepareSummary:
     videos = find_videos(cfg.videos, exclude=cfg.out)
     if not videos:
         raise InputError(f"--videos {cfg.videos}: no {'/'.join(VIDEO_EXTENSIONS)} files found")
+    check_writable(cfg.out, "--out")  # before any source is read
+    remove_stale_temps(cfg.out)  # half-written clips or records of a killed build
     summary = PrepareSummary(found=len(videos))
     jobs, rows_by_source = _plan(cfg, videos, captions, summary)
     for result in _run(jobs, cfg.workers, cfg.progress):

@@ -20,7 +20,7 @@ from tav.errors import InputError
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi")
 # Why a source can be skipped; the summary counts sources per reason.
 REASONS = ("corrupt", "no_audio", "silent_audio", "too_short", "missing_caption", "empty_caption",
-           "caption_not_utf8", "error")
+           "caption_not_utf8", "caption_too_long", "too_elongated", "error")
 
 
 class SourceSkipped(Exception):
@@ -68,7 +68,22 @@ def load_captions(path: str | Path) -> dict[str, str]:
         pairs = _parse_jsonl(text, path)
     else:
         pairs = _parse_csv(text, path)
+    if not pairs:
+        raise InputError(f"--captions {path}: holds no captions; give one `file,caption` row (or JSON line) per video")
+    for key, caption in pairs:
+        check_caption_size(caption, f"--captions {path}: the caption of {key}")
     return {k.strip().replace("\\", "/").removeprefix("./"): clean_caption(v) for k, v in pairs}
+
+
+MAX_CAPTION_BYTES = 131072  # Python's csv field limit: the same bound for CSV, JSONL and sidecar captions
+
+
+def check_caption_size(caption: str, what: str) -> None:
+    """Refuse a caption over ``MAX_CAPTION_BYTES`` (UTF-8), whatever file it comes from."""
+    size = len(caption.encode("utf-8"))
+    if size > MAX_CAPTION_BYTES:
+        raise InputError(f"{what} is {size} bytes, over the {MAX_CAPTION_BYTES}-byte limit for a caption; "
+                         "a caption is a sentence or a few, not a document")
 
 
 def _parse_jsonl(text: str, path: Path) -> list[tuple[str, str]]:
@@ -102,7 +117,8 @@ def resolve_caption(rel: str, path: Path, captions: dict[str, str] | None) -> st
     """The caption of source ``rel``: from ``captions`` (by relative path, then file name, then stem) or,
     when ``captions`` is None, from ``<video>.txt`` (or ``<video>.<ext>.txt``) next to the video.
 
-    Raises ``SourceSkipped`` with reason ``missing_caption``, ``empty_caption`` or ``caption_not_utf8``.
+    Raises ``SourceSkipped`` with reason ``missing_caption``, ``empty_caption``, ``caption_not_utf8`` or
+    ``caption_too_long``.
     """
     if captions is not None:
         p = PurePosixPath(rel)
@@ -119,6 +135,8 @@ def resolve_caption(rel: str, path: Path, captions: dict[str, str] | None) -> st
             caption = clean_caption(sidecar.read_bytes().decode("utf-8-sig"))
         except UnicodeDecodeError as e:
             raise SourceSkipped("caption_not_utf8", f"{sidecar}: not UTF-8 ({e})") from e
+        if len(caption.encode("utf-8")) > MAX_CAPTION_BYTES:
+            raise SourceSkipped("caption_too_long", f"{sidecar}: over the {MAX_CAPTION_BYTES}-byte caption limit")
     if not caption:
         raise SourceSkipped("empty_caption", "the caption is empty")
     return caption

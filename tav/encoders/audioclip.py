@@ -24,7 +24,7 @@ import torch
 from open_clip.modified_resnet import ModifiedResNet
 from torch import Tensor, nn
 
-from tav.checkpoint import read_checkpoint
+from tav.checkpoint import check_finite, read_checkpoint
 from tav.encoders.base import Encoder
 from tav.encoders.esresnext import ESResNeXtConfig, ESResNeXtFBSP
 from tav.errors import InputError
@@ -278,6 +278,7 @@ def load_audioclip(path: str | os.PathLike | None = None, device: str | torch.de
     with torch.device("meta"):  # no random init of 134 M parameters that are overwritten anyway
         model = AudioCLIP(cfg)
     _check_keys(model.state_dict(), sd, str(path))
+    check_finite(sd, str(path))
     model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device).freeze()
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tav.checkpoint import safe_load
+from tav.checkpoint import check_finite, safe_load
 from tav.data.audio import resample
 from tav.encoders.base import Encoder
 from tav.encoders.beats_model import (
@@ -113,6 +113,7 @@ def load_beats(path: str | os.PathLike | None = None, device: str | torch.device
     if missing or unexpected:
         raise InputError(f"{path}: tensors do not fit BEATs built from the file's cfg: missing [{_few(missing)}], "
                          f"unexpected [{_few(unexpected)}]; pass a BEATs {{'cfg','model'}} file with {BEATS_FLAG}")
+    check_finite(state, str(path))
     model = model.to_empty(device=device)
     try:
         model.load_state_dict(state, strict=True)

@@ -23,7 +23,7 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, build_model_from_openai_state_dict
 from torch import Tensor
 
-from tav.checkpoint import is_torchscript, safe_load, state_dict_of
+from tav.checkpoint import check_finite, is_torchscript, safe_load, state_dict_of
 from tav.encoders.base import Encoder
 from tav.errors import InputError
 from tav.utils.fileio import atomic_path
@@ -99,6 +99,7 @@ def clip_from_state_dict(state: dict[str, Tensor], source: str = "state dict") -
     ``open_clip``'s builder infers widths/layers/patch/resolution (heads = width // 64, QuickGELU) and
     loads into fp16-cast weights; the fp32 values are then loaded again so an fp32 file round-trips exactly.
     """
+    check_finite(state, source)
     try:
         model = build_model_from_openai_state_dict(dict(state), quick_gelu=True, cast_dtype=None)
         model.float()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import pickle
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tav.checkpoint import check_finite, refused_unpickling
 from tav.encoders.base import Encoder
 from tav.errors import InputError
 
@@ -199,12 +201,17 @@ def load_clip_l(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     if not path.is_dir() or not (path / "config.json").is_file():
         raise InputError(f"{path}: not a Hugging Face model folder (no config.json); {CLIP_L_FLAG} takes the "
                          f"{CLIP_L_FOLDER} folder downloaded from huggingface.co/openai/clip-vit-large-patch14")
+    from safetensors import SafetensorError
+
     try:
         model = CLIPModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:
+    except pickle.UnpicklingError as err:  # pytorch_model.bin refused by the weights-only unpickler
+        raise refused_unpickling(path / "pytorch_model.bin", err) from None
+    except (OSError, ValueError, KeyError, RuntimeError, EOFError, SafetensorError) as err:
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise InputError(f"{path}: cannot load a CLIP model from this folder ({first}); {CLIP_L_FLAG} takes the "
                          f"{CLIP_L_FOLDER} folder from huggingface.co/openai/clip-vit-large-patch14") from None
+    check_finite(model.state_dict(), str(path))
     tokenizer = HFTokenizer(path) if has_tokenizer_files(path) else OpenCLIPTokenizer()
     return CLIPLEncoder(model, tokenizer).to(device)
 

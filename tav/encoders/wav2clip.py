@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from wav2clip.model.encoder import MLPLayers, ResNetExtractor
 
-from tav.checkpoint import safe_load, state_dict_of
+from tav.checkpoint import check_finite, safe_load, state_dict_of
 from tav.encoders.base import Encoder
 from tav.errors import InputError
 from tav.utils.fileio import atomic_path
@@ -116,6 +116,7 @@ def load_wav2clip(path: str | os.PathLike | None = None, device: str | torch.dev
     """The frozen wav2clip encoder from ``path`` (default ``ckpt_dir() / "Wav2CLIP.pt"``) on ``device``."""
     path = Path(path) if path is not None else ckpt_dir() / WAV2CLIP_FILE
     state = _read_state(path)
+    check_finite(state, str(path))
     model = build_wav2clip_model()
     try:
         model.load_state_dict(state, strict=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tav.utils.fileio import atomic_path, file_sha256
+from tav.utils.fileio import atomic_path, file_sha256, remove_stale_temps
 
 Compute = Callable[[list[Path]], np.ndarray]  # paths -> (len(paths), ...) features
 
@@ -39,6 +39,8 @@ class FeatureCache:
         if identity not in ("sha256", "stat"):
             raise ValueError(f"identity must be 'sha256' or 'stat', got {identity!r}")
         self.folder = Path(folder) if folder is not None else None
+        if self.folder is not None:
+            remove_stale_temps(self.folder)  # left by a killed run; never read as features
         self.network_sha256, self.protocol, self.identity = network_sha256, protocol, identity
         self.settings = dict(settings or {})
         self.hits = 0

@@ -130,7 +130,8 @@ def _folder_files(run: RunFolder, folder: str, ext: str) -> list[Path]:
     if not where.is_dir():
         raise InputError(f"{where}: no such folder; check the folder flag (e.g. --video_folder) and --exp_tag "
                          f"(folders there: {', '.join(subfolders(run)) or 'none'})")
-    return sorted(p for p in where.glob(f"*.{ext}") if not re.search(r"_it\d+$", p.stem))
+    return sorted(p for p in where.glob(f"*.{ext}")  # hidden files (a writer's temp files) are never samples
+                  if not p.name.startswith(".") and not re.search(r"_it\d+$", p.stem))
 
 
 def index_folder(run: RunFolder, folder: str, ext: str) -> dict[int, Path]:
@@ -232,9 +233,13 @@ def _pair_sorted(sources: Mapping[str, Source]) -> list[Pair]:
 
 
 def read_caption(path: str | os.PathLike) -> list[str]:
-    """The non-empty lines of a caption file."""
-    lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
-    return [ln for ln in lines if ln]
+    """The non-empty lines of a caption file; one that is not UTF-8 text is a one-line ``InputError``."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: caption is not UTF-8 text ({e.reason} at byte {e.start}); re-save it as UTF-8 or "
+                         "remove it") from None
+    return [ln for ln in (x.strip() for x in text.splitlines()) if ln]
 
 
 def drop_remainder(pairs: Sequence[Pair], batch_size: int) -> list[Pair]:

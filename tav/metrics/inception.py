@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
 
-from tav.checkpoint import safe_load, state_dict_of
+from tav.checkpoint import check_finite, safe_load, state_dict_of
 from tav.errors import InputError
 from tav.metrics.i3d import mark_random_weights, model_device, seeded_random_init_
 from tav.metrics.resize import resize_bilinear, resize_clean, to_unit_float
@@ -150,6 +150,7 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
         raise InputError(f"{path}: no Inception state dict inside (expected a {{name: tensor}} mapping); "
                          f"pass {INCEPTION_FLAG} with {INCEPTION_FILE}")
     model = FIDInception()
+    check_finite(state, str(path))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

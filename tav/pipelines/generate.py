@@ -10,7 +10,6 @@ The models are built once into a :class:`TA2VModels` or :class:`TIA2VModels` and
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -24,12 +23,12 @@ import torch
 
 from tav.data.audio import fit_length, probe_audio_seconds, read_audio, samples_per_frame
 from tav.data.video import resize_center_crop, to_model_range, to_uint8, write_video
-from tav.errors import InputError
+from tav.errors import InputError, NonFiniteOutputError
 from tav.pipelines.long_video import ta2v_long, tia2v_long, tia2v_windows
 from tav.pipelines.ta2v import TwoStageSampler
 from tav.pipelines.tia2v import TIA2VSampler
 from tav.pipelines.windows import window_starts
-from tav.utils.fileio import file_sha256, write_text_atomic
+from tav.utils.fileio import dumps_strict, file_sha256, remove_stale_temps, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +102,7 @@ def check_out_path(out: str | os.PathLike) -> Path:
         raise InputError(f"--out {out}: cannot create its folder ({err.strerror})") from None
     if not os.access(out.parent, os.W_OK):
         raise InputError(f"--out {out}: the folder {out.parent} is not writable; choose another --out")
+    remove_stale_temps(out.parent, recursive=False)  # half-written outputs of a killed run
     return out
 
 
@@ -166,6 +166,9 @@ def generate(models: TA2VModels | TIA2VModels, audio: str | os.PathLike, caption
             raise InputError("--image: TIA2V needs the first frame; pass --image FILE (PNG or JPEG)")
         video, record = _run_tia2v(models, sound, caption, Path(image), n_frames, fps, seed, progress)
     seconds = time.perf_counter() - t0
+    if not torch.isfinite(video).all():
+        raise NonFiniteOutputError(f"{out}: the generated video holds NaN or inf values; nothing was written. Check "
+                                   "the checkpoints (a diverged run?), or try --precision 32")
     frames = to_uint8(video[0]).numpy()
     write_video(out, frames, fps, audio=sound.wave, sample_rate=sound.rate)
     sidecar = {"method": "ta2v" if isinstance(models, TA2VModels) else "tia2v", "audio": str(sound.path),
@@ -174,7 +177,7 @@ def generate(models: TA2VModels | TIA2VModels, audio: str | os.PathLike, caption
                "frames": n_frames, "size": list(frames.shape[1:3]), "sample_rate": sound.rate,
                "silent": is_silent(sound), **record, "settings": models.settings, "checkpoints": models.hashes,
                "seconds": round(seconds, 3), "video": str(out)}
-    write_text_atomic(out.with_suffix(".json"), json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
+    write_text_atomic(out.with_suffix(".json"), dumps_strict(sidecar, indent=1, sort_keys=True) + "\n")
     return sidecar
 
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from tav.data.audio import write_wav
 from tav.data.video import to_uint8, write_video
 from tav.errors import InputError
-from tav.utils.fileio import write_jsonl_atomic, write_text_atomic
+from tav.utils.fileio import remove_stale_temps, write_jsonl_atomic, write_text_atomic
 
 FOLDERS = ("real", "fake_stage1", "fake_stage2", "audio", "txt")
 MANIFEST = "manifest.jsonl"
@@ -111,6 +111,7 @@ class ResultsFolder:
         self.naming, self.legacy_folders, self.stage2 = naming, legacy_folders, stage2  # stage2: False = none
         sample_paths(root, "x", 0, naming)  # an unknown naming fails here
         self.manifest = self.root / MANIFEST
+        remove_stale_temps(self.root)  # half-written files of a killed run (a live shard's are kept)
         self.shard = (0, 1)  # (index, count): see set_shard
         self.rows = self._read_manifest()
 
@@ -148,6 +149,28 @@ class ResultsFolder:
             self.rows = self._read_manifest()
             write_jsonl_atomic(self.manifest, [self.rows[i] for i in sorted(self.rows)])
             self.rows_file.unlink(missing_ok=True)
+
+    def clear(self) -> int:
+        """``--overwrite``: delete the finished samples of this process's shard (their files and manifest rows,
+        under the manifest lock); returns how many. Other shards' samples are theirs to clear."""
+        import fcntl
+
+        i, n = self.shard
+        if not self.root.is_dir():
+            return 0
+        with open(self.root / ".manifest.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.rows = self._read_manifest()
+            mine = [k for k in self.rows if k % n == i]
+            for k in mine:
+                row = self.rows.pop(k)
+                for rel in (row.get("files") or {}).values():
+                    (self.root / rel).unlink(missing_ok=True)
+            rows = [self.rows[k] for k in sorted(self.rows)]
+            write_jsonl_atomic(self.manifest, rows)
+            for path in self.root.glob(SHARD_GLOB):
+                path.unlink()
+        return len(mine)
 
     def is_done(self, index: int, stem: str) -> bool:
         """True when sample ``index`` has a manifest row for the same clip and all its files exist."""

@@ -85,18 +85,26 @@ def respaced_skip(schedule: GaussianSchedule, skip_original: int) -> int:
 class FrameDenoiser(nn.Module):
     """Runs a per-frame U-Net (content/motion, inputs ``(B·F, C, H, W)``) on clips ``(B, C, F, H, W)``.
 
-    ``forward(x (B, C, F, H, W), t (B,), context (B, 78, D), context_temp (B·F, P+77, D) | None)`` ->
-    ``(B, C_out, F, H, W)``: every frame of clip b at timestep t[b] (one t per clip, as upstream samples).
+    ``forward(x (B, C, F, H, W), t (B,), context (B, 78, D), context_temp (B·F, P+77, D) | None,
+    first_frame (B, C, H, W) | None)`` -> ``(B, C_out, F, H, W)``: every frame of clip b at timestep t[b] (one t
+    per clip, as upstream samples). With ``first_frame`` (a motion model trained with ``first_frame: clean``),
+    frame 0 of the input is replaced by that clean image at t = 0, as in its training.
     """
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: Tensor, t: Tensor, **conditions: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, first_frame: Tensor | None = None, **conditions: Tensor) -> Tensor:
         b, _, f = x.shape[:3]
+        steps = t.repeat_interleave(f)
+        if first_frame is not None:
+            x = torch.cat([first_frame[:, :, None].to(x.dtype), x[:, :, 1:]], dim=2)
+            steps = steps.view(b, f).clone()
+            steps[:, 0] = 0
+            steps = steps.reshape(-1)
         flat = rearrange(x, "b c f h w -> (b f) c h w")
-        out = self.net(flat, t.repeat_interleave(f), *conditions.values())
+        out = self.net(flat, steps, *conditions.values())
         return rearrange(out, "(b f) c h w -> b c f h w", b=b)
 
 
@@ -149,9 +157,12 @@ class TIA2VSampler:
         text, image = text.to(self.device), image.to(self.device)
         kwargs = {"context": torch.cat([text, image[:, None].to(text.dtype)], dim=1),
                   "context_temp": motion_context(audio_tokens.to(self.device), text)}
+        clean = getattr(getattr(self.motion.net, "config", None), "first_frame", "noised") == "clean"
+        if clean:
+            kwargs["first_frame"] = video[:, :, 0]
         out = self._sample(self.motion, self.motion_schedule, video, self.cfg.skip_timesteps, seeds, kwargs,
                            progress)
-        if self.cfg.reimpose_first_frame:
+        if self.cfg.reimpose_first_frame or clean:
             out[:, :, 0] = video[:, :, 0]
         return out
 

@@ -40,7 +40,7 @@ from tav.data.layout import clip_files
 from tav.data.video import read_video, resize_center_crop, to_model_range
 from tav.encoders.clip_l import first_line
 from tav.errors import InputError
-from tav.utils.fileio import atomic_path, write_text_atomic
+from tav.utils.fileio import atomic_path, remove_stale_temps, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ def build_condition_cache(root: str | os.PathLike, split: str, data_cfg: DataCon
     """
     split_dir = Path(root) / split
     out_dir = split_cache_dir(cache_dir, split)
+    remove_stale_temps(out_dir)
     wanted = full_key(key, data_cfg)
     stems = list_stems(split_dir)
     manifest = {"key": wanted, "audio_tokens": audio_fn is not None, "entries": {}}

@@ -65,6 +65,8 @@ class TIA2VUNetConfig(UNetShape):
     dual_block_frame_collapse: bool = False  # † motion, compat: every frame gets frame 0 of clip 0 (upstream `[0]`)
     audio_row_mapping: bool = False  # † motion, compat: feature row h hears frame h's audio (upstream repeat)
     temporal_pos_emb: Literal["none", "sinusoidal", "learned"] = "none"  # motion: frame position embedding
+    first_frame: Literal["noised", "clean"] = "noised"  # motion: frame 0 noised like the others (upstream), or
+    # the given image kept clean at t = 0 in training and sampling, the other frames denoised around it (tav)
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass
     attention_impl: Literal["sdpa", "math"] = "sdpa"  # F.scaled_dot_product_attention, or explicit softmax
 
@@ -97,6 +99,10 @@ def _validate(cfg: TIA2VUNetConfig) -> None:
             raise InputError(f"tia2v.{name}={getattr(cfg, name)}: must be >= 1")
     if not cfg.channel_mult or min(cfg.channel_mult) < 1:
         raise InputError(f"tia2v.channel_mult={cfg.channel_mult}: need one or more positive multipliers")
+    if cfg.first_frame not in ("noised", "clean"):
+        raise InputError(f"tia2v.first_frame={cfg.first_frame!r}: must be 'noised' or 'clean'")
+    if cfg.first_frame == "clean" and cfg.part != "motion":
+        raise InputError(f"tia2v.first_frame=clean is a motion-model setting; the {cfg.part} U-Net has no given frame")
     for name in ("dropout", "temporal_dropout"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise InputError(f"tia2v.{name}={getattr(cfg, name)}: must be in [0, 1)")

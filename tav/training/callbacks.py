@@ -10,7 +10,6 @@ NaN guard of every stage) only sees a loss.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -26,6 +25,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
 from tav.errors import NonFiniteLossError
+from tav.utils.fileio import dumps_strict, temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class LastCheckpoint(Checkpoint):
 
     def _save(self, trainer: pl.Trainer) -> None:
         path = Path(self.dirpath) / LAST_NAME
-        tmp = path.with_name(".last.tmp.ckpt")
+        tmp = path.with_name(f"{temp_prefix('last')}lastckpt.ckpt")  # a stale one is removed on restart
         self._saved_step, self.last_model_path = trainer.global_step, str(path)
         trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes, every rank waits
         if trainer.is_global_zero:
@@ -186,7 +186,7 @@ class JsonlLogger(Logger):
         row.update({k: float(v) for k, v in metrics.items()})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(dumps_strict(row) + "\n")
 
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:

@@ -117,8 +117,19 @@ class TIA2VModule(DiffusionModule):
             return video, draw(b, video.device, generator=self._gen)
         x0 = rearrange(video, "b c f h w -> (b f) c h w")
         if self.train_cfg.per_frame_t:
-            return x0, draw(b * f, video.device, generator=self._gen)
-        return x0, draw(b, video.device, generator=self._gen).repeat_interleave(f)
+            t = draw(b * f, video.device, generator=self._gen)
+        else:
+            t = draw(b, video.device, generator=self._gen).repeat_interleave(f)
+        if self.clean_first_frame:  # frame 0 is given: at t = 0, the others around it
+            t = t.view(b, f).clone()
+            t[:, 0] = 0
+            t = t.reshape(-1)
+        return x0, t
+
+    @property
+    def clean_first_frame(self) -> bool:
+        """Motion with ``first_frame: clean``: frame 0 enters at t = 0 and is left out of the loss."""
+        return self.unet_cfg.part == "motion" and self.unet_cfg.first_frame == "clean"
 
     def input_video(self, batch: dict) -> Tensor:
         key, cfg = self.train_cfg.input_key, self.unet_cfg
@@ -133,4 +144,9 @@ class TIA2VModule(DiffusionModule):
         x0, t = self.flat_inputs(batch)
         noise = torch.randn(x0.shape, generator=self._gen, device=x0.device, dtype=x0.dtype)
         kwargs = conditions_of(batch, self.unet_cfg.part)
-        return self.schedule.training_losses(self.net, x0, t, noise=noise, model_kwargs=kwargs), t
+        terms = self.schedule.training_losses(self.net, x0, t, noise=noise, model_kwargs=kwargs)
+        if self.clean_first_frame:
+            f = self.input_video(batch).shape[2]
+            keep = torch.arange(len(t), device=t.device) % f != 0
+            terms, t = {k: v[keep] for k, v in terms.items()}, t[keep]
+        return terms, t

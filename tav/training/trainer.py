@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from tav.errors import InputError
+from tav.utils.fileio import atomic_path
 from tav.utils.runtime import lightning_precision
 
 log = logging.getLogger(__name__)
@@ -95,4 +97,17 @@ def build_trainer(opts: TrainerOptions, callbacks: list[Callback] | None = None,
         kwargs.update(accumulate_grad_batches=opts.accumulate_grad_batches,
                       gradient_clip_val=opts.gradient_clip_val)
     kwargs.update(opts.extra)
+    kwargs.setdefault("plugins", [AtomicCheckpointIO()])
     return pl.Trainer(**kwargs)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer through ``tav.utils.fileio.atomic_path``: the temp file in the destination
+    folder, fsynced, then renamed, so a killed save never leaves a truncated file under a checkpoint's name
+    (Lightning's own writer goes through the system temp folder, a copy when that is another filesystem)."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
