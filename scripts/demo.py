@@ -25,8 +25,8 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
   ``saved_ckpts/demo/sample_motion_optim.sh``) on the 16 test clips; results in ``<out>/0_tacm_urmp/`` and
   ``<out>/tia2v_samples.png`` (``scripts/demo_tia2v.py``).
 - ``generate``: ``saved_ckpts/demo/generate.sh`` (``scripts/generate.py`` with the demo's models, both methods,
-  arguments passed through), run once with TA2V on a 10-second melody it synthesises (longer than one window):
-  ``<out>/generate/ta2v_10s.mp4`` and its ``.json`` (``scripts/demo_generate.py``).
+  arguments passed through), run once with TA2V on a 8-second melody it synthesises (longer than one window):
+  ``<out>/generate/ta2v_8s.mp4`` and its ``.json`` (``scripts/demo_generate.py``).
 - ``metrics``: the four metric tools on that results folder (CLIP-audio and CLIP-text with the joint encoder;
   FVD and FID with tiny random-weight feature networks saved in ``saved_ckpts/demo/``, numbers meaningless) and
   the judges on both results folders; a short table, ``<out>/17_tav_URMP/metrics_*.json`` and
@@ -158,11 +158,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--joint_steps", type=int, default=600, help=hidden)
     p.add_argument("--n_sample", type=int, default=16, help=hidden)  # the whole demo test split
     p.add_argument("--sample_args", default="", help=hidden)  # extra sample_tav.py flags (tests: fewer steps)
-    p.add_argument("--tia2v_steps", type=int, default=100, help=hidden)  # content training steps
-    p.add_argument("--tia2v_motion_steps", type=int, default=400, help=hidden)
+    p.add_argument("--tia2v_steps", type=int, default=50, help=hidden)  # content: it only initialises the motion model
+    p.add_argument("--tia2v_motion_steps", type=int, default=350, help=hidden)
     p.add_argument("--tia2v_shr_steps", type=int, default=100, help=hidden)
     p.add_argument("--tia2v_sample_args", default="", help=hidden)  # extra sample_motion_optim.py flags
-    p.add_argument("--generate_seconds", type=float, default=10.0, help=hidden)  # length of the demo's own song
+    p.add_argument("--generate_seconds", type=float, default=8.0, help=hidden)  # length of the demo's own song
     p.add_argument("--generate_args", default="", help=hidden)  # extra generate.py flags
     p.add_argument("--ckpt_dir", default="saved_ckpts/demo", help="where the demo checkpoints, tiny encoders, tiny "
                    "metric networks and sample_tav.sh are left")

@@ -1,5 +1,5 @@
 """The ``generate`` stage of ``scripts/demo.py``: ``saved_ckpts/demo/generate.sh`` (``scripts/generate.py`` with the
-demo's models, for both methods), run once on a 10-second melody the demo synthesises.
+demo's models, for both methods), run once on a 8-second melody the demo synthesises.
 
     bash saved_ckpts/demo/generate.sh --method ta2v --audio song.ogg --caption "A red circle moves to a Flute." \
       --out out.mp4
@@ -81,7 +81,7 @@ def demo_song(folder: Path, seconds: float = MELODY_S, seed: int = MELODY_SEED, 
 
 
 def stage_generate(run) -> None:
-    """Write ``generate.sh``, run it on the 10-second melody (TA2V), judge the video over its whole length."""
+    """Write ``generate.sh``, run it on the 8-second melody (TA2V), judge the video over its whole length."""
     folder = Path(run.args.ckpt_dir)
     files = gather_checkpoints(run, folder)
     enc = tiny_encoders(folder)
