@@ -105,13 +105,20 @@ def test_initialise_from_content_and_freeze():
         TIA2VModule(tia2v_preset("content-tiny"), proc, TIA2VTrainConfig()).initialise_from_content({})
 
 
-def test_flat_inputs_and_conditions():
-    cfg = tia2v_preset("motion-tiny")
-    module = TIA2VModule(cfg, ProcessConfig(steps=100, loss="rescaled_mse"), TIA2VTrainConfig(per_frame_t=False))
+def _motion_module_and_batch(cfg, per_frame_t: bool, b: int = 2) -> tuple[TIA2VModule, dict]:
+    """A seeded motion ``TIA2VModule`` of ``cfg`` and a random batch of ``b`` 16-px clips with its conditions."""
+    module = TIA2VModule(cfg, ProcessConfig(steps=100, loss="rescaled_mse"), TIA2VTrainConfig(per_frame_t=per_frame_t))
     module._gen = torch.Generator().manual_seed(0)
-    b, f, d = 2, cfg.num_frames, cfg.context_dim
+    f, d = cfg.num_frames, cfg.context_dim
     batch = {"video": torch.rand(b, 3, f, 16, 16) - 0.5, "text": torch.randn(b, 77, d), "image": torch.randn(b, d),
              "audio_tokens": torch.randn(b, f, 8, d)}
+    return module, batch
+
+
+def test_flat_inputs_and_conditions():
+    cfg = tia2v_preset("motion-tiny")
+    module, batch = _motion_module_and_batch(cfg, per_frame_t=False)
+    b, f, d = 2, cfg.num_frames, cfg.context_dim
     x0, t = module.flat_inputs(batch)
     assert x0.shape == (b * f, 3, 16, 16) and torch.equal(x0[f + 1], batch["video"][1, :, 1])
     assert torch.equal(t.view(b, f), t.view(b, f)[:, :1].expand(b, f))  # one t per clip
@@ -281,11 +288,8 @@ def test_clean_first_frame_motion_training_and_sampling():
     with pytest.raises(InputError, match="first_frame=clean is a motion-model setting"):
         TIA2VUNetConfig(**{**to_dict(tia2v_preset("content-tiny")), "first_frame": "clean"})
     cfg.first_frame = "clean"
-    module = TIA2VModule(cfg, ProcessConfig(steps=100, loss="rescaled_mse"), TIA2VTrainConfig(per_frame_t=True))
-    module._gen = torch.Generator().manual_seed(0)
+    module, batch = _motion_module_and_batch(cfg, per_frame_t=True)
     b, f, d = 2, cfg.num_frames, cfg.context_dim
-    batch = {"video": torch.rand(b, 3, f, 16, 16) - 0.5, "text": torch.randn(b, 77, d), "image": torch.randn(b, d),
-             "audio_tokens": torch.randn(b, f, 8, d)}
     _, t = module.flat_inputs(batch)
     assert t.view(b, f)[:, 0].eq(0).all() and t.view(b, f)[:, 1:].gt(0).any()
     terms, t_kept = module.diffusion_terms(batch)
