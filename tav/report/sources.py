@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tav.errors import InputError
-from tav.metrics.folders import index_folder, open_run, resolve_folder
+from tav.metrics.folders import RunFolder, index_folder, open_run, resolve_folder
 
 # (folder, label) per naming; the first is the reference (the real clip)
 ROLES = {"ta2v": (("real", "real"), ("fake_stage1", "stage 1"), ("fake_stage2", "stage 2")),
@@ -75,8 +75,9 @@ def read_results(path: str | os.PathLike) -> ResultsSource:
     if not path.is_dir():
         raise InputError(f"{path}: no such folder; pass a results folder written by sample_tav.py, "
                          "sample_motion_optim.py or generate.py")
-    if any((path / resolve_folder(open_run(path), f)).is_dir() for f in ("real", "fake_stage1", "fake_stage2")):
-        return _read_sampler_folder(path)
+    run = open_run(path)  # the manifest is read once
+    if any((path / resolve_folder(run, f)).is_dir() for f in ("real", "fake_stage1", "fake_stage2")):
+        return _read_sampler_folder(run)
     sidecars = sorted(p for p in path.glob("*.json") if p.with_suffix(".mp4").is_file())
     if sidecars:
         return _read_generated_folder(path, sidecars)
@@ -85,19 +86,19 @@ def read_results(path: str | os.PathLike) -> ResultsSource:
                      "sample_motion_optim.py or generate.py")
 
 
-def _kind(path: Path, rows: list[dict]) -> str:
+def _kind(run: RunFolder, rows: list[dict]) -> str:
     """TIA2V when its file names (``video_<i>.mp4``) are used, TA2V otherwise."""
     names = [r.get("files", {}).get("fake_stage1", "") for r in rows]
     if not rows:
-        stage1 = path / resolve_folder(open_run(path), "fake_stage1")
+        stage1 = run.path / resolve_folder(run, "fake_stage1")
         names = [p.name for p in stage1.glob("*.mp4")] if stage1.is_dir() else []
     return "tia2v" if any(Path(n).name.startswith("video_") for n in names) else "ta2v"
 
 
-def _read_sampler_folder(path: Path) -> ResultsSource:
-    run = open_run(path)
+def _read_sampler_folder(run: RunFolder) -> ResultsSource:
+    path = run.path
     rows = list(run.manifest or ())
-    kind = _kind(path, rows)
+    kind = _kind(run, rows)
     warnings = [] if run.manifest is not None else [f"{path}: no manifest.jsonl: samples paired by file name; "
                                                     "captions from txt/, no seeds or settings"]
     indexes = {}
