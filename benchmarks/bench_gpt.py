@@ -1,11 +1,12 @@
-"""GPT decode and training speed at the URMP README configuration (12 layers, 8 heads, 512 wide), fp32, CPU.
+"""GPT decode and training speed at the URMP README configuration (12 layers, 8 heads, 512 wide), CPU.
 
 What is measured (random weights; the speed does not depend on their values):
 
 1. **Decoding the 576 codes of one URMP clip** from a 12-token BERT prefix, top-k 2048, top-p 0.80, T 1.0,
    with the released checkpoint's layout (``text_vocab_offset=21128``, vocabulary 21128 + 16384 = 37 512):
    - ``ours``: ``tav.gpt.sample_codes`` (preallocated KV cache, SDPA, head over the 16 384 video rows only,
-     per-sample generators) at batch 1 and batch ``--batch`` (default 8);
+     per-sample generators) at batch 1 and batch ``--batch`` (default 8), fp32; and at batch ``--batch``
+     under bf16 autocast (the cache then held in bf16);
    - ``(b) concat cache``: upstream's ``sample_with_past`` method over the same weights, re-implemented in
      this file: every step concatenates the list of past (k, v) tensors into one tensor and then each layer
      concatenates again, attention as matmul-softmax, the head over the full vocabulary, upstream's
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 
 from tav.gpt import GPT, GPTConfig, gpt_preset, sample_codes
 from tav.gpt.model import CausalSelfAttention
+from tav.utils.runtime import autocast, cpu_has_amx
 
 TOP_K, TOP_P = 2048, 0.80
 UPSTREAM_TOKENS_PER_S = 21.8  # measured earlier, not by this script: upstream concat cache, batch 1, this machine kind
@@ -158,13 +160,17 @@ def decode_benchmark(args) -> dict:
     prompts = torch.randint(0, cfg.text_vocab_size, (args.batch, cfg.text_seq_len),
                             generator=torch.Generator().manual_seed(1))
 
-    def ours(batch: int):
-        return lambda: sample_codes(gpt, prompts[:batch], seeds=list(range(batch)), top_k=TOP_K, top_p=TOP_P,
+    def ours(batch: int, precision: str = "32"):
+        def decode():
+            with autocast(precision, torch.device("cpu")):
+                return sample_codes(gpt, prompts[:batch], seeds=list(range(batch)), top_k=TOP_K, top_p=TOP_P,
                                     restrict_to_video=True)
+        return decode
 
     variants = {
         "ours_b1": (1, ours(1)),
         f"ours_b{args.batch}": (args.batch, ours(args.batch)),
+        f"ours_b{args.batch}_bf16": (args.batch, ours(args.batch, "bf16")),
         "concat_b1": (1, lambda: upstream_sample_with_past(gpt, prompts[:1], steps)),
     }
     sample_codes(gpt, prompts[:2], steps=4, seeds=[0, 1])  # warm-up (allocator, kernels)
@@ -250,7 +256,7 @@ def _loadavg() -> str:
 
 
 def report(args, decode: dict | None, train: dict | None, load_before: str) -> str:
-    lines = ["## GPT benchmark (URMP: 12 layers, 8 heads, 512 wide; fp32 CPU)", "",
+    lines = ["## GPT benchmark (URMP: 12 layers, 8 heads, 512 wide; CPU, fp32 unless marked)", "",
              f"machine: {platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
              f"load average before {load_before}, after {_loadavg()}", ""]
     if decode:
@@ -260,15 +266,18 @@ def report(args, decode: dict | None, train: dict | None, load_before: str) -> s
                   "|---|---|---|---|---|---|"]
         base_b, base_a = decode["concat_b1"]["tokens_per_s"], decode["nocache_b1"]["tokens_per_s"]
         labels = {"ours_b1": "ours (static KV cache)", f"ours_b{b}": "ours (static KV cache)",
+                  f"ours_b{b}_bf16": "ours (static KV cache), bf16 autocast",
                   "concat_b1": "(b) concatenating cache (upstream)",
                   "nocache_b1": "(a) no cache" + (" (estimated)" if decode["nocache_b1"]["estimated"] else "")}
-        for name in ("ours_b1", f"ours_b{b}", "concat_b1", "nocache_b1"):
+        for name in ("ours_b1", f"ours_b{b}", f"ours_b{b}_bf16", "concat_b1", "nocache_b1"):
             r = decode[name]
             lines.append(f"| {labels[name]} | {r['batch']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} | "
                          f"{r['tokens_per_s'] / base_b:.2f}x | {r['tokens_per_s'] / base_a:.1f}x |")
         ratio = decode[f"ours_b{b}"]["tokens_per_s"] / base_b
-        lines += ["", f"per clip at batch {b} vs (b): **{ratio:.2f}x** (goal >= 5x); upstream's own figure on this "
-                  f"machine kind: {UPSTREAM_TOKENS_PER_S} tokens/s", ""]
+        ratio16 = decode[f"ours_b{b}_bf16"]["tokens_per_s"] / base_b
+        lines += ["", f"per clip at batch {b} vs (b): **{ratio:.2f}x** fp32, **{ratio16:.2f}x** bf16 (goal >= 5x); "
+                  f"upstream's own figure on this machine kind: {UPSTREAM_TOKENS_PER_S} tokens/s; CPU bf16 units: "
+                  f"{'AMX' if cpu_has_amx() else 'none used (no AMX)'}", ""]
     if train:
         s, m = train["sdpa"], train["manual"]
         lines += ["### Training step, block 1024, batch 1 (forward + backward + AdamW)", "",

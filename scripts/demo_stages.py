@@ -19,6 +19,7 @@ from tav.diffusion.load import load_diffusion
 from tav.diffusion.samplers import ddim_sample
 from tav.errors import InputError
 from tav.gpt import load_gpt, sample_codes
+from tav.training.resume import newest_checkpoint
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav.vqgan import load_vqgan
 from tav_scripts import diffusion_video_train_3d, train_joint_encoder, train_text_transformer, train_vqgan
@@ -46,12 +47,15 @@ def _steps(n: int) -> list[str]:
 
 
 def _trained(root: Path, argv: list[str], train_fn) -> Path:
-    """Train unless ``root/checkpoints/last.ckpt`` exists; return the best (else last) checkpoint."""
+    """Train unless ``root/checkpoints/last.ckpt`` exists (an interrupted run is resumed); return the best (else
+    last) checkpoint."""
     last = root / "checkpoints" / "last.ckpt"
     if last.is_file():
         best = sorted((root / "checkpoints").glob("best-*.ckpt"))
         print(f"  reusing {root} (delete it to retrain)")
         return best[-1] if best else last
+    if newest_checkpoint(root / "checkpoints") is not None:
+        argv = [*argv, "--resume", "last"]
     ckpt = train_fn(argv)
     if ckpt is None:
         raise InputError(f"{root}: training wrote no checkpoint (are there enough training clips for one batch?)")

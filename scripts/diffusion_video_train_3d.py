@@ -27,7 +27,7 @@ from tav.data.dataset import VATDataModule
 from tav.diffusion.config import UNetConfig
 from tav.diffusion.schedule import ProcessConfig
 from tav.errors import InputError
-from tav.training.callbacks import LastCheckpoint, run_loggers
+from tav.training.callbacks import StepCheckpoint, run_loggers
 from tav.training.diffusion_module import DiffusionModule, DiffusionTrainConfig, UNetExport, train_config_from_dict
 from tav.training.trainer import TrainerOptions, build_trainer
 from tav_scripts import cli_common as cli
@@ -118,10 +118,10 @@ class DiffusionRecipe(training.Recipe):
         pl.seed_everything(run.train.seed, workers=True, verbose=False)
         t, root = run.train, Path(run.trainer.default_root_dir)
         module = DiffusionModule(run.model, run.process, t)
-        data = VATDataModule(run.data_path, run.data, t.batch_size, t.num_workers)
-        callbacks = [UNetExport(root, t.save_interval), LastCheckpoint(root / "checkpoints", t.save_interval),
+        data = VATDataModule(run.data_path, run.data, t.batch_size, t.num_workers, seed=t.seed)
+        callbacks = [UNetExport(root, t.save_interval), StepCheckpoint(root / "checkpoints", t.save_interval),
                      *callbacks]
-        trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root))
+        trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root), seed=t.seed)
         return training.fit_run(trainer, module, data, run)
 
 

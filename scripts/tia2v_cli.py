@@ -26,7 +26,7 @@ from tav.errors import InputError
 from tav.tia2v.config import tia2v_config_from_dict
 from tav.tia2v.datamodule import ConditionSpec, TIA2VDataModule
 from tav.tia2v.load import STAGES, TIA2V_PROCESS, read_tia2v_checkpoint
-from tav.training.callbacks import LastCheckpoint, run_loggers
+from tav.training.callbacks import StepCheckpoint, run_loggers
 from tav.training.diffusion_module import UNetExport
 from tav.training.tia2v_module import TIA2VModule, TIA2VTrainConfig, tia2v_train_config
 from tav.training.trainer import TrainerOptions, build_trainer
@@ -123,7 +123,7 @@ class TIA2VRecipe(training.Recipe):
         t, root = run.train, Path(run.trainer.default_root_dir)
         conditions = condition_spec(args, run.trainer.accelerator, self.part)
         data = TIA2VDataModule(run.data_path, run.data, run.extra["cache_dir"], conditions, t.batch_size,
-                               t.num_workers)
+                               t.num_workers, seed=t.seed)
         module = TIA2VModule(run.model, run.process, t,
                              beats_mode=conditions.beats_mode if conditions.need_audio else None,
                              data=data_record(run.data))
@@ -133,9 +133,9 @@ class TIA2VRecipe(training.Recipe):
             report = module.initialise_from_content(content_sd, remap_shifted=getattr(args, "remap_shifted", False))
             self.log.info("initialised from %s: %d tensors copied, %d fresh, %d content tensors unused", init_from,
                           len(report["copied"]), len(report["fresh"]), len(report["unused"]))
-        callbacks = [UNetExport(root, t.save_interval), LastCheckpoint(root / "checkpoints", t.save_interval),
+        callbacks = [UNetExport(root, t.save_interval), StepCheckpoint(root / "checkpoints", t.save_interval),
                      *callbacks]
-        trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root))
+        trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root), seed=t.seed)
         return training.fit_run(trainer, module, data, run)
 
 

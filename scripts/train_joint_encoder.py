@@ -23,7 +23,7 @@ from tav.config import from_dict, to_dict
 from tav.data.frame_audio import FrameAudioConfig, FrameAudioDataModule, clip_items
 from tav.encoders.joint import JointConfig, load_joint
 from tav.metrics.retrieval import retrieval_r1
-from tav.training.callbacks import LastCheckpoint, PeriodicExport, run_loggers
+from tav.training.callbacks import PeriodicExport, StepCheckpoint, run_loggers
 from tav.training.joint_module import JointModule, JointTrainConfig, joint_train_config
 from tav.training.trainer import TrainerOptions, build_trainer
 from tav.utils.fileio import dumps_strict, write_text_atomic
@@ -81,11 +81,11 @@ class JointRecipe(training.Recipe):
         pl.seed_everything(run.train.seed, workers=True, verbose=False)
         t, root = run.train, Path(run.trainer.default_root_dir)
         module = JointModule(run.model, t)
-        data = FrameAudioDataModule(run.data_path, run.data, t.batch_size, t.num_workers)
+        data = FrameAudioDataModule(run.data_path, run.data, t.batch_size, t.num_workers, seed=t.seed)
         export = root / EXPORT
         callbacks = [PeriodicExport(t.save_interval, lambda m, step: m.export(export)),
-                     LastCheckpoint(root / "checkpoints", t.save_interval), *callbacks]
-        trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root))
+                     StepCheckpoint(root / "checkpoints", t.save_interval), *callbacks]
+        trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root), seed=t.seed)
         training.fit_run(trainer, module, data, run)
         if trainer.is_global_zero and export.is_file():
             scores = retrieval_r1(load_joint(export), clip_items(run.data_path, "test", run.data, n=16))

@@ -144,12 +144,12 @@ class GPTRecipe(training.Recipe):
             module = GPTModule(run.model, t, None, run.extra["vqgan_path"], data=data_record(run.data))
             cache = Path(t.token_cache_dir or root / "token_cache")
             data = TokenDataModule(run.data_path, run.data, self.vqgan, run.model.vqgan_hash, cache, t.batch_size,
-                                   t.num_workers, t.token_stride)
+                                   t.num_workers, t.token_stride, seed=t.seed)
         else:
             module = GPTModule(run.model, t, self.vqgan, run.extra["vqgan_path"], data=data_record(run.data))
-            data = VATDataModule(run.data_path, run.data, t.batch_size, t.num_workers)
+            data = VATDataModule(run.data_path, run.data, t.batch_size, t.num_workers, seed=t.seed)
         callbacks = [*checkpoint_callbacks(root / "checkpoints", "val_text_loss", t.save_every_n_steps), *callbacks]
-        trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root))
+        trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root), seed=t.seed)
         return training.fit_run(trainer, module, data, run)
 
 

@@ -107,13 +107,15 @@ class VQGANRecipe(training.Recipe):
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")  # the frozen LPIPS
         pl.seed_everything(run.train.seed, workers=True, verbose=False)
         module = VQGANModule(run.model, run.train)  # builds LPIPS: a missing VGG16 file fails here
-        data = VATDataModule(run.data_path, run.data, run.train.batch_size, run.train.num_workers)
+        data = VATDataModule(run.data_path, run.data, run.train.batch_size, run.train.num_workers,
+                             seed=run.train.seed)
         root = Path(run.trainer.default_root_dir)
         fps = run.data.fps / run.data.sample_every_n_frames
         callbacks = [*checkpoint_callbacks(root / "checkpoints", "val_recon_loss", run.train.save_every_n_steps),
                      VideoSampleLogger(root / "samples", run.train.sample_every_n_steps, run.train.n_sample_videos,
                                        fps), *callbacks]
-        trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root), manual_optimization=True)
+        trainer = build_trainer(run.trainer, callbacks, logger=run_loggers(root), manual_optimization=True,
+                                seed=run.train.seed)
         return training.fit_run(trainer, module, data, run)
 
 

@@ -34,6 +34,7 @@ from tav.data.config import load_data_config
 from tav.data.dataset import list_stems
 from tav.errors import InputError
 from tav.training.callbacks import best_or_last
+from tav.training.resume import check_no_earlier_run, newest_checkpoint, prepare_resume, start_fresh
 from tav.training.trainer import TrainerOptions
 from tav.utils.fileio import check_writable, remove_stale_temps, write_text_atomic
 from tav_scripts import cli_common as cli
@@ -200,6 +201,8 @@ def resolve(recipe: Recipe, args: argparse.Namespace, argv: list[str]) -> Run:
         list_stems(Path(args.data_path) / split)  # a missing dataset fails here, not after model set-up
     check_writable(opts.default_root_dir, "--default_root_dir")  # before any data or model is read
     resume = resume_path(args.resume, Path(opts.default_root_dir))
+    if resume is None:
+        check_no_earlier_run(opts.default_root_dir)  # before any work
     command = shlex.join([f"scripts/{recipe.script}", *argv])
     return Run(sections, args.data_path, opts, resume, command, recipe.extra(args, sections, world))
 
@@ -250,14 +253,20 @@ def tie_unet_sizes(tree: dict[str, dict], args: argparse.Namespace, sections: tu
 
 
 def resume_path(value: str | None, root: Path) -> str | None:
-    """``--resume`` -> a checkpoint path: ``last`` means ``<root>/checkpoints/last.ckpt``; ``None`` stays
-    ``None``; a missing, unreadable or non-finite file is a one-line ``InputError`` (a run never continues from
-    NaN weights)."""
+    """``--resume`` -> a checkpoint path: ``last`` means the newest checkpoint of ``<root>/checkpoints``
+    (normally ``last.ckpt``); ``None`` stays ``None``; a missing, unreadable or non-finite file is a one-line
+    ``InputError`` (a run never continues from NaN weights)."""
     from tav.checkpoint import check_finite, safe_load, state_dict_of
 
     if value is None:
         return None
-    path = root / "checkpoints" / "last.ckpt" if value == "last" else Path(value)
+    if value == "last":
+        path = newest_checkpoint(root / "checkpoints")
+        if path is None:
+            raise InputError(f"--resume last: no checkpoint in {root / 'checkpoints'}; run without --resume to "
+                             "start (an attempt stopped before its first checkpoint starts over)")
+    else:
+        path = Path(value)
     if not path.is_file():
         raise InputError(f"--resume {value}: {path} does not exist")
     state = state_dict_of(safe_load(path)) or {}
@@ -302,11 +311,16 @@ def run_log(root: Path, main_process: bool) -> Iterator[None]:
 
 def fit_run(trainer: pl.Trainer, module: pl.LightningModule, data: pl.LightningDataModule, run: Run) -> Path | None:
     """Train: rank 0 first writes ``<root>/config.yaml``; ``log.txt`` as in :func:`run_log`; ``run.resume``
-    continues from that checkpoint. Returns the best checkpoint under ``<root>/checkpoints``, else last."""
+    continues from that checkpoint once what the interrupted attempt wrote after it is set aside
+    (``tav.training.resume.prepare_resume``). Returns the best checkpoint under ``<root>/checkpoints``, else last."""
     root = Path(run.trainer.default_root_dir)
     if trainer.is_global_zero:
         remove_stale_temps(root)  # temp files of a killed run of this folder
         write_text_atomic(root / "config.yaml", run.to_yaml())
     with run_log(root, trainer.is_global_zero):
+        if trainer.is_global_zero:
+            done = prepare_resume(root, run.resume) if run.resume else start_fresh(root)
+            for line in done:
+                logging.getLogger("tav_scripts").info("%s", line)
         trainer.fit(module, datamodule=data, ckpt_path=run.resume, weights_only=True)
     return best_or_last(root / "checkpoints", trainer)

@@ -135,7 +135,7 @@ def gpt_file(tmp_path):
 
 @pytest.mark.parametrize("extra,match", [
     (["--text_emb_model", "clip"], "ViT-B-32.pt, which are missing"),
-    (["--resume", "last"], "last.ckpt does not exist"),
+    (["--resume", "last"], "--resume last: no checkpoint in"),
     (["--cond1_stage_key", "audio"], "audio never enters the GPT"),
     (["--set", "train.lr_schedule=linear"], "lr_schedule"),
     (["--set", "n_codes=32"], "disagrees with --vqvae"),

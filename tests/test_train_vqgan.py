@@ -86,7 +86,7 @@ def test_seed_line_parses_and_resolution_9_is_a_one_line_error(vat, tmp_path, ca
 
 @pytest.mark.parametrize("extra,match", [
     (["--precision", "16"], "use --precision bf16 or 32"),
-    (["--resume", "last"], "last.ckpt does not exist"),
+    (["--resume", "last"], "--resume last: no checkpoint in"),
     (["--set", "model.n_hidens=4"], "unknown key"),
     (["--set", "train.lr_scaling=linear"], "lr_scaling"),
     (["--data_path", "/nonexistent/vat"], "no such folder"),
@@ -95,6 +95,14 @@ def test_bad_input_is_one_line_exit_2(vat, tmp_path, capsys, extra, match):
     assert train_vqgan.main([*tiny(vat, tmp_path / "run"), *extra, "--dry_run"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and match in err
+
+
+def test_a_second_fresh_run_into_a_trained_folder_is_one_line(vat, tmp_path, capsys):
+    root = tmp_path / "run"
+    train_vqgan.train(tiny(vat, root, "--batch_size", 2, "--max_steps", 1, "--perceptual_weight", 0))
+    assert train_vqgan.main(tiny(vat, root, "--batch_size", 2, "--max_steps", 2, "--perceptual_weight", 0)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "holds the checkpoints of an earlier run" in err and "--resume last" in err
 
 
 def test_missing_vgg_file_fails_before_training(vat, tmp_path, capsys, monkeypatch):

@@ -26,6 +26,7 @@ from tav.data.layout import clip_files
 from tav.data.text import build_tokenizer
 from tav.data.video import probe_video, read_video, resize_center_crop, to_model_range
 from tav.errors import InputError
+from tav.training.determinism import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +182,14 @@ def check_enough_items(datamodule: pl.LightningDataModule, n_items: int, where: 
 class VATDataModule(pl.LightningDataModule):
     """Train on ``<data_path>/train``, validate and test on ``<data_path>/test``.
 
-    Under DDP, Lightning swaps in a ``DistributedSampler`` for each loader (shuffled for train only).
+    Loaders come from ``tav.training.determinism.make_loader``: each process's share, an order and random crops
+    drawn from ``seed``, and a resumed run continuing inside the epoch where it stopped.
     """
 
     def __init__(self, data_path: str | os.PathLike, cfg: DataConfig, batch_size: int = 8,
-                 num_workers: int = 4, pin_memory: bool = True):
+                 num_workers: int = 4, pin_memory: bool = True, seed: int = 0):
         super().__init__()
-        self.data_path, self.cfg = Path(data_path), cfg
+        self.data_path, self.cfg, self.seed = Path(data_path), cfg, seed
         self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
         self._sets: dict[str, VATDataset] = {}
 
@@ -199,9 +201,9 @@ class VATDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if shuffle:
             check_enough_items(self, len(self.dataset(split)), self.data_path / split)
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory and torch.cuda.is_available(),
-                          drop_last=shuffle, persistent_workers=self.num_workers > 0)
+        return make_loader(self.dataset(split), self.batch_size, shuffle=shuffle, seed=self.seed,
+                           trainer=self.trainer, num_workers=self.num_workers, drop_last=shuffle,
+                           pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -1,8 +1,8 @@
 """Frames with the sound around them: the training items of the joint encoder (``tav.encoders.joint``).
 
 An item is one clip of a VAT split: ``K`` of its frames, the audio window centred on each of them, and the
-caption's word pieces. Training draws the frames at random (distinct, from the torch RNG that Lightning seeds
-per worker); evaluation takes ``K`` evenly spaced frames, so it is the same every time.
+caption's word pieces. Training draws the frames at random (distinct, from the torch RNG, seeded per item by
+``tav.training.determinism``); evaluation takes ``K`` evenly spaced frames, so it is the same every time.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from tav.data.text import build_tokenizer
 from tav.data.video import read_video
 from tav.encoders.audio import frame_windows
 from tav.errors import InputError
+from tav.training.determinism import make_loader
 
 
 @dataclass
@@ -88,9 +89,11 @@ class FrameAudioDataset(Dataset):
 class FrameAudioDataModule(pl.LightningDataModule):
     """Train on ``<data_path>/train`` (random frames), validate on ``<data_path>/test`` (fixed frames)."""
 
-    def __init__(self, data_path: str | os.PathLike, cfg: FrameAudioConfig, batch_size: int, num_workers: int):
+    def __init__(self, data_path: str | os.PathLike, cfg: FrameAudioConfig, batch_size: int, num_workers: int,
+                 seed: int = 0):
         super().__init__()
         self.data_path, self.cfg, self.batch_size, self.num_workers = Path(data_path), cfg, batch_size, num_workers
+        self.seed = seed
         self._sets: dict[str, FrameAudioDataset] = {}
 
     def dataset(self, split: str) -> FrameAudioDataset:
@@ -101,11 +104,12 @@ class FrameAudioDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         data = self.dataset("train")
         check_enough_items(self, len(data), self.data_path / "train")
-        return DataLoader(data, batch_size=self.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return make_loader(data, self.batch_size, shuffle=True, seed=self.seed, trainer=self.trainer,
+                           num_workers=self.num_workers, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset("test"), batch_size=self.batch_size, num_workers=self.num_workers)
+        return make_loader(self.dataset("test"), self.batch_size, shuffle=False, seed=self.seed,
+                           trainer=self.trainer, num_workers=self.num_workers)
 
 
 def clip_items(root: str | os.PathLike, split: str, cfg: FrameAudioConfig, n: int | None = None) -> list[dict]:

@@ -45,6 +45,7 @@ from tav.data.dataset import VATDataset, check_enough_items, crop_start
 from tav.data.layout import clip_files
 from tav.data.video import read_video, resize_center_crop, to_model_range
 from tav.errors import InputError
+from tav.training.determinism import make_loader
 from tav.utils.fileio import atomic_path
 
 if TYPE_CHECKING:  # data does not depend on the model code at run time
@@ -152,8 +153,8 @@ class TokenDataset(Dataset):
     ``VATDataset`` (no frame is decoded).
 
     Item: ``codes`` long ``(t, h, w)``, ``text`` long ``(L,)``, ``caption`` str, ``stem`` str, ``start`` int.
-    Random-crop splits draw one cached window per item (torch's global RNG, seeded per DataLoader
-    worker); other splits have one window per clip.
+    Random-crop splits draw one cached window per item (torch's global RNG, seeded per item by
+    ``tav.training.determinism``); other splits have one window per clip.
     """
 
     def __init__(self, ds: VATDataset, cache: TokenCache):
@@ -181,8 +182,9 @@ class TokenDataModule(pl.LightningDataModule):
 
     def __init__(self, data_path: str | os.PathLike, cfg: DataConfig, vqgan: VQGAN | None, vqgan_hash: str,
                  cache_dir: str | os.PathLike, batch_size: int = 8, num_workers: int = 4, stride: int = 1,
-                 encode_batch_size: int = 16):
+                 encode_batch_size: int = 16, seed: int = 0):
         super().__init__()
+        self.seed = seed
         if stride < 1:
             raise InputError(f"token cache stride {stride}: must be >= 1")
         self.data_path, self.cfg, self.cache_dir = Path(data_path), cfg, Path(cache_dir)
@@ -229,8 +231,8 @@ class TokenDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if shuffle:
             check_enough_items(self, len(self.dataset(split)), self.data_path / split)
-        return DataLoader(self.dataset(split), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, drop_last=shuffle, persistent_workers=self.num_workers > 0)
+        return make_loader(self.dataset(split), self.batch_size, shuffle=shuffle, seed=self.seed,
+                           trainer=self.trainer, num_workers=self.num_workers, drop_last=shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -161,7 +161,9 @@ def sample_codes(gpt: GPT, prefix: Tensor, steps: int | None = None, temperature
     was_training = gpt.training
     gpt.eval()
     try:
-        cache = gpt.new_cache(prefix.shape[0], capacity=n_text + steps - 1)
+        autocast_on = torch.is_autocast_enabled(device.type)
+        dtype = torch.get_autocast_dtype(device.type) if autocast_on else None  # bf16 keys and values under bf16
+        cache = gpt.new_cache(prefix.shape[0], capacity=n_text + steps - 1, dtype=dtype)
         given = None if context is None else context.to(device).long() + off
         if cfg.text_mode == "clip":
             h = gpt.features(given, prefix_emb=prefix.to(device), cache=cache)

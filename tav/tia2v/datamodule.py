@@ -19,6 +19,7 @@ from tav.data.config import DataConfig
 from tav.encoders.registry import clear_encoder_cache, get_encoder, resolve_encoder_path
 from tav.tia2v.conditions import build_condition_cache
 from tav.tia2v.data import TIA2VDataset
+from tav.training.determinism import make_loader
 from tav.utils.fileio import file_sha256
 
 
@@ -57,8 +58,9 @@ class TIA2VDataModule(pl.LightningDataModule):
     """Train/val/test loaders over ``<data_path>/<split>`` with conditions from ``cache_dir``."""
 
     def __init__(self, data_path: str | os.PathLike, data_cfg: DataConfig, cache_dir: str | os.PathLike,
-                 conditions: ConditionSpec, batch_size: int = 1, num_workers: int = 0):
+                 conditions: ConditionSpec, batch_size: int = 1, num_workers: int = 0, seed: int = 0):
         super().__init__()
+        self.seed = seed
         self.data_path, self.data_cfg, self.cache_dir = Path(data_path), data_cfg, Path(cache_dir)
         self.conditions, self.batch_size, self.num_workers = conditions, batch_size, num_workers
 
@@ -93,9 +95,8 @@ class TIA2VDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.dataset(split)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          drop_last=shuffle and len(ds) >= self.batch_size,
-                          persistent_workers=self.num_workers > 0)
+        return make_loader(ds, self.batch_size, shuffle=shuffle, seed=self.seed, trainer=self.trainer,
+                           num_workers=self.num_workers, drop_last=shuffle and len(ds) >= self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +26,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
 from tav.errors import NonFiniteLossError
+from tav.training.resume import newest_checkpoint
 from tav.utils.fileio import dumps_strict, temp_prefix
 
 log = logging.getLogger(__name__)
@@ -32,69 +34,178 @@ log = logging.getLogger(__name__)
 LAST_NAME = "last.ckpt"
 
 
-class LastCheckpoint(Checkpoint):
-    """Keeps ``<dirpath>/last.ckpt`` current: every ``every_n_steps`` global steps (0 = never), at the end of
-    every training epoch, and when ``fit`` ends normally (not after an exception: that state may be the
-    bad one).
+class StepCheckpoint(Checkpoint):
+    """``<dirpath>/last.ckpt`` every ``every_n_steps`` optimiser steps (0: none inside epochs), after every training
+    epoch and when ``fit`` ends normally (not after an exception: that state may be the bad one); with ``keep``,
+    each ``every_n_steps`` file also stays as ``epoch=E-step=S.ckpt`` (``last.ckpt`` is then a hard link to it).
 
-    The epoch-end save comes after end-of-epoch validation and after the ``ModelCheckpoint`` callbacks
-    (Lightning runs checkpoint callbacks last, in list order), so the file records their updated state and
-    a resumed run keeps the right best-k bookkeeping. Written through a temporary file and a rename, so a
-    killed job never leaves a half-written file.
+    A checkpoint is written once everything of its step is done (the metrics rows, the validation and the
+    best-checkpoint update that follow it, the end of the epoch): at the end of validation when one runs at that
+    step, else at the start of the next batch, or when training ends. Resuming from it continues with the next
+    batch and never repeats or skips a validation, so a resumed run ends as the uninterrupted one
+    (``docs/faults.md``). Every checkpoint written while this callback is active also records the length
+    ``metrics.jsonl`` had then (``tav_resume.metrics_bytes``), so a resumed run drops the rows written after it,
+    and whether gradients of a gradient-accumulation window were pending (``tav_resume.pending_grads``: Lightning
+    does not save them, so ``--resume last`` passes over such a file).
+    Files are written through the trainer's atomic ``CheckpointIO``.
     """
 
-    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int = 0):
+    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int = 0, keep: bool = False):
         self.dirpath = str(dirpath)
-        self.every_n_steps = every_n_steps
+        self.every_n_steps, self.keep = every_n_steps, keep
         self.last_model_path = ""
-        self._saved_step = -1
-
-    def _save(self, trainer: pl.Trainer) -> None:
-        path = Path(self.dirpath) / LAST_NAME
-        tmp = path.with_name(f"{temp_prefix('last')}lastckpt.ckpt")  # a stale one is removed on restart
-        self._saved_step, self.last_model_path = trainer.global_step, str(path)
-        trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes, every rank waits
-        if trainer.is_global_zero:
-            os.replace(tmp, path)
-        trainer.strategy.barrier("last_checkpoint")
+        self._saved_step, self._pending, self._keep_pending = -1, None, False
+        self._next_batch = False  # the save in progress is at the start of the following batch
+        self._prev_last_batch = False  # whether the batch before that one ended its epoch
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        self._prev_last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._saved_step:
+            self._pending, self._keep_pending = step, self.keep
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"saved_step": self._saved_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved_step = int(state_dict.get("saved_step", -1))
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resumed from a checkpoint written before this step's own one (a best one, after validation): write it
+        at the first batch, as the uninterrupted run did."""
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._saved_step:
+            self._pending, self._keep_pending = step, self.keep
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and self._pending == trainer.global_step and not self._epoch_over(trainer):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._save(trainer)  # also at an already saved step: validation may have changed the best-k state
+        self._pending = trainer.global_step  # saved at the next batch (the epoch's end is then all done)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._pending is not None:
+            self._save(trainer, next_batch=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step != self._saved_step:
+        if trainer.global_step != self._saved_step or self._pending is not None:
             self._save(trainer)
+
+    @staticmethod
+    def _epoch_over(trainer: pl.Trainer) -> bool:
+        """Whether this validation is the last thing of the epoch (its end is saved at the next batch)."""
+        return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint["tav_resume"] = {"metrics_bytes": _metrics_bytes(trainer),
+                                    "pending_grads": not self._next_batch and _grads_pending(trainer, pl_module)}
+        if self._next_batch:
+            _as_saved_after_previous_batch(trainer, checkpoint, self._prev_last_batch)
+
+    def _save(self, trainer: pl.Trainer, next_batch: bool = False) -> None:
+        folder, step = Path(self.dirpath), trainer.global_step
+        last = folder / LAST_NAME
+        target = folder / f"epoch={trainer.current_epoch}-step={step}.ckpt" if self._keep_pending else last
+        if next_batch and target != last and trainer.fit_loop.epoch_loop.batch_progress.current.ready == 1:
+            target = folder / f"epoch={trainer.current_epoch - 1}-step={step}.ckpt"  # the step ended an epoch
+        self._next_batch, before, self._saved_step = next_batch, self._saved_step, step  # recorded in the file
+        try:
+            trainer.save_checkpoint(target, weights_only=False)  # rank 0 writes, every rank waits
+        except BaseException:
+            self._saved_step = before
+            raise
+        finally:
+            self._next_batch = False
+        if trainer.is_global_zero and target != last:
+            link_atomic(target, last)
+        trainer.strategy.barrier("step_checkpoint")
+        self._pending, self._keep_pending, self.last_model_path = None, False, str(last)
+
+
+def _as_saved_after_previous_batch(trainer: pl.Trainer, checkpoint: dict, prev_last_batch: bool) -> None:
+    """Make a checkpoint written at the start of batch ``k`` restore as one written right after batch ``k - 1``
+    and its validation, the state Lightning knows how to restart from (Lightning 2.x loop internals; the
+    equivalence is tested in ``tests/test_resume.py``): batch ``k`` not yet "ready", ``k - 1``'s last-batch flag
+    (none for ``k = 0``: the new epoch has begun), and, when Lightning will take the validation after ``k - 1``
+    as the one the checkpoint was written in (it then skips it and counts that step again), its logger step
+    counter one lower."""
+    loop = trainer.fit_loop.epoch_loop
+    progress, saved = loop.batch_progress, checkpoint["loops"]["fit_loop"]
+    prev_last_batch = prev_last_batch and progress.current.ready > 1  # batch 0 of an epoch: a fresh epoch
+    for which in ("current", "total"):
+        saved["epoch_loop.batch_progress"][which]["ready"] -= 1
+    saved["epoch_loop.batch_progress"]["is_last_batch"] = prev_last_batch
+    now_last = progress.is_last_batch
+    progress.current.ready, progress.total.ready, progress.is_last_batch = (
+        progress.current.ready - 1, progress.total.ready - 1, prev_last_batch)
+    try:
+        counted_again = loop._should_check_val_fx(trainer.fit_loop._data_fetcher) and not loop._should_accumulate()
+    finally:
+        progress.current.ready, progress.total.ready, progress.is_last_batch = (
+            progress.current.ready + 1, progress.total.ready + 1, now_last)
+    if counted_again:
+        saved["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+
+
+def _grads_pending(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+    """Whether the batch just trained was accumulated without an optimiser step (its gradients, which checkpoints
+    do not hold, wait for the next batch): the module's ``grads_pending`` under manual optimisation, else
+    Lightning's accumulation schedule."""
+    if not pl_module.automatic_optimization:
+        return bool(getattr(pl_module, "grads_pending", False))
+    return trainer.accumulate_grad_batches > 1 and trainer.fit_loop.epoch_loop._should_accumulate()
+
+
+def _metrics_bytes(trainer: pl.Trainer) -> int | None:
+    """Size of the run's ``metrics.jsonl`` now (None without a ``JsonlLogger``)."""
+    for lg in trainer.loggers:
+        if isinstance(lg, JsonlLogger):
+            return lg.path.stat().st_size if lg.path.is_file() else 0
+    return None
+
+
+def link_atomic(src: Path, dst: Path) -> None:
+    """Make ``dst`` name the same file as ``src`` (a hard link; a copy where links are not supported), replacing
+    ``dst`` in one rename."""
+    tmp = dst.with_name(f"{temp_prefix(dst.stem)}link{dst.suffix}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's top-k checkpoint, saved after validation (never at an epoch's end, a state Lightning does not
+    restart from correctly), which also replaces the file a run was resumed from once a better one is found (the
+    run that was never interrupted would have done so) and restores its last score, as that run has it."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.current_score = state_dict.get("current_score", self.current_score)  # Lightning leaves it out
+
+    def _should_remove_checkpoint(self, trainer: pl.Trainer, previous: str, current: str) -> bool:
+        return previous != current and Path(self.dirpath).absolute() in Path(previous).absolute().parents
 
 
 def checkpoint_callbacks(dirpath: str | os.PathLike, monitor: str, save_every_n_steps: int) -> list[Callback]:
     """Best checkpoint by ``monitor`` (lower is better), one every ``save_every_n_steps`` global steps
     (kept, 0 = off), and ``last.ckpt``; all in ``dirpath``."""
     dirpath = str(dirpath)
-    callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=dirpath, filename=f"best-{{epoch}}-{{step}}-{{{monitor}:.4f}}", monitor=monitor,
-                        mode="min", save_top_k=1),
-    ]
-    if save_every_n_steps > 0:
-        callbacks.append(ModelCheckpoint(dirpath=dirpath, filename="{epoch}-{step}",
-                                         every_n_train_steps=save_every_n_steps, save_top_k=-1))
-    callbacks.append(LastCheckpoint(dirpath, every_n_steps=save_every_n_steps))
-    return callbacks
+    return [BestCheckpoint(dirpath=dirpath, filename=f"best-{{epoch}}-{{step}}-{{{monitor}:.4f}}", monitor=monitor,
+                           mode="min", save_top_k=1, save_on_train_epoch_end=False),
+            StepCheckpoint(dirpath, every_n_steps=save_every_n_steps, keep=save_every_n_steps > 0)]
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str | None:
-    """Newest ``*.ckpt`` in the folders of ``trainer``'s checkpoint callbacks, else the file fit resumed from."""
-    files: list[Path] = []
+    """The newest exact resume point in the folders of ``trainer``'s checkpoint callbacks (what ``--resume last``
+    takes), else the file fit resumed from."""
     for cb in trainer.checkpoint_callbacks:
-        folder = getattr(cb, "dirpath", None)  # ModelCheckpoint and LastCheckpoint both have one
-        if folder and Path(folder).is_dir():
-            files += [f for f in Path(folder).glob("*.ckpt") if f.is_file() and not f.name.startswith(".")]
-    if files:
-        return str(max(files, key=lambda f: f.stat().st_mtime))
+        folder = getattr(cb, "dirpath", None)  # ModelCheckpoint and StepCheckpoint both have one
+        newest = newest_checkpoint(Path(folder)) if folder else None
+        if newest is not None:
+            return str(newest)
     return str(trainer.ckpt_path) if trainer.ckpt_path else None
 
 
@@ -116,7 +227,7 @@ def check_finite(trainer: pl.Trainer, loss: Tensor, what: str, step: int,
 
 def best_or_last(dirpath: str | os.PathLike, trainer: pl.Trainer) -> Path | None:
     """The best checkpoint of this fit if one was saved, else ``last.ckpt``, else None."""
-    best = getattr(trainer.checkpoint_callback, "best_model_path", "")  # LastCheckpoint alone has none
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")  # StepCheckpoint alone has none
     if best and Path(best).is_file():
         return Path(best)
     last = Path(dirpath) / LAST_NAME

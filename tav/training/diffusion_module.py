@@ -35,6 +35,7 @@ from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
 from tav.diffusion.unet3d import UNet
 from tav.errors import InputError
 from tav.training.callbacks import PeriodicExport, check_finite
+from tav.training.determinism import step_seed
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +121,10 @@ class DiffusionModule(pl.LightningModule):
         """Write ``net`` (the raw or EMA weights) as a plain file that the stage's loader reads."""
         return save_unet(net, path, self.process_cfg, **extra)
 
-    def on_train_start(self) -> None:
-        """One generator per process for timesteps and noise, seeded by (seed, rank, step): DDP ranks draw
-        different noise, and a resumed run does not replay the noise of its first steps."""
-        seed = self.train_cfg.seed * 1_000_003 + self.global_rank * 7_919 + self.global_step
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """The generator of timesteps and noise, seeded for this batch by (seed, rank, epoch, batch): DDP ranks
+        draw different noise, and a resumed run draws what the uninterrupted run drew at the same batch."""
+        seed = step_seed(self.train_cfg.seed, self.global_rank, self.current_epoch, batch_idx)
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
 
     def configure_optimizers(self) -> dict[str, Any]:

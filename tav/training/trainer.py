@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from tav.errors import InputError
+from tav.training.determinism import StepSeeds
 from tav.utils.fileio import atomic_path
 from tav.utils.runtime import lightning_precision
 
@@ -76,10 +77,14 @@ def _val_interval(value: float) -> float | int:
 
 
 def build_trainer(opts: TrainerOptions, callbacks: list[Callback] | None = None, logger=None,
-                  manual_optimization: bool = False) -> pl.Trainer:
-    """A ``pl.Trainer`` for ``opts``. With ``manual_optimization`` the module clips and accumulates itself."""
+                  manual_optimization: bool = False, seed: int | None = None) -> pl.Trainer:
+    """A ``pl.Trainer`` for ``opts``. With ``manual_optimization`` the module clips and accumulates itself; with
+    ``seed`` every training batch and validation run is seeded by position (``StepSeeds``), so a resumed run
+    draws the numbers of the uninterrupted one."""
     accelerator, devices = resolve_devices(opts)
     callbacks = list(callbacks or [])
+    if seed is not None:
+        callbacks.insert(0, StepSeeds(seed))
     if opts.progress_bar_refresh_rate > 0:
         callbacks.append(TQDMProgressBar(refresh_rate=opts.progress_bar_refresh_rate))
     kwargs = dict(

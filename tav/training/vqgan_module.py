@@ -107,6 +107,7 @@ class VQGANModule(pl.LightningModule):
 
     def __init__(self, model_cfg: VQGANConfig, train_cfg: VQGANTrainConfig, perceptual: Perceptual | None = None):
         super().__init__()
+        self.grads_pending = False  # inside an accumulation window (set by each training step)
         self.automatic_optimization = False
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.save_hyperparameters({"stage": "vqgan", "config": to_dict(model_cfg), "train": to_dict(train_cfg)})
@@ -158,6 +159,7 @@ class VQGANModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> None:
         video = self.input_video(batch)
         step, boundary = self.global_step, self._at_boundary(batch_idx)
+        self.grads_pending = not boundary  # read by StepCheckpoint: a checkpoint now is not an exact resume point
         recon, vq = self.vqgan(video)
         frame_idx = random_frame_index(video)
         g_parts = self.generator_step(video, recon, vq, step, frame_idx, boundary)
