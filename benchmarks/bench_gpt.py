@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from tav.gpt import GPT, GPTConfig, gpt_preset, sample_codes
 from tav.gpt.model import CausalSelfAttention
-from tav.utils.runtime import autocast, cpu_has_amx
+from tav.utils.runtime import autocast, cpu_bf16_units
 
 TOP_K, TOP_P = 2048, 0.80
 UPSTREAM_TOKENS_PER_S = 21.8  # measured earlier, not by this script: upstream concat cache, batch 1, this machine kind
@@ -277,7 +277,7 @@ def report(args, decode: dict | None, train: dict | None, load_before: str) -> s
         ratio16 = decode[f"ours_b{b}_bf16"]["tokens_per_s"] / base_b
         lines += ["", f"per clip at batch {b} vs (b): **{ratio:.2f}x** fp32, **{ratio16:.2f}x** bf16 (goal >= 5x); "
                   f"upstream's own figure on this machine kind: {UPSTREAM_TOKENS_PER_S} tokens/s; CPU bf16 units: "
-                  f"{'AMX' if cpu_has_amx() else 'none used (no AMX)'}", ""]
+                  f"{cpu_bf16_units() or 'none'}", ""]
     if train:
         s, m = train["sdpa"], train["manual"]
         lines += ["### Training step, block 1024, batch 1 (forward + backward + AdamW)", "",

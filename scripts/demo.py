@@ -58,7 +58,7 @@ from tav.data.layout import clip_files
 from tav.data.video import read_video, write_video
 from tav.utils.console import configure_output
 from tav.utils.contact_sheet import contact_sheet, save_png
-from tav.utils.runtime import auto_precision
+from tav.utils.runtime import precision_note, resolve_precision
 from tav_scripts.demo_generate import stage_generate
 from tav_scripts.demo_metrics import RUN_TAG, stage_metrics
 from tav_scripts.demo_quality import QUALITY_FILE, quality_lines
@@ -141,8 +141,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--progress", action="store_true", help="show progress bars")
     p.add_argument("--verbose", action="store_true", help="also show Lightning's own output and debug logging")
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
-                   help="training precision of the VQGAN, diffusion and TIA2V stages: auto = bf16 autocast on a "
-                        "CPU with AMX (1.5-1.8x faster there), fp32 elsewhere (default: %(default)s)")
+                   help="precision of the VQGAN, diffusion and TIA2V trainings and of the samplers: auto = bf16 "
+                        "autocast on a CPU with bf16 units, AMX or AVX-512 bf16 (1.3-1.8x faster there), fp32 "
+                        "elsewhere (default: %(default)s)")
     # Knobs for quick tests; the defaults are the demo.
     hidden = argparse.SUPPRESS
     p.add_argument("--preset", default="urmp", help=hidden)
@@ -177,9 +178,8 @@ def main(argv: list[str] | None = None) -> DemoRun:
     configure_output(args.verbose)
     run = DemoRun(args=args, out=Path(args.out))
     run.out.mkdir(parents=True, exist_ok=True)
-    run.state["precision"] = auto_precision(torch.device("cpu")) if args.precision == "auto" else args.precision
-    print(f"[demo] training precision: {'bf16 autocast' if run.state['precision'] == 'bf16' else 'fp32'}"
-          f"{' (auto: this CPU has AMX)' if args.precision == 'auto' and run.state['precision'] == 'bf16' else ''}")
+    run.state["precision"] = resolve_precision(args.precision, torch.device("cpu"))
+    print(f"[demo] precision: {precision_note(args.precision, torch.device('cpu'))}")
     t_all = time.perf_counter()
     for name, stage in STAGES:
         if name not in args.stages:

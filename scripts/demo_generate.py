@@ -24,6 +24,7 @@ from tav.errors import InputError
 from tav.utils.fileio import write_text_atomic
 from tav_scripts.demo_quality import judge_clips, record_quality
 from tav_scripts.demo_sample import DEMO_SKIP, REPO, _rel, gather_checkpoints
+from tav_scripts.demo_stages import sampling_precision_flags
 from tav_scripts.demo_tia2v import SHR_SIZE, tiny_encoders, train_models
 
 MELODY_S, MELODY_SEED = 10.0, 1010  # the demo's own song: longer than any window
@@ -92,7 +93,7 @@ def stage_generate(run) -> None:
     wav, caption, _, wave = demo_song(out_dir, seconds)
     out = out_dir / f"ta2v_{seconds:g}s.mp4"
     argv = ["--method", "ta2v", "--audio", _rel(wav), "--caption", caption, "--out", _rel(out), "--progress", "False",
-            *shlex.split(run.args.generate_args)]
+            *sampling_precision_flags(run), *shlex.split(run.args.generate_args)]
     if out.is_file() and out.with_suffix(".json").is_file():
         print(f"  reusing {_rel(out)} (delete it to generate again)")
     else:

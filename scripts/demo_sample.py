@@ -23,6 +23,7 @@ from tav.gpt import load_gpt, save_gpt
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav.utils.fileio import write_text_atomic
 from tav_scripts.demo_quality import record_results
+from tav_scripts.demo_stages import sampling_precision_flags
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RUN = "17"  # the README command's --run
@@ -112,7 +113,8 @@ def stage_sample(run) -> None:
     script = write_script(folder / "sample_tav.sh", sample_command(files, run.state["data_root"], save, a.n_sample))
     print(f"  guide: the joint encoder {_rel(files['joint'])} (audio, direction and text terms)\n"
           "  running: bash " + _rel(script))
-    done = subprocess.run(["bash", str(script), *shlex.split(a.sample_args)], capture_output=True, text=True)
+    done = subprocess.run(["bash", str(script), *sampling_precision_flags(run), *shlex.split(a.sample_args)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise InputError(f"{_rel(script)} failed (exit {done.returncode}): {tail}")

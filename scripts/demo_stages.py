@@ -35,10 +35,16 @@ def verbose_flag(run) -> list[str]:
 
 
 def precision_flags(run) -> list[str]:
-    """``--precision bf16`` for a training when the demo runs in bf16 (``--precision auto`` on an AMX CPU). Used
-    by the stages it speeds up, measured on the 2-core AMX machine: VQGAN 1.46x, diffusion prior 1.46x, TIA2V
-    U-Nets 1.8x; not the GPT (128 wide: 204 s against 194 s in fp32)."""
+    """``--precision bf16`` for a training when the demo runs in bf16 (``--precision auto`` on a CPU with bf16
+    units). Used by the stages it speeds up, measured per step on the 2-core machines: VQGAN 1.46x (AMX) and
+    1.58x (AMD Zen 4, AVX-512 bf16), diffusion prior 1.46x and 1.29x, TIA2V U-Nets 1.8x (AMX); not the GPT
+    (128 wide: 204 s against 194 s in fp32 on AMX)."""
     return ["--precision", "bf16"] if run.state.get("precision") == "bf16" else []
+
+
+def sampling_precision_flags(run) -> list[str]:
+    """The demo's ``--precision`` for its samplers when it is not ``auto`` (their default is ``auto`` too)."""
+    return [] if run.args.precision == "auto" else ["--precision", run.args.precision]
 
 
 def _steps(n: int) -> list[str]:

@@ -21,7 +21,7 @@ from tav.errors import InputError
 from tav_scripts import tia2v_cli
 from tav_scripts.demo_quality import first_frame_psnr, record_quality, record_results
 from tav_scripts.demo_sample import _rel, show_results, write_script
-from tav_scripts.demo_stages import precision_flags, verbose_flag
+from tav_scripts.demo_stages import precision_flags, sampling_precision_flags, verbose_flag
 
 FRAMES, SIZE, SHR_SIZE = 4, 16, 32  # the tiny presets: 4 frames of 16 px, SHR at 32 px
 # The motion model is given the first frame clean (first_frame=clean: at t = 0 in training and sampling) and trained
@@ -111,7 +111,8 @@ def stage_tia2v(run) -> None:
     run.state["tia2v_models"] = models
     script = write_script(folder / "sample_motion_optim.sh", sample_command(run, enc, models), COMMENT)
     print("  running: bash " + _rel(script))
-    done = subprocess.run(["bash", str(script), *shlex.split(a.tia2v_sample_args)], capture_output=True, text=True)
+    done = subprocess.run(["bash", str(script), *sampling_precision_flags(run), *shlex.split(a.tia2v_sample_args)],
+                          capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise InputError(f"{_rel(script)} failed (exit {done.returncode}): {tail}")

@@ -46,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     r.add_argument("--fps", type=float, default=None, help="default: the checkpoints' training fps")
     r.add_argument("--dataset", choices=list(DEFAULT_FPS), default="urmp",
                    help="fps for checkpoints that record none (upstream files)")
-    r.add_argument("--precision", choices=["32", "bf16"], default="32", help="bf16 autocast around the networks")
+    r.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
+                   help="bf16 autocast around the networks; auto: bf16 on a GPU with bf16 or a CPU with AMX")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     r.add_argument("--progress", type=cli.str2bool, default=True, help="a bar over the windows, with an ETA")
     s = p.add_argument_group("sampling (both methods; default: the method's sampler default)")
@@ -100,7 +101,7 @@ def is_done(out: str | Path) -> bool:
 def run(argv: list[str] | None = None) -> Path | None:
     """Parse, build the models once, generate every request; returns the last output written."""
     from tav.pipelines.generate import generate
-    from tav.utils.runtime import deterministic_kernels
+    from tav.utils.runtime import deterministic_kernels, precision_note, resolve_precision
     from tav_scripts.sampling import resolve_shard, shard_device
 
     args = parse_args(argv)
@@ -117,6 +118,8 @@ def run(argv: list[str] | None = None) -> Path | None:
         return None
     device = shard_device(args.device)
     deterministic_kernels(device)
+    log.info("precision: %s", precision_note(args.precision, device))
+    args.precision = resolve_precision(args.precision, device)
     models = generate_models.build(args, device)
     last = None
     for k, req in enumerate(todo, 1):

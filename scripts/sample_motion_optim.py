@@ -65,8 +65,8 @@ class TIA2VRecipe(sampling.SamplingRecipe):
         d.add_argument("--num_workers", type=int, default=0, help="accepted")
         d.add_argument("--cache_dir", default=None, help="condition cache (default <data_path>/tia2v_cache)")
         d.add_argument("--legacy_folders", action="store_true", help="also write fake1_6fps/ fake1_30fps/ fake2_6fps/")
-        sampling.config_flag(d, "precision", TIA2VSamplingConfig, "precision", choices=["32", "bf16"],
-                             help="bf16 autocast around the networks")
+        sampling.config_flag(d, "precision", TIA2VSamplingConfig, "precision", choices=["auto", "32", "bf16"],
+                             help="bf16 autocast around the networks; auto: bf16 on a GPU with bf16 or a CPU with AMX")
         m = p.add_argument_group("models")
         m.add_argument("--model_path", default="", help="motion (\"TIA\") checkpoint: tav, Lightning or upstream")
         m.add_argument("--diffusion_ckpt", default="saved_ckpts/ldm_opdif_0514/model420000.pt", help="SHR checkpoint")

@@ -39,7 +39,8 @@ from tav_scripts.cli_common import str2bool
 DATASETS = {"URMP": "urmp", "landscape": "landscape"}
 SAMPLING_FLAGS = {"top_k": "top_k", "top_p": "top_p", "temperature": "temperature",
                   "model_output_size": "output_size", "timestep_respacing": "respacing",
-                  "skip_timesteps": "skip_timesteps", "iterations_num": "iterations", "precision": "precision"}
+                  "skip_timesteps": "skip_timesteps", "iterations_num": "iterations", "precision": "precision",
+                  "guidance_checkpointing": "guidance_checkpointing"}
 GUIDANCE_FLAGS = {"audio_emb_model": "audio_encoder", "text_guidance_model": "text_encoder",
                   "audio_guidance_lambda": "audio_lambda",
                   "direction_lambda": "direction_lambda", "text_guidance_lambda": "text_lambda",
@@ -70,8 +71,8 @@ class TA2VRecipe(sampling.SamplingRecipe):
         d.add_argument("--resolution", type=int, default=None, help="stage-1 (VQGAN) clip size; default the VQGAN's")
         d.add_argument("--sequence_length", type=int, default=16)
         d.add_argument("--text_stft_cond", action="store_true", help="seed flag: text-audio-video data (always)")
-        sampling.config_flag(d, "precision", SamplingConfig, "precision", choices=["32", "bf16"],
-                             help="bf16 autocast around the networks")
+        sampling.config_flag(d, "precision", SamplingConfig, "precision", choices=["auto", "32", "bf16"],
+                             help="bf16 autocast around the networks; auto: bf16 on a GPU with bf16 or a CPU with AMX")
         d.add_argument("--compute_fvd", action="store_true", help="accepted; use tools/tf_fvd/fvd.py")
         _add_stage2(p)
 
@@ -134,6 +135,9 @@ def _add_stage2(p: argparse.ArgumentParser) -> None:
     sampling.config_flag(g, "timestep_respacing", SamplingConfig, "respacing")
     sampling.config_flag(g, "skip_timesteps", SamplingConfig, "skip_timesteps", type=int)
     g.add_argument("--ddim", action="store_true", help="DDIM steps instead of DDPM")
+    g.add_argument("--guidance_checkpointing", action="store_true",
+                   help="recompute the U-Net's activations in the guidance backward: ~1/3 of the memory per video, "
+                        "~1.3x the time per step, the same videos")
     sampling.config_flag(g, "model_output_size", SamplingConfig, "output_size", type=int, help="diffusion frame size")
     g.add_argument("--noise_schedule", choices=["cosine", "linear"], default=None, help="bare state dicts only")
     g.add_argument("--rescale_timesteps", type=str2bool, default=None,

@@ -30,7 +30,7 @@ from tav.config import list_presets, load_yaml, preset_path
 from tav.errors import InputError, NonFiniteOutputError
 from tav.pipelines.results import ResultsFolder, SampleRecord
 from tav.utils.fileio import check_writable
-from tav.utils.runtime import deterministic_kernels, pick_device
+from tav.utils.runtime import deterministic_kernels, pick_device, precision_note, resolve_precision
 from tav_scripts import cli_common as cli
 
 PRESET_KIND = "sampling"
@@ -190,6 +190,9 @@ def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
     shard = resolve_shard(args.shard)
     device = shard_device(args.device)
     deterministic_kernels(device)
+    if getattr(args, "precision", None) is not None:  # recorded as run (fp32 or bf16), not as asked (auto)
+        recipe.log.info("precision: %s", precision_note(args.precision, device))
+        args.precision = resolve_precision(args.precision, device)
     st = recipe.setup(args, device)
     st.results.set_shard(*shard)
 
@@ -230,7 +233,8 @@ def check_output(index: int, stem: str, videos: dict[str, torch.Tensor]) -> None
                                        "--precision 32")
 
 
-NOT_SETTINGS = ("progress", "verbose", "shard", "device", "preset", "save", "overwrite")  # do not change the samples
+NOT_SETTINGS = ("progress", "verbose", "shard", "device", "preset", "save", "overwrite",  # do not change the samples
+                "guidance_checkpointing")
 SAME_OUTPUTS = ("batch_size", "n_sample", "num_samples")  # recorded, but a re-run may change them (same videos)
 
 

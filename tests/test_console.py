@@ -80,21 +80,47 @@ def test_a_training_run_prints_no_lightning_chatter(tmp_path):
     assert "checkpoint:" in done.stderr  # our own closing line
 
 
-def test_auto_precision_is_bf16_only_with_amx(monkeypatch):
-    """bf16 autocast pays on a CPU with AMX tile units; with avx512_bf16 alone, or oneDNN capped below AMX (as
-    `make test-isa` does), the demo stays in fp32."""
+def test_auto_precision_is_bf16_with_bf16_units(monkeypatch):
+    """bf16 autocast pays on a CPU with AMX tiles or AVX-512 bf16 (measured on both kinds); with neither, or with
+    oneDNN capped below them (as `make test-isa` does), fp32."""
     import torch
 
     from tav.utils import runtime
 
     amx = "flags : fpu avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    zen4 = "flags : fpu avx512f avx512_bf16\n"
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    assert runtime.cpu_has_amx(amx) and not runtime.cpu_has_amx("flags : fpu avx512f avx512_bf16\n")
+    assert runtime.cpu_bf16_units(amx) == "amx" and runtime.cpu_has_amx(amx)
+    assert runtime.cpu_bf16_units(zen4) == "avx512_bf16" and not runtime.cpu_has_amx(zen4)
+    assert runtime.cpu_bf16_units("flags : fpu avx2 avx512f\n") is None
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
-    assert not runtime.cpu_has_amx(amx)
+    assert runtime.cpu_bf16_units(amx) == "avx512_bf16" and runtime.cpu_bf16_units(zen4) == "avx512_bf16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")
+    assert runtime.cpu_bf16_units(amx) is None and runtime.cpu_bf16_units(zen4) is None
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert runtime.cpu_has_amx(amx)
-    monkeypatch.setattr(runtime, "cpu_has_amx", lambda cpuinfo=None: False)
-    assert runtime.auto_precision(torch.device("cpu")) == "32"
-    monkeypatch.setattr(runtime, "cpu_has_amx", lambda cpuinfo=None: True)
-    assert runtime.auto_precision(torch.device("cpu")) == "bf16"
+    for units, want in ((None, "32"), ("avx512_bf16", "bf16"), ("amx", "bf16")):
+        monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None, units=units: units)
+        assert runtime.auto_precision(torch.device("cpu")) == want
+
+
+def test_precision_auto_resolves_and_explains(monkeypatch):
+    """The samplers' ``--precision auto``: made concrete once, and one line says what runs and why."""
+    import torch
+
+    from tav.utils import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: "amx")
+    assert runtime.resolve_precision("auto", cpu) == "bf16" and runtime.resolve_precision("32", cpu) == "32"
+    assert runtime.precision_note("auto", cpu) == "bf16 autocast (auto: this CPU has AMX)"
+    with runtime.autocast("auto", cpu):
+        assert torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: "avx512_bf16")
+    assert runtime.precision_note("auto", cpu) == "bf16 autocast (auto: this CPU has AVX-512 bf16)"
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: None)
+    assert runtime.resolve_precision("auto", cpu) == "32" and runtime.resolve_precision("bf16", cpu) == "bf16"
+    assert runtime.precision_note("auto", cpu) == "fp32 (auto: no bf16 units on this CPU)"
+    assert runtime.precision_note("bf16", cpu) == "bf16 autocast"
+    with runtime.autocast("auto", cpu):
+        assert not torch.is_autocast_cpu_enabled()

@@ -91,14 +91,15 @@ def ta2v_argv(kit, audio, out, *extra) -> list[str]:
             str(kit["unet"]),
             "--model_output_size", "16", "--timestep_respacing", "10", "--skip_timesteps", "5", "--device", "cpu",
             "--audioclip_ckpt", str(e["audioclip"]), "--clip_ckpt", str(e["clip"]), "--progress", "False",
-            *map(str, extra)]
+            "--precision", "32", *map(str, extra)]  # fp32 on both CPU kinds
 
 
 def tia2v_argv(kit, audio, out, *extra) -> list[str]:
     return ["--method", "tia2v", "--audio", str(audio), "--caption", "A red circle moves to a Flute.", "--out",
             str(out), "--model_path", str(kit["motion"]), "--diffusion_ckpt", str(kit["shr"]), "--clip_l_ckpt",
             str(kit["clip_l"]), "--beats_ckpt", str(kit["beats"]), "--timestep_respacing", "5",
-            "--model_output_size", "32", "--device", "cpu", "--progress", "False", *map(str, extra)]
+            "--model_output_size", "32", "--device", "cpu", "--progress", "False", "--precision", "32",
+            *map(str, extra)]
 
 
 def audio_seconds(path: Path) -> float:

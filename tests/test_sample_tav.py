@@ -15,6 +15,7 @@ from tav.diffusion.load import save_unet
 from tav.diffusion.schedule import ProcessConfig
 from tav.diffusion.unet3d import UNet
 from tav.encoders.registry import save_tiny_encoders
+from tav.errors import InputError
 from tav.gpt import GPT, gpt_preset, save_gpt
 from tav.gpt.load import file_sha256
 from tav.pipelines import results as results_mod
@@ -61,7 +62,8 @@ def argv(kit, save: Path, *extra) -> list[str]:
     line = [sizes.get(line[i - 1], a) if i else a for i, a in enumerate(line)]
     return [*line, "--save", str(save), "--sequence_length", "4", "--timestep_respacing", "20",
             "--skip_timesteps", "5", "--device", "cpu", "--audioclip_ckpt", str(kit["enc"]["audioclip"]),
-            "--clip_ckpt", str(kit["enc"]["clip"]), "--wav2clip_ckpt", str(kit["enc"]["wav2clip"]), *map(str, extra)]
+            "--clip_ckpt", str(kit["enc"]["clip"]), "--wav2clip_ckpt", str(kit["enc"]["wav2clip"]),
+            "--precision", "32", *map(str, extra)]  # fp32 on both CPU kinds: batch-size comparisons at fp32 tolerance
 
 
 def frames(path: Path) -> np.ndarray:
@@ -114,6 +116,41 @@ def test_same_seed_same_video_whatever_the_batch(run, kit, tmp_path):
     for name in ("fake_stage1/generation_stage1_b_2_1.mp4", "fake_stage2/generation_stage2_b_2_1.mp4"):
         diff = np.abs(frames(root / name) - frames(single / name))
         assert diff.max() <= 2 and diff.mean() < 0.05, name  # batched convolutions: last-bit differences only
+
+
+def test_precision_auto_is_recorded_as_run(kit, tmp_path, monkeypatch, caplog):
+    """``--precision auto`` (the default) runs bf16 autocast where the CPU has bf16 units and fp32 elsewhere, says
+    which at the start, and records what ran (not ``auto``), so a folder resumed where the other ran is refused."""
+    import logging
+
+    from tav.utils import runtime
+
+    name = "fake_stage2/generation_stage2_a_1_0.mp4"
+    fp32 = script.sample(argv(kit, tmp_path / "fp32", "--n_sample", 1))
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: None)
+    plain = script.sample(argv(kit, tmp_path / "plain", "--n_sample", 1, "--precision", "auto"))
+    assert np.array_equal(frames(fp32 / name), frames(plain / name))
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: "amx")
+    with caplog.at_level(logging.INFO, logger="sample_tav"):
+        amx = script.sample(argv(kit, tmp_path / "amx", "--n_sample", 1, "--precision", "auto"))
+    assert "precision: bf16 autocast (auto: this CPU has AMX)" in caplog.text
+    rows = [json.loads((f / "manifest.jsonl").read_text().splitlines()[0]) for f in (plain, amx)]
+    assert [r["settings"]["precision"] for r in rows] == ["32", "bf16"]
+    assert not np.array_equal(frames(fp32 / name), frames(amx / name))  # the networks ran in bf16
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: None)
+    with pytest.raises(InputError, match="precision"):  # the same folder, now on a CPU without bf16 units: fp32
+        script.sample(argv(kit, tmp_path / "amx", "--n_sample", 1, "--precision", "auto"))
+
+
+def test_guidance_checkpointing_same_videos(kit, tmp_path):
+    """``--guidance_checkpointing`` trades time for memory and nothing else: the same videos, and a folder made
+    without it is continued with it."""
+    plain = script.sample(argv(kit, tmp_path / "plain", "--n_sample", 1))
+    saved = script.sample(argv(kit, tmp_path / "ckpt", "--n_sample", 1, "--guidance_checkpointing"))
+    name = "fake_stage2/generation_stage2_a_1_0.mp4"
+    assert np.array_equal(frames(plain / name), frames(saved / name))
+    script.sample(argv(kit, tmp_path / "plain", "--n_sample", 2, "--guidance_checkpointing"))
+    assert len((plain / "manifest.jsonl").read_text().splitlines()) == 2
 
 
 @pytest.mark.parametrize("batch", [1, 2])

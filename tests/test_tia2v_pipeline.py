@@ -57,7 +57,8 @@ def _sample_argv(world, save: Path, *extra: str) -> list[str]:
     return ["--model_path", str(world["runs"] / "motion" / "ema000002.pt"), "--diffusion_ckpt",
             str(world["runs"] / "shr" / "ema000002.pt"), "--data_path", str(world["data"]), "--cache_dir",
             str(r / "cache"), "--clip_l_ckpt", str(r / "clip_l"), "--beats_ckpt", str(r / "beats.pt"), "--save",
-            str(save), "--timestep_respacing", "10", "--model_output_size", "32", "--progress", "False", *extra]
+            str(save), "--timestep_respacing", "10", "--model_output_size", "32", "--progress", "False",
+            "--precision", "32", *extra]  # fp32 on both CPU kinds: batch-size comparisons at fp32 tolerance
 
 
 def test_training_exports_and_motion_init(world):

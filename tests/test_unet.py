@@ -249,6 +249,23 @@ def test_gradient_checkpointing_same_output_and_grads():
     assert all(torch.allclose(g0, g1, atol=1e-6, rtol=1e-4) for g0, g1 in zip(grads0, grads1, strict=True))
 
 
+def test_guidance_checkpointing_same_input_gradient():
+    """Guidance's backward: frozen weights, gradient w.r.t. the input only. ``set_gradient_checkpointing`` turns
+    recomputation on for a loaded network (``--guidance_checkpointing``) and gives the same gradient."""
+    model = randomised(tiny()).requires_grad_(False)
+    x, t = noise(2, 3, 2, 16, 16), torch.tensor([100, 7])
+    calls = []
+    model.input_blocks[1][0].in_layers.register_forward_hook(lambda *a: calls.append(1))
+    grads = []
+    for flag in (False, True):
+        model.set_gradient_checkpointing(flag)
+        x_in = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model(x_in, t).square().mean(), x_in)
+        grads.append(grad)
+    assert len(calls) == 3  # one forward without, a forward and its recomputation with checkpointing
+    assert grads[0].abs().max() > 0 and torch.allclose(grads[0], grads[1], atol=1e-7, rtol=1e-5)
+
+
 @pytest.mark.parametrize("scale_shift", [True, False])
 def test_dims2_model(scale_shift):
     cfg = tiny(dims=2, use_scale_shift_norm=scale_shift)

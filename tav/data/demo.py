@@ -155,7 +155,7 @@ def onset_frames(spec: ClipSpec, preset: DemoPreset) -> list[int]:
     return [n.start * _frames_per_step(preset) for n in spec.notes]
 
 
-def _shape_distance(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
+def shape_distance(shape: str, dx: np.ndarray, dy: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Signed distance (pixels, < 0 inside) to a shape of radius ``r`` centred at the origin; y points down."""
     if shape == "circle":
         return np.hypot(dx, dy) - 0.9 * r
@@ -175,7 +175,7 @@ def render_notes(spec: ClipSpec, size: int) -> np.ndarray:
     y = np.array([n.y for n in spec.notes])[:, None, None] * size
     r = np.array([0.08 + 0.06 * n.velocity for n in spec.notes])[:, None, None] * size
     grid = np.arange(size) + 0.5  # pixel centres
-    dist = _shape_distance(spec.shape, grid[None, None, :] - x, grid[None, :, None] - y, r)  # (K, H, W)
+    dist = shape_distance(spec.shape, grid[None, None, :] - x, grid[None, :, None] - y, r)  # (K, H, W)
     alpha = np.clip(0.5 - dist, 0.0, 1.0)[..., None]  # one-pixel soft edge
     bg = np.array(BACKGROUND, dtype=np.float64)
     fg = np.array(COLOURS[spec.colour], dtype=np.float64)

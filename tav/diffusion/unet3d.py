@@ -116,6 +116,14 @@ class UNetSkeleton(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb, *conditions)
         return self.out(h).to(x.dtype)
 
+    def set_gradient_checkpointing(self, on: bool) -> None:
+        """Recompute the ResBlock and attention activations in the backward pass (``on``) or keep them: less memory
+        for a backward through the network (training, or guidance's gradient w.r.t. the input), the same values,
+        one more forward per backward. Overrides ``config.gradient_checkpointing`` on this instance."""
+        for module in self.modules():
+            if hasattr(module, "use_checkpoint"):
+                module.use_checkpoint = bool(on)
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameter elements (TA2V preset 318,258,694; TIA2V released 16,317,766 content,
         33,105,478 motion, 73,766,918 SHR)."""

@@ -7,9 +7,9 @@ audio, optional caption):
 
 - ``colour``: the nearest palette colour to the median foreground pixel (mode over frames) -> ``colour_acc``
   against the caption; ``colour_frame_acc`` is the same per frame (every frame must keep the colour);
-- ``shape``: from the largest foreground blob of each frame, by its fill of the bounding box (square ~1.0,
-  circle ~0.79, triangle and diamond ~0.5) and, for the last two, where its mass sits (an upward triangle's
-  centroid is 2/3 down its box, a diamond's in the middle); mode over frames -> ``shape_acc``;
+- ``shape``: the demo shape (circle, square, triangle, diamond) whose drawing, at the largest foreground blob's
+  area and centroid and with an edge from sharp to blurred, best matches the blob's coverage of each pixel; mode
+  over frames -> ``shape_acc``;
 - ``onset_f1``: motion events (frames where the blob's centroid moves more than ``JUMP`` of the side) against
   the audio's onsets (librosa, as AV-Align detects them), matched one-to-one within ±1 frame;
 - ``pitch_height``: Spearman correlation between each note's pitch (YIN over the sound between two onsets)
@@ -41,6 +41,10 @@ TOLERANCE = 1  # frames within which a motion event matches an onset
 PALETTE = np.array(list(COLOURS.values()), dtype=np.float64)  # (8, 3)
 COLOUR_NAMES = tuple(COLOURS)
 JUDGES = ("colour_acc", "shape_acc", "onset_f1", "pitch_height", "flicker")
+# area of each demo shape over its radius squared (``tav.data.demo.shape_distance``)
+SHAPE_AREA = {"circle": math.pi * 0.9**2, "square": 1.6**2, "diamond": 2 * 1.1**2,
+              "triangle": 3 * math.sqrt(3) / 4 * 1.1**2}
+EDGE_WIDTHS = (0.25, 1.0, 2.0, 3.0)  # pixels: sharp, as drawn (anti-aliased), blurred, very blurred
 
 
 def parse_caption(caption: str | None) -> tuple[str | None, str | None]:
@@ -74,18 +78,41 @@ def _largest_blob(mask: np.ndarray) -> np.ndarray | None:
     return labels == best if sizes[best - 1] >= MIN_AREA else None
 
 
-def classify_shape(blob: np.ndarray) -> str:
-    """``circle`` | ``square`` | ``triangle`` | ``diamond`` of a boolean ``(H, W)`` blob."""
-    ys, xs = np.nonzero(blob)
-    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
-    h, w = bottom - top + 1, right - left + 1
-    fill = len(ys) / float(h * w)
-    if fill >= 0.9:
-        return "square"
-    if fill >= 0.65:
-        return "circle"
-    centre = (ys.mean() - top + 0.5) / h  # where the mass sits, 0 = top of the box
-    return "triangle" if centre > 0.56 else "diamond"
+def _shape_templates(h: int, w: int, cx: float, cy: float, mass: float) -> dict[str, list[np.ndarray]]:
+    """Coverage maps ``(H, W)`` in [0, 1] of each demo shape with the given centre (pixels) and area (pixels), one per
+    edge width of ``EDGE_WIDTHS``, drawn as ``tav.data.demo`` draws them."""
+    from tav.data.demo import shape_distance
+
+    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    out = {}
+    for shape in SHAPES:
+        r = math.sqrt(mass / SHAPE_AREA[shape])
+        dist = shape_distance(shape, xs - cx, ys - cy, np.asarray(r))
+        out[shape] = [np.clip(0.5 - dist / e, 0.0, 1.0) for e in EDGE_WIDTHS]
+    return out
+
+
+def _coverage(dist: np.ndarray, blob: np.ndarray, contrast: float) -> np.ndarray:
+    """How much of each pixel the shape covers, ``(H, W)`` in [0, 1]: the distance from the background over the
+    shape's own, around ``blob`` (its blended rim included) and nowhere else."""
+    from scipy import ndimage
+
+    near = ndimage.binary_dilation(blob, iterations=2)
+    return np.where(near, np.clip(dist / max(contrast, 1e-6), 0.0, 1.0), 0.0)
+
+
+def classify_shape(coverage: np.ndarray) -> str:
+    """``circle`` | ``square`` | ``triangle`` | ``diamond`` of one shape's coverage map ``(H, W)`` in [0, 1] (a
+    boolean blob works too): the demo shape of the same area and centroid whose drawing, sharp to blurred, is
+    nearest in squared error. Fitting the generator's own shapes keeps small (2-5 px) and soft-edged shapes
+    apart, where ratios of the bounding box do not."""
+    coverage = coverage.astype(np.float64)
+    mass = coverage.sum()
+    ys, xs = np.mgrid[0 : coverage.shape[0], 0 : coverage.shape[1]] + 0.5
+    cx, cy = (coverage * xs).sum() / mass, (coverage * ys).sum() / mass
+    templates = _shape_templates(*coverage.shape, cx, cy, mass)
+    errors = {s: min(float(((coverage - t) ** 2).sum()) for t in ts) for s, ts in templates.items()}
+    return min(errors, key=errors.get)
 
 
 def frame_objects(frames: np.ndarray) -> FrameObjects:
@@ -106,7 +133,7 @@ def frame_objects(frames: np.ndarray) -> FrameObjects:
         rgb = np.median(frame[core], axis=0)
         out.rgb[i] = rgb / 255.0
         out.colour[i] = COLOUR_NAMES[int(np.linalg.norm(PALETTE - rgb, axis=1).argmin())]
-        out.shape[i] = classify_shape(blob)
+        out.shape[i] = classify_shape(_coverage(dist, blob, float(np.linalg.norm(rgb - bg))))
         ys, xs = np.nonzero(blob)
         out.cx[i], out.cy[i], out.area[i] = (xs.mean() + 0.5) / w, (ys.mean() + 0.5) / h, len(ys) / (h * w)
     return out

@@ -45,7 +45,8 @@ class SamplingConfig:
     skip_timesteps: int = 25  # SDEdit start: the first `skip` respaced steps are skipped
     sampler: str = "ddpm"  # ddpm | ddim (--ddim)
     iterations: int = 1  # --iterations_num: independent refinements per sample
-    precision: str = "32"  # 32 | bf16 (autocast around the networks)
+    precision: str = "auto"  # auto | 32 | bf16 (autocast around the networks; auto: bf16 where it is fast)
+    guidance_checkpointing: bool = False  # recompute U-Net activations in the guidance backward: less memory
 
 
 def stage_seed(seed: int, iteration: int = 0) -> int:
@@ -72,6 +73,8 @@ class TwoStageSampler:
         self.guidance, self.cfg = guidance, cfg
         self.device = next(net.parameters()).device
         self.net.requires_grad_(False)  # guidance needs gradients w.r.t. x only
+        if cfg.guidance_checkpointing:
+            self.net.set_gradient_checkpointing(True)
 
     @torch.no_grad()
     def stage1(self, text_ids: Tensor, seeds: Sequence[int], progress: bool = False) -> Tensor:

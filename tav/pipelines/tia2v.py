@@ -51,7 +51,7 @@ class TIA2VSamplingConfig:
     # "first" (every frame starts as the given frame; with a later start the clip keeps its colours and shapes)
     hold_first_frame: bool = True  # keep frame 0 on the given frame's forward process at every step (upstream:
     # off; the given image then reaches the clip only through its noised copy at the start and the conditions)
-    precision: str = "32"  # 32 | bf16 autocast around the networks
+    precision: str = "auto"  # auto | 32 | bf16 autocast around the networks (auto: bf16 where it is fast)
 
     def __post_init__(self) -> None:
         if self.motion_init not in MOTION_INITS:

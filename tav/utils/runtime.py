@@ -39,32 +39,65 @@ def deterministic_kernels(device: torch.device) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def cpu_has_amx(cpuinfo: str | None = None) -> bool:
-    """True when the CPU has AMX bf16 tile units (Linux ``amx_bf16`` flag) and oneDNN may use them (not capped
-    below AMX by ``ONEDNN_MAX_CPU_ISA``, as ``make test-isa`` does). ``cpuinfo``: the text of /proc/cpuinfo."""
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
-    if cap and cap != "ALL" and "AMX" not in cap:
-        return False
+def cpu_bf16_units(cpuinfo: str | None = None) -> str | None:
+    """The CPU's bf16 matrix units oneDNN may use: ``amx`` (AMX tiles, Linux flag ``amx_bf16``), ``avx512_bf16``
+    (AVX-512 bf16 dot products), or None; a unit above an ``ONEDNN_MAX_CPU_ISA`` cap does not count (``make
+    test-isa`` caps at ``AVX512_CORE``: None). ``cpuinfo``: the text of /proc/cpuinfo (read when None)."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8") as f:
                 cpuinfo = f.read()
         except OSError:
-            return False
-    return "amx_bf16" in cpuinfo.split()
+            return None
+    flags = set(cpuinfo.split())
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    capped = bool(cap) and cap != "ALL"
+    if "amx_bf16" in flags and not (capped and "AMX" not in cap):
+        return "amx"
+    if "avx512_bf16" in flags and not (capped and "BF16" not in cap and "AMX" not in cap):
+        return "avx512_bf16"
+    return None
+
+
+def cpu_has_amx(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has AMX bf16 tile units and oneDNN may use them (see :func:`cpu_bf16_units`)."""
+    return cpu_bf16_units(cpuinfo) == "amx"
 
 
 def auto_precision(device: torch.device) -> str:
     """``bf16`` where bf16 autocast pays on ``device``, else ``32``: a CUDA GPU with bf16 support, or a CPU with
-    AMX. Measured on the demo VQGAN's training step: 1.46x faster with AMX, 0.77x (slower) with
-    avx512_bf16 alone (oneDNN capped at AVX512_CORE_BF16), so AVX-512 bf16 without AMX stays fp32."""
+    bf16 units (AMX or AVX-512 bf16). Measured per training or sampling step on the two 2-core CPU kinds
+    (``benchmarks/bench_precision.py``): AMD Zen 4 (avx512_bf16, no AMX) demo VQGAN 1.58x, demo diffusion prior
+    1.29x, release U-Net guided step 1.72x; Intel with AMX demo VQGAN 1.46x, prior 1.46x, TIA2V U-Nets 1.8x."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "32"
-    return "bf16" if device.type == "cpu" and cpu_has_amx() else "32"
+    return "bf16" if device.type == "cpu" and cpu_bf16_units() is not None else "32"
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """A ``--precision`` value made concrete: ``auto`` -> :func:`auto_precision` of ``device``, others as given."""
+    return auto_precision(device) if precision == "auto" else precision
+
+
+def precision_note(requested: str, device: torch.device) -> str:
+    """What ``--precision requested`` means on ``device``, for the log: e.g. ``bf16 autocast (auto: this CPU has
+    AMX)``, ``fp32 (auto: no bf16 units on this CPU)``."""
+    resolved = resolve_precision(requested, device)
+    name = {"32": "fp32", "bf16": "bf16 autocast", "16": "fp16 autocast"}.get(resolved, resolved)
+    if requested != "auto":
+        return name
+    if device.type == "cpu":
+        why = {"amx": "this CPU has AMX", "avx512_bf16": "this CPU has AVX-512 bf16"}.get(
+            cpu_bf16_units(), "no bf16 units on this CPU")
+    else:
+        why = f"{device.type} {'with' if resolved == 'bf16' else 'without'} bf16 support"
+    return f"{name} (auto: {why})"
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The autocast context for ``precision`` (``32`` | ``bf16`` | ``16``) on ``device``; 32 is a no-op."""
+    """The autocast context for ``precision`` (``auto`` | ``32`` | ``bf16`` | ``16``) on ``device``; 32 is a
+    no-op, ``auto`` is :func:`resolve_precision`'s choice."""
+    precision = resolve_precision(precision, device)
     if precision in ("32", "32-true", "fp32"):
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16

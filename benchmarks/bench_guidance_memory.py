@@ -1,0 +1,140 @@
+"""Peak memory and time of one guided TA2V step, with and without ``--guidance_checkpointing``, at batch 1 / 2 / 4.
+
+The networks and sizes of ``bench_sample.py``'s stage 2 (random weights): U-Net 64 channels, mult (1, 1, 2, 3, 4),
+``--res-blocks`` ResBlocks per level, attention at 8 and 4 px, on 16x64x64 clips; AudioCLIP (released size) and
+CLIP ViT-B/32 as the guides; README guidance weights; respaced "100", SDEdit skip 25. One step = one U-Net
+forward with grad, the guidance losses, their backward to the sample, the DDPM update: what ``ddpm_sample`` does
+per step, through ``Guidance.cond_fn`` (``bench_sample.OursStage2``).
+
+Every (batch, checkpointing) point runs in a **fresh process** that builds the networks, embeds the batch's
+audio and caption, runs one warm-up step and then ``--steps`` timed steps, and reports its peak resident set size
+(``ru_maxrss``, the process's high-water mark) and that peak minus the resident size after the build (what
+sampling adds: the guidance graph and work space). The points run one after the other, so their times compare.
+Checkpointing switches the U-Net's ResBlock and attention layers to recompute their activations in the backward
+pass (``UNet.set_gradient_checkpointing``, what ``sample_tav.py --guidance_checkpointing`` does).
+
+    python benchmarks/bench_guidance_memory.py [--batches 1 2 4] [--steps 1] [--threads 1] [--res-blocks 2]
+        [--precision 32] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GIB = 2**20  # ru_maxrss is in KiB on Linux
+
+
+def _rss_gib() -> float:
+    with open("/proc/self/status", encoding="utf-8") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kib / GIB
+
+
+def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, precision: str) -> dict:
+    """Build, prepare and step ``steps`` + 1 times in this process; the figures of this point."""
+    import open_clip
+    import torch
+    from bench_sample import FRAMES, RATE, SIZE, Clock, Models, OursStage2, unet_config
+
+    from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
+    from tav.diffusion.unet3d import UNet
+    from tav.encoders.audioclip import AudioCLIP, AudioCLIPConfig
+    from tav.encoders.clip import CLIPEncoder
+    from tav.utils.runtime import autocast
+
+    torch.manual_seed(0)
+    unet = UNet(unet_config(res_blocks)).eval().requires_grad_(False)
+    unet.set_gradient_checkpointing(checkpointing)
+    schedule = GaussianSchedule.from_config(ProcessConfig(), respacing="100")
+    audioclip = AudioCLIP(AudioCLIPConfig()).freeze()
+    clip = CLIPEncoder(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).float())
+    models = Models(None, None, unet, schedule, audioclip, clip, {})
+    gen = torch.Generator().manual_seed(1)
+    clips = (torch.rand(batch, 3, FRAMES, SIZE, SIZE, generator=gen) - 0.5)
+    audio = 0.1 * torch.randn(batch, FRAMES * RATE // 30, generator=gen)
+    runner = OursStage2(models, Clock(), clips, audio, list(range(batch)))
+    device = torch.device("cpu")
+    with autocast(precision, device):
+        runner.prepare()
+    built = _rss_gib()
+    times = []
+    for _ in range(steps + 1):  # the first step is the warm-up
+        t0 = time.perf_counter()
+        with autocast(precision, device):
+            runner.step()
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / GIB
+    return {"batch": batch, "checkpointing": checkpointing, "precision": precision, "built_gib": built,
+            "peak_gib": peak, "added_gib": peak - built, "added_per_video_gib": (peak - built) / batch,
+            "step_s": min(times[1:]), "step_per_video_s": min(times[1:]) / batch, "warmup_s": times[0]}
+
+
+def run_point(args, batch: int, checkpointing: bool) -> dict:
+    """``one_point`` in a fresh process (its own memory high-water mark)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_point", str(batch), str(int(checkpointing)),
+           "--steps", str(args.steps), "--res-blocks", str(args.res_blocks), "--precision", args.precision,
+           "--threads", str(args.threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"batch {batch}, checkpointing {checkpointing}: the point failed (exit {done.returncode}): "
+                         f"{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def markdown(points: list[dict], machine: str) -> str:
+    lines = [f"Guided step, 16x64x64 clips ({machine}); peak = process high-water mark, added = peak minus the "
+             "resident size after the build", "",
+             "| batch | checkpointing | peak GiB | added GiB | added per video GiB | s/step | s/step per video |",
+             "|---|---|---|---|---|---|---|"]
+    for p in points:
+        lines.append(f"| {p['batch']} | {'on' if p['checkpointing'] else 'off'} | {p['peak_gib']:.2f} | "
+                     f"{p['added_gib']:.2f} | {p['added_per_video_gib']:.2f} | {p['step_s']:.1f} | "
+                     f"{p['step_per_video_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--steps", type=int, default=1, help="timed steps per point, after one warm-up step")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per point")
+    p.add_argument("--res-blocks", type=int, default=2, help="U-Net ResBlocks per level (release: 3)")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32")
+    p.add_argument("--json", type=Path, default=None, help="write the points here")
+    p.add_argument("--_point", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args._point is not None:
+        print(json.dumps(one_point(args._point[0], bool(args._point[1]), args.steps, args.res_blocks,
+                                   args.precision)))
+        return {}
+    points = []
+    for batch in args.batches:
+        for checkpointing in (False, True):
+            points.append(run_point(args, batch, checkpointing))
+            print(f"batch {batch}, checkpointing {checkpointing}: peak {points[-1]['peak_gib']:.2f} GiB, "
+                  f"step {points[-1]['step_s']:.1f} s", file=sys.stderr)
+    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), " \
+              f"{args.precision}"
+    record = {"machine": machine, "res_blocks": args.res_blocks, "points": points}
+    print(markdown(points, machine))
+    if args.json is not None:
+        from tav.utils.fileio import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""bf16 autocast against fp32 on this CPU, per network of the samplers, with the top operators of each.
+
+Random weights (speed does not depend on their values). Per network, one call in fp32 and one under
+``torch.autocast("cpu", torch.bfloat16)`` (what ``--precision bf16`` does), each warmed up once, then ``--rounds``
+interleaved rounds (order reversed every other round), median wall time; the bf16/fp32 speed-up is the ratio of
+the medians. Networks (``--nets``):
+
+- ``unet``: the released TA2V U-Net (``bench_unet.bench_config``: 318 M parameters, attention at the same levels)
+  on ``(1, 3, --frames, 64, 64)``, forward + backward to the parameters (a training step's work);
+- ``unet_guidance``: the same network frozen, forward + backward to the input only (a guided sampling step's
+  U-Net work);
+- ``vqgan_decode``: the URMP VQGAN's decoder on a 4x12x12 code grid (16x96x96 clip), no grad;
+- ``clip_image``: CLIP ViT-B/32 image tower on 16 frames at 224 px, forward + backward to the pixels (the text
+  and direction terms);
+- ``audioclip_image``: AudioCLIP's image tower (released size) on 16 frames of 64 px (resized inside), forward +
+  backward to the pixels (the audio and direction terms);
+- ``demo_vqgan``, ``demo_unet`` (not by default): a training step's forward + backward of ``make demo``'s VQGAN
+  (batch 8 of 8x32x32) and diffusion prior (batch 4 of 8x16x16), whose precision ``make demo --precision auto``
+  picks per CPU kind.
+
+``--profile`` adds the ten operators with the most self CPU time of one call in each precision
+(``torch.profiler``), which shows where bf16 does and does not pay (layout reorders, norms, elementwise ops).
+
+    python benchmarks/bench_precision.py [--nets unet unet_guidance ...] [--frames 8] [--rounds 2] [--threads 1]
+        [--profile] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NETS = ("unet", "unet_guidance", "vqgan_decode", "clip_image", "audioclip_image", "demo_vqgan", "demo_unet")
+DEFAULT_NETS = NETS[:5]
+
+
+def build(name: str, frames: int) -> Callable[[], None]:
+    """The call to time for network ``name`` (inputs built once)."""
+    import torch
+
+    torch.manual_seed(0)
+    if name in ("unet", "unet_guidance"):
+        from bench_unet import bench_config
+
+        from tav.diffusion.unet3d import UNet
+
+        net = UNet(bench_config()).train(name == "unet").requires_grad_(name == "unet")
+        x, t = torch.randn(1, 3, frames, 64, 64), torch.tensor([500.0])
+        if name == "unet":
+            def call():
+                net.zero_grad(set_to_none=True)
+                net(x, t).float().square().mean().backward()
+            return call
+
+        def guided():
+            x_in = x.clone().requires_grad_(True)
+            torch.autograd.grad(net(x_in, t).float().square().mean(), x_in)
+        return guided
+    if name == "vqgan_decode":
+        from tav.vqgan import VQGAN, vqgan_preset
+
+        vq = VQGAN(vqgan_preset("urmp")).eval()
+        codes = torch.randint(0, vq.cfg.n_codes, (1, 4, 12, 12))
+        return lambda: _no_grad(torch, lambda: vq.decode(codes))
+    if name == "clip_image":
+        import open_clip
+
+        model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).float().eval().requires_grad_(False)
+        images = torch.randn(16, 3, 224, 224)
+
+        def clip_call():
+            x_in = images.clone().requires_grad_(True)
+            torch.autograd.grad(model.encode_image(x_in).float().square().mean(), x_in)
+        return clip_call
+    if name == "audioclip_image":
+        from tav.encoders.audioclip import AudioCLIP, AudioCLIPConfig
+
+        model = AudioCLIP(AudioCLIPConfig()).freeze()
+        frames = torch.rand(16, 3, 64, 64)
+
+        def audioclip_call():
+            x_in = frames.clone().requires_grad_(True)
+            torch.autograd.grad(model.encode_images(x_in).float().square().mean(), x_in)
+        return audioclip_call
+    if name == "demo_vqgan":
+        from tav.vqgan import VQGAN, vqgan_preset
+
+        vq = VQGAN(vqgan_preset("demo")).train()
+        video = torch.rand(8, 3, 8, 32, 32) - 0.5
+
+        def vq_step():
+            vq.zero_grad(set_to_none=True)
+            recon, codes = vq(video)
+            (4 * (recon.float() - video).square().mean() + 0.25 * codes["commitment_loss"].float()).backward()
+        return vq_step
+    if name == "demo_unet":
+        from tav.config import load_yaml, preset_path
+        from tav.diffusion.config import unet_config_from_dict
+        from tav.diffusion.unet3d import UNet
+
+        net = UNet(unet_config_from_dict(load_yaml(preset_path("diffusion", "demo"))["model"])).train()
+        x, t = torch.randn(4, 3, 8, 16, 16), torch.tensor([10.0, 500.0, 2000.0, 3900.0])
+
+        def unet_step():
+            net.zero_grad(set_to_none=True)
+            net(x, t).float().square().mean().backward()
+        return unet_step
+    raise ValueError(f"unknown network {name!r}; choose from {NETS}")
+
+
+def _no_grad(torch, fn) -> None:
+    with torch.inference_mode():
+        fn()
+
+
+def _in_precision(torch, precision: str, fn) -> Callable[[], None]:
+    def run():
+        if precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                fn()
+        else:
+            fn()
+    return run
+
+
+def top_ops(torch, fn, n: int = 10) -> list[dict]:
+    """The ``n`` operators with the most self CPU time in one call of ``fn``, with their share of the total."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3, "share": e.self_cpu_time_total / total,
+             "calls": e.count} for e in events[:n]]
+
+
+def measure(name: str, args) -> dict:
+    import torch
+
+    call = build(name, args.frames)
+    runs = {p: _in_precision(torch, p, call) for p in ("32", "bf16")}
+    for run in runs.values():
+        run()  # warm-up
+    times: dict[str, list[float]] = {p: [] for p in runs}
+    for r in range(args.rounds):
+        for p in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            t0 = time.perf_counter()
+            runs[p]()
+            times[p].append(time.perf_counter() - t0)
+    med = {p: statistics.median(v) for p, v in times.items()}
+    out = {"fp32_s": med["32"], "bf16_s": med["bf16"], "speedup": med["32"] / med["bf16"], "times": times}
+    if args.profile:
+        out["top_ops"] = {p: top_ops(torch, run) for p, run in runs.items()}
+    print(f"{name}: fp32 {med['32']:.2f} s, bf16 {med['bf16']:.2f} s, bf16 speed-up {out['speedup']:.2f}x",
+          file=sys.stderr)
+    return out
+
+
+def markdown(record: dict) -> str:
+    lines = [f"bf16 autocast against fp32 ({record['machine']})", "",
+             "| network | fp32 s | bf16 s | bf16 speed-up |", "|---|---|---|---|"]
+    for name, r in record["nets"].items():
+        lines.append(f"| {name} | {r['fp32_s']:.2f} | {r['bf16_s']:.2f} | {r['speedup']:.2f}x |")
+    for name, r in record["nets"].items():
+        for p, ops in r.get("top_ops", {}).items():
+            lines += ["", f"{name}, {'fp32' if p == '32' else 'bf16'}: top operators by self CPU time", "",
+                      "| op | self ms | share | calls |", "|---|---|---|---|"]
+            lines += [f"| {o['op']} | {o['self_ms']:.0f} | {o['share']:.0%} | {o['calls']} |" for o in ops]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nets", nargs="+", choices=NETS, default=list(DEFAULT_NETS))
+    p.add_argument("--frames", type=int, default=8, help="U-Net clip length (the issue's figures: 8 and 16)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--profile", action="store_true", help="also the top 10 operators of each network")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+    from bench_unet import _cpu_name
+
+    torch.set_num_threads(args.threads)
+    record = {"machine": f"{_cpu_name()}, torch {torch.__version__}, {args.threads} thread(s)",
+              "frames": args.frames, "nets": {name: measure(name, args) for name in args.nets}}
+    print(markdown(record))
+    if args.json is not None:
+        from tav.utils.fileio import write_text_atomic
+
+        write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    main()
