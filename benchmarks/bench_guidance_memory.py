@@ -10,8 +10,9 @@ Every (batch, checkpointing) point runs in a **fresh process** that builds the n
 audio and caption, runs one warm-up step and then ``--steps`` timed steps, and reports its peak resident set size
 (``ru_maxrss``, the process's high-water mark) and that peak minus the resident size after the build (what
 sampling adds: the guidance graph and work space). The points run one after the other, so their times compare.
-Checkpointing switches the U-Net's ResBlock and attention layers to recompute their activations in the backward
-pass (``UNet.set_gradient_checkpointing``, what ``sample_tav.py --guidance_checkpointing`` does).
+Checkpointing switches the U-Net's ResBlock and attention layers and the guides' image towers to recompute their
+activations in the backward pass (``UNet.set_gradient_checkpointing`` and ``Guidance.checkpointing``, what
+``sample_tav.py --guidance_checkpointing`` does).
 
     python benchmarks/bench_guidance_memory.py [--batches 1 2 4] [--steps 1] [--threads 1] [--res-blocks 2]
         [--precision 32] [--json OUT.json]
@@ -61,6 +62,7 @@ def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, prec
     clips = (torch.rand(batch, 3, FRAMES, SIZE, SIZE, generator=gen) - 0.5)
     audio = 0.1 * torch.randn(batch, FRAMES * RATE // 30, generator=gen)
     runner = OursStage2(models, Clock(), clips, audio, list(range(batch)))
+    runner.guidance.checkpointing = checkpointing
     device = torch.device("cpu")
     with autocast(precision, device):
         runner.prepare()

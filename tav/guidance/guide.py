@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from tav.diffusion.schedule import GaussianSchedule, gather_coef
 from tav.encoders.base import Encoder
@@ -122,6 +123,7 @@ class Guidance:
         self.cfg, self.schedule = cfg, schedule
         self.audio_encoder, self.clip = audio_encoder, clip
         self.last_terms: dict[str, Tensor] = {}  # per-sample terms of the latest step, for logging
+        self.checkpointing = False  # recompute the image towers' activations in the backward (less memory)
 
     @property
     def active(self) -> bool:
@@ -167,9 +169,16 @@ class Guidance:
         """``(B, 3, T, H, W)`` in [-0.5, 0.5] -> ``(B*T, 3, H, W)`` in [0, 1], what the encoders take."""
         return self._flat(x) + 0.5
 
+    def _encode_images(self, enc: Encoder, frames: Tensor) -> Tensor:
+        """``enc.encode_images(frames)``; with ``checkpointing``, its activations are recomputed in the backward
+        instead of kept (the same values)."""
+        if self.checkpointing and torch.is_grad_enabled() and frames.requires_grad:
+            return checkpoint(enc.encode_images, frames, use_reentrant=False)
+        return enc.encode_images(frames)
+
     def _embed(self, enc: Encoder, frames: Tensor, b: int) -> Tensor:
         """``(B*T, 3, H, W)`` encoder input -> ``(B, T, D)`` unit embeddings."""
-        return L.normalize(enc.encode_images(frames)).view(b, -1, enc.dim)
+        return L.normalize(self._encode_images(enc, frames)).view(b, -1, enc.dim)
 
     def loss_terms(self, x_in: Tensor, pred_xstart: Tensor, cond: Conditions) -> dict[str, Tensor]:
         """Per-sample ``(B,)`` terms (unweighted) for ``x_in`` / ``pred_xstart`` ``(B, 3, T, H, W)``."""
@@ -202,7 +211,7 @@ class Guidance:
         per_sample = frames.view(b, -1, *frames.shape[1:])
         views = torch.cat([L.augmented_views(f, v, gen)[:, 1:]  # (T, V-1, 3, H, W) per sample
                            for f, gen in zip(per_sample, cond.generators, strict=True)])
-        warped = L.normalize(self.clip.encode_images(views.flatten(0, 1))).view(b, -1, v - 1, self.clip.dim)
+        warped = L.normalize(self._encode_images(self.clip, views.flatten(0, 1))).view(b, -1, v - 1, self.clip.dim)
         return torch.cat([self._plain_view(plain, frames, b)[:, :, None], warped], dim=2)
 
     def _view_frames(self, x_in: Tensor) -> Tensor:

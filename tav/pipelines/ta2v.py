@@ -46,7 +46,7 @@ class SamplingConfig:
     sampler: str = "ddpm"  # ddpm | ddim (--ddim)
     iterations: int = 1  # --iterations_num: independent refinements per sample
     precision: str = "auto"  # auto | 32 | bf16 (autocast around the networks; auto: bf16 where it is fast)
-    guidance_checkpointing: bool = False  # recompute U-Net activations in the guidance backward: less memory
+    guidance_checkpointing: bool = False  # recompute U-Net and image-tower activations in the guidance backward
 
 
 def stage_seed(seed: int, iteration: int = 0) -> int:
@@ -75,6 +75,7 @@ class TwoStageSampler:
         self.net.requires_grad_(False)  # guidance needs gradients w.r.t. x only
         if cfg.guidance_checkpointing:
             self.net.set_gradient_checkpointing(True)
+            self.guidance.checkpointing = True
 
     @torch.no_grad()
     def stage1(self, text_ids: Tensor, seeds: Sequence[int], progress: bool = False) -> Tensor:
