@@ -43,6 +43,8 @@ Default runtime 7-10 minutes (1 thread, loaded machine). Progress goes to stderr
 
     python benchmarks/bench_sample.py [--threads 1] [--batch 2] [--steps-timed 3] [--gpt-tokens-timed 576]
         [--res-blocks 2] [--gpt-preset urmp_upstream] [--json out.json]
+    python benchmarks/bench_sample.py --equal-quality [--ckpt_dir saved_ckpts/demo] [--data results/demo/data]
+        [--n 16] [--json out.json]     # per video at judged-equal quality: see benchmarks/equal_quality.py
 """
 
 from __future__ import annotations
@@ -475,7 +477,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--res-blocks", type=int, default=2, help="U-Net ResBlocks per level (release: 3)")
     p.add_argument("--gpt-preset", default="urmp_upstream", help="GPT preset (urmp_upstream | urmp)")
     p.add_argument("--json", type=Path)
+    q = p.add_argument_group("--equal-quality: seconds per video at judged-equal quality on the demo's models "
+                             "(benchmarks/equal_quality.py)")
+    q.add_argument("--equal-quality", action="store_true", help="run this mode instead of the speed comparison")
+    q.add_argument("--ckpt_dir", type=Path, default=HERE.parent / "saved_ckpts" / "demo", help="the demo's checkpoints")
+    q.add_argument("--data", type=Path, default=HERE.parent / "results" / "demo" / "data", help="the demo dataset")
+    q.add_argument("--n", type=int, default=16, help="demo test clips")
+    q.add_argument("--sample_args", default="", help="extra sample_tav.py flags for every run (they win)")
     args = p.parse_args(argv)
+    if args.equal_quality:
+        import equal_quality
+
+        record = equal_quality.run(args)
+        print(equal_quality.markdown(record))
+        if args.json:
+            from tav.utils.fileio import write_text_atomic
+
+            write_text_atomic(args.json, json.dumps(record, indent=2, allow_nan=False) + "\n")
+        return
     if args.batch < 1 or args.steps_timed < 1 or not 1 <= args.gpt_tokens_timed <= 576:
         p.error("--batch and --steps-timed must be >= 1, --gpt-tokens-timed in [1, 576]")
     torch.set_num_threads(args.threads)

@@ -121,3 +121,33 @@ def test_missing_checkpoints_or_data_are_one_line(kit, tmp_path):
         bench.main(["--ckpt_dir", str(tmp_path), "--data", str(kit["data"])])
     with pytest.raises(SystemExit, match="no demo test split"):
         bench.main(["--ckpt_dir", str(kit["ckpt"]), "--data", str(tmp_path / "nowhere")])
+
+
+def test_equal_quality_mode_compares_paired_differences(kit, tmp_path, monkeypatch):
+    """``bench_sample.py --equal-quality`` on the tiny models: the reference (upstream's setting) first, then the
+    candidates, each judged and timed per video; a candidate is equal when no judge's paired CI says worse."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_sample
+    import equal_quality as eq
+
+    ref = {"judges": {"colour_acc": [1, 1, 0, 1], "shape_acc": [1, 0, 1, 1], "onset_f1": [0.5] * 4,
+                      "flicker": [0.1] * 4}}
+    same = {"judges": {k: list(v) for k, v in ref["judges"].items()}}
+    worse = {"judges": {**same["judges"], "colour_acc": [0, 0, 0, 0], "flicker": [0.3, 0.3, 0.31, 0.3]}}
+    assert all(eq.equal_quality(same, ref).values())
+    assert eq.equal_quality(worse, ref) == {"colour_acc": False, "shape_acc": True, "onset_f1": True,
+                                            "flicker": False}
+    assert eq.paired_difference([1, 1, 1, 1], [0, 0, 0, 0]) == (1.0, 0.0)
+    out = tmp_path / "eq.json"
+    bench_sample.main(["--equal-quality", "--ckpt_dir", str(kit["ckpt"]), "--data", str(kit["data"]), "--n", "2",
+                       "--sample_args", "--resolution 16 --sequence_length 4", "--json", str(out)])
+    record = json.loads(out.read_text())
+    rows = record["rows"]
+    assert rows[0]["setting"] == record["reference"] and "upstream setting" in rows[0]["setting"]
+    assert rows[0]["precision"] == "32" and len(rows) == 6
+    assert rows[0]["speedup_stage2"] == 1.0 and all(r["stage2_s"] > 0 for r in rows)
+    for r in rows[1:]:
+        assert set(r["equal"]) == set(eq.EQUAL_JUDGES) and r["precision"] in ("32", "bf16")
+        for mean, half in r["judges"].values():
+            assert mean is None or half >= 0
+    assert record["recommended"] is None or record["recommended"] in [r["setting"] for r in rows[1:]]
