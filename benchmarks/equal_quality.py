@@ -2,13 +2,14 @@
 
 The reference is upstream's published stage-2 setting run by ``sample_tav.py``: DDPM respaced "100", SDEdit skip
 25 (75 guided steps), fp32, batch 1. The candidates start the chain from the same point (the first quarter of
-each chain skipped) with fewer steps (DDIM 10 / 25 / 50, DDPM 25 / 50), ``--precision auto`` (bf16 on a CPU
-with bf16 units) and all clips in one batch. Every run samples the same ``--n`` demo test clips with the same
-per-sample seeds (so stage 1 is the same clip in every run) and is judged by ``tools/synthetic_judge.py``'s
-judges. A candidate is **of equal quality** when, for every judge in ``EQUAL_JUDGES``, the 95% confidence
-interval of its paired per-clip difference from the reference contains 0 or lies on the better side (above it;
-below it for ``flicker``, where less is better). The recommended
-setting is the fastest candidate of equal quality; the figure is the reference's seconds per video over its.
+each chain skipped) with fewer steps (DDIM 10 / 25 / 50, DDPM 25 / 50) or the same (DDPM 100: what bf16 and
+batching alone give), ``--precision auto`` (bf16 on a CPU with bf16 units) and all clips in one batch. Every
+run samples the same ``--n`` demo test clips with the same per-sample seeds (so stage 1 is the same clip in
+every run) and is judged by ``tools/synthetic_judge.py``'s judges. A candidate is **of equal quality** when, for
+every judge in ``EQUAL_JUDGES``, the 95% confidence interval of its paired per-clip difference from the
+reference contains 0 or lies on the better side (above it; below it for ``flicker``, where less is better). The
+recommended setting is the fastest candidate of equal quality; the figure is the reference's seconds per video
+over its.
 
 The reference's time is that of our sampler at upstream's setting; upstream's own step is slower again (its
 U-Net forward runs twice per step and the caption is re-encoded per frame: 1.60x ours in ``bench_sample.py``'s
@@ -38,7 +39,7 @@ def settings(n: int) -> tuple[tuple[str, dict], list[tuple[str, dict]]]:
     ref = ("upstream setting: DDPM 100, skip 25 (75 steps), fp32, batch 1",
            {"timestep_respacing": "100", "skip_timesteps": 25, "precision": "32", "batch_size": 1})
     cands = []
-    for sampler, steps in (("DDIM", 10), ("DDIM", 25), ("DDPM", 25), ("DDIM", 50), ("DDPM", 50)):
+    for sampler, steps in (("DDIM", 10), ("DDIM", 25), ("DDPM", 25), ("DDIM", 50), ("DDPM", 50), ("DDPM", 100)):
         skip = round(SKIP * steps)
         over = {"timestep_respacing": f"ddim{steps}" if sampler == "DDIM" else str(steps), "skip_timesteps": skip,
                 "precision": "auto", "batch_size": n}

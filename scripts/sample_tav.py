@@ -136,8 +136,8 @@ def _add_stage2(p: argparse.ArgumentParser) -> None:
     sampling.config_flag(g, "skip_timesteps", SamplingConfig, "skip_timesteps", type=int)
     g.add_argument("--ddim", action="store_true", help="DDIM steps instead of DDPM")
     g.add_argument("--guidance_checkpointing", action="store_true",
-                   help="recompute the U-Net's activations in the guidance backward: ~1/3 of the memory per video, "
-                        "~1.3x the time per step, the same videos")
+                   help="recompute the U-Net and image-tower activations in the guidance backward: ~40%% less "
+                        "memory per video, ~1.3x the time per step, the same videos")
     sampling.config_flag(g, "model_output_size", SamplingConfig, "output_size", type=int, help="diffusion frame size")
     g.add_argument("--noise_schedule", choices=["cosine", "linear"], default=None, help="bare state dicts only")
     g.add_argument("--rescale_timesteps", type=str2bool, default=None,
