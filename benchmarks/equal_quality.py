@@ -96,6 +96,8 @@ def run(args) -> dict:
     for name in ("gpt.ckpt", "vqgan.ckpt", "diffusion.pt", "joint_encoder.pt"):
         if not (args.ckpt_dir / name).is_file():
             sys.exit(f"{args.ckpt_dir / name}: missing; run `make demo` first (or pass --ckpt_dir)")
+    if not (args.data / "test").is_dir():
+        sys.exit(f"{args.data / 'test'}: no demo test split; run `make demo` first (or pass --data)")
     control_encoders(args.ckpt_dir)
     ref_setting, candidates = settings(args.n)
     runs = {}
