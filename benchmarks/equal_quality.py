@@ -88,8 +88,7 @@ def equal_quality(cand: dict, ref: dict) -> dict[str, bool]:
 
 def run(args) -> dict:
     """Sample the reference and the candidates on the demo's models; the record written by ``--json``."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from bench_quality import control_encoders, sample_argv
+    from bench_quality import control_encoders, sample_argv  # benchmarks/ is on the path: bench_sample.py's folder
 
     from tav_scripts import sample_tav
 
