@@ -173,14 +173,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_demo_inputs(ckpt_dir: Path, data: Path) -> None:
+    """Exit with one line unless ``make demo``'s checkpoints and test split are there; then make the control
+    encoders."""
+    for name in ("gpt.ckpt", "vqgan.ckpt", "diffusion.pt", "joint_encoder.pt"):
+        if not (ckpt_dir / name).is_file():
+            sys.exit(f"{ckpt_dir / name}: missing; run `make demo` first (or pass --ckpt_dir)")
+    if not (data / "test").is_dir():
+        sys.exit(f"{data / 'test'}: no demo test split; run `make demo` first (or pass --data)")
+    control_encoders(ckpt_dir)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    for name in ("gpt.ckpt", "vqgan.ckpt", "diffusion.pt", "joint_encoder.pt"):
-        if not (args.ckpt_dir / name).is_file():
-            sys.exit(f"{args.ckpt_dir / name}: missing; run `make demo` first (or pass --ckpt_dir)")
-    if not (args.data / "test").is_dir():
-        sys.exit(f"{args.data / 'test'}: no demo test split; run `make demo` first (or pass --data)")
-    control_encoders(args.ckpt_dir)
+    check_demo_inputs(args.ckpt_dir, args.data)
     defaults = {"audio_guidance_lambda": 10000, "direction_lambda": 5000, "text_guidance_lambda": 10000}
     tables: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:

@@ -88,16 +88,11 @@ def equal_quality(cand: dict, ref: dict) -> dict[str, bool]:
 
 def run(args) -> dict:
     """Sample the reference and the candidates on the demo's models; the record written by ``--json``."""
-    from bench_quality import control_encoders, sample_argv  # benchmarks/ is on the path: bench_sample.py's folder
+    from bench_quality import check_demo_inputs, sample_argv  # benchmarks/ is on the path: bench_sample.py's folder
 
     from tav_scripts import sample_tav
 
-    for name in ("gpt.ckpt", "vqgan.ckpt", "diffusion.pt", "joint_encoder.pt"):
-        if not (args.ckpt_dir / name).is_file():
-            sys.exit(f"{args.ckpt_dir / name}: missing; run `make demo` first (or pass --ckpt_dir)")
-    if not (args.data / "test").is_dir():
-        sys.exit(f"{args.data / 'test'}: no demo test split; run `make demo` first (or pass --data)")
-    control_encoders(args.ckpt_dir)
+    check_demo_inputs(args.ckpt_dir, args.data)
     ref_setting, candidates = settings(args.n)
     runs = {}
     with tempfile.TemporaryDirectory(prefix="equal_quality_") as tmp:
