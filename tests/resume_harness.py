@@ -89,11 +89,11 @@ class NoisyModel(pl.LightningModule):
 
 
 def fit(root: Path, kill: tuple[str, int] | None = None, resume: bool = False, accumulate: int = 1,
-        val: int | float = 3, every: int = 4, max_steps: int = 17) -> dict | None:
+        val: int | float = 3, every: int = 4, max_steps: int = 17, epoch_min_seconds: float = 0.0) -> dict | None:
     """One attempt in ``root`` (``resume``: from its newest checkpoint, as ``--resume last``); returns the final
-    state dict, or None when killed."""
+    state dict, or None when killed. ``epoch_min_seconds`` 0: ``last.ckpt`` at every epoch's end."""
     pl.seed_everything(0, verbose=False)
-    callbacks = checkpoint_callbacks(root / "checkpoints", "val_loss", every)
+    callbacks = checkpoint_callbacks(root / "checkpoints", "val_loss", every, epoch_min_seconds)
     if kill:
         callbacks.append(KillAt(*kill))
     opts = TrainerOptions(accelerator="cpu", devices="1", max_steps=max_steps, val_check_interval=val,

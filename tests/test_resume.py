@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from tav.errors import InputError
@@ -138,3 +140,21 @@ def test_truncate_metrics_counts_the_rows_it_drops(tmp_path):
     assert truncate_metrics(f, len('{"step": 0}\n')) == 2
     assert f.read_text() == '{"step": 0}\n'
     assert truncate_metrics(f, None) == 0 and truncate_metrics(f, 100) == 0
+
+
+def test_epoch_end_saves_wait_for_epoch_min_seconds_and_change_nothing_else(tmp_path, monkeypatch):
+    """Epochs of 5 steps, saves every 4: with a long minimum interval no epoch's end writes ``last.ckpt``, and the
+    run ends with the same files, rows and weights as one that saves at every epoch's end."""
+    writes = []
+    save = pl.Trainer.save_checkpoint
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint",
+                        lambda self, path, *a, **k: (writes.append((self.global_step, Path(path).name)),
+                                                     save(self, path, *a, **k))[1])
+    every_epoch = fit(tmp_path / "every", val=3, every=4)
+    n_every = len(writes)
+    writes.clear()
+    throttled = fit(tmp_path / "throttled", val=3, every=4, epoch_min_seconds=3600.0)
+    assert ("last.ckpt" in {name for _, name in writes}) and n_every > len(writes)
+    assert {step for step, name in writes if name == "last.ckpt"} <= {17}  # only the end of training
+    assert differences(snapshot(tmp_path / "every"), snapshot(tmp_path / "throttled")) == []
+    assert all(torch.equal(throttled[k], every_epoch[k]) for k in every_epoch)

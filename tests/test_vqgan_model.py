@@ -17,6 +17,7 @@ from tav.vqgan.losses import (
     discriminator_loss,
     feature_matching_loss,
     generator_loss,
+    gradient_difference_loss,
     hinge_d_loss,
     random_frame_index,
     reconstruction_loss,
@@ -342,3 +343,14 @@ def test_reconstruction_loss_weights_l1_and_mse():
     assert float(reconstruction_loss(VQGANConfig(l1_weight=4.0), recon, video)) == pytest.approx(0.4)
     cfg = VQGANConfig(l1_weight=1.0, l2_weight=10.0)
     assert float(reconstruction_loss(cfg, recon, video)) == pytest.approx(0.1 + 10 * 0.01)
+
+
+def test_gradient_difference_loss_sees_edges_not_offsets():
+    video = torch.zeros(1, 1, 1, 2, 2)
+    recon = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).view(1, 1, 1, 2, 2)
+    # dx of recon: [[-1], [0]] -> mean |.| 0.5; dy: [[-1, 0]] -> 0.5
+    assert float(gradient_difference_loss(recon, video)) == pytest.approx(1.0)
+    assert float(gradient_difference_loss(video + 0.3, video)) == pytest.approx(0.0)
+    cfg = VQGANConfig(l1_weight=0.0, grad_weight=2.0)
+    assert float(reconstruction_loss(cfg, recon, video)) == pytest.approx(2.0)
+    assert float(reconstruction_loss(VQGANConfig(l1_weight=0.0), recon, video)) == 0.0

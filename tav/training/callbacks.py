@@ -32,12 +32,17 @@ from tav.utils.fileio import dumps_strict, temp_prefix
 log = logging.getLogger(__name__)
 
 LAST_NAME = "last.ckpt"
+EPOCH_SAVE_MIN_SECONDS = 60.0  # an epoch's end writes last.ckpt only this long after the previous save
 
 
 class StepCheckpoint(Checkpoint):
-    """``<dirpath>/last.ckpt`` every ``every_n_steps`` optimiser steps (0: none inside epochs), after every training
+    """``<dirpath>/last.ckpt`` every ``every_n_steps`` optimiser steps (0: none inside epochs), after a training
     epoch and when ``fit`` ends normally (not after an exception: that state may be the bad one); with ``keep``,
     each ``every_n_steps`` file also stays as ``epoch=E-step=S.ckpt`` (``last.ckpt`` is then a hard link to it).
+    An epoch's end saves only when ``epoch_min_seconds`` have passed since this process's previous save (0: every
+    epoch): short epochs (the demo's GPT has 4 steps, with a 100 MB checkpoint) would otherwise spend a fifth of
+    the run writing files. Any checkpoint is an exact resume point, so which ones were written never changes the
+    result of a resumed run.
 
     A checkpoint is written once everything of its step is done (the metrics rows, the validation and the
     best-checkpoint update that follow it, the end of the epoch): at the end of validation when one runs at that
@@ -50,9 +55,11 @@ class StepCheckpoint(Checkpoint):
     Files are written through the trainer's atomic ``CheckpointIO``.
     """
 
-    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int = 0, keep: bool = False):
+    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int = 0, keep: bool = False,
+                 epoch_min_seconds: float = EPOCH_SAVE_MIN_SECONDS):
         self.dirpath = str(dirpath)
-        self.every_n_steps, self.keep = every_n_steps, keep
+        self.every_n_steps, self.keep, self.epoch_min_seconds = every_n_steps, keep, epoch_min_seconds
+        self._saved_at = time.monotonic()  # the run's start counts as a save
         self.last_model_path = ""
         self._saved_step, self._pending, self._keep_pending = -1, None, False
         self._next_batch = False  # the save in progress is at the start of the following batch
@@ -82,6 +89,8 @@ class StepCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending is None and time.monotonic() - self._saved_at < self.epoch_min_seconds:
+            return
         self._pending = trainer.global_step  # saved at the next batch (the epoch's end is then all done)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -121,6 +130,7 @@ class StepCheckpoint(Checkpoint):
             link_atomic(target, last)
         trainer.strategy.barrier("step_checkpoint")
         self._pending, self._keep_pending, self.last_model_path = None, False, str(last)
+        self._saved_at = time.monotonic()
 
 
 def _as_saved_after_previous_batch(trainer: pl.Trainer, checkpoint: dict, prev_last_batch: bool) -> None:
@@ -189,13 +199,15 @@ class BestCheckpoint(ModelCheckpoint):
         return previous != current and Path(self.dirpath).absolute() in Path(previous).absolute().parents
 
 
-def checkpoint_callbacks(dirpath: str | os.PathLike, monitor: str, save_every_n_steps: int) -> list[Callback]:
+def checkpoint_callbacks(dirpath: str | os.PathLike, monitor: str, save_every_n_steps: int,
+                         epoch_min_seconds: float = EPOCH_SAVE_MIN_SECONDS) -> list[Callback]:
     """Best checkpoint by ``monitor`` (lower is better), one every ``save_every_n_steps`` global steps
-    (kept, 0 = off), and ``last.ckpt``; all in ``dirpath``."""
+    (kept, 0 = off), and ``last.ckpt`` (see ``StepCheckpoint``); all in ``dirpath``."""
     dirpath = str(dirpath)
     return [BestCheckpoint(dirpath=dirpath, filename=f"best-{{epoch}}-{{step}}-{{{monitor}:.4f}}", monitor=monitor,
                            mode="min", save_top_k=1, save_on_train_epoch_end=False),
-            StepCheckpoint(dirpath, every_n_steps=save_every_n_steps, keep=save_every_n_steps > 0)]
+            StepCheckpoint(dirpath, every_n_steps=save_every_n_steps, keep=save_every_n_steps > 0,
+                           epoch_min_seconds=epoch_min_seconds)]
 
 
 def last_good_checkpoint(trainer: pl.Trainer) -> str | None:

@@ -36,6 +36,7 @@ from tav.diffusion.unet3d import UNet
 from tav.errors import InputError
 from tav.training.callbacks import PeriodicExport, check_finite
 from tav.training.determinism import step_seed
+from tav.training.optim import adam
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class DiffusionModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         t = self.train_cfg
         params = [p for p in self.net.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas)
+        opt = adam(params, lr=t.lr, weight_decay=t.weight_decay, betas=t.betas, decoupled=True)
         anneal = t.lr_anneal_steps
         factor = (lambda step: max(0.0, 1.0 - step / anneal)) if anneal > 0 else (lambda step: 1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -42,6 +42,7 @@ from tav.errors import InputError
 from tav.gpt.config import GPTConfig
 from tav.gpt.model import GPT, token_accuracy, token_loss
 from tav.training.callbacks import check_finite
+from tav.training.optim import adam
 from tav.vqgan.model import VQGAN
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class GPTModule(pl.LightningModule):
             log.info("learning rate %.4g (base %.4g, scaling %s: accumulate %d, %d process(es), batch %d), "
                      "schedule %s", self.lr, tcfg.base_lr, tcfg.lr_scaling, trainer.accumulate_grad_batches,
                      trainer.world_size, tcfg.batch_size, tcfg.lr_schedule)
-        opt = torch.optim.AdamW(param_groups(self.gpt, tcfg.weight_decay), lr=self.lr, betas=tcfg.betas)
+        opt = adam(param_groups(self.gpt, tcfg.weight_decay), lr=self.lr, betas=tcfg.betas, decoupled=True)
         if tcfg.lr_schedule == "cosine_epochs":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tcfg.cosine_t_max)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

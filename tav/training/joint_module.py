@@ -25,6 +25,7 @@ from torch import Tensor
 from tav.config import from_dict, to_dict
 from tav.encoders.joint import STAGE, JointConfig, JointModel, save_joint
 from tav.training.callbacks import check_finite
+from tav.training.optim import adam
 
 
 @dataclass
@@ -98,7 +99,7 @@ class JointModule(pl.LightningModule):
 
     def configure_optimizers(self):
         t = self.train_cfg
-        opt = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        opt = adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, decoupled=True)
         warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(t.warmup_steps, 1)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
 

@@ -35,6 +35,7 @@ from tav.config import from_dict, to_dict
 from tav.errors import InputError
 from tav.training.callbacks import check_finite
 from tav.training.gpt_module import lr_factor
+from tav.training.optim import adam
 from tav.vqgan.config import VQGANConfig
 from tav.vqgan.losses import (
     Perceptual,
@@ -126,8 +127,8 @@ class VQGANModule(pl.LightningModule):
             log.info("learning rate %.4g (base %.4g, scaling %s: accumulate %d, %d process(es), batch %d)",
                      self.lr, cfg.lr, tcfg.lr_scaling, tcfg.accumulate_grad_batches, self.trainer.world_size,
                      tcfg.batch_size)
-        opt_ae = torch.optim.Adam(self.vqgan.autoencoder_parameters(), lr=self.lr, betas=cfg.betas)
-        opt_disc = torch.optim.Adam(self.vqgan.discriminator_parameters(), lr=self.lr, betas=cfg.betas)
+        opt_ae = adam(self.vqgan.autoencoder_parameters(), lr=self.lr, betas=cfg.betas)
+        opt_disc = adam(self.vqgan.discriminator_parameters(), lr=self.lr, betas=cfg.betas)
         return [opt_ae, opt_disc]
 
     def _at_boundary(self, batch_idx: int) -> bool:

@@ -196,11 +196,28 @@ def _gan_generator_terms(model: VQGAN, video: Tensor, recon: Tensor, frames: Ten
     return {"g_adv": adv, "feat_match": cfg.gan_feat_weight * feat}
 
 
+def gradient_difference_loss(recon: Tensor, video: Tensor) -> Tensor:
+    """Mean L1 distance between the horizontal and vertical pixel differences of two ``(..., H, W)`` videos.
+
+    Source: the gradient difference loss of Mathieu et al. 2016 (arXiv:1511.05440), with exponent 1.
+    """
+    def dx(v: Tensor) -> Tensor:
+        return v[..., :, 1:] - v[..., :, :-1]
+
+    def dy(v: Tensor) -> Tensor:
+        return v[..., 1:, :] - v[..., :-1, :]
+
+    return F.l1_loss(dx(recon), dx(video)) + F.l1_loss(dy(recon), dy(video))
+
+
 def reconstruction_loss(cfg: VQGANConfig, recon: Tensor, video: Tensor) -> Tensor:
-    """``l1_weight * L1 + l2_weight * MSE`` between two videos of the same shape (the MSE term only if set)."""
+    """``l1_weight * L1 + l2_weight * MSE + grad_weight * edges`` between two videos of the same shape
+    (the MSE and edge terms only if set)."""
     loss = cfg.l1_weight * F.l1_loss(recon, video)
     if cfg.l2_weight:
         loss = loss + cfg.l2_weight * F.mse_loss(recon, video)
+    if cfg.grad_weight:
+        loss = loss + cfg.grad_weight * gradient_difference_loss(recon, video)
     return loss
 
 
