@@ -65,8 +65,11 @@ def run_one(args: argparse.Namespace, name: str, flags: str, seed: int, threads:
                 args.demo_args,
                 "--child", str(run_dir), str(threads), shlex.join([*shlex.split(flags), "--seed", str(seed)])]
         t0 = time.perf_counter()
-        with open(args.out / f"{name}_s{seed}.log", "w") as log:
-            subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT)
+        log_path = args.out / f"{name}_s{seed}.log"
+        with open(log_path, "w") as log:
+            done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            raise SystemExit(f"variant {name!r}, seed {seed}: the run failed (exit {done.returncode}); see {log_path}")
         seconds.write_text(f"{time.perf_counter() - t0:.1f}\n")
     row = json.loads(quality.read_text())["vqgan_recon"]
     return {**{k: row.get(k) for k in FIGURES}, "seconds": float(seconds.read_text()) if seconds.exists() else None}
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> dict:
         run_dir, threads, flags = args.child
         child(Path(run_dir), int(threads), shlex.split(flags), args.steps, data, shlex.split(args.demo_args))
         return {}
+    bad = [v for v in args.variant if "=" not in v or not v.split("=", 1)[0]]
+    if bad:
+        raise SystemExit(f"--variant {bad[0]!r}: write NAME=FLAGS, e.g. --variant edges='--set grad_weight=1' "
+                         "(NAME= for the preset)")
     variants = dict(v.split("=", 1) for v in (args.variant or ["preset="]))
     args.out.mkdir(parents=True, exist_ok=True)
     from tav_scripts import demo

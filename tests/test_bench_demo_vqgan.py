@@ -36,3 +36,10 @@ def test_variants_and_seeds_are_trained_judged_and_reused(tmp_path):
     again = subprocess.run(argv, check=True, capture_output=True, text=True, cwd=REPO)
     assert json.loads(js.read_text())["variants"] == result["variants"]
     assert [p.stat().st_mtime_ns for p in trained] == stamps and "| edges |" in again.stdout
+
+
+def test_a_variant_without_name_and_flags_is_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCH), "--out", str(tmp_path / "bv"), "--variant", "edges"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode != 0 and "--variant 'edges': write NAME=FLAGS" in done.stderr
+    assert not (tmp_path / "bv").exists()

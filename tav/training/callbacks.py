@@ -89,7 +89,8 @@ class StepCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._pending is None and time.monotonic() - self._saved_at < self.epoch_min_seconds:
+        due = self._pending is not None or time.monotonic() - self._saved_at >= self.epoch_min_seconds
+        if not trainer.strategy.broadcast(due):  # rank 0's clock decides for all: the save ends in a barrier
             return
         self._pending = trainer.global_step  # saved at the next batch (the epoch's end is then all done)
 
