@@ -21,7 +21,7 @@ from tav.data.video import read_video
 from tav.errors import InputError
 from tav.gpt import load_gpt, save_gpt
 from tav.utils.contact_sheet import contact_sheet, save_png
-from tav.utils.fileio import write_text_atomic
+from tav.utils.fileio import atomic_path, file_sha256, write_text_atomic
 from tav_scripts.demo_quality import record_results
 from tav_scripts.demo_stages import sampling_precision_flags
 
@@ -39,17 +39,23 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def refresh_copy(src: str | os.PathLike, dst: Path) -> None:
+    """Make ``dst`` a byte copy of ``src``, atomically, unless it already is one."""
+    if dst.is_file() and file_sha256(dst) == file_sha256(src):
+        return
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def gather_checkpoints(run, folder: Path) -> dict[str, Path]:
-    """Demo VQGAN (byte copy: the GPT records its hash), GPT (exported as a ``tav`` file) and diffusion EMA in
-    ``folder`` (files already there are kept), and the joint encoder of the ``joint`` stage."""
+    """This run's demo VQGAN (byte copy: the GPT records its hash), GPT (exported as a ``tav`` file) and diffusion
+    EMA in ``folder``, replacing older copies (a retrained stage never leaves the last run's model in use), and
+    the joint encoder of the ``joint`` stage."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {"vqgan": folder / "vqgan.ckpt", "gpt": folder / "gpt.ckpt", "diffusion": folder / "diffusion.pt"}
-    if not files["vqgan"].is_file():
-        shutil.copyfile(run.state["vqgan_ckpt"], files["vqgan"])
-    if not files["gpt"].is_file():
-        save_gpt(load_gpt(run.state["gpt_ckpt"]), files["gpt"], data=recorded_data(run.state["gpt_ckpt"]))
-    if not files["diffusion"].is_file():
-        shutil.copyfile(run.state["diffusion_ckpt"], files["diffusion"])
+    refresh_copy(run.state["vqgan_ckpt"], files["vqgan"])
+    refresh_copy(run.state["diffusion_ckpt"], files["diffusion"])
+    save_gpt(load_gpt(run.state["gpt_ckpt"]), files["gpt"], data=recorded_data(run.state["gpt_ckpt"]))
     joint = Path(run.state.get("joint_ckpt") or folder / "joint_encoder.pt")
     if not joint.is_file():
         raise InputError(f"{joint}: no joint encoder; run the demo's joint stage first (--stages joint sample)")

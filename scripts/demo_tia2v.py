@@ -67,6 +67,7 @@ def _common(run, enc: dict[str, Path], steps: int) -> list[str]:
             "--clip_l_ckpt", str(enc["clip_l"]), "--beats_ckpt", str(enc["beats"]), "--sequence_length",
             str(FRAMES), "--batch_size", str(min(4, n_train)), "--max_steps", str(steps), "--save_interval",
             str(steps), "--log_interval", "25", "--num_workers", "0", "--progress_bar_refresh_rate", "0",
+            "--set", "data.cache_clips=256",  # the 80 demo clips stay decoded: motion step 0.25 s against 0.29
             "--accelerator", "cpu", "--devices", "1", *precision_flags(run), *verbose_flag(run)]
 
 

@@ -228,6 +228,34 @@ def test_cache_is_resumable_and_keyed(clip_l, tmp_path):
     assert fake.calls == 5
 
 
+def test_motion_build_adds_audio_to_content_entries(clip_l, tmp_path, monkeypatch):
+    """Content first, then motion (the training order): the motion build computes the audio tokens alone and
+    keeps the CLIP tensors; the entries equal those of a motion build from scratch."""
+    import tav.tia2v.conditions as conditions
+
+    root = make_tiny_vat(tmp_path / "vat")
+    cfg, motion_key = data_cfg(), {"clip_l": "A", "beats": "B", "beats_mode": "fixed"}
+    build_condition_cache(root, "train", cfg, clip_l, None, tmp_path / "c", key={"clip_l": "A"})
+    content = torch.load(entry_path(tmp_path / "c", "train", "a_1"), weights_only=True)
+    assert "audio_tokens" not in content
+    calls = []
+    real_embeds = conditions.image_embeds
+    monkeypatch.setattr(conditions, "image_embeds", lambda *a, **k: calls.append(1) or real_embeds(*a, **k))
+    fake = FakeAudio()
+    build_condition_cache(root, "train", cfg, clip_l, fake, tmp_path / "c", key=motion_key)
+    assert calls == [] and fake.calls == 2  # no CLIP image pass, one audio pass per clip
+    added = torch.load(entry_path(tmp_path / "c", "train", "a_1"), weights_only=True)
+    assert added["key"]["beats"] == "B" and added["frames"] == 8
+    build_condition_cache(root, "train", cfg, clip_l, FakeAudio(), tmp_path / "fresh", key=motion_key)
+    fresh = torch.load(entry_path(tmp_path / "fresh", "train", "a_1"), weights_only=True)
+    for name in ("text", "img", "audio_tokens"):
+        torch.testing.assert_close(added[name], fresh[name], rtol=0, atol=0)
+    assert added["key"] == fresh["key"] and added["source"] == fresh["source"]
+    # an entry of another CLIP-L is not patched: everything is recomputed
+    build_condition_cache(root, "train", cfg, clip_l, FakeAudio(), tmp_path / "c", key={**motion_key, "clip_l": "Z"})
+    assert calls  # the CLIP image pass ran again
+
+
 # ------------------------------------------------------------------------------------------------ dataset
 
 def test_dataset_items_come_from_the_cache(built, clip_l):

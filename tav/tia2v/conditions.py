@@ -145,13 +145,34 @@ def compute_entry(split_dir: Path, stem: str, data_cfg: DataConfig, clip_l, audi
     out = {"text": clip_l.encode_text_states([caption])[0].float().cpu(),
            "img": image_embeds(clip_l, frames, batch_size)}
     if audio_fn is not None:
-        wave = file_audio(split_dir, stem, n, data_cfg)
-        tokens = torch.as_tensor(audio_fn(wave, data_cfg.sample_rate, n, data_cfg.fps)).float().cpu()
-        if tokens.dim() != 3 or tokens.shape[0] != n:
-            raise ValueError(f"audio token function returned {tuple(tokens.shape)} for {n} frames; expected "
-                             f"({n}, P, D)")
-        out["audio_tokens"] = tokens.contiguous()
+        out["audio_tokens"] = file_audio_tokens(split_dir, stem, n, data_cfg, audio_fn)
     return out
+
+
+def file_audio_tokens(split_dir: Path, stem: str, n: int, data_cfg: DataConfig, audio_fn: AudioTokenFn) -> Tensor:
+    """Per-frame audio tokens of a clip of ``n`` frames: ``(n, P, D_a)`` float32 on CPU."""
+    wave = file_audio(split_dir, stem, n, data_cfg)
+    tokens = torch.as_tensor(audio_fn(wave, data_cfg.sample_rate, n, data_cfg.fps)).float().cpu()
+    if tokens.dim() != 3 or tokens.shape[0] != n:
+        raise ValueError(f"audio token function returned {tuple(tokens.shape)} for {n} frames; expected ({n}, P, D)")
+    return tokens.contiguous()
+
+
+def lacks_only_audio(entry: dict | None, key: dict, source: dict) -> bool:
+    """True when ``entry`` has no audio tokens but was built from ``source`` under a part of ``key`` (the
+    content or SHR models' key, without the BEATs items): its CLIP tensors stand, only the audio is missing."""
+    return (entry is not None and "audio_tokens" not in entry and entry.get("source") == source
+            and all(key.get(k) == v for k, v in entry.get("key", {}).items()))
+
+
+def _entry_tensors(split_dir: Path, stem: str, data_cfg: DataConfig, clip_l, audio_fn: AudioTokenFn | None,
+                   batch_size: int, old: dict | None, key: dict, source: dict) -> dict[str, Tensor]:
+    """The tensors of a stale entry: the audio tokens alone where ``old`` lacks only them, else all of them."""
+    if audio_fn is not None and lacks_only_audio(old, key, source):
+        n = len(old["img"])
+        return {"text": old["text"].clone(), "img": old["img"].clone(),
+                "audio_tokens": file_audio_tokens(split_dir, stem, n, data_cfg, audio_fn)}
+    return compute_entry(split_dir, stem, data_cfg, clip_l, audio_fn, batch_size)
 
 
 def build_condition_cache(root: str | os.PathLike, split: str, data_cfg: DataConfig, clip_l,
@@ -162,7 +183,8 @@ def build_condition_cache(root: str | os.PathLike, split: str, data_cfg: DataCon
     ``clip_l``: a ``CLIPLEncoder`` (on the device to compute on); ``audio_fn``: per-frame audio tokens of a
     whole file (e.g. BEATs through ``tav.encoders.beats.beats_frame_tokens``), None for no audio tokens;
     ``key``: what the tensors depend on (encoder weight hashes, BEATs input mode), stored in every entry.
-    Valid entries are skipped; stale ones (other key or changed clip) are recomputed. ``progress(done,
+    Valid entries are skipped; stale ones (other key or changed clip) are recomputed, except that an entry the
+    content or SHR models built without audio tokens only gets them added. ``progress(done,
     total)`` is called after each file. Runs under ``torch.no_grad``.
     """
     split_dir = Path(root) / split
@@ -176,9 +198,10 @@ def build_condition_cache(root: str | os.PathLike, split: str, data_cfg: DataCon
     for done, stem in enumerate(stems, 1):
         source = clip_source(split_dir, stem)
         path = entry_path(cache_dir, split, stem)
-        if not entry_valid(read_entry(path, mmap=True), wanted, source, audio_fn is not None):
+        old = read_entry(path, mmap=True)
+        if not entry_valid(old, wanted, source, audio_fn is not None):
             with torch.no_grad():
-                tensors = compute_entry(split_dir, stem, data_cfg, clip_l, audio_fn, batch_size)
+                tensors = _entry_tensors(split_dir, stem, data_cfg, clip_l, audio_fn, batch_size, old, wanted, source)
             entry = {**tensors, "key": wanted, "source": source, "frames": len(tensors["img"])}
             with atomic_path(path) as tmp:
                 torch.save(entry, tmp)

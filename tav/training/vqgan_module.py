@@ -67,6 +67,7 @@ class VQGANTrainConfig:
     sample_every_n_steps: int = 1500  # real | recon sample videos (0 = off)
     n_sample_videos: int = 4  # clips per sample video
     seed: int = 1234  # seed_everything at start-up
+    channels_last: bool = True  # conv weights in channels_last_3d (oneDNN / cuDNN 3D convs; demo step 1.2x on CPU)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "accumulate_grad_batches", "n_sample_videos"):
@@ -113,6 +114,8 @@ class VQGANModule(pl.LightningModule):
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.save_hyperparameters({"stage": "vqgan", "config": to_dict(model_cfg), "train": to_dict(train_cfg)})
         self.vqgan = VQGAN(model_cfg)
+        if train_cfg.channels_last:
+            self.vqgan.to_channels_last()
         if perceptual is None and model_cfg.perceptual_weight > 0:
             perceptual = build_perceptual(model_cfg.lpips_input_scale)
         self.perceptual = perceptual
