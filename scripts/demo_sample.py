@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tav.checkpoint import recorded_data
+from tav.checkpoint import recorded_data, safe_load
 from tav.data.video import read_video
 from tav.errors import InputError
 from tav.gpt import load_gpt, save_gpt
@@ -47,6 +47,15 @@ def refresh_copy(src: str | os.PathLike, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def export_gpt(src: str | os.PathLike, dst: Path) -> None:
+    """Export the GPT of Lightning checkpoint ``src`` as a ``tav`` file ``dst`` that records ``src``'s sha256;
+    an export of the same file is kept (the sampler checks its samples' checkpoints by hash)."""
+    digest = file_sha256(src)
+    if dst.is_file() and safe_load(dst).get("source_sha256") == digest:
+        return
+    save_gpt(load_gpt(src), dst, data=recorded_data(src), source_sha256=digest)
+
+
 def gather_checkpoints(run, folder: Path) -> dict[str, Path]:
     """This run's demo VQGAN (byte copy: the GPT records its hash), GPT (exported as a ``tav`` file) and diffusion
     EMA in ``folder``, replacing older copies (a retrained stage never leaves the last run's model in use), and
@@ -55,7 +64,7 @@ def gather_checkpoints(run, folder: Path) -> dict[str, Path]:
     files = {"vqgan": folder / "vqgan.ckpt", "gpt": folder / "gpt.ckpt", "diffusion": folder / "diffusion.pt"}
     refresh_copy(run.state["vqgan_ckpt"], files["vqgan"])
     refresh_copy(run.state["diffusion_ckpt"], files["diffusion"])
-    save_gpt(load_gpt(run.state["gpt_ckpt"]), files["gpt"], data=recorded_data(run.state["gpt_ckpt"]))
+    export_gpt(run.state["gpt_ckpt"], files["gpt"])
     joint = Path(run.state.get("joint_ckpt") or folder / "joint_encoder.pt")
     if not joint.is_file():
         raise InputError(f"{joint}: no joint encoder; run the demo's joint stage first (--stages joint sample)")

@@ -39,6 +39,11 @@ def test_a_retrained_run_replaces_the_last_runs_models(tmp_path):
     assert all(torch.equal(got[k], v) for k, v in want.items())
     assert not torch.equal(load_gpt(second["gpt"]).state_dict()["head.weight"], _gpt(0).state_dict()["head.weight"])
     assert second["joint"] == tmp_path / "joint.pt"
+    # the same run again (the demo's generate stage after its sample stage): nothing is rewritten, so the
+    # sampler's record of its checkpoints' hashes still holds
+    run = _run(tmp_path, "third", 2)
+    before = {k: v.stat().st_ino for k, v in gather_checkpoints(run, ckpts).items()}
+    assert {k: v.stat().st_ino for k, v in gather_checkpoints(run, ckpts).items()} == before
 
 
 def test_refresh_copy_keeps_an_identical_file(tmp_path):

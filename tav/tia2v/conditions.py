@@ -161,8 +161,10 @@ def file_audio_tokens(split_dir: Path, stem: str, n: int, data_cfg: DataConfig, 
 def lacks_only_audio(entry: dict | None, key: dict, source: dict) -> bool:
     """True when ``entry`` has no audio tokens but was built from ``source`` under a part of ``key`` (the
     content or SHR models' key, without the BEATs items): its CLIP tensors stand, only the audio is missing."""
-    return (entry is not None and "audio_tokens" not in entry and entry.get("source") == source
-            and all(key.get(k) == v for k, v in entry.get("key", {}).items()))
+    stored = entry.get("key") if entry is not None else None
+    return (isinstance(stored, dict) and "audio_tokens" not in entry and entry.get("source") == source
+            and all(k in stored for k in ("clip_l", "resolution", "cache_version"))
+            and all(key.get(k) == v for k, v in stored.items()))
 
 
 def _entry_tensors(split_dir: Path, stem: str, data_cfg: DataConfig, clip_l, audio_fn: AudioTokenFn | None,
