@@ -91,12 +91,16 @@ def main(argv: list[str] | None = None) -> dict:
     for path in (args.ckpt, args.data / "manifest.jsonl"):
         if not path.is_file():
             raise SystemExit(f"{path}: not found (run `make demo` first, or pass --ckpt / --data)")
-    result = diagnose(args.ckpt, args.data)
+    from tav.errors import InputError
+    from tav.utils.fileio import write_text_atomic
+
+    try:
+        result = diagnose(args.ckpt, args.data)
+    except InputError as err:
+        raise SystemExit(f"diag_demo_vqgan: {err}") from None
     print(table(result))
     if args.json:
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.json)
+        write_text_atomic(args.json, json.dumps(result, indent=2))
     return result
 
 
