@@ -43,12 +43,11 @@ def clip_codes_and_recon(model, data: Path, row: dict) -> tuple[np.ndarray, np.n
 
 def foreground(frames: np.ndarray) -> dict:
     """Median foreground RGB (0-255) and the judged colour and shape (modes over frames) of uint8 frames."""
-    from tav.metrics.synthetic import frame_objects
+    from tav.metrics.synthetic import _mode, frame_objects
 
     obj = frame_objects(frames)
     rgb = np.nanmedian(obj.rgb, axis=0) * 255 if np.isfinite(obj.rgb).any() else np.full(3, np.nan)
-    mode = lambda xs: (Counter(x for x in xs if x) or Counter({None: 1})).most_common(1)[0][0]  # noqa: E731
-    return {"rgb": [round(float(v), 1) for v in rgb], "colour": mode(obj.colour), "shape": mode(obj.shape)}
+    return {"rgb": [round(float(v), 1) for v in rgb], "colour": _mode(obj.colour), "shape": _mode(obj.shape)}
 
 
 def diagnose(ckpt: Path, data: Path) -> dict:
