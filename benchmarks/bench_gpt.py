@@ -77,7 +77,7 @@ def _upstream_attn(attn: CausalSelfAttention, x: torch.Tensor, past: torch.Tenso
         v = torch.cat((past[1], v), dim=-2)
     att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
     if past is None:
-        mask = torch.ones(t, t).tril()
+        mask = torch.ones(t, t, device=x.device).tril()
         att = att.masked_fill(mask == 0, float("-inf"))
     y = (att.softmax(dim=-1) @ v).transpose(1, 2).contiguous().view(b, t, c)
     return attn.proj(y), present

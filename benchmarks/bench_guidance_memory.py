@@ -15,7 +15,7 @@ activations in the backward pass (``UNet.set_gradient_checkpointing`` and ``Guid
 ``sample_tav.py --guidance_checkpointing`` does).
 
     python benchmarks/bench_guidance_memory.py [--batches 1 2 4] [--steps 1] [--threads 1] [--res-blocks 2]
-        [--precision 32] [--json OUT.json]
+        [--precision 32] [--device cpu|cuda] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -39,8 +39,18 @@ def _rss_gib() -> float:
     return kib / GIB
 
 
-def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, precision: str) -> dict:
-    """Build, prepare and step ``steps`` + 1 times in this process; the figures of this point."""
+def _device_gib(device, peak: bool) -> float:
+    """Memory allocated on a CUDA ``device`` now, or its peak since the last reset."""
+    import torch
+
+    return (torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device) / 2**30
+
+
+def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, precision: str,
+              device_name: str = "cpu") -> dict:
+    """Build, prepare and step ``steps`` + 1 times in this process; the figures of this point. On a CUDA
+    device the memory figures are the allocator's (``max_memory_allocated``), not the process's RSS."""
+    import bench_sample
     import open_clip
     import torch
     from bench_sample import FRAMES, RATE, SIZE, Clock, Models, OursStage2, unet_config
@@ -49,7 +59,6 @@ def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, prec
     from tav.diffusion.unet3d import UNet
     from tav.encoders.audioclip import AudioCLIP, AudioCLIPConfig
     from tav.encoders.clip import CLIPEncoder
-    from tav.utils.runtime import autocast
 
     torch.manual_seed(0)
     unet = UNet(unet_config(res_blocks)).eval().requires_grad_(False)
@@ -57,23 +66,28 @@ def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, prec
     schedule = GaussianSchedule.from_config(ProcessConfig(), respacing="100")
     audioclip = AudioCLIP(AudioCLIPConfig()).freeze()
     clip = CLIPEncoder(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).float())
+    device = bench_sample.DEVICE = torch.device(device_name)
+    cuda = device.type == "cuda"
+    for net in (unet, audioclip, clip):
+        net.to(device)
     models = Models(None, None, unet, schedule, audioclip, clip, {})
     gen = torch.Generator().manual_seed(1)
-    clips = (torch.rand(batch, 3, FRAMES, SIZE, SIZE, generator=gen) - 0.5)
+    clips = (torch.rand(batch, 3, FRAMES, SIZE, SIZE, generator=gen) - 0.5).to(device)
     audio = 0.1 * torch.randn(batch, FRAMES * RATE // 30, generator=gen)
-    runner = OursStage2(models, Clock(), clips, audio, list(range(batch)))
+    runner = OursStage2(models, Clock(), clips, audio, list(range(batch)), precision)
     runner.guidance.checkpointing = checkpointing
-    device = torch.device("cpu")
-    with autocast(precision, device):
-        runner.prepare()
-    built = _rss_gib()
+    runner.prepare()
+    built = _device_gib(device, peak=False) if cuda else _rss_gib()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(steps + 1):  # the first step is the warm-up
+        bench_sample._sync()
         t0 = time.perf_counter()
-        with autocast(precision, device):
-            runner.step()
+        runner.step()
+        bench_sample._sync()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / GIB
+    peak = _device_gib(device, peak=True) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / GIB
     return {"batch": batch, "checkpointing": checkpointing, "precision": precision, "built_gib": built,
             "peak_gib": peak, "added_gib": peak - built, "added_per_video_gib": (peak - built) / batch,
             "step_s": min(times[1:]), "step_per_video_s": min(times[1:]) / batch, "warmup_s": times[0]}
@@ -83,7 +97,7 @@ def run_point(args, batch: int, checkpointing: bool) -> dict:
     """``one_point`` in a fresh process (its own memory high-water mark)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_point", str(batch), str(int(checkpointing)),
            "--steps", str(args.steps), "--res-blocks", str(args.res_blocks), "--precision", args.precision,
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--device", args.device]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -93,8 +107,10 @@ def run_point(args, batch: int, checkpointing: bool) -> dict:
 
 
 def markdown(points: list[dict], machine: str) -> str:
-    lines = [f"Guided step, 16x64x64 clips ({machine}); peak = process high-water mark, added = peak minus the "
-             "resident size after the build", "",
+    where = ("peak = the CUDA allocator's high-water mark, added = peak minus what the weights and embeddings hold"
+             if "cuda" in machine else "peak = process high-water mark, added = peak minus the resident size after "
+             "the build")
+    lines = [f"Guided step, 16x64x64 clips ({machine}); {where}", "",
              "| batch | checkpointing | peak GiB | added GiB | added per video GiB | s/step | s/step per video |",
              "|---|---|---|---|---|---|---|"]
     for p in points:
@@ -111,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch threads per point")
     p.add_argument("--res-blocks", type=int, default=2, help="U-Net ResBlocks per level (release: 3)")
     p.add_argument("--precision", choices=["32", "bf16"], default="32")
+    p.add_argument("--device", default="cpu", help="cpu | cuda[:i] (memory then from the CUDA allocator)")
     p.add_argument("--json", type=Path, default=None, help="write the points here")
     p.add_argument("--_point", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -119,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     if args._point is not None:
         print(json.dumps(one_point(args._point[0], bool(args._point[1]), args.steps, args.res_blocks,
-                                   args.precision)))
+                                   args.precision, args.device)))
         return {}
     points = []
     for batch in args.batches:
@@ -129,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"step {points[-1]['step_s']:.1f} s", file=sys.stderr)
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), " \
               f"{args.precision}"
+    if args.device != "cpu":
+        machine += f", {args.device} ({torch.cuda.get_device_name(torch.device(args.device))})"
     record = {"machine": machine, "res_blocks": args.res_blocks, "points": points}
     print(markdown(points, machine))
     if args.json is not None:

@@ -72,7 +72,10 @@ def build(name: str, frames: int) -> Callable[[], None]:
     if name == "clip_image":
         import open_clip
 
-        model = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).float().eval().requires_grad_(False)
+        from tav.encoders.clip import CLIPEncoder
+
+        # the guidance's tower: CLIPEncoder runs it sequence-first (see tav.encoders.clip.sequence_first)
+        model = CLIPEncoder(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).float()).model
         images = torch.randn(16, 3, 224, 224)
 
         def clip_call():

@@ -1,15 +1,15 @@
-"""Seconds per video of TA2V two-stage sampling on CPU: ``tav`` vs an "upstream algorithm" mode of the same modules.
+"""Seconds per video of TA2V two-stage sampling: ``tav`` vs an "upstream algorithm" mode of the same modules.
 
-Random weights (speed does not depend on their values), fp32, CPU. One video = a 12-token caption + 16 audio
-frames -> 576 GPT codes -> VQGAN clip 16x96x96 -> resized to 16x64x64 -> guided SDEdit (respaced "100", 25
-skipped -> 75 DDPM steps), README guidance weights (audio 1e4, direction 5e3, text 1e4, range 50; AudioCLIP
-audio encoder, 0.5 s audio windows): the same models, sizes, steps and terms in both modes. Models: GPT
-``gpt_preset("urmp_upstream")`` (12 layers, 8 heads, 512 wide, 12 + 576 tokens, the released 37 512-row
-vocabulary; ``--gpt-preset urmp``'s 46 906 rows only slow the upstream mode's full-vocabulary head), top-k
-2048, top-p 0.8; VQGAN ``vqgan_preset("urmp")``; U-Net 64 channels, mult (1, 1, 2, 3, 4), ``--res-blocks``
-ResBlocks per level (default 2; the release has 3), 4 heads, attention at 8 and 4 px (the release's levels at
-64 px), no gradient checkpointing; AudioCLIP ``AudioCLIPConfig()`` (released size); CLIP ViT-B/32 (open_clip
-``ViT-B-32-quickgelu``). The upstream mode reloads its own copies of the stage-2 networks from disk.
+Random weights (speed does not depend on their values), fp32, CPU unless ``--device`` says otherwise. One video = a
+12-token caption + 16 audio frames -> 576 GPT codes -> VQGAN clip 16x96x96 -> resized to 16x64x64 -> guided SDEdit
+(respaced "100", 25 skipped -> 75 DDPM steps), README guidance weights (audio 1e4, direction 5e3, text 1e4, range
+50; AudioCLIP audio encoder, 0.5 s audio windows): the same models, sizes, steps and terms in both modes. Models:
+GPT ``gpt_preset("urmp_upstream")`` (12 layers, 8 heads, 512 wide, 12 + 576 tokens, the released 37 512-row
+vocabulary; ``--gpt-preset urmp``'s 46 906 rows only slow the upstream mode's full-vocabulary head), top-k 2048,
+top-p 0.8; VQGAN ``vqgan_preset("urmp")``; U-Net 64 channels, mult (1, 1, 2, 3, 4), ``--res-blocks`` ResBlocks per
+level (default 2; the release has 3), 4 heads, attention at 8 and 4 px (the release's levels at 64 px), no gradient
+checkpointing; AudioCLIP ``AudioCLIPConfig()`` (released size); CLIP ViT-B/32 (open_clip ``ViT-B-32-quickgelu``).
+The upstream mode reloads its own copies of the stage-2 networks from disk.
 
 Modes:
 - ``ours``, batch ``--batch``, per video = batch time / batch: stage 1 = ``sample_codes`` (static KV cache,
@@ -36,13 +36,18 @@ Timing:
   gradient reaches the U-Net output (a tensor hook): encoders = loss -> U-Net output, U-Net = the rest.
   Each step's process CPU time is reported too: with one thread it discounts time lost to other processes.
 
+Device (``--device cuda``): ours runs every network on the GPU; the upstream mode runs its U-Net, GPT, VQGAN and
+CLIP there (CLIP under fp16 autocast, standing for upstream's fp16 ``clip.load``) and AudioCLIP on the CPU, as
+upstream does (the guidance gradient crosses the device boundary; give ``--threads`` the CPU's cores). Every timer
+synchronises the device. ``--precision bf16`` runs ours under bf16 autocast (the upstream mode stays fp32).
+
 Memory: ours holds the guidance graph of the whole batch, ~3.5 GiB per video here on top of ~3.5 GiB of
 weights (batch 4: ~17 GiB), so the default batch is 2 (this machine has 12-16 GiB free). Threads default
 to 1 (on the shared 2-core machines two OpenMP threads stall whenever another process holds a core).
 Default runtime 7-10 minutes (1 thread, loaded machine). Progress goes to stderr.
 
     python benchmarks/bench_sample.py [--threads 1] [--batch 2] [--steps-timed 3] [--gpt-tokens-timed 576]
-        [--res-blocks 2] [--gpt-preset urmp_upstream] [--json out.json]
+        [--res-blocks 2] [--gpt-preset urmp_upstream] [--device cpu|cuda] [--precision 32|bf16] [--json out.json]
     python benchmarks/bench_sample.py --equal-quality [--ckpt_dir saved_ckpts/demo] [--data results/demo/data]
         [--n 16] [--json out.json]     # per video at judged-equal quality: see benchmarks/equal_quality.py
 """
@@ -81,6 +86,7 @@ from tav.gpt import GPT, gpt_preset, sample_codes
 from tav.guidance import Guidance, GuidanceConfig
 from tav.guidance import losses as L
 from tav.pipelines.ta2v import resize_frames
+from tav.utils.runtime import autocast
 from tav.vqgan import VQGAN, vqgan_preset
 
 HERE = Path(__file__).resolve().parent
@@ -93,6 +99,13 @@ LABELS = {"unet_fwd_nograd": "U-Net forward, no grad (update)", "unet_fwd_grad":
           "clip_text": "CLIP caption tokenise + encode", "enc_bwd": "backward through encoders + losses",
           "unet_bwd": "backward through the U-Net", "other": "other (losses, sampler update, noise)"}
 BUCKETS = tuple(LABELS)
+DEVICE = torch.device("cpu")  # --device: ours and the upstream mode's U-Net, GPT, VQGAN and CLIP run here
+
+
+def _sync() -> None:
+    """Wait for the device's queued work, so that wall-clock stamps measure it (a no-op on CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def log(msg: str) -> None:
@@ -111,16 +124,19 @@ class Clock:
 
     def timed(self, name: str, fn):
         def wrapper(*args, **kwargs):
+            _sync()
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                _sync()
                 self.buckets[name] += time.perf_counter() - t0
         return wrapper
 
     def stamping(self, name: str, fn):
         def wrapper(*args, **kwargs):
             out = fn(*args, **kwargs)
+            _sync()
             self.stamps[name] = time.perf_counter()
             return out
         return wrapper
@@ -166,6 +182,7 @@ class ProbeNet(nn.Module):
         return y
 
     def _arrived(self, grad: Tensor) -> None:
+        _sync()
         self.clock.stamps["grad_at_unet"] = time.perf_counter()
 
 
@@ -196,6 +213,8 @@ def build_models(args) -> Models:
     logging.getLogger().setLevel(logging.ERROR)  # open_clip: "no pretrained weights loaded" (intended)
     clip = CLIPEncoder(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).float())
     nets = {"gpt": gpt, "vqgan": vqgan, "unet": unet, "audioclip": audioclip, "clip": clip}
+    for net in nets.values():
+        net.to(DEVICE)
     params = {k: sum(p.numel() for p in v.parameters()) / 1e6 for k, v in nets.items()}
     return Models(gpt, vqgan, unet, schedule, audioclip, clip, params)
 
@@ -210,13 +229,16 @@ def save_editor_files(m: Models, folder: Path) -> dict[str, Path]:
 
 
 def load_editor(paths: dict[str, Path]) -> tuple[UNet, AudioCLIP, CLIPEncoder]:
-    net = load_unet(paths["unet"]).requires_grad_(False)
-    return net, load_audioclip(paths["audioclip"]), load_clip(paths["clip"])
+    """Upstream's editor: U-Net and CLIP on the device, AudioCLIP left on the CPU (upstream never moves it)."""
+    net = load_unet(paths["unet"], DEVICE).requires_grad_(False)
+    return net, load_audioclip(paths["audioclip"]), load_clip(paths["clip"], DEVICE)
 
 
 # ------------------------------------------------------------------------------------------- stage 1
 def _timed(fn) -> tuple[float, object]:
+    _sync()
     t0, out = time.perf_counter(), fn()
+    _sync()
     return time.perf_counter() - t0, out
 
 
@@ -230,14 +252,18 @@ def stage1_benchmark(args, m: Models) -> tuple[dict, Tensor]:
     cfg, b, n = m.gpt.cfg, args.batch, args.gpt_tokens_timed
     full, scale = cfg.video_seq_len, cfg.video_seq_len / args.gpt_tokens_timed
     prompts = torch.randint(0, cfg.text_vocab_size, (b, cfg.text_seq_len), generator=torch.Generator().manual_seed(1))
-    sample_codes(m.gpt, prompts[:2], steps=4, seeds=[0, 1], restrict_to_video=True)  # warm-up
+    prompts = prompts.to(DEVICE)
+    with autocast(args.precision, DEVICE):  # warm-up in ours' precision (first calls load the device's kernels)
+        sample_codes(m.gpt, prompts[:2], steps=4, seeds=[0, 1], restrict_to_video=True)
+        _decode(m, torch.zeros(1, *cfg.latent_shape, dtype=torch.long, device=DEVICE))
     upstream_sample_with_past(m.gpt, prompts[:1], 4)
-    _decode(m, torch.zeros(1, *cfg.latent_shape, dtype=torch.long))
+    _decode(m, torch.zeros(1, *cfg.latent_shape, dtype=torch.long, device=DEVICE))
     log(f"stage 1: ours, GPT {n} codes at batch {b}")
-    gpt_b, codes = _timed(lambda: sample_codes(m.gpt, prompts, steps=n, seeds=list(range(b)), top_k=TOP_K,
-                                               top_p=TOP_P, restrict_to_video=True))
-    codes = codes if n == full else torch.randint(0, cfg.n_codes, (b, *cfg.latent_shape))
-    dec_b, clips = _timed(lambda: _decode(m, codes.view(b, *cfg.latent_shape)))
+    with autocast(args.precision, DEVICE):
+        gpt_b, codes = _timed(lambda: sample_codes(m.gpt, prompts, steps=n, seeds=list(range(b)), top_k=TOP_K,
+                                                   top_p=TOP_P, restrict_to_video=True))
+        codes = codes if n == full else torch.randint(0, cfg.n_codes, (b, *cfg.latent_shape), device=DEVICE)
+        dec_b, clips = _timed(lambda: _decode(m, codes.view(b, *cfg.latent_shape)))
     log(f"  {gpt_b:.1f} s + decode {dec_b:.1f} s; upstream mode, GPT {n} codes at batch 1")
     gpt_1, tokens = _timed(lambda: upstream_sample_with_past(m.gpt, prompts[:1], n))
     up_codes = (tokens - cfg.video_offset).clamp(0, cfg.n_codes - 1) if n == full else codes[:1]
@@ -253,8 +279,10 @@ def stage1_benchmark(args, m: Models) -> tuple[dict, Tensor]:
 class OursStage2:
     """``Guidance`` + ``ddpm_sample`` on a batch; ``step`` advances the sampler itself by one step."""
 
-    def __init__(self, m: Models, clock: Clock, init: Tensor, audio: Tensor, seeds: list[int]) -> None:
+    def __init__(self, m: Models, clock: Clock, init: Tensor, audio: Tensor, seeds: list[int],
+                 precision: str = "32") -> None:
         self.net, self.schedule, self.clock = ProbeNet(m.unet, clock), m.schedule, clock
+        self.precision = precision
         self.guidance = Guidance(GuidanceConfig(), m.schedule, audio_encoder=m.audioclip, clip=m.clip)
         self.guidance.total = clock.stamping("loss", self.guidance.total)
         self.init, self.audio, self.seeds = init, audio, seeds
@@ -263,7 +291,8 @@ class OursStage2:
 
     def prepare(self) -> None:
         """Caption and audio embedded once for the whole batch."""
-        cond = self.guidance.prepare(self.audio, [CAPTION] * len(self.seeds), RATE, FRAMES, seeds=self.seeds)
+        with autocast(self.precision, DEVICE):
+            cond = self.guidance.prepare(self.audio, [CAPTION] * len(self.seeds), RATE, FRAMES, seeds=self.seeds)
         self.cond_fn = self.clock.stamping("grad_done", self.guidance.cond_fn(cond))
 
     def step(self) -> None:
@@ -272,8 +301,9 @@ class OursStage2:
         self.net.calls_left = 1
         start = {"x_init": self.init} if self.x is None else {"noise": self.x}
         try:
-            ddpm_sample(self.net, self.schedule, tuple(self.init.shape), skip_timesteps=SKIP + self.done,
-                        cond_fn=self.cond_fn, generators=self.gens, **start)
+            with autocast(self.precision, DEVICE):
+                ddpm_sample(self.net, self.schedule, tuple(self.init.shape), skip_timesteps=SKIP + self.done,
+                            cond_fn=self.cond_fn, generators=self.gens, **start)
         except _Stop as stop:
             self.x = stop.args[0]
         self.done += 1
@@ -291,10 +321,10 @@ class UpstreamStage2:
 
     @torch.no_grad()
     def prepare(self) -> None:
-        """The audio embedded once (as upstream); q_sample of the stage-1 clip at the first step."""
+        """The audio embedded once (as upstream, by AudioCLIP on the CPU); q_sample of the stage-1 clip."""
         windows = encoder_audio(self.audio, RATE, self.audioclip, FRAMES, window_s=self.lam.audio_window_s)
-        self.a_emb = L.normalize(self.audioclip.encode_audio(windows[0]))[None]  # (1, 16, 1024)
-        noise = torch.randn(self.init.shape, generator=self.gen)
+        self.a_emb = L.normalize(self.audioclip.encode_audio(windows[0]))[None].to(DEVICE)  # (1, 16, 1024)
+        noise = torch.randn(self.init.shape, generator=self.gen).to(DEVICE)
         self.x = self.schedule.q_sample(self.init, self.k, noise)
 
     def cond_fn(self, x: Tensor, t: Tensor) -> Tensor:
@@ -305,15 +335,16 @@ class UpstreamStage2:
             fac = gather_coef(self.schedule.sqrt_one_minus_alphas_cumprod, t, x)
             x_in = out["pred_xstart"] * fac + x * (1 - fac)
             frames = x_in[0].transpose(0, 1) + 0.5  # (16, 3, H, W) in [0, 1]
-            img = L.normalize(self.audioclip.encode_images(frames))[None]
+            img = L.normalize(self.audioclip.encode_images(frames.cpu()).to(DEVICE))[None]  # AudioCLIP on the CPU
             loss = lam.audio_lambda * L.audio_loss(img, self.a_emb).sum()
-            img = L.normalize(self.audioclip.encode_images(frames))[None]  # again, for the direction term
+            img = L.normalize(self.audioclip.encode_images(frames.cpu()).to(DEVICE))[None]  # again: direction term
             loss = loss + lam.direction_lambda * L.direction_loss(img, self.a_emb).sum()
             loss = loss + lam.range_lambda * L.range_loss(out["pred_xstart"]).sum()
             text = 0.0
             for frame in frames:  # upstream's text_loss: caption re-encoded and frame encoded at batch 1
-                txt = L.normalize(self.clip.encode_texts([CAPTION]))
-                f_emb = L.normalize(self.clip.encode_images(frame[None]))
+                with _upstream_clip_precision():
+                    txt = L.normalize(self.clip.encode_texts([CAPTION]).float())
+                    f_emb = L.normalize(self.clip.encode_images(frame[None]).float())
                 text = text + L.text_loss(f_emb[None], txt).sum() / FRAMES  # mean over frames of 1 - cos
             loss = loss + lam.text_lambda * text
             self.clock.stamps["loss"] = time.perf_counter()
@@ -322,13 +353,21 @@ class UpstreamStage2:
             return grad
 
     def step(self) -> None:
-        t = torch.full((1,), self.k, dtype=torch.long)
+        t = torch.full((1,), self.k, dtype=torch.long, device=DEVICE)
         with torch.no_grad():
             out = self.schedule.p_mean_variance(self.net, self.x, t)  # the first U-Net forward: the update
         mean = out["mean"] + out["variance"] * self.cond_fn(self.x, t)
         if self.k > 0:
-            mean = mean + torch.exp(0.5 * out["log_variance"]) * torch.randn(self.x.shape, generator=self.gen)
+            noise = torch.randn(self.x.shape, generator=self.gen).to(DEVICE)
+            mean = mean + torch.exp(0.5 * out["log_variance"]) * noise
         self.x, self.k = mean.detach(), self.k - 1
+
+
+def _upstream_clip_precision():
+    """Upstream loads CLIP in fp16 on a GPU (``clip.load``'s default there): fp16 autocast stands for it."""
+    if DEVICE.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return autocast("32", DEVICE)
 
 
 def _summarise(steps: list[float], parts: list[dict], per: int) -> tuple[float, dict[str, float]]:
@@ -340,14 +379,15 @@ def _summarise(steps: list[float], parts: list[dict], per: int) -> tuple[float, 
 def _runners(args, m: Models, clock: Clock, clips: Tensor, audio: Tensor, editor) -> tuple[dict, dict]:
     """One warm-up step of each mode at batch 1 (not counted), then the runners to time; the warm-up's batch-1
     ours runner goes on as the ``ours_b1`` variant (batch > 1), which shows what batching brings."""
-    ours_b1 = OursStage2(m, clock, clips[:1], audio[:1], [0])
+    ours_b1 = OursStage2(m, clock, clips[:1], audio[:1], [0], args.precision)
     warm = {"ours": ours_b1, "upstream": UpstreamStage2(editor, m.schedule, clock, clips[:1], audio[:1])}
     secs = {}
     for name, runner in warm.items():
         runner.prepare()
         secs[name] = _timed(runner.step)[0]
         log(f"  warm-up step at batch 1: {name} {secs[name]:.1f} s")
-    runners = {"ours": OursStage2(m, clock, clips, audio, list(range(args.batch))) if args.batch > 1 else ours_b1,
+    batch = OursStage2(m, clock, clips, audio, list(range(args.batch)), args.precision) if args.batch > 1 else None
+    runners = {"ours": batch or ours_b1,
                "upstream": UpstreamStage2(editor, m.schedule, clock, clips[:1], audio[:1])}
     if args.batch > 1:
         runners["ours_b1"] = ours_b1
@@ -357,6 +397,8 @@ def _runners(args, m: Models, clock: Clock, clips: Tensor, audio: Tensor, editor
 def stage2_benchmark(args, m: Models, clips: Tensor, paths: dict[str, Path]) -> dict:
     clock = Clock()
     instrument(m.audioclip, m.clip, clock)
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE)
     audio = 0.1 * torch.randn(args.batch, FRAMES * RATE // FPS, generator=torch.Generator().manual_seed(2))  # 48 kHz
     log("stage 2: upstream mode rebuilds its editor (U-Net, AudioCLIP, CLIP reloaded from files)")
     rebuild, editor = _timed(lambda: load_editor(paths))
@@ -378,7 +420,9 @@ def stage2_benchmark(args, m: Models, clips: Tensor, paths: dict[str, Path]) -> 
             log(f"  step {i}: {name} {secs:.1f} s")
     n_steps = m.schedule.num_timesteps - SKIP
     res: dict = {"n_steps": n_steps, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                 "warmup_step_b1_s": warm}
+                 "warmup_step_b1_s": warm, "device": str(DEVICE), "precision_ours": args.precision}
+    if DEVICE.type == "cuda":
+        res["peak_device_gib"] = torch.cuda.max_memory_allocated(DEVICE) / 2**30
     for name in names:
         per = args.batch if name == "ours" else 1
         step, breakdown = _summarise(steps[name], parts[name], per)
@@ -392,8 +436,10 @@ def stage2_benchmark(args, m: Models, clips: Tensor, paths: dict[str, Path]) -> 
 
 # ------------------------------------------------------------------------------------------- report
 def _row(label: str, values: list[float], bold: bool = False, digits: int = 1) -> str:
-    """A table row: the values, then the last over the first (upstream mode / ours)."""
-    ratio = f"{values[-1] / values[0]:.2f}x" if values[0] >= 0.05 else "-"
+    """A table row: the values, then the last over the first (upstream mode / ours). On a GPU every figure gets
+    two more digits (its steps take milliseconds); a ratio is shown where the first value shows."""
+    digits += 2 if DEVICE.type == "cuda" else 0
+    ratio = f"{values[-1] / values[0]:.2f}x" if values[0] >= 0.5 * 10**-digits else "-"
     cells = [label, *(f"{v:.{digits}f}" for v in values), ratio]
     return "| " + " | ".join(f"**{c}**" if bold else c for c in cells) + " |"
 
@@ -446,13 +492,25 @@ def _verdict(s1: dict, s2: dict) -> list[str]:
             f"stage-1 ratio {s1['upstream']['total'] / s1['ours']['total']:.2f}x."]
 
 
+def _device_line(s2: dict) -> dict[str, str]:
+    """The report's words for the device: CPU only, or a GPU with the upstream mode's AudioCLIP on the CPU."""
+    if DEVICE.type != "cuda":
+        return {"title": "CPU", "gpu": "", "peak": ""}
+    return {"title": f"{DEVICE.type} (upstream mode: AudioCLIP on the CPU, CLIP fp16, as upstream)",
+            "gpu": f", {torch.cuda.get_device_name(DEVICE)}",
+            "peak": f", peak device memory (stage 2) {s2['peak_device_gib']:.1f} GiB"}
+
+
 def report(args, m: Models, s1: dict, s2: dict, load_before: str, wall: float) -> str:
     b, n = args.batch, m.params
     cfg = unet_config(args.res_blocks)
-    lines = ["## TA2V sampling: seconds per video, ours vs upstream-algorithm mode (fp32 CPU, random weights)", "",
-             f"machine: {platform.machine()}, {_cpu_name()}, torch {torch.__version__}, "
+    prec = "fp32" if args.precision == "32" else f"ours {args.precision}, upstream mode fp32"
+    where = _device_line(s2)
+    lines = [f"## TA2V sampling: seconds per video, ours vs upstream-algorithm mode ({prec}, {where['title']}, "
+             "random weights)", "",
+             f"machine: {platform.machine()}, {_cpu_name()}{where['gpu']}, torch {torch.__version__}, "
              f"threads {torch.get_num_threads()}, load average before {load_before}, after {_loadavg()}; "
-             f"wall time {wall / 60:.1f} min; peak RSS {s2['peak_rss_gib']:.1f} GiB", "",
+             f"wall time {wall / 60:.1f} min; peak RSS {s2['peak_rss_gib']:.1f} GiB{where['peak']}", "",
              f"models: GPT {args.gpt_preset} ({n['gpt']:.1f} M, vocabulary {s1['vocab']}), VQGAN urmp "
              f"({n['vqgan']:.1f} M), U-Net 64 ch mult {cfg.channel_mult} x {cfg.num_res_blocks} ResBlocks, attention "
              f"at {cfg.attention_resolutions} px ({n['unet']:.1f} M), AudioCLIP full ({n['audioclip']:.1f} M), "
@@ -476,6 +534,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpt-tokens-timed", type=int, default=576, help="codes decoded (fewer: scaled to 576)")
     p.add_argument("--res-blocks", type=int, default=2, help="U-Net ResBlocks per level (release: 3)")
     p.add_argument("--gpt-preset", default="urmp_upstream", help="GPT preset (urmp_upstream | urmp)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda[:i]: where ours runs (upstream mode: U-Net, GPT, "
+                   "VQGAN and CLIP there, AudioCLIP on the CPU as upstream)")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32",
+                   help="ours' autocast (32: equal settings with the upstream mode, which is always fp32)")
     p.add_argument("--json", type=Path)
     q = p.add_argument_group("--equal-quality: seconds per video at judged-equal quality on the demo's models "
                              "(benchmarks/equal_quality.py)")
@@ -498,6 +560,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch < 1 or args.steps_timed < 1 or not 1 <= args.gpt_tokens_timed <= 576:
         p.error("--batch and --steps-timed must be >= 1, --gpt-tokens-timed in [1, 576]")
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA device here")
     load_before, t0 = _loadavg(), time.perf_counter()
     log("building models (random weights)")
     m = build_models(args)

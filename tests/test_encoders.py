@@ -7,6 +7,7 @@ import types
 import warnings
 
 import numpy as np
+import open_clip
 import pytest
 import torch
 import wav2clip
@@ -62,6 +63,39 @@ def test_tiny_clip_round_trip(clip_file):
     assert enc.encode_texts(CAPTIONS).shape == (2, 512)
     # a different seed is a different model: the comparison above can fail
     assert not torch.allclose(CLIPEncoder(tiny_clip_model(seed=4)).encode_images(images), ref.encode_images(images))
+
+
+def _ops_and_grad(enc_fn, images: torch.Tensor) -> tuple[set[str], torch.Tensor, torch.Tensor]:
+    """Operators of a bf16-autocast image pass + backward to the pixels, the features and the pixel gradient."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = images.clone().requires_grad_()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            feats = enc_fn(x).float()
+        grad, = torch.autograd.grad(feats.square().sum(), x)
+    return {e.key for e in prof.key_averages()}, feats.detach(), grad
+
+
+def test_clip_runs_sequence_first_with_the_same_results():
+    # Batch-first attention fed its input projection a strided view, which bf16 autocast turned into a bmm
+    # over an expanded, copied weight (4x slower than fp32); sequence-first does the same maths without it.
+    import copy
+
+    model = tiny_clip_model(seed=3)
+    batch_first = copy.deepcopy(model).requires_grad_(False)
+    enc = CLIPEncoder(model)
+    assert not enc.model.visual.transformer.batch_first and not enc.model.transformer.batch_first
+    assert not any(b.attn.batch_first for b in enc.model.visual.transformer.resblocks)
+    images = _images()
+    ops, feats, grad = _ops_and_grad(enc.encode_images, images)
+    ref_ops, ref_feats, ref_grad = _ops_and_grad(lambda x: batch_first.encode_image(enc.preprocess_images(x)), images)
+    torch.testing.assert_close(feats, ref_feats, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-9)
+    assert "aten::bmm" in ref_ops and "aten::bmm" not in ops
+    with torch.no_grad():
+        ref_text = batch_first.encode_text(open_clip.tokenize(CAPTIONS, context_length=enc.context_length))
+        torch.testing.assert_close(enc.encode_texts(CAPTIONS), ref_text, rtol=1e-5, atol=1e-5)
 
 
 def test_clip_missing_file_is_one_line(tmp_path):

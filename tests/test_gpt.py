@@ -449,3 +449,41 @@ def test_embedded_vqgan_needs_config_for_other_factors(tmp_path):
                       vars(upstream_gpt_args(block_size=64)), None)
     cfg = _base_config(ckpt, vq.cfg)
     assert cfg.latent_shape == (2, 4, 4) and cfg.n_codes == 16384 and cfg.block_size == 64
+
+
+def test_bf16_decode_casts_the_linears_once_with_autocast_results(monkeypatch):
+    # Under autocast a frozen model's linears were re-cast at every decode step; sample_codes now holds them in
+    # bf16 for the call. The operands are the same bf16 values, so the codes equal plain autocast's.
+    from tav.gpt import sampling
+
+    model = tiny_gpt().requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    text = torch.randint(0, model.cfg.text_vocab_size, (2, model.cfg.text_seq_len),
+                         generator=torch.Generator().manual_seed(4))
+    seen = []
+    hook = model.blocks[0].attn.query.register_forward_hook(lambda m, i, o: seen.append(m.weight.dtype))
+    kw = dict(seeds=[1, 2], top_k=10, top_p=0.9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = sample_codes(model, text, **kw)
+        monkeypatch.setattr(sampling, "low_precision_linears", lambda gpt, dtype: sampling.contextlib.nullcontext())
+        plain = sample_codes(model, text, **kw)
+    hook.remove()
+    assert torch.equal(fast, plain)
+    n = len(seen) // 2
+    assert set(seen[:n]) == {torch.bfloat16} and set(seen[n:]) == {torch.float32}
+    after = model.state_dict()
+    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+    assert not model.training
+
+
+def test_decode_attention_leaves_out_cudnn_on_cuda_only():
+    from tav.gpt.sampling import decode_attention
+
+    flags = (torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.flash_sdp_enabled,
+             torch.backends.cuda.mem_efficient_sdp_enabled, torch.backends.cuda.math_sdp_enabled)
+    start = [f() for f in flags]
+    with decode_attention(torch.device("cuda")):
+        assert [f() for f in flags] == [False, True, True, True]
+    assert [f() for f in flags] == start
+    with decode_attention(torch.device("cpu")):
+        assert [f() for f in flags] == start
