@@ -8,8 +8,10 @@ GPT ``gpt_preset("urmp_upstream")`` (12 layers, 8 heads, 512 wide, 12 + 576 toke
 vocabulary; ``--gpt-preset urmp``'s 46 906 rows only slow the upstream mode's full-vocabulary head), top-k 2048,
 top-p 0.8; VQGAN ``vqgan_preset("urmp")``; U-Net 64 channels, mult (1, 1, 2, 3, 4), ``--res-blocks`` ResBlocks per
 level (default 2; the release has 3), 4 heads, attention at 8 and 4 px (the release's levels at 64 px), no gradient
-checkpointing; AudioCLIP ``AudioCLIPConfig()`` (released size); CLIP ViT-B/32 (open_clip ``ViT-B-32-quickgelu``).
-The upstream mode reloads its own copies of the stage-2 networks from disk.
+checkpointing (``--unet release``: the released network, 128 channels, 3 ResBlocks, 318 M; ``--size 128``: frames of
+128 px as the README's ``--model_output_size 128``, attention at 16 and 8 px); AudioCLIP ``AudioCLIPConfig()``
+(released size); CLIP ViT-B/32 (open_clip ``ViT-B-32-quickgelu``). The upstream mode reloads its own copies of the
+stage-2 networks from disk.
 
 Modes:
 - ``ours``, batch ``--batch``, per video = batch time / batch: stage 1 = ``sample_codes`` (static KV cache,
@@ -47,7 +49,8 @@ to 1 (on the shared 2-core machines two OpenMP threads stall whenever another pr
 Default runtime 7-10 minutes (1 thread, loaded machine). Progress goes to stderr.
 
     python benchmarks/bench_sample.py [--threads 1] [--batch 2] [--steps-timed 3] [--gpt-tokens-timed 576]
-        [--res-blocks 2] [--gpt-preset urmp_upstream] [--device cpu|cuda] [--precision 32|bf16] [--json out.json]
+        [--res-blocks 2] [--gpt-preset urmp_upstream] [--unet small|release] [--size 64|128] [--device cpu|cuda]
+        [--precision 32|bf16] [--json out.json]
     python benchmarks/bench_sample.py --equal-quality [--ckpt_dir saved_ckpts/demo] [--data results/demo/data]
         [--n 16] [--json out.json]     # per video at judged-equal quality: see benchmarks/equal_quality.py
 """
@@ -55,6 +58,7 @@ Default runtime 7-10 minutes (1 thread, loaded machine). Progress goes to stderr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import logging
@@ -198,16 +202,21 @@ class Models:
     params: dict[str, float]  # millions
 
 
-def unet_config(res_blocks: int) -> UNetConfig:
+def unet_config(res_blocks: int, release: bool = False) -> UNetConfig:
+    """The benchmark's U-Net at ``SIZE`` px: 64 channels and ``res_blocks`` ResBlocks per level, or the released
+    TA2V network (128 channels, 3 ResBlocks; ``--unet release``); attention at SIZE/8 and SIZE/16 px either way."""
+    levels = (SIZE // 8, SIZE // 16)
+    if release:
+        return dataclasses.replace(UNetConfig(), image_size=SIZE, attention_resolutions=levels)
     return UNetConfig(image_size=SIZE, model_channels=64, channel_mult=(1, 1, 2, 3, 4), num_res_blocks=res_blocks,
-                      attention_resolutions=(8, 4), num_heads=4, gradient_checkpointing=False)
+                      attention_resolutions=levels, num_heads=4, gradient_checkpointing=False)
 
 
 def build_models(args) -> Models:
     torch.manual_seed(0)
     gpt = GPT(gpt_preset(args.gpt_preset)).eval()
     vqgan = VQGAN(vqgan_preset("urmp")).eval()
-    unet = UNet(unet_config(args.res_blocks)).eval().requires_grad_(False)
+    unet = UNet(unet_config(args.res_blocks, args.unet == "release")).eval().requires_grad_(False)
     schedule = GaussianSchedule.from_config(ProcessConfig(), respacing=RESPACING)
     audioclip = AudioCLIP(AudioCLIPConfig()).freeze()
     logging.getLogger().setLevel(logging.ERROR)  # open_clip: "no pretrained weights loaded" (intended)
@@ -254,7 +263,8 @@ def stage1_benchmark(args, m: Models) -> tuple[dict, Tensor]:
     prompts = torch.randint(0, cfg.text_vocab_size, (b, cfg.text_seq_len), generator=torch.Generator().manual_seed(1))
     prompts = prompts.to(DEVICE)
     with autocast(args.precision, DEVICE):  # warm-up in ours' precision (first calls load the device's kernels)
-        sample_codes(m.gpt, prompts[:2], steps=4, seeds=[0, 1], restrict_to_video=True)
+        warm = min(b, 2)
+        sample_codes(m.gpt, prompts[:warm], steps=4, seeds=list(range(warm)), restrict_to_video=True)
         _decode(m, torch.zeros(1, *cfg.latent_shape, dtype=torch.long, device=DEVICE))
     upstream_sample_with_past(m.gpt, prompts[:1], 4)
     _decode(m, torch.zeros(1, *cfg.latent_shape, dtype=torch.long, device=DEVICE))
@@ -503,7 +513,7 @@ def _device_line(s2: dict) -> dict[str, str]:
 
 def report(args, m: Models, s1: dict, s2: dict, load_before: str, wall: float) -> str:
     b, n = args.batch, m.params
-    cfg = unet_config(args.res_blocks)
+    cfg = unet_config(args.res_blocks, args.unet == "release")
     prec = "fp32" if args.precision == "32" else f"ours {args.precision}, upstream mode fp32"
     where = _device_line(s2)
     lines = [f"## TA2V sampling: seconds per video, ours vs upstream-algorithm mode ({prec}, {where['title']}, "
@@ -512,9 +522,9 @@ def report(args, m: Models, s1: dict, s2: dict, load_before: str, wall: float) -
              f"threads {torch.get_num_threads()}, load average before {load_before}, after {_loadavg()}; "
              f"wall time {wall / 60:.1f} min; peak RSS {s2['peak_rss_gib']:.1f} GiB{where['peak']}", "",
              f"models: GPT {args.gpt_preset} ({n['gpt']:.1f} M, vocabulary {s1['vocab']}), VQGAN urmp "
-             f"({n['vqgan']:.1f} M), U-Net 64 ch mult {cfg.channel_mult} x {cfg.num_res_blocks} ResBlocks, attention "
-             f"at {cfg.attention_resolutions} px ({n['unet']:.1f} M), AudioCLIP full ({n['audioclip']:.1f} M), "
-             f"CLIP ViT-B/32 ({n['clip']:.1f} M)",
+             f"({n['vqgan']:.1f} M), U-Net {cfg.model_channels} ch mult {cfg.channel_mult} x {cfg.num_res_blocks} "
+             f"ResBlocks, attention at {cfg.attention_resolutions} px ({n['unet']:.1f} M), AudioCLIP full "
+             f"({n['audioclip']:.1f} M), CLIP ViT-B/32 ({n['clip']:.1f} M)",
              f"clip 3x{FRAMES}x{SIZE}x{SIZE}; respaced {RESPACING}, skip {SKIP} -> {s2['n_steps']} DDPM steps; "
              f"guidance audio 1e4, direction 5e3, text 1e4, range 50; stage-2 steps timed: {args.steps_timed} per "
              f"mode after 1 warm-up step at batch 1, x {s2['n_steps']}", ""]
@@ -534,6 +544,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpt-tokens-timed", type=int, default=576, help="codes decoded (fewer: scaled to 576)")
     p.add_argument("--res-blocks", type=int, default=2, help="U-Net ResBlocks per level (release: 3)")
     p.add_argument("--gpt-preset", default="urmp_upstream", help="GPT preset (urmp_upstream | urmp)")
+    p.add_argument("--unet", choices=["small", "release"], default="small",
+                   help="small: 64 channels, --res-blocks per level; release: the released network (318 M)")
+    p.add_argument("--size", type=int, choices=[64, 128], default=64, help="stage-2 frame size (release: 128)")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:i]: where ours runs (upstream mode: U-Net, GPT, "
                    "VQGAN and CLIP there, AudioCLIP on the CPU as upstream)")
     p.add_argument("--precision", choices=["32", "bf16"], default="32",
@@ -560,8 +573,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch < 1 or args.steps_timed < 1 or not 1 <= args.gpt_tokens_timed <= 576:
         p.error("--batch and --steps-timed must be >= 1, --gpt-tokens-timed in [1, 576]")
     torch.set_num_threads(args.threads)
-    global DEVICE
-    DEVICE = torch.device(args.device)
+    global DEVICE, SIZE
+    DEVICE, SIZE = torch.device(args.device), args.size
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         p.error(f"--device {args.device}: no CUDA device here")
     load_before, t0 = _loadavg(), time.perf_counter()
