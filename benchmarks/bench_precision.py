@@ -16,7 +16,9 @@ the medians. Networks (``--nets``):
   backward to the pixels (the audio and direction terms);
 - ``demo_vqgan``, ``demo_unet`` (not by default): a training step's forward + backward of ``make demo``'s VQGAN
   (batch 8 of 8x32x32) and diffusion prior (batch 4 of 8x16x16), whose precision ``make demo --precision auto``
-  picks per CPU kind.
+  picks per CPU kind;
+- ``unet_cl``, ``unet_guidance_cl`` (not by default): ``unet`` and ``unet_guidance`` with the weights and the input
+  in ``channels_last_3d``.
 
 ``--profile`` adds the ten operators with the most self CPU time of one call in each precision
 (``torch.profiler``), which shows where bf16 does and does not pay (layout reorders, norms, elementwise ops).
@@ -37,7 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NETS = ("unet", "unet_guidance", "vqgan_decode", "clip_image", "audioclip_image", "demo_vqgan", "demo_unet")
+NETS = ("unet", "unet_guidance", "vqgan_decode", "clip_image", "audioclip_image", "demo_vqgan", "demo_unet",
+        "unet_cl", "unet_guidance_cl")
 DEFAULT_NETS = NETS[:5]
 
 
@@ -46,14 +49,18 @@ def build(name: str, frames: int) -> Callable[[], None]:
     import torch
 
     torch.manual_seed(0)
-    if name in ("unet", "unet_guidance"):
+    if name.startswith("unet"):
         from bench_unet import bench_config
 
         from tav.diffusion.unet3d import UNet
 
-        net = UNet(bench_config()).train(name == "unet").requires_grad_(name == "unet")
+        train = name.startswith("unet") and not name.startswith("unet_guidance")
+        net = UNet(bench_config()).train(train).requires_grad_(train)
         x, t = torch.randn(1, 3, frames, 64, 64), torch.tensor([500.0])
-        if name == "unet":
+        if name.endswith("_cl"):  # weights and input in channels_last_3d (NDHWC)
+            net.to(memory_format=torch.channels_last_3d)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if train:
             def call():
                 net.zero_grad(set_to_none=True)
                 net(x, t).float().square().mean().backward()

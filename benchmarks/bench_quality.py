@@ -102,7 +102,7 @@ def sample_argv(ckpt: Path, data: Path, save: Path, n: int, overrides: dict, ext
              "model_output_size": 16, "iterations_num": 1, "audio_emb_model": "joint", "text_guidance_model":
              "joint", "joint_ckpt": ckpt / "joint_encoder.pt", "audioclip_ckpt": ckpt / "audioclip_random.pt",
              "clip_ckpt": ckpt / "clip_random.pt", "audio_guidance_lambda": 10000, "direction_lambda": 5000,
-             "text_guidance_lambda": 10000, "skip_timesteps": round(SKIP * 100), "save": save,
+             "text_guidance_lambda": 10000, "skip_timesteps": round(SKIP * 100), "guidance_blur": 2.0, "save": save,
              "progress": "false"}
     flags.update(overrides)
     argv = ["--text_stft_cond"]

@@ -3,7 +3,8 @@
 The reference is upstream's published stage-2 setting run by ``sample_tav.py``: DDPM respaced "100", SDEdit skip
 25 (75 guided steps), fp32, batch 1. The candidates start the chain from the same point (the first quarter of
 each chain skipped) with fewer steps (DDIM 10 / 25 / 50, DDPM 25 / 50) or the same (DDPM 100: what bf16 and
-batching alone give), ``--precision auto`` (bf16 on a CPU with bf16 units) and all clips in one batch. Every
+batching alone give), ``--precision auto`` (bf16 on a CPU with bf16 units), all clips in one batch and the
+guidance gradient smoothed as the demo samples (``--guidance_blur 2``; upstream's is not smoothed). Every
 run samples the same ``--n`` demo test clips with the same per-sample seeds (so stage 1 is the same clip in
 every run) and is judged by ``tools/synthetic_judge.py``'s judges. A candidate is **of equal quality** when, for
 every judge in ``EQUAL_JUDGES``, the 95% confidence interval of its paired per-clip difference from the
@@ -37,15 +38,17 @@ SKIP = 0.25  # upstream's SDEdit start: 25 of 100 respaced steps skipped
 def settings(n: int) -> tuple[tuple[str, dict], list[tuple[str, dict]]]:
     """(reference, candidates) as (label, sample_tav flag overrides)."""
     ref = ("upstream setting: DDPM 100, skip 25 (75 steps), fp32, batch 1",
-           {"timestep_respacing": "100", "skip_timesteps": 25, "precision": "32", "batch_size": 1})
+           {"timestep_respacing": "100", "skip_timesteps": 25, "precision": "32", "batch_size": 1,
+            "guidance_blur": 0})  # upstream's gradient, unsmoothed (bench_quality's rows smooth it as the demo)
     cands = []
     for sampler, steps in (("DDIM", 10), ("DDIM", 25), ("DDPM", 25), ("DDIM", 50), ("DDPM", 50), ("DDPM", 100)):
         skip = round(SKIP * steps)
         over = {"timestep_respacing": f"ddim{steps}" if sampler == "DDIM" else str(steps), "skip_timesteps": skip,
-                "precision": "auto", "batch_size": n}
+                "precision": "auto", "batch_size": n}  # ours: the demo's smoothed gradient (--guidance_blur 2)
         if sampler == "DDIM":
             over["ddim"] = True
-        cands.append((f"{sampler} {steps}, skip {skip} ({steps - skip} steps), auto precision, batch {n}", over))
+        cands.append((f"{sampler} {steps}, skip {skip} ({steps - skip} steps), auto precision, batch {n}, blur 2",
+                      over))
     return ref, cands
 
 

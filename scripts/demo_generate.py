@@ -23,7 +23,7 @@ from tav.data.video import read_video
 from tav.errors import InputError
 from tav.utils.fileio import write_text_atomic
 from tav_scripts.demo_quality import judge_clips, record_quality
-from tav_scripts.demo_sample import DEMO_SKIP, REPO, _rel, gather_checkpoints
+from tav_scripts.demo_sample import DEMO_BLUR, DEMO_SKIP, REPO, _rel, gather_checkpoints
 from tav_scripts.demo_stages import sampling_precision_flags
 from tav_scripts.demo_tia2v import SHR_SIZE, tiny_encoders, train_models
 
@@ -42,7 +42,7 @@ def generate_commands(files: dict[str, Path], enc: dict[str, Path], models: dict
     ta2v = ["--gpt_text_ckpt", _rel(files["gpt"]), "--vqgan_ckpt", _rel(files["vqgan"]), "--diffusion_ckpt",
             _rel(files["diffusion"]), "--audio_emb_model", "joint", "--text_guidance_model", "joint", "--joint_ckpt",
             _rel(files["joint"]), "--model_output_size", "16", "--timestep_respacing", "ddim50", "--ddim",
-            "--skip_timesteps", str(DEMO_SKIP // 2)]
+            "--skip_timesteps", str(DEMO_SKIP // 2), "--guidance_blur", str(DEMO_BLUR)]
     tia2v = ["--model_path", _rel(models["motion"]), "--diffusion_ckpt", _rel(models["shr"]), "--clip_l_ckpt",
              _rel(enc["clip_l"]), "--beats_ckpt", _rel(enc["beats"]), "--model_output_size", str(SHR_SIZE),
              "--timestep_respacing", "50"]

@@ -24,7 +24,7 @@ TIA2V_SHR = "saved_ckpts/ldm_opdif_0514/model420000.pt"
 GUIDANCE_FLAGS = {"audio_emb_model": "audio_encoder", "text_guidance_model": "text_encoder",
                   "audio_guidance_lambda": "audio_lambda", "direction_lambda": "direction_lambda",
                   "text_guidance_lambda": "text_lambda", "range_lambda": "range_lambda", "aug_num": "aug_num",
-                  "audio_window": "audio_window_s"}
+                  "audio_window": "audio_window_s", "guidance_blur": "grad_blur"}
 
 
 def add_ta2v_flags(p: argparse.ArgumentParser) -> None:
@@ -40,7 +40,8 @@ def add_ta2v_flags(p: argparse.ArgumentParser) -> None:
                    help="frames between the stage-2 windows (default half a window; 0: a whole window, no overlap)")
     g.add_argument("--audio_emb_model", choices=["wav2clip", "audioclip", "joint"], default=None)
     g.add_argument("--text_guidance_model", choices=["clip", "joint"], default=None)
-    for flag in ("audio_guidance_lambda", "direction_lambda", "text_guidance_lambda", "range_lambda", "audio_window"):
+    for flag in ("audio_guidance_lambda", "direction_lambda", "text_guidance_lambda", "range_lambda", "audio_window",
+                 "guidance_blur"):
         g.add_argument(f"--{flag}", type=float, default=None)
     g.add_argument("--aug_num", type=int, default=None)
     for name in ("audioclip", "clip", "wav2clip", "joint"):

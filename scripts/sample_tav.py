@@ -45,7 +45,7 @@ GUIDANCE_FLAGS = {"audio_emb_model": "audio_encoder", "text_guidance_model": "te
                   "audio_guidance_lambda": "audio_lambda",
                   "direction_lambda": "direction_lambda", "text_guidance_lambda": "text_lambda",
                   "range_lambda": "range_lambda", "aug_num": "aug_num", "audio_window": "audio_window_s",
-                  "faithful_quirks": "faithful_quirks"}
+                  "faithful_quirks": "faithful_quirks", "guidance_blur": "grad_blur"}
 IGNORED = ("prompt", "init_image", "mask", "gpu_id", "output_path", "output_file", "vid", "export_assets",
            "local_clip_guided_diffusion", "no_enforce_background", "lpips_sim_lambda", "l2_sim_lambda",
            "background_preservation_loss", "stft_vqgan_ckpt", "compute_fvd")
@@ -150,6 +150,8 @@ def _add_stage2(p: argparse.ArgumentParser) -> None:
                        ("direction_lambda", "direction_lambda"), ("range_lambda", "range_lambda")):
         sampling.config_flag(g, flag, GuidanceConfig, name, type=float)
     sampling.config_flag(g, "aug_num", GuidanceConfig, "aug_num", type=int, help="views per frame (wav2clip)")
+    sampling.config_flag(g, "guidance_blur", GuidanceConfig, "grad_blur", type=float,
+                         help="smooth the guidance gradient per frame by a Gaussian of this std (pixels; 0: off)")
     sampling.config_flag(g, "iterations_num", SamplingConfig, "iterations", type=int,
                          help="independent refinements per sample")
     sampling.config_flag(g, "audio_window", GuidanceConfig, "audio_window_s", type=float,

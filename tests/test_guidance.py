@@ -13,6 +13,7 @@ from tav.encoders.base import Encoder
 from tav.errors import InputError
 from tav.guidance import Guidance, GuidanceConfig
 from tav.guidance import losses as L
+from tav.guidance.guide import gaussian_kernel, smooth_frames
 
 
 class PixelEncoder(Encoder):
@@ -183,3 +184,41 @@ def test_config_errors():
     with pytest.raises(InputError, match="empty"):
         g.prepare(torch.zeros(1, 1600 * 4), [" "], 48000, n_frames=4)
     assert math.isclose(GuidanceConfig().audio_lambda, 1e4)
+
+
+# ------------------------------------------------------------------------------------------- gradient smoothing
+def test_smooth_frames_is_a_normalised_gaussian_per_frame():
+    k = gaussian_kernel(2.0)
+    assert len(k) == 13 and math.isclose(float(k.sum()), 1.0) and int(k.argmax()) == 6
+    torch.testing.assert_close(k[7] / k[6], torch.tensor(math.exp(-1 / 8), dtype=torch.float64))
+    x = torch.randn(2, 3, 4, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert smooth_frames(x, 0.0) is x
+    y = smooth_frames(x, 2.0)
+    # interior pixel against the dense 2-D sum of the separable kernel; frames and channels never mix
+    want = (x[1, 2, 3, 2:15, 1:14] * (k[:, None] * k[None, :])).sum()
+    torch.testing.assert_close(y[1, 2, 3, 8, 7], want)
+    const = torch.full((1, 3, 2, 16, 16), 0.3)
+    torch.testing.assert_close(smooth_frames(const, 1.5), const)  # reflected edges keep a constant field
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 * 2.0 - 1.0  # the highest frequency
+    out = smooth_frames(checker.expand(1, 1, 1, 16, 16).contiguous(), 1.0)
+    assert float(out.abs().max()) < 0.01
+
+
+def test_guidance_blur_smooths_the_hook_gradient_and_checks_its_value():
+    init, t = torch.rand(1, 3, 4, 8, 8) - 0.5, torch.tensor([5])
+    out = {"pred_xstart": None}
+    grads = []
+    for blur in (0.0, 1.0):
+        g, _, _ = _guidance(grad_blur=blur)  # the range term makes the gradient vary from pixel to pixel
+        cond = g.prepare(torch.rand(1, 4 * 1600, generator=torch.Generator().manual_seed(3)) - 0.5, ["a red circle"],
+                         48000, n_frames=4)
+        x = init.clone().requires_grad_()
+        out["pred_xstart"] = 3.0 * x  # partly outside [-0.5, 0.5]
+        grads.append(g.cond_fn(cond)(x, t, out))
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], smooth_frames(grads[0], 1.0))
+    assert not torch.allclose(grads[0], grads[1])
+    with pytest.raises(InputError, match="guidance_blur"):
+        GuidanceConfig(grad_blur=-1.0)
+    with pytest.raises(InputError, match="does not fit"):
+        smooth_frames(torch.zeros(1, 3, 1, 4, 4), 2.0)

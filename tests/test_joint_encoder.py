@@ -15,7 +15,7 @@ from tav.encoders.joint import JointConfig, JointModel, load_joint, save_joint, 
 from tav.encoders.registry import clear_encoder_cache, get_encoder
 from tav.errors import InputError
 from tav.metrics.retrieval import retrieval_r1
-from tav.training.joint_module import multi_positive_nce
+from tav.training.joint_module import JointTrainConfig, degrade_frames, multi_positive_nce
 from tav_scripts import train_joint_encoder as script
 
 TINY = dict(dim=16, width=8, audio_width=16, text_width=16, text_buckets=256, n_mels=32, image_size=32)
@@ -139,3 +139,42 @@ def test_guidance_and_scores_with_the_joint_encoder(tmp_path):
     with pytest.raises(InputError, match="wav2clip compares CLIP"):
         GuidanceConfig(audio_encoder="wav2clip", text_encoder="joint")
     clear_encoder_cache()
+
+
+def test_degrade_frames_known_properties():
+    import torch.nn.functional as F
+
+    frames = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(degrade_frames(frames, (), 0.5, 0.0), frames)
+    torch.testing.assert_close(degrade_frames(frames, (8,), 0.0, 0.0, generator=torch.Generator()), frames)
+    shrunk = degrade_frames(frames, (8,), 1.0, 0.0, generator=torch.Generator().manual_seed(1))
+    small = F.interpolate(frames, size=(8, 8), mode="bilinear", antialias=True, align_corners=False)
+    torch.testing.assert_close(shrunk, F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False))
+    draw = [degrade_frames(frames, (8, 16), 0.5, 0.2, 0.1, torch.Generator().manual_seed(s)) for s in (4, 4, 5)]
+    torch.testing.assert_close(draw[0], draw[1])  # seeded
+    assert not torch.allclose(draw[0], draw[2])
+    zeros = torch.zeros(400, 3, 32, 32)
+    noise = degrade_frames(zeros, (), 0.0, 0.2, generator=torch.Generator().manual_seed(2))
+    per_frame = noise.flatten(1).std(dim=1)  # sigma ~ U(0, 0.2) per frame
+    assert float(per_frame.max()) < 0.2 * 1.05 and abs(float(per_frame.mean()) - 0.1) < 0.01
+    tint = degrade_frames(zeros, (), 0.0, 0.0, 0.1, torch.Generator().manual_seed(3))
+    assert 0.07 < float(tint.std()) < 0.13  # a colour field of std ~0.1 ...
+    step = (tint[..., 1:] - tint[..., :-1]).abs().max()
+    assert float(step) < 0.3 * float(tint.abs().max())  # ... that changes slowly across the frame
+    with pytest.raises(InputError, match="degrade_p"):
+        JointTrainConfig(degrade_p=1.5)
+    with pytest.raises(InputError, match="noise_std"):
+        JointTrainConfig(noise_std=-0.1)
+
+
+def test_training_with_degraded_frames_is_seeded_and_differs(demo, tmp_path):
+    base = ["--data_path", str(demo), "--accelerator", "cpu", "--devices", "1", "--progress_bar_refresh_rate", "0",
+            "--batch_size", "3", "--max_steps", "4", "--num_workers", "0",
+            *[a for k, v in TINY.items() for a in ("--set", f"model.{k}={v}")], "--set", "train.warmup_steps=1",
+            "--frames_per_item", "2"]
+    degrade = ["--set", "train.degrade_sizes=[8,16]", "--set", "train.noise_std=0.2", "--set", "train.tint_std=0.1"]
+    runs = [script.train([*base, "--save_dir", str(tmp_path / name), *extra])
+            for name, extra in (("a", degrade), ("b", degrade), ("plain", []))]
+    weights = [load_joint(p).model.state_dict() for p in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

@@ -94,6 +94,7 @@ def test_seed_line_writes_the_results_layout(run):
     settings = rows[0]["settings"]  # what made the sample, for the report's header (not where it was written)
     assert settings["timestep_respacing"] == "20" and settings["skip_timesteps"] == 5 and settings["batch_size"] == 2
     assert not {"device", "save", "progress", "shard"} & set(settings)
+    assert settings["guidance_blur"] == 0.0  # the gradient is smoothed only when asked (the README command: not)
     assert rows[0]["seconds"]["stage2"] > 0 and set(rows[0]["guidance_final"]) == {"audio", "direction", "text",
                                                                                      "range"}
     assert (root / rows[0]["audio"]).is_file() and rows[0]["caption"]

@@ -9,6 +9,11 @@ Per step, with ``fac = sqrt(1 - ᾱ_t)`` (blended-diffusion's mix: close to x_t 
 ``x_in = fac · x̂0 + (1 - fac) · x_t`` and
 ``L = λ_audio·L_audio(x_in) + λ_dir·L_dir(x_in) + λ_text·L_text(x_in) + λ_range·L_range(x̂0)``.
 
+With ``grad_blur = σ > 0`` (``--guidance_blur``; ours, off by default) the gradient is smoothed per frame by a
+Gaussian of std σ pixels before the sampler adds it: a small guide's pixel gradient is mostly high-frequency
+speckle, which the last steps of a small prior leave in the picture (the smoothing is the low-pass view of
+gradient-noise reduction, e.g. SmoothGrad, Smilkov et al. 2017).
+
 Encoders by ``audio_encoder``:
 - ``audioclip`` (the release setting): audio and direction terms use AudioCLIP's image tower against its audio
   tower (one window per frame); the text term uses CLIP ViT-B/32.
@@ -64,6 +69,7 @@ class GuidanceConfig:
     aug_num: int = 8  # views per frame in wav2clip mode (view 0 unaugmented)
     audio_window_s: float = 0.5  # seconds of audio around each frame (unused with faithful_quirks)
     faithful_quirks: bool = False  # build tav.compat.guidance.UpstreamGuidance (upstream's mapping and chunking)
+    grad_blur: float = 0.0  # --guidance_blur: std (pixels of the stage-2 frames) of the gradient's smoothing; 0 off
 
     def __post_init__(self) -> None:
         if self.audio_encoder not in AUDIO_ENCODERS:
@@ -75,6 +81,8 @@ class GuidanceConfig:
                              "--text_guidance_model clip")
         if self.aug_num < 1:
             raise InputError(f"--aug_num {self.aug_num}: must be >= 1")
+        if not self.grad_blur >= 0:
+            raise InputError(f"--guidance_blur {self.grad_blur}: must be >= 0 (pixels; 0 turns it off)")
 
     @property
     def uses_audio(self) -> bool:
@@ -244,9 +252,33 @@ class Guidance:
             total = self.total(terms)
             if not torch.is_tensor(total) or not total.requires_grad:
                 return torch.zeros_like(x)
-            return -torch.autograd.grad(total, x)[0]
+            return smooth_frames(-torch.autograd.grad(total, x)[0], self.cfg.grad_blur)
 
         return hook
+
+
+def gaussian_kernel(sigma: float) -> Tensor:
+    """The normalised 1-D Gaussian of std ``sigma`` (float64), radius ``ceil(3σ)`` taps."""
+    radius = max(1, int(torch.tensor(3.0 * sigma).ceil()))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def smooth_frames(x: Tensor, sigma: float) -> Tensor:
+    """``(B, C, T, H, W)`` -> the same, each frame blurred by a separable Gaussian of std ``sigma`` pixels (reflected
+    edges, so a constant field stays constant); ``sigma = 0`` returns ``x`` itself."""
+    if sigma == 0:
+        return x
+    b, c, t, h, w = x.shape
+    k = gaussian_kernel(sigma).to(device=x.device, dtype=x.dtype)
+    r = len(k) // 2
+    if r >= min(h, w):
+        raise InputError(f"--guidance_blur {sigma}: a kernel of radius {r} px does not fit {h}x{w} frames")
+    y = x.reshape(b * c * t, 1, h, w)
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    y = torch.nn.functional.conv2d(torch.nn.functional.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))
+    return y.view(b, c, t, h, w)
 
 
 def build_guidance(cfg: GuidanceConfig, schedule: GaussianSchedule, device: str | torch.device = "cpu",

@@ -8,6 +8,13 @@ A batch holds ``B`` clips with ``K`` frames each (``tav.data.frame_audio``). Wit
 - frame <-> caption: InfoNCE where every frame of a clip, and of any clip with the same caption, is a positive
   of that caption (multi-positive: ``-log Σ_pos softmax``), both directions.
 
+Frames a stage-2 guide reads are not the sharp clean training frames: they are small (16 px in the demo) and
+partly noised, and a guide that never saw such frames answers them with gradients that tint the background and
+speckle the picture. ``degrade_sizes`` / ``tint_std`` / ``noise_std`` train on such frames (validation stays
+clean): a share ``degrade_p`` of the frames is shrunk to one of ``degrade_sizes`` px and brought back, every frame
+gets a smooth random colour field (``tint_std``: the background's colour then tells nothing) and Gaussian noise of
+a random std up to ``noise_std`` (a noise-aware guide, as GLIDE's noised CLIP, Nichol et al. 2022).
+
 Source of the loss: CLIP (Radford et al. 2021), symmetric InfoNCE with a learned temperature.
 """
 
@@ -24,7 +31,9 @@ from torch import Tensor
 
 from tav.config import from_dict, to_dict
 from tav.encoders.joint import STAGE, JointConfig, JointModel, save_joint
+from tav.errors import InputError
 from tav.training.callbacks import check_finite
+from tav.training.determinism import step_seed
 from tav.training.optim import adam
 
 
@@ -42,6 +51,48 @@ class JointTrainConfig:
     save_interval: int = 500  # joint_encoder.pt and a resumable checkpoint every N steps (0: at the end only)
     log_interval: int = 10
     seed: int = 1234
+    degrade_sizes: tuple[int, ...] = ()  # frame sizes (px) a training frame may be shrunk to and brought back
+    degrade_p: float = 0.5  # share of training frames shrunk (when degrade_sizes is set)
+    noise_std: float = 0.0  # Gaussian noise of std U(0, noise_std), pixel units of [0, 1], on every training frame
+    tint_std: float = 0.0  # std of a smooth random colour field (a 4x4 grid, bicubic) added to every training frame
+
+    def __post_init__(self) -> None:
+        if any(s < 1 for s in self.degrade_sizes) or not 0.0 <= self.degrade_p <= 1.0 or min(self.noise_std,
+                                                                                               self.tint_std) < 0:
+            raise InputError(f"joint train: degrade_sizes {list(self.degrade_sizes)} must be >= 1 px, degrade_p "
+                             f"{self.degrade_p} in [0, 1], noise_std {self.noise_std} and tint_std {self.tint_std} "
+                             ">= 0")
+
+    @property
+    def degrades(self) -> bool:
+        return bool(self.degrade_sizes) or self.noise_std > 0 or self.tint_std > 0
+
+
+def degrade_frames(frames: Tensor, sizes: tuple[int, ...], p: float, noise_std: float, tint_std: float = 0.0,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """``(N, 3, H, W)`` frames in [0, 1] -> the same shape, degraded as a guide's input is: a share ``p`` of the
+    frames shrunk to a random one of ``sizes`` px and resized back (bilinear, antialiased), then a smooth colour
+    field of std ``tint_std`` (a random 4x4 grid, bicubic) and ``σ·ε`` with ``σ ~ U(0, noise_std)`` per frame
+    added (not clamped: a guide's input is not). All draws come from ``generator``."""
+    n, _, h, w = frames.shape
+    out = frames
+    if sizes:
+        pick = torch.randint(len(sizes), (n,), generator=generator, device=frames.device)
+        chosen = torch.rand(n, generator=generator, device=frames.device) < p
+        out = frames.clone()
+        for k, size in enumerate(sizes):
+            idx = torch.nonzero(chosen & (pick == k)).flatten()
+            if len(idx):
+                small = F.interpolate(frames[idx], size=(size, size), mode="bilinear", antialias=True,
+                                      align_corners=False)
+                out[idx] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).to(out.dtype)
+    if tint_std > 0:
+        field = tint_std * torch.randn(n, 3, 4, 4, generator=generator, device=frames.device)
+        out = out + F.interpolate(field, size=(h, w), mode="bicubic", align_corners=False)
+    if noise_std > 0:
+        sigma = noise_std * torch.rand(n, 1, 1, 1, generator=generator, device=frames.device)
+        out = out + sigma * torch.randn(out.shape, generator=generator, device=frames.device)
+    return out
 
 
 def joint_train_config(data: dict[str, Any], where: str = "train") -> JointTrainConfig:
@@ -62,11 +113,21 @@ class JointModule(pl.LightningModule):
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.save_hyperparameters({"stage": STAGE, "config": to_dict(model_cfg), "train": to_dict(train_cfg)})
         self.model = JointModel(model_cfg)
+        self._gen: torch.Generator | None = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """The generator of the frame degradations, seeded per batch by (seed, rank, epoch, batch): a resumed run
+        draws what the uninterrupted run drew."""
+        seed = step_seed(self.train_cfg.seed, self.global_rank, self.current_epoch, batch_idx)
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
 
     def embed(self, batch: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Unit embeddings ``f (B·K, D)``, ``a (B·K, D)``, ``c (B, D)`` and the clip of each frame ``(B·K,)``."""
         b, k = batch["images"].shape[:2]
-        frames = (batch["images"].flatten(0, 1) - 0.5) / 0.5
+        frames, t = batch["images"].flatten(0, 1), self.train_cfg
+        if self.training and t.degrades:
+            frames = degrade_frames(frames, t.degrade_sizes, t.degrade_p, t.noise_std, t.tint_std, self._gen)
+        frames = (frames - 0.5) / 0.5
         f = F.normalize(self.model.encode_frames(frames).float(), dim=-1)
         a = F.normalize(self.model.encode_audio(batch["audio"].flatten(0, 1)).float(), dim=-1)
         c = F.normalize(self.model.encode_tokens(batch["text"]).float(), dim=-1)
