@@ -182,7 +182,8 @@ def build_parser(recipe: SamplingRecipe, argv: list[str] | None) -> argparse.Arg
 # ------------------------------------------------------------------------------------------- the driver
 def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
     """Run the sampler; returns the results folder. Raises ``InputError`` for bad flags/files."""
-    args = build_parser(recipe, argv).parse_args(argv)
+    parser = build_parser(recipe, argv)
+    args = parser.parse_args(argv)
     if args.batch_size < 1 or args.n_sample < 1:
         raise InputError("--batch_size and the sample count must be >= 1")
     recipe.check_args(args)
@@ -200,7 +201,7 @@ def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
     if args.overwrite:
         st.results.clear()
     else:
-        check_same_recipe(st.results, settings, st.hashes)
+        check_same_recipe(st.results, settings, st.hashes, {k: parser.get_default(k) for k in settings})
 
     def run_batch(indices: list[int]) -> None:
         items = [st.data[i] for i in indices]
@@ -238,9 +239,12 @@ NOT_SETTINGS = ("progress", "verbose", "shard", "device", "preset", "save", "ove
 SAME_OUTPUTS = ("batch_size", "n_sample", "num_samples")  # recorded, but a re-run may change them (same videos)
 
 
-def check_same_recipe(results: ResultsFolder, settings: dict, hashes: dict) -> None:
+def check_same_recipe(results: ResultsFolder, settings: dict, hashes: dict, defaults: dict | None = None) -> None:
     """Stop with one line when the folder's finished samples were made with other checkpoints or settings
-    (a re-run would keep them beside new ones): ``--overwrite`` replaces them, a new ``--run`` keeps both."""
+    (a re-run would keep them beside new ones): ``--overwrite`` replaces them, a new ``--run`` keeps both.
+    A flag the folder's rows do not record (added since they were made) counts as unchanged while it is at its
+    ``defaults`` value: a new flag's default is the behaviour from before it existed."""
+    defaults = defaults or {}
     for row in results.rows.values():
         old_hashes = row.get("checkpoints") or {}
         diff = [k for k in sorted(set(old_hashes) | set(hashes)) if old_hashes.get(k) != hashes.get(k)]
@@ -250,7 +254,8 @@ def check_same_recipe(results: ResultsFolder, settings: dict, hashes: dict) -> N
         if what is None and old is not None:
             keys = sorted(k for k in set(old) | set(settings)  # checkpoint paths: their hashes were compared
                           if k not in SAME_OUTPUTS and k not in hashes)
-            changed = [k for k in keys if old.get(k) != settings.get(k)]
+            changed = [k for k in keys if old.get(k) != settings.get(k)
+                       and not (k not in old and k in defaults and settings.get(k) == defaults[k])]
             what = f"--{changed[0]} ({old.get(changed[0])!r} then, {settings.get(changed[0])!r} now)" if changed \
                 else None
         if what is not None:

@@ -311,3 +311,14 @@ def test_rerun_with_another_recipe_stops_unless_overwrite(kit, tmp_path, capsys)
     script.sample(argv(kit, tmp_path, "--n_sample", 1, "--skip_timesteps", 6, "--overwrite"))
     rows = _rows(root)
     assert [r["settings"]["skip_timesteps"] for r in rows] == [6] and rows[0]["seed"] == first[0]["seed"]
+    # a flag added since the folder was made (absent from its rows) is no change at its default, a change otherwise
+    manifest = root / "manifest.jsonl"
+    lines = [json.loads(x) for x in manifest.read_text().splitlines()]
+    for row in lines:
+        del row["settings"]["guidance_blur"]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    script.sample(argv(kit, tmp_path, "--n_sample", 1, "--skip_timesteps", 6))  # nothing to do
+    assert [r["id"] for r in _rows(root)] == [0]
+    capsys.readouterr()
+    assert script.main(argv(kit, tmp_path, "--n_sample", 1, "--skip_timesteps", 6, "--guidance_blur", 1)) == 2
+    assert "--guidance_blur (None then, 1.0 now)" in capsys.readouterr().err
