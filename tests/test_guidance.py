@@ -220,5 +220,5 @@ def test_guidance_blur_smooths_the_hook_gradient_and_checks_its_value():
     assert not torch.allclose(grads[0], grads[1])
     with pytest.raises(InputError, match="guidance_blur"):
         GuidanceConfig(grad_blur=-1.0)
-    with pytest.raises(InputError, match="does not fit"):
+    with pytest.raises(InputError, match="does not fit 4-px frames"):
         smooth_frames(torch.zeros(1, 3, 1, 4, 4), 2.0)

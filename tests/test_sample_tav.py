@@ -322,3 +322,6 @@ def test_rerun_with_another_recipe_stops_unless_overwrite(kit, tmp_path, capsys)
     capsys.readouterr()
     assert script.main(argv(kit, tmp_path, "--n_sample", 1, "--skip_timesteps", 6, "--guidance_blur", 1)) == 2
     assert "--guidance_blur (None then, 1.0 now)" in capsys.readouterr().err
+    assert script.main(argv(kit, tmp_path, "--n_sample", 1, "--guidance_blur", 9, "--run", "blur")) == 2
+    err = capsys.readouterr().err  # stopped before sampling: the kernel cannot fit the 16-px frames
+    assert "--guidance_blur 9.0" in err and "does not fit 16-px frames" in err and not list(tmp_path.rglob("blur_*"))

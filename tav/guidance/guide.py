@@ -265,16 +265,23 @@ def gaussian_kernel(sigma: float) -> Tensor:
     return k / k.sum()
 
 
+def check_blur_fits(sigma: float, size: int) -> None:
+    """Raise ``InputError`` unless a ``sigma``-px smoothing kernel (radius ``ceil(3σ)``) fits ``size``-px frames."""
+    r = len(gaussian_kernel(sigma)) // 2 if sigma > 0 else 0
+    if r >= size:
+        raise InputError(f"--guidance_blur {sigma}: its kernel (radius {r} px) does not fit {size}-px frames; "
+                         f"use a value below {size / 3:g}")
+
+
 def smooth_frames(x: Tensor, sigma: float) -> Tensor:
     """``(B, C, T, H, W)`` -> the same, each frame blurred by a separable Gaussian of std ``sigma`` pixels (reflected
     edges, so a constant field stays constant); ``sigma = 0`` returns ``x`` itself."""
     if sigma == 0:
         return x
     b, c, t, h, w = x.shape
+    check_blur_fits(sigma, min(h, w))
     k = gaussian_kernel(sigma).to(device=x.device, dtype=x.dtype)
     r = len(k) // 2
-    if r >= min(h, w):
-        raise InputError(f"--guidance_blur {sigma}: a kernel of radius {r} px does not fit {h}x{w} frames")
     y = x.reshape(b * c * t, 1, h, w)
     y = torch.nn.functional.conv2d(torch.nn.functional.pad(y, (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
     y = torch.nn.functional.conv2d(torch.nn.functional.pad(y, (0, 0, r, r), mode="reflect"), k.view(1, 1, -1, 1))

@@ -26,6 +26,7 @@ from tav.diffusion.unet3d import UNet
 from tav.gpt.model import GPT
 from tav.gpt.sampling import sample_codes
 from tav.guidance import Guidance
+from tav.guidance.guide import check_blur_fits
 from tav.utils.runtime import autocast
 from tav.utils.seeding import sample_generators
 from tav.vqgan.model import VQGAN
@@ -71,6 +72,7 @@ class TwoStageSampler:
                  cfg: SamplingConfig):
         self.gpt, self.vqgan, self.net, self.schedule = gpt, vqgan, net, schedule
         self.guidance, self.cfg = guidance, cfg
+        check_blur_fits(guidance.cfg.grad_blur, cfg.output_size)  # before any sampling
         self.device = next(net.parameters()).device
         self.net.requires_grad_(False)  # guidance needs gradients w.r.t. x only
         if cfg.guidance_checkpointing:
