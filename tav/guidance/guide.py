@@ -34,6 +34,7 @@ frame. This class is only that corrected computation. ``GuidanceConfig(faithful_
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -259,7 +260,7 @@ class Guidance:
 
 def gaussian_kernel(sigma: float) -> Tensor:
     """The normalised 1-D Gaussian of std ``sigma`` (float64), radius ``ceil(3σ)`` taps."""
-    radius = max(1, int(torch.tensor(3.0 * sigma).ceil()))
+    radius = max(1, math.ceil(3.0 * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return k / k.sum()
