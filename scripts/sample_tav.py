@@ -29,7 +29,7 @@ from tav.data.dataset import VATDataset
 from tav.diffusion.load import load_diffusion
 from tav.errors import InputError
 from tav.gpt.load import load_stage1
-from tav.guidance import GuidanceConfig, build_guidance
+from tav.guidance import Guidance, GuidanceConfig, build_guidance
 from tav.pipelines.results import ResultsFolder
 from tav.pipelines.ta2v import SamplingConfig, TwoStageSampler
 from tav.utils.fileio import file_sha256
@@ -107,7 +107,8 @@ class TA2VRecipe(sampling.SamplingRecipe):
         data_cfg = load_data_config(DATASETS[args.dataset], frames_per_file=args.load_vid_len,
                                     resolution=args.resolution or vqgan.cfg.resolution, sequence_length=frames,
                                     tokenizer=gpt.cfg.text_mode, text_seq_len=gpt.cfg.text_seq_len,
-                                    downsample=list(vqgan.cfg.downsample))
+                                    downsample=list(vqgan.cfg.downsample),
+                                    audio_context_s=_audio_context_s(guidance))
         data = VATDataset(args.data_path, "test", data_cfg)
         results = ResultsFolder(Path(args.save) / f"{args.run}_tav_{args.dataset}", data_cfg.fps,
                                 data_cfg.sample_rate)
@@ -120,13 +121,25 @@ class TA2VRecipe(sampling.SamplingRecipe):
         sampler = st.state["sampler"]
         ids = torch.stack([it["text"] for it in items])
         audio = torch.stack([it["audio"].reshape(-1) for it in items]).float()
-        v1, v2, secs = sampler.run(ids, audio, [it["caption"] for it in items], st.data.cfg.sample_rate, seeds,
-                                   progress=args.progress)
+        guide_audio, spans = audio, None
+        if "audio_context" in items[0]:  # per-frame windows centred on each frame, from the sound around the clip
+            guide_audio = torch.stack([it["audio_context"] for it in items]).float()
+            spans = torch.stack([it["audio_span"] for it in items])
+        v1, v2, secs = sampler.run(ids, guide_audio, [it["caption"] for it in items], st.data.cfg.sample_rate,
+                                   seeds, progress=args.progress, spans=spans)
         terms = sampler.guidance.last_terms
         return sampling.Batch(stage1=list(v1), stage2=[[v[b] for v in v2] for b in range(len(items))],
                               audio=[a.numpy() for a in audio], seconds=secs,
                               info=[{"guidance_final": {k: float(v[b]) for k, v in terms.items()}}
                                     for b in range(len(items))])
+
+
+def _audio_context_s(guidance: Guidance) -> float:
+    """Seconds of sound the dataset reads on each side of a clip: half the guidance window, so that every frame's
+    window is centred on that frame even in a clip shorter than the window (0 where no audio term is on, or in
+    upstream's equal-rows audio mode)."""
+    c = guidance.cfg
+    return c.audio_window_s / 2 if c.uses_audio and guidance.audio_mode == "window" else 0.0
 
 
 def _add_stage2(p: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tav.data.audio import fit_length, read_audio
 from tav.data.config import DataConfig, check_divisible, load_data_config
 from tav.data.dataset import VATDataModule, VATDataset
 from tav.data.layout import clip_files
@@ -52,6 +53,31 @@ def test_items_shapes_ranges_alignment(request, preset, fixture, spf):
         assert np.allclose(item["audio"].mean(dim=1).numpy(), expected, atol=2e-4)
         assert item["text"].shape == (12,) and item["text"][0] == 101 and item["stem"] == ds.stems[0]
         assert item["caption"].startswith("clip number 0")
+
+
+
+def test_audio_context_around_the_item(urmp_root):
+    """``audio_context_s``: the item's sound plus the sound around it, in the file's own samples."""
+    cfg = load_data_config("urmp", resolution=32, sequence_length=8, audio_context_s=0.25)
+    plain = VATDataset(urmp_root, "train", load_data_config("urmp", resolution=32, sequence_length=8))
+    assert "audio_context" not in plain[0]
+    ds = VATDataset(urmp_root, "train", cfg)
+    file = fit_length(read_audio(clip_files(urmp_root / "train", ds.stems[0]).audio, 48000), 90 * 1600)
+    m, n = 12000, 8 * 1600
+    seen = set()
+    for start in (0, 1, 40, 82):  # at the file's start, near it, inside, at its end
+        cfg.train_crop = str(start)
+        item = VATDataset(urmp_root, "train", cfg)[0]
+        context, (a, b) = item["audio_context"].numpy(), item["audio_span"].tolist()
+        assert item["start"] == start and context.shape == (n + 2 * m,) and b - a == n
+        assert np.array_equal(context[a:b], item["audio"].reshape(-1).numpy())  # the clip itself
+        lo = start * 1600 - a  # where the context starts in the file: inside it, as close to centred as fits
+        assert lo == min(max(start * 1600 - m, 0), 90 * 1600 - n - 2 * m)
+        assert np.array_equal(context, file[lo: lo + n + 2 * m])
+        seen.add(a)
+    assert seen == {0, 1600, m, 2 * m}  # the last item ends with the file: all the extra sound is before it
+    with pytest.raises(InputError, match="audio_context_s"):
+        DataConfig(audio_context_s=-1.0)
 
 
 def test_test_crops_are_deterministic_and_seeded(urmp_root):

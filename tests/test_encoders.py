@@ -12,6 +12,7 @@ import pytest
 import torch
 import wav2clip
 
+from tav.data.audio import resample
 from tav.encoders.audio import encoder_audio, frame_windows, window_starts
 from tav.encoders.base import CLIP_MEAN, CLIP_STD, Encoder
 from tav.encoders.clip import CLIPEncoder, load_clip, save_tiny_clip, tiny_clip_model
@@ -266,6 +267,55 @@ def test_frame_windows_centres_and_clamping():
     assert full.shape == (2, 3, 100) and torch.equal(full[1, 2], -ramp)
     with pytest.raises(ValueError):
         window_starts(10, 2, 11)
+
+
+
+def test_frame_windows_inside_a_longer_wave():
+    # the clip owns samples [40, 60) of 100; frames own 5 samples each, centres 42.5, 47.5, 52.5, 57.5
+    assert window_starts(100, 4, 30, (40, 60)).tolist() == [28, 33, 38, 43]
+    # near the ends the windows are still clamped to the wave
+    assert window_starts(100, 4, 30, (0, 20)).tolist() == [0, 0, 0, 3]
+    assert window_starts(100, 4, 30, (80, 100)).tolist() == [68, 70, 70, 70]
+    # a clip inside a file: its frames' windows equal the whole file's windows of the same frames
+    wave = torch.arange(1000.0)
+    whole = frame_windows(wave, 50, 60)  # 20 samples per frame
+    for k in (5, 20, 42):
+        torch.testing.assert_close(frame_windows(wave, 8, 60, (20 * k, 20 * (k + 8))), whole[k: k + 8], rtol=0, atol=0)
+    for bad in ((-1, 20), (20, 20), (50, 101)):
+        with pytest.raises(ValueError, match="span"):
+            window_starts(100, 4, 30, bad)
+
+
+def test_encoder_audio_spans_centre_windows_on_short_clips():
+    """A clip shorter than the window: without the sound around it every frame gets the same window; with it each
+    frame's window is centred on that frame, as if cut from the whole recording."""
+    rate = 16000
+    enc = _StubEncoder(rate, 1.0)
+    gen = torch.Generator().manual_seed(0)
+    file = torch.rand(1, 90 * 1600, generator=gen) * 2 - 1  # 3 s at 48 kHz, 90 frames of 30 fps
+    a, b = 40 * 1600, 48 * 1600  # an 8-frame clip (0.27 s) from frame 40
+    alone = encoder_audio(file[:, a:b], 48000, enc, 8, window_s=0.5)
+    assert alone.shape == (1, 8, round(8 * 1600 / 3)) and torch.equal(alone[0, 0], alone[0, 7])
+    m = 12000  # 0.25 s each side
+    around = encoder_audio(file[:, a - m: b + m], 48000, enc, 8, window_s=0.5, spans=torch.tensor([[m, m + b - a]]))
+    assert around.shape == (1, 8, 8000)
+    assert not torch.allclose(around[0, 0], around[0, 7])
+    # each window is the resampled recording's 0.5 s centred on its frame (within a sample of the exact centre)
+    ref = torch.from_numpy(resample(file[0, a - m: b + m].numpy(), 48000, rate))
+    starts = window_starts(len(ref), 8, 8000, (m // 3, round((m + b - a) / 3)))
+    for i in range(8):
+        assert abs(starts[i].item() + 4000 - (m + (i + 0.5) * 1600) / 3) <= 1.0
+        torch.testing.assert_close(around[0, i], ref[starts[i]: starts[i] + 8000], rtol=0, atol=0)
+    # a batch with different spans, and the spans' shape is checked
+    two = encoder_audio(torch.cat([file[:, :b - a + 2 * m], file[:, a - m: b + m]]), 48000, enc, 8, window_s=0.5,
+                        spans=torch.tensor([[0, b - a], [m, m + b - a]]))
+    torch.testing.assert_close(two[1], around[0], rtol=0, atol=0)
+    assert not torch.equal(two[0, 0], two[1, 0])
+    with pytest.raises(ValueError, match="spans must be"):
+        encoder_audio(file[:, a - m: b + m], 48000, enc, 8, spans=torch.tensor([m, m + b - a]))
+    # upstream rows read only the clip
+    up = encoder_audio(file[:, a - m: b + m], 48000, enc, 8, mode="upstream", spans=torch.tensor([[m, m + b - a]]))
+    assert torch.equal(up[0], file[0, a:b].reshape(8, 1600))
 
 
 # -------------------------------------------------------------------------------------------- registry

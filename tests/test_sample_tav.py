@@ -111,6 +111,35 @@ def test_guidance_changes_stage2_and_refines_stage1(run, kit, tmp_path):
     assert not np.array_equal(frames(root / name), frames(off / name))
 
 
+
+@pytest.mark.parametrize("quirks", [False, True])
+def test_guidance_reads_the_sound_around_each_clip(kit, tmp_path, monkeypatch, quirks):
+    """Per-frame audio windows (0.5 s) are longer than the 4-frame clips: the guide gets the clip's sound with a
+    quarter second on each side and where the clip lies in it; upstream's equal-rows mode gets the clip alone."""
+    from tav.data.config import load_data_config
+    from tav.data.dataset import VATDataset
+    from tav.guidance import Guidance
+
+    seen, original = [], Guidance.prepare  # upstream's variant inherits it
+
+    def spy(self, audio, captions, rate, n_frames, seeds=None, spans=None):
+        seen.append((audio.clone(), None if spans is None else spans.clone()))
+        return original(self, audio, captions, rate, n_frames, seeds=seeds, spans=spans)
+
+    monkeypatch.setattr(Guidance, "prepare", spy)
+    script.sample(argv(kit, tmp_path, "--n_sample", 1, *(["--faithful-quirks"] if quirks else [])))
+    item = VATDataset(kit["data"], "test", load_data_config("urmp", frames_per_file=8, resolution=16,
+                                                            sequence_length=4))[0]
+    clip = item["audio"].reshape(-1)
+    (audio, spans), = seen
+    if quirks:
+        assert spans is None and torch.equal(audio[0], clip)
+        return
+    a, b = spans[0].tolist()
+    assert audio.shape == (1, len(clip) + 2 * 12000) and b - a == len(clip)
+    assert torch.equal(audio[0, a:b], clip)
+
+
 def test_same_seed_same_video_whatever_the_batch(run, kit, tmp_path):
     root, _ = run
     single = script.sample(argv(kit, tmp_path, "--batch_size", 1, "--n_sample", 2))

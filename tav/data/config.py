@@ -31,6 +31,7 @@ class DataConfig:
     crop_seed: int = 0  # seed of the "seeded" crop start
     downsample: tuple[int, ...] = (4, 8, 8)  # VQGAN (T, H, W) downsampling the clips must divide into
     load_audio: bool = True  # return `audio`; video-only stages (VQGAN, GPT) turn it off to skip the decode
+    audio_context_s: float = 0.0  # > 0: also return `audio_context`, the sound this many seconds around the item
     load_stft: bool = False  # also return the stft_pickle spectrogram as `stft`
     stft_size: tuple[int, ...] = (96, 16)  # (freq, time) size the per-frame spectrogram is resized to
     cache_clips: int = 0  # decoded files kept in memory per process (0: decode every item; small datasets: all)
@@ -39,6 +40,8 @@ class DataConfig:
         samples_per_frame(self.sample_rate, self.fps, "data config: sample_rate", "fps")
         if self.sequence_length < 1 or self.sample_every_n_frames < 1:
             raise InputError("data config: sequence_length and sample_every_n_frames must be >= 1")
+        if self.audio_context_s < 0:
+            raise InputError(f"data config: audio_context_s must be >= 0 seconds, got {self.audio_context_s}")
         for mode in (self.train_crop, self.eval_crop):
             if mode not in CROP_MODES and not str(mode).lstrip("-").isdigit():
                 raise InputError(f"data config: crop {mode!r} is not one of {CROP_MODES} or a start frame")

@@ -79,6 +79,9 @@ class VATDataset(Dataset):
       video   float32 (3, T, R, R) in [-0.5, 0.5], T = sequence_length, R = resolution
       audio   float32 (T, spf * sample_every_n_frames) in [-1, 1]: row t is the sound of frame t
               (absent with ``cfg.load_audio = False``)
+      audio_context, audio_span  with ``cfg.audio_context_s > 0``: float32 ``(N + 2m,)``, the clip's sound and
+              ``m`` samples around it (shifted to stay inside the file, zero-padded if the file is shorter), and
+              int64 ``(2,)``, where the clip's ``N`` samples lie in it (for per-frame audio windows)
       text    long (L,) caption token ids (L = text_seq_len for BERT, 77 for CLIP, 0 for none)
       caption str;  stem str;  start int (first frame of the window in the file)
       stft    float32 (1, T, F, t) in [-1, 1], only with ``cfg.load_stft``
@@ -134,7 +137,11 @@ class VATDataset(Dataset):
             "start": start,
         }
         if cfg.load_audio:
-            item["audio"] = torch.from_numpy(self._audio(files, n_frames, start))
+            wave = self._wave(files, n_frames)
+            item["audio"] = torch.from_numpy(self._audio(wave, n_frames, start))
+            if cfg.audio_context_s > 0:
+                context, span = self._context(wave, start)
+                item["audio_context"], item["audio_span"] = torch.from_numpy(context), torch.tensor(span)
         if cfg.load_stft:
             item["stft"] = self._stft(files.stft, start)
         return item
@@ -146,7 +153,8 @@ class VATDataset(Dataset):
             raise InputError(f"{self.stems[idx]}: decoded {len(frames)} frames, expected {self.frame_counts[idx]}")
         return frames
 
-    def _audio(self, files, n_frames: int, start: int) -> np.ndarray:
+    def _wave(self, files, n_frames: int) -> np.ndarray:
+        """The file's sound fitted to its ``n_frames`` frames: float32 ``(n_frames * spf,)``."""
         cfg, spf = self.cfg, self.cfg.samples_per_frame
         source = files.audio if files.audio.is_file() else files.mp4
         wave = read_audio(source, cfg.sample_rate)
@@ -156,9 +164,22 @@ class VATDataset(Dataset):
                              f"{n_frames}-frame clip needs {need}; re-export the audio at full length")
         if len(wave) != need:  # up to a frame's worth short, or longer: fit to the video
             log.debug("%s: fitting %d audio samples to %d", source, len(wave), need)
-        chunks = chunk_per_frame(fit_length(wave, need), n_frames, spf)
-        window = chunks[start : start + cfg.span]  # (span, spf)
+        return fit_length(wave, need)
+
+    def _audio(self, wave: np.ndarray, n_frames: int, start: int) -> np.ndarray:
+        """The item's frames' sound, ``(sequence_length, span * spf / sequence_length)``."""
+        cfg = self.cfg
+        window = chunk_per_frame(wave, n_frames, cfg.samples_per_frame)[start : start + cfg.span]  # (span, spf)
         return np.ascontiguousarray(window.reshape(cfg.sequence_length, -1))
+
+    def _context(self, wave: np.ndarray, start: int) -> tuple[np.ndarray, list[int]]:
+        """The item's sound with ``audio_context_s`` seconds on each side: ``(N + 2m,)`` and the clip's span."""
+        cfg, spf = self.cfg, self.cfg.samples_per_frame
+        a, b = start * spf, (start + cfg.span) * spf
+        m = round(cfg.audio_context_s * cfg.sample_rate)
+        lo = min(max(a - m, 0), max(len(wave) - (b - a + 2 * m), 0))  # shifted to stay inside the file
+        context = fit_length(wave[lo:], b - a + 2 * m)
+        return np.ascontiguousarray(context, dtype=np.float32), [a - lo, b - lo]
 
     def _stft(self, path: Path, start: int) -> torch.Tensor:
         spec = load_array_pickle(path)

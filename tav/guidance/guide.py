@@ -142,9 +142,11 @@ class Guidance:
     # ------------------------------------------------------------------------------------ conditions
     @torch.no_grad()
     def prepare(self, audio: Tensor | None, captions: Sequence[str], rate: int, n_frames: int,
-                seeds: Sequence[int] | None = None) -> Conditions:
-        """Embed ``audio (B, N)`` (mono at ``rate``, exactly the clip's ``n_frames`` frames) and ``captions``;
-        ``seeds`` (one per sample, default 0..B-1) drive each sample's random views."""
+                seeds: Sequence[int] | None = None, spans: Tensor | None = None) -> Conditions:
+        """Embed ``audio (B, N)`` (mono at ``rate``: the clip's ``n_frames`` frames, or with ``spans (B, 2)`` the
+        sound around the clip, whose samples ``[start, end)`` are the clip; see
+        ``tav.encoders.audio.encoder_audio``) and ``captions``; ``seeds`` (one per sample, default 0..B-1) drive
+        each sample's random views."""
         from tav.encoders.audio import encoder_audio
 
         cfg, device = self.cfg, self._device()
@@ -154,7 +156,7 @@ class Guidance:
                 raise InputError("audio guidance is on but the batch has no audio")
             enc = self.audio_encoder
             windows = encoder_audio(audio, rate, enc, n_frames, window_s=cfg.audio_window_s, mode=self.audio_mode,
-                                    device=device)
+                                    spans=spans, device=device)
             b, t, w = windows.shape
             aud = L.normalize(torch.cat([enc.encode_audio(row) for row in windows])).view(b, t, -1)
         if cfg.text_lambda != 0:

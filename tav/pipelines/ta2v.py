@@ -90,8 +90,9 @@ class TwoStageSampler:
         return self.vqgan.decode(codes).float().clamp(-0.5, 0.5)
 
     def stage2(self, video: Tensor, audio: Tensor | None, captions: Sequence[str], rate: int,
-               seeds: Sequence[int], progress: bool = False) -> list[Tensor]:
-        """Refine ``video (B, 3, T, S, S)`` in [-0.5, 0.5]; returns one ``(B, 3, T, S, S)`` per iteration."""
+               seeds: Sequence[int], progress: bool = False, spans: Tensor | None = None) -> list[Tensor]:
+        """Refine ``video (B, 3, T, S, S)`` in [-0.5, 0.5]; returns one ``(B, 3, T, S, S)`` per iteration.
+        ``audio (B, N)``: the clips' sound, or with ``spans (B, 2)`` the sound around them (``Guidance.prepare``)."""
         c, g = self.cfg, self.guidance
         n_frames, out = video.shape[2], []
         sample = SAMPLERS[c.sampler]
@@ -100,7 +101,7 @@ class TwoStageSampler:
             gens = sample_generators(iter_seeds, self.device)
             cond_fn = None
             if g.active:
-                cond = g.prepare(audio, captions, rate, n_frames, seeds=iter_seeds)
+                cond = g.prepare(audio, captions, rate, n_frames, seeds=iter_seeds, spans=spans)
                 cond_fn = g.cond_fn(cond)
             with autocast(c.precision, self.device):
                 x = sample(self.net, self.schedule, tuple(video.shape), x_init=video.to(self.device),
@@ -109,11 +110,11 @@ class TwoStageSampler:
         return out
 
     def run(self, text_ids: Tensor, audio: Tensor | None, captions: Sequence[str], rate: int, seeds: Sequence[int],
-            progress: bool = False) -> tuple[Tensor, list[Tensor], dict[str, float]]:
+            progress: bool = False, spans: Tensor | None = None) -> tuple[Tensor, list[Tensor], dict[str, float]]:
         """Both stages for one batch: ``(stage-1 clips, [stage-2 clips per iteration], seconds per stage)``."""
         t0 = time.perf_counter()
         v1 = self.stage1(text_ids, seeds, progress)
         t1 = time.perf_counter()
-        v2 = self.stage2(resize_frames(v1, self.cfg.output_size), audio, captions, rate, seeds, progress)
+        v2 = self.stage2(resize_frames(v1, self.cfg.output_size), audio, captions, rate, seeds, progress, spans)
         t2 = time.perf_counter()
         return v1, v2, {"stage1": t1 - t0, "stage2": t2 - t1}
