@@ -12,10 +12,11 @@ audio and caption, runs one warm-up step and then ``--steps`` timed steps, and r
 sampling adds: the guidance graph and work space). The points run one after the other, so their times compare.
 Checkpointing switches the U-Net's ResBlock and attention layers and the guides' image towers to recompute their
 activations in the backward pass (``UNet.set_gradient_checkpointing`` and ``Guidance.checkpointing``, what
-``sample_tav.py --guidance_checkpointing`` does).
+``sample_tav.py --guidance_checkpointing`` does). ``--channels-last`` stores the U-Net's conv weights in
+``channels_last_3d`` and AudioCLIP's in ``channels_last`` (oneDNN / cuDNN then run those convolutions in NDHWC / NHWC).
 
     python benchmarks/bench_guidance_memory.py [--batches 1 2 4] [--steps 1] [--threads 1] [--res-blocks 2]
-        [--precision 32] [--device cpu|cuda] [--json OUT.json]
+        [--precision 32] [--device cpu|cuda] [--checkpointing both|off|on] [--channels-last] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _device_gib(device, peak: bool) -> float:
 
 
 def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, precision: str,
-              device_name: str = "cpu") -> dict:
+              device_name: str = "cpu", channels_last: bool = False) -> dict:
     """Build, prepare and step ``steps`` + 1 times in this process; the figures of this point. On a CUDA
     device the memory figures are the allocator's (``max_memory_allocated``), not the process's RSS."""
     import bench_sample
@@ -70,6 +71,9 @@ def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, prec
     cuda = device.type == "cuda"
     for net in (unet, audioclip, clip):
         net.to(device)
+    if channels_last:
+        unet.to(memory_format=torch.channels_last_3d)
+        audioclip.to(memory_format=torch.channels_last)
     models = Models(None, None, unet, schedule, audioclip, clip, {})
     gen = torch.Generator().manual_seed(1)
     clips = (torch.rand(batch, 3, FRAMES, SIZE, SIZE, generator=gen) - 0.5).to(device)
@@ -90,14 +94,15 @@ def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, prec
     peak = _device_gib(device, peak=True) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / GIB
     return {"batch": batch, "checkpointing": checkpointing, "precision": precision, "built_gib": built,
             "peak_gib": peak, "added_gib": peak - built, "added_per_video_gib": (peak - built) / batch,
-            "step_s": min(times[1:]), "step_per_video_s": min(times[1:]) / batch, "warmup_s": times[0]}
+            "channels_last": channels_last, "step_s": min(times[1:]), "step_per_video_s": min(times[1:]) / batch,
+            "warmup_s": times[0]}
 
 
 def run_point(args, batch: int, checkpointing: bool) -> dict:
     """``one_point`` in a fresh process (its own memory high-water mark)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_point", str(batch), str(int(checkpointing)),
            "--steps", str(args.steps), "--res-blocks", str(args.res_blocks), "--precision", args.precision,
-           "--threads", str(args.threads), "--device", args.device]
+           "--threads", str(args.threads), "--device", args.device] + ["--channels-last"] * args.channels_last
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -128,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--res-blocks", type=int, default=2, help="U-Net ResBlocks per level (release: 3)")
     p.add_argument("--precision", choices=["32", "bf16"], default="32")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:i] (memory then from the CUDA allocator)")
+    p.add_argument("--checkpointing", choices=["both", "off", "on"], default="both", help="which points to run")
+    p.add_argument("--channels-last", action="store_true", help="conv weights in channels_last(_3d)")
     p.add_argument("--json", type=Path, default=None, help="write the points here")
     p.add_argument("--_point", nargs=2, type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -136,16 +143,16 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     if args._point is not None:
         print(json.dumps(one_point(args._point[0], bool(args._point[1]), args.steps, args.res_blocks,
-                                   args.precision, args.device)))
+                                   args.precision, args.device, args.channels_last)))
         return {}
     points = []
     for batch in args.batches:
-        for checkpointing in (False, True):
+        for checkpointing in {"both": (False, True), "off": (False,), "on": (True,)}[args.checkpointing]:
             points.append(run_point(args, batch, checkpointing))
             print(f"batch {batch}, checkpointing {checkpointing}: peak {points[-1]['peak_gib']:.2f} GiB, "
                   f"step {points[-1]['step_s']:.1f} s", file=sys.stderr)
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), " \
-              f"{args.precision}"
+              f"{args.precision}{', channels_last' if args.channels_last else ''}"
     if args.device != "cpu":
         machine += f", {args.device} ({torch.cuda.get_device_name(torch.device(args.device))})"
     record = {"machine": machine, "res_blocks": args.res_blocks, "points": points}

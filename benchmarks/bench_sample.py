@@ -90,7 +90,7 @@ from tav.gpt import GPT, gpt_preset, sample_codes
 from tav.guidance import Guidance, GuidanceConfig
 from tav.guidance import losses as L
 from tav.pipelines.ta2v import resize_frames
-from tav.utils.runtime import autocast
+from tav.utils.runtime import autocast, sampling_weights
 from tav.vqgan import VQGAN, vqgan_preset
 
 HERE = Path(__file__).resolve().parent
@@ -298,12 +298,15 @@ class OursStage2:
         self.init, self.audio, self.seeds = init, audio, seeds
         self.x, self.done, self.cond_fn = None, 0, None
         self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+        self.frozen = [m.unet, m.audioclip, m.clip]
 
     def prepare(self) -> None:
-        """Caption and audio embedded once for the whole batch."""
+        """Caption and audio embedded once for the whole batch; then the networks' weights held for the chain
+        as ``TwoStageSampler.stage2`` holds them (for the rest of the process: every later step is the chain's)."""
         with autocast(self.precision, DEVICE):
             cond = self.guidance.prepare(self.audio, [CAPTION] * len(self.seeds), RATE, FRAMES, seeds=self.seeds)
         self.cond_fn = self.clock.stamping("grad_done", self.guidance.cond_fn(cond))
+        sampling_weights(self.frozen, self.precision, DEVICE).__enter__()
 
     def step(self) -> None:
         """One step of ``ddpm_sample``: stopped at its next U-Net call, resumed from the sample it hands over

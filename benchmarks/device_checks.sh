@@ -6,7 +6,12 @@
 # (default /tmp/tav_gpu). With the project installed (`pip install -e .`), .whl/ is not needed.
 #   bash benchmarks/device_checks.sh [BATCH] [CHECK ...]
 # Checks: sample_fp32 sample_bf16 memory (GPU; the default set), gpt_profile (GPU decode, top operators),
-# cpu_gpt cpu_precision (the host CPU pinned to 2 cores: bf16 against fp32 where it has AMX).
+# release64 release128 (GPU: the released U-Net at 16x64x64 / 16x128x128, bf16, with peak memory),
+# cpu_gpt cpu_precision (the host CPU pinned to 2 cores: bf16 against fp32 where it has AMX),
+# amx_unet amx_guidance (the release U-Net, contiguous and channels_last_3d, bf16 against fp32; the second with the
+# top operators), amx_step (a whole guided step in fp32 and bf16, contiguous and channels-last).
+# CPU_PIN (default 0,1) and GPU_PIN (default: every core) choose the cores, so CPU and GPU checks can run side by
+# side in separate invocations (the install below runs once).
 set -u
 OUT=${OUT:-/tmp/tav_gpu}
 BATCH=${1:-16}
@@ -17,8 +22,9 @@ export PYTHONUNBUFFERED=1
 LOG="$OUT/log.txt"
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  lscpu -e=CPU,CORE,SOCKET 2>/dev/null | tr '\n' ';'; echo
   echo "cores $(nproc); $(grep -o -w -E 'amx_bf16|amx_tile|avx512_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
-  if ls .whl/*.whl >/dev/null 2>&1; then
+  if ls .whl/*.whl >/dev/null 2>&1 && mkdir /tmp/site_lock 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   fi
   mkdir -p /tmp/site && ln -sfn "$PWD/configs" /tmp/site/tav_configs
@@ -35,7 +41,9 @@ run() {  # name, timeout, command...
   timeout "$limit" "$@" >"$OUT/$name.md" 2>>"$LOG"
   echo "=== $name: exit $? after $((SECONDS - t0)) s" >>"$LOG"
 }
-PIN="taskset -c 0,1"
+PIN="taskset -c ${CPU_PIN:-0,1}"
+GPIN="taskset -c ${GPU_PIN:-0-$(($(nproc) - 1))}"
+GTHREADS=$($GPIN nproc)
 for check in $CHECKS; do
   case $check in
     sample_fp32) run sample_fp32 200 python3 bench_sample.py --device cuda --threads "$(nproc)" --batch "$BATCH" \
@@ -62,6 +70,18 @@ for prec in ("32", "bf16"):
         sample_codes(gpt, prompts, steps=32, seeds=list(range(16)), top_k=2048, top_p=0.8, restrict_to_video=True)
     print("##", prec); print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=14))
 ' ;;
+    release64) run release64 200 $GPIN python3 bench_sample.py --device cuda --threads "$GTHREADS" --unet release \
+      --size 64 --batch 8 --steps-timed 3 --precision bf16 --json "$OUT/release64.json" ;;
+    release128) run release128 240 $GPIN python3 bench_sample.py --device cuda --threads "$GTHREADS" --unet release \
+      --size 128 --batch 4 --steps-timed 3 --precision bf16 --json "$OUT/release128.json" ;;
+    amx_unet) run amx_unet 300 $PIN python3 bench_precision.py --nets unet unet_cl --threads 2 --frames 8 \
+      --rounds 1 --json "$OUT/amx_unet.json" ;;
+    amx_guidance) run amx_guidance 300 $PIN python3 bench_precision.py --nets unet_guidance unet_guidance_cl \
+      --threads 2 --frames 8 --rounds 1 --profile --json "$OUT/amx_guidance.json" ;;
+    amx_step) for prec in 32 bf16; do for cl in "" --channels-last; do
+        run "amx_step_$prec${cl:+_cl}" 150 $PIN python3 bench_guidance_memory.py --batches 1 --steps 2 --threads 2 \
+          --checkpointing off --precision "$prec" $cl --json "$OUT/amx_step_$prec${cl:+_cl}.json"
+      done; done ;;
     cpu_gpt) run cpu_gpt 150 $PIN python3 bench_gpt.py --threads 2 --skip-train --json "$OUT/cpu_gpt.json" ;;
     cpu_precision) run cpu_precision 240 $PIN python3 bench_precision.py --threads 2 --frames 8 --rounds 1 \
       --json "$OUT/cpu_precision.json" ;;

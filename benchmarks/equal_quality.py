@@ -2,8 +2,8 @@
 
 The reference is upstream's published stage-2 setting run by ``sample_tav.py``: DDPM respaced "100", SDEdit skip
 25 (75 guided steps), fp32, batch 1. The candidates start the chain from the same point (the first quarter of
-each chain skipped) with fewer steps (DDIM 10 / 25 / 50, DDPM 25 / 50) or the same (DDPM 100: what bf16 and
-batching alone give), ``--precision auto`` (bf16 on a CPU with bf16 units), all clips in one batch and the
+each chain skipped) with fewer steps (DDIM 10 / 25 / 50, DDPM 25 / 30 / 35 / 40 / 50) or the same (DDPM 100:
+what bf16 and batching alone give), ``--precision auto`` (bf16 on a CPU with bf16 units), all clips in one batch and the
 guidance gradient smoothed as the demo samples (``--guidance_blur 2``; upstream's is not smoothed). Every
 run samples the same ``--n`` demo test clips with the same per-sample seeds (so stage 1 is the same clip in
 every run) and is judged by ``tools/synthetic_judge.py``'s judges. A candidate is **of equal quality** when, for
@@ -41,7 +41,8 @@ def settings(n: int) -> tuple[tuple[str, dict], list[tuple[str, dict]]]:
            {"timestep_respacing": "100", "skip_timesteps": 25, "precision": "32", "batch_size": 1,
             "guidance_blur": 0})  # upstream's gradient, unsmoothed (bench_quality's rows smooth it as the demo)
     cands = []
-    for sampler, steps in (("DDIM", 10), ("DDIM", 25), ("DDPM", 25), ("DDIM", 50), ("DDPM", 50), ("DDPM", 100)):
+    for sampler, steps in (("DDIM", 10), ("DDIM", 25), ("DDPM", 25), ("DDPM", 30), ("DDPM", 35), ("DDPM", 40),
+                           ("DDIM", 50), ("DDPM", 50), ("DDPM", 100)):
         skip = round(SKIP * steps)
         over = {"timestep_respacing": f"ddim{steps}" if sampler == "DDIM" else str(steps), "skip_timesteps": skip,
                 "precision": "auto", "batch_size": n}  # ours: the demo's smoothed gradient (--guidance_blur 2)

@@ -144,7 +144,7 @@ def test_equal_quality_mode_compares_paired_differences(kit, tmp_path, monkeypat
     record = json.loads(out.read_text())
     rows = record["rows"]
     assert rows[0]["setting"] == record["reference"] and "upstream setting" in rows[0]["setting"]
-    assert rows[0]["precision"] == "32" and len(rows) == 7
+    assert rows[0]["precision"] == "32" and len(rows) == 10  # the reference and 9 candidates
     assert rows[0]["speedup_stage2"] == 1.0 and all(r["stage2_s"] > 0 for r in rows)
     for r in rows[1:]:
         assert set(r["equal"]) == set(eq.EQUAL_JUDGES) and r["precision"] in ("32", "bf16")

@@ -172,6 +172,38 @@ def test_precision_auto_is_recorded_as_run(kit, tmp_path, monkeypatch, caplog):
         script.sample(argv(kit, tmp_path / "amx", "--n_sample", 1, "--precision", "auto"))
 
 
+def test_bf16_chain_holds_the_frozen_conv_weights(kit, tmp_path, monkeypatch):
+    """Under bf16 the stage-2 chain runs the U-Net and the guides' image towers with their convolution weights
+    held in bf16 and, on a CPU with AMX, channels-last (``sampling_weights``); the networks are as loaded
+    afterwards."""
+    import contextlib
+
+    from tav.pipelines import ta2v
+    from tav.utils import runtime
+    from tav.utils.runtime import CONVS
+
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: "amx")
+
+    seen, models, real = [], [], ta2v.sampling_weights
+
+    @contextlib.contextmanager
+    def spy(modules, precision, device):
+        with real(modules, precision, device):
+            models.extend(modules)
+            seen.append({type(m).__name__: {(w.dtype, w.is_contiguous(memory_format=torch.channels_last_3d
+                                                                      if w.dim() == 5 else torch.channels_last))
+                                            for w in (c.weight for c in m.modules() if isinstance(c, CONVS))
+                                            if w.dim() in (4, 5)}
+                         for m in modules})
+            yield
+
+    monkeypatch.setattr(ta2v, "sampling_weights", spy)
+    script.sample(argv(kit, tmp_path / "bf16", "--n_sample", 1, "--precision", "bf16"))
+    assert len(seen) == 1 and {"UNet", "AudioCLIP", "CLIPEncoder"} <= set(seen[0])
+    assert all(v == {(torch.bfloat16, True)} for v in seen[0].values())
+    assert all(p.dtype == torch.float32 for m in models for p in m.parameters())
+
+
 def test_guidance_checkpointing_same_videos(kit, tmp_path):
     """``--guidance_checkpointing`` trades time for memory and nothing else: the same videos, and a folder made
     without it is continued with it."""

@@ -290,3 +290,50 @@ def test_bf16_autocast_and_channels_last():
     assert half.dtype == torch.float32 and (half - ref).abs().max() < 0.1 * ref.abs().max()
     assert (low - ref).abs().max() < 0.05 * ref.abs().max()
     assert torch.allclose(last, ref, atol=1e-5)
+
+
+def _guided_grad(model: UNet, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A guided step's U-Net work under bf16 autocast: the output and the gradient of its square to the input."""
+    x_in = x.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x_in, t)
+    return out.detach(), torch.autograd.grad(out.float().square().mean(), x_in)[0]
+
+
+def test_held_weights_cast_once_same_operands_and_restore(monkeypatch):
+    """Conv weights held in bf16 give a frozen U-Net under bf16 autocast the operands autocast would cast at
+    every call (bitwise the same output and input gradient); channels-last changes only the rounding; the
+    original tensors come back afterwards, also after an error."""
+    from tav.utils.runtime import CONVS, held_weights, sampling_weights
+
+    model = randomised(tiny()).eval().requires_grad_(False)
+    x, t = noise(2, 3, 2, 32, 32), torch.tensor([10, 900])
+    before = {k: (v.data_ptr(), v.dtype, v.clone()) for k, v in model.state_dict().items()}
+    ref_out, ref_grad = _guided_grad(model, x, t)
+    with held_weights([model], torch.bfloat16, CONVS):
+        convs = [m.weight for m in model.modules() if isinstance(m, CONVS)]
+        assert convs and all(w.dtype == torch.bfloat16 for w in convs)
+        assert model.time_embed[0].weight.dtype == torch.float32  # linears are not in CONVS
+        out, grad = _guided_grad(model, x, t)
+    assert torch.equal(out, ref_out) and torch.equal(grad, ref_grad)
+    from tav.utils import runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: "avx512_bf16")
+    with sampling_weights([model], "bf16", torch.device("cpu")):  # AVX-512 bf16 (AMD Zen 4): bf16, contiguous
+        w = model.input_blocks[0][0].weight
+        assert w.dtype == torch.bfloat16 and w.is_contiguous() and _guided_grad(model, x, t)[1].equal(ref_grad)
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: "amx")
+    with sampling_weights([model], "bf16", torch.device("cpu")):  # a CPU with AMX: bf16 and channels-last
+        w = model.input_blocks[0][0].weight
+        assert w.dtype == torch.bfloat16 and w.is_contiguous(memory_format=torch.channels_last_3d)
+        out, grad = _guided_grad(model, x, t)
+    scale = ref_grad.abs().max()
+    assert (grad - ref_grad).abs().max() < 0.05 * scale
+    assert (out - ref_out).abs().max() < 0.05 * ref_out.abs().max()
+    with sampling_weights([model], "32", torch.device("cpu")):
+        assert model.input_blocks[0][0].weight.data_ptr() == before["input_blocks.0.0.weight"][0]
+    with pytest.raises(RuntimeError, match="inside"), held_weights([model], torch.bfloat16, channels_last=True):
+        raise RuntimeError("inside")
+    after = model.state_dict()
+    assert all(after[k].data_ptr() == p and after[k].dtype == d and torch.equal(after[k], v)
+               for k, (p, d, v) in before.items())

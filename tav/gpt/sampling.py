@@ -21,7 +21,7 @@ floating-point differences in the batched matmuls, which change a draw only in n
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from tav.errors import InputError
 from tav.gpt.model import GPT
+from tav.utils.runtime import held_weights
 from tav.utils.seeding import sample_generators
 
 
@@ -105,8 +106,7 @@ def draw(logits: Tensor, generators: list[torch.Generator], temperature: float =
     return (logits + _gumbel(logits.shape[-1], generators, logits.device)).argmax(dim=-1)
 
 
-@contextlib.contextmanager
-def low_precision_linears(gpt: GPT, dtype: torch.dtype | None) -> Iterator[None]:
+def low_precision_linears(gpt: GPT, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """Within, the weights and biases of ``gpt``'s ``nn.Linear`` layers are held in ``dtype`` (restored after).
 
     Under autocast each linear casts its fp32 weight on every call, and autocast's cache keeps only leaf
@@ -115,18 +115,8 @@ def low_precision_linears(gpt: GPT, dtype: torch.dtype | None) -> Iterator[None]
     ``dtype=None`` or fp32 leaves the model as it is.
     """
     if dtype is None or dtype == torch.float32:
-        yield
-        return
-    params = [p for m in gpt.modules() if isinstance(m, nn.Linear) for p in m.parameters(recurse=False)]
-    originals = [p.data for p in params]
-    try:
-        with torch.inference_mode(False):
-            for p in params:
-                p.data = p.data.detach().to(dtype)
-        yield
-    finally:
-        for p, data in zip(params, originals, strict=True):
-            p.data = data
+        return contextlib.nullcontext()
+    return held_weights([gpt], dtype, (nn.Linear,))
 
 
 def decode_attention(device: torch.device) -> contextlib.AbstractContextManager:

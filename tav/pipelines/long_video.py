@@ -108,7 +108,7 @@ def ta2v_stage2_long(sampler: TwoStageSampler, video: Tensor, audio: Tensor | No
     cond_fn = None
     if g.active:
         cond_fn = guidance_scaled(g.cond_fn(g.prepare(audio, [caption], rate, n, seeds=seeds)), max(1.0, n / window))
-    with autocast(c.precision, sampler.device):
+    with autocast(c.precision, sampler.device), sampler.frozen_weights():
         x = SAMPLERS[c.sampler](net, sampler.schedule, tuple(video.shape), x_init=video.to(sampler.device),
                                 skip_timesteps=c.skip_timesteps, cond_fn=cond_fn,
                                 generators=sample_generators(seeds, sampler.device))

@@ -12,13 +12,14 @@ not depend on the batch size or on the other samples; refinement iteration ``k``
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from tav.diffusion.samplers import SAMPLERS
 from tav.diffusion.schedule import GaussianSchedule
@@ -27,7 +28,7 @@ from tav.gpt.model import GPT
 from tav.gpt.sampling import sample_codes
 from tav.guidance import Guidance
 from tav.guidance.guide import check_blur_fits
-from tav.utils.runtime import autocast
+from tav.utils.runtime import autocast, sampling_weights
 from tav.utils.seeding import sample_generators
 from tav.vqgan.model import VQGAN
 
@@ -79,6 +80,12 @@ class TwoStageSampler:
             self.net.set_gradient_checkpointing(True)
             self.guidance.checkpointing = True
 
+    def frozen_weights(self) -> contextlib.AbstractContextManager:
+        """Within, the U-Net's and the guides' convolution weights are held as ``sampling_weights`` says for
+        the chain's precision (bf16 once instead of at every step; channels-last on a CPU)."""
+        guides = [e for e in (self.guidance.audio_encoder, self.guidance.clip) if isinstance(e, nn.Module)]
+        return sampling_weights([self.net, *guides], self.cfg.precision, self.device)
+
     @torch.no_grad()
     def stage1(self, text_ids: Tensor, seeds: Sequence[int], progress: bool = False) -> Tensor:
         """``(B, L)`` caption ids -> ``(B, 3, T, R, R)`` decoded clips in [-0.5, 0.5] (VQGAN resolution)."""
@@ -103,7 +110,7 @@ class TwoStageSampler:
             if g.active:
                 cond = g.prepare(audio, captions, rate, n_frames, seeds=iter_seeds, spans=spans)
                 cond_fn = g.cond_fn(cond)
-            with autocast(c.precision, self.device):
+            with autocast(c.precision, self.device), self.frozen_weights():
                 x = sample(self.net, self.schedule, tuple(video.shape), x_init=video.to(self.device),
                            skip_timesteps=c.skip_timesteps, cond_fn=cond_fn, generators=gens, progress=progress)
             out.append(x.float().clamp(-0.5, 0.5))

@@ -31,7 +31,7 @@ from tav.errors import InputError
 from tav.pipelines.ta2v import resize_frames
 from tav.pipelines.windows import WindowedNet
 from tav.tia2v.conditions import motion_context
-from tav.utils.runtime import autocast
+from tav.utils.runtime import autocast, sampling_weights
 from tav.utils.seeding import sample_generators
 
 
@@ -138,7 +138,8 @@ class TIA2VSampler:
             mask = torch.zeros(1, 1, x_init.shape[2], 1, 1, dtype=torch.bool, device=self.device)
             mask[:, :, 0] = True
             known = (x_init.to(self.device), mask)
-        with torch.no_grad(), autocast(self.cfg.precision, self.device):
+        with torch.no_grad(), autocast(self.cfg.precision, self.device), \
+                sampling_weights([net], self.cfg.precision, self.device):
             x = SAMPLERS[self.cfg.sampler](
                 net, schedule, tuple(x_init.shape), x_init=x_init.to(self.device),
                 skip_timesteps=respaced_skip(schedule, skip), generators=gens, model_kwargs=kwargs,
