@@ -12,8 +12,10 @@ audio and caption, runs one warm-up step and then ``--steps`` timed steps, and r
 sampling adds: the guidance graph and work space). The points run one after the other, so their times compare.
 Checkpointing switches the U-Net's ResBlock and attention layers and the guides' image towers to recompute their
 activations in the backward pass (``UNet.set_gradient_checkpointing`` and ``Guidance.checkpointing``, what
-``sample_tav.py --guidance_checkpointing`` does). ``--channels-last`` stores the U-Net's conv weights in
-``channels_last_3d`` and AudioCLIP's in ``channels_last`` (oneDNN / cuDNN then run those convolutions in NDHWC / NHWC).
+``sample_tav.py --guidance_checkpointing`` does). The steps hold the networks' convolution weights as the
+samplers do (``tav.utils.runtime.sampling_weights``: under bf16 cast once, on a CPU with AMX channels-last);
+``--channels-last`` stores the U-Net's conv weights in ``channels_last_3d`` and AudioCLIP's in ``channels_last`` in
+either precision (oneDNN / cuDNN then run those convolutions in NDHWC / NHWC).
 
     python benchmarks/bench_guidance_memory.py [--batches 1 2 4] [--steps 1] [--threads 1] [--res-blocks 2]
         [--precision 32] [--device cpu|cuda] [--checkpointing both|off|on] [--channels-last] [--json OUT.json]

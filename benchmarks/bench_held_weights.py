@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,7 +34,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", type=Path, default=HERE.parent / "results" / "demo" / "data")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    sys.path.insert(0, str(HERE))
     from bench_quality import check_demo_inputs, sample_argv
 
     from tav.pipelines import ta2v

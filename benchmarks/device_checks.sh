@@ -11,7 +11,9 @@
 # amx_unet amx_guidance (the release U-Net, contiguous and channels_last_3d, bf16 against fp32; the second with the
 # top operators), amx_step (a whole guided step in fp32 and bf16, contiguous and channels-last).
 # CPU_PIN (default 0,1) and GPU_PIN (default: every core) choose the cores, so CPU and GPU checks can run side by
-# side in separate invocations (the install below runs once).
+# side in separate invocations started after a first one has installed the wheels (the install runs once), e.g.
+#   bash benchmarks/device_checks.sh 16 none; GPU_PIN=4-15 bash benchmarks/device_checks.sh 16 release64 &
+#   CPU_PIN=0,1 bash benchmarks/device_checks.sh 16 amx_unet; wait
 set -u
 OUT=${OUT:-/tmp/tav_gpu}
 BATCH=${1:-16}

@@ -82,7 +82,7 @@ class TwoStageSampler:
 
     def frozen_weights(self) -> contextlib.AbstractContextManager:
         """Within, the U-Net's and the guides' convolution weights are held as ``sampling_weights`` says for
-        the chain's precision (bf16 once instead of at every step; channels-last on a CPU)."""
+        the chain's precision (bf16 once instead of at every step; channels-last on a CPU with AMX)."""
         guides = [e for e in (self.guidance.audio_encoder, self.guidance.clip) if isinstance(e, nn.Module)]
         return sampling_weights([self.net, *guides], self.cfg.precision, self.device)
 
