@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                    help="a name and the train_vqgan.py flags it adds (repeatable; default: preset=)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=1000, help="VQGAN training steps (the demo's default)")
+    p.add_argument("--steps", type=int, default=1600, help="VQGAN training steps (the demo's default)")
     p.add_argument("--demo_args", default="", help="extra demo.py flags for the data and VQGAN stages, e.g. "
                    "'--n_train 256' (one dataset per --out)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores / jobs threads)")
