@@ -32,13 +32,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                    help="a name and the train_vqgan.py flags it adds (repeatable; default: preset=)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=1600, help="VQGAN training steps (the demo's default)")
+    p.add_argument("--steps", type=int, default=None, help="VQGAN training steps (default: the demo's)")
     p.add_argument("--demo_args", default="", help="extra demo.py flags for the data and VQGAN stages, e.g. "
                    "'--n_train 256' (one dataset per --out)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores / jobs threads)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--child", nargs=3, metavar=("RUN_DIR", "THREADS", "FLAGS"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def resolve_steps(steps: int | None) -> int:
+    """``steps``, or when None the demo's own VQGAN steps (``scripts/demo.py --vqgan_steps``'s default)."""
+    if steps is not None:
+        return steps
+    from tav_scripts import demo
+
+    return demo.parse_args([]).vqgan_steps
 
 
 def child(run_dir: Path, threads: int, flags: list[str], steps: int, data: Path, demo_args: list[str]) -> None:
@@ -100,6 +109,7 @@ def table(summary: dict[str, dict], flags: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    args.steps = resolve_steps(args.steps)
     data = args.out / "data"
     if args.child:
         run_dir, threads, flags = args.child

@@ -43,3 +43,15 @@ def test_a_variant_without_name_and_flags_is_one_line(tmp_path):
                           capture_output=True, text=True, cwd=REPO)
     assert done.returncode != 0 and "--variant 'edges': write NAME=FLAGS" in done.stderr
     assert not (tmp_path / "bv").exists()
+
+
+def test_default_steps_are_the_demos_own(monkeypatch):
+    import importlib
+
+    from tav_scripts import demo
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("bench_demo_vqgan")
+    assert bench.parse_args(["--out", "x"]).steps is None
+    assert bench.resolve_steps(None) == demo.parse_args([]).vqgan_steps == 1600
+    assert bench.resolve_steps(7) == 7
