@@ -144,7 +144,7 @@ GD_FLAG_FIELDS = {
     "use_scale_shift_norm": ("model", "use_scale_shift_norm"), "use_checkpoint": ("model", "gradient_checkpointing"),
     "diffusion_steps": ("process", "steps"), "noise_schedule": ("process", "noise_schedule"),
     "learn_sigma": ("process", "learn_sigma"), "predict_xstart": ("process", "predict_xstart"),
-    "rescale_timesteps": ("process", "rescale_timesteps"),
+    "rescale_timesteps": ("process", "rescale_timesteps"), "max_t": ("process", "max_t"),
     "batch_size": ("train", "batch_size"), "num_workers": ("train", "num_workers"), "lr": ("train", "lr"),
     "weight_decay": ("train", "weight_decay"), "log_interval": ("train", "log_interval"),
     "save_interval": ("train", "save_interval"), "lr_anneal_steps": ("train", "lr_anneal_steps"),
@@ -187,6 +187,9 @@ def add_diffusion_flags(p: argparse.ArgumentParser, extra_model: tuple = ()) -> 
         q.add_argument(f"--{name}", type=B, default=None)
     q.add_argument("--timestep_respacing", default="", help='training uses all steps: must be ""')
     q.add_argument("--schedule_sampler", choices=["uniform"], default="uniform")
+    q.add_argument("--max_t", type=int, default=None,
+                   help="train on timesteps t < MAX_T only, for a model sampled only from an SDEdit start below it "
+                        "(recorded; samplers refuse to start higher); 0: the whole chain")
     d = add_data_flags(p)
     d.add_argument("--resolution", type=int, default=None, help="frame size; the same as --image_size")
     d.add_argument("--sequence_length", type=int, default=None, help="frames per clip")

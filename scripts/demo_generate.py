@@ -25,7 +25,7 @@ from tav.utils.fileio import write_text_atomic
 from tav_scripts.demo_quality import judge_clips, record_quality
 from tav_scripts.demo_sample import DEMO_BLUR, DEMO_SKIP, REPO, _rel, gather_checkpoints
 from tav_scripts.demo_stages import sampling_precision_flags
-from tav_scripts.demo_tia2v import SHR_SIZE, tiny_encoders, train_models
+from tav_scripts.demo_tia2v import MOTION_START, SHR_SIZE, tiny_encoders, train_models
 
 MELODY_S, MELODY_SEED = 10.0, 1010  # the demo's own song: longer than any window
 GENERATE_COMMENT = [
@@ -45,7 +45,7 @@ def generate_commands(files: dict[str, Path], enc: dict[str, Path], models: dict
             "--skip_timesteps", str(DEMO_SKIP // 2), "--guidance_blur", str(DEMO_BLUR)]
     tia2v = ["--model_path", _rel(models["motion"]), "--diffusion_ckpt", _rel(models["shr"]), "--clip_l_ckpt",
              _rel(enc["clip_l"]), "--beats_ckpt", _rel(enc["beats"]), "--model_output_size", str(SHR_SIZE),
-             "--timestep_respacing", "50"]
+             "--timestep_respacing", "50", *MOTION_START]
     return {"ta2v": ta2v, "tia2v": tia2v}
 
 

@@ -233,6 +233,25 @@ def test_sample_timesteps_uniform_and_seeded():
     assert a.dtype == torch.long and a.shape == (500,) and int(a.min()) == 0 and int(a.max()) == 9
 
 
+def test_max_t_limits_training_draws_and_sampling_starts():
+    cfg = ProcessConfig(steps=20, max_t=6)
+    base = GaussianSchedule.from_config(cfg)
+    t = base.sample_timesteps(500, "cpu", torch.Generator().manual_seed(0))
+    assert int(t.min()) == 0 and int(t.max()) == 5  # [0, max_t)
+    spaced = GaussianSchedule.from_config(cfg, respacing="10")  # original steps 0, 2, ..., 18
+    assert spaced.max_t == 6 and spaced.timestep_map.tolist()[:4] == [0, 2, 4, 6]
+    net = GaussEps(spaced, learn_sigma=True)
+    x_init = 0.3 * torch.randn(SHAPE)
+    out = ddpm_sample(net, spaced, SHAPE, x_init=x_init, skip_timesteps=7, generators=_generators(4, 5))
+    assert out.shape == SHAPE and len(net.calls) == 3  # starts at original step 4 < 6
+    for sampler in (ddpm_sample, ddim_sample):
+        with pytest.raises(InputError, match=r"t < 6 only.*at t = 6: start below t = 6.*skip at least 7 of the 10"):
+            sampler(net, spaced, SHAPE, x_init=x_init, skip_timesteps=6)
+    for bad in (-1, 21, 2.5, True):
+        with pytest.raises(InputError, match="max_t"):
+            ProcessConfig(steps=20, max_t=bad)
+
+
 def test_coefficients_follow_the_input_dtype():
     s = GaussianSchedule(betas_for("cosine", 50))
     x = torch.randn(2, 3, 4)

@@ -133,6 +133,10 @@ def test_flat_inputs_and_conditions():
     assert torch.equal(ctx[f + 2, :8], batch["audio_tokens"][1, 2]) and torch.equal(ctx[f + 2, 8:], batch["text"][1])
     terms, t = module.diffusion_terms(batch)
     assert terms["loss"].shape == (b * f,) and torch.isfinite(terms["loss"]).all()
+    refiner = TIA2VModule(cfg, ProcessConfig(steps=100, loss="rescaled_mse", max_t=7), TIA2VTrainConfig())
+    refiner._gen = torch.Generator().manual_seed(0)
+    t = torch.cat([refiner.flat_inputs(batch)[1] for _ in range(20)])  # only the low-noise end of the chain
+    assert int(t.max()) == 6 and int(t.min()) == 0
     with pytest.raises(InputError, match="audio_tokens"):
         conditions_of({"text": batch["text"], "image": batch["image"]}, "motion")
 
@@ -216,6 +220,20 @@ def test_sample_stage1_only_and_errors(world, tmp_path):
         sample_motion_optim.sample(_sample_argv(world, tmp_path, "--num_channels", "64"))
     with pytest.raises(InputError, match="--diffusion_ckpt"):
         sample_motion_optim.sample(_sample_argv(world, tmp_path, "--diffusion_ckpt", str(tmp_path / "none.pt")))
+
+
+def test_refiner_trained_on_low_t_records_it_and_samples_only_from_there(world, tmp_path):
+    """``--max_t``: the SHR learns t < 50 only, its file records it, and sampling refuses a start above."""
+    runs = tmp_path / "runs"
+    tia2v_cli.train("shr", ["--config", "shr-tiny", "--save_dir", str(runs / "shr"), "--resolution", "32",
+                            "--max_t", "50", *world["common"]])
+    shr = runs / "shr" / "ema000002.pt"
+    assert load_tia2v_unet(shr, "shr").process.max_t == 50
+    base = _sample_argv(world, tmp_path / "out", "--num_samples", "1", "--diffusion_ckpt", str(shr))
+    with pytest.raises(InputError, match=r"learned t < 50 only.*starts at t = 333: start below t = 50"):  # 0.375
+        sample_motion_optim.sample(base)
+    assert sample_motion_optim.main([*base, "--shr_strength", "0.05"]) == 0  # from t = 49
+    assert (tmp_path / "out" / "0_tacm_urmp" / "fake_stage2" / "video_0.mp4").is_file()
 
 
 def test_seed_lines_dry_run(world, capsys):

@@ -78,6 +78,12 @@ def _start(
     if dtype is None:
         dtype = ref.dtype if ref is not None else torch.float32
     first = schedule.num_timesteps - skip_timesteps - 1
+    start_t = int(schedule.timestep_map[first])
+    if schedule.max_t and start_t >= schedule.max_t:
+        lowest = schedule.num_timesteps - 1 - int((schedule.timestep_map < schedule.max_t).nonzero().max())
+        raise InputError(f"the network learned t < {schedule.max_t} only (its process.max_t), but this chain starts "
+                         f"at t = {start_t}: start below t = {schedule.max_t}, an SDEdit start from a given video "
+                         f"(skip at least {lowest} of the {schedule.num_timesteps} respaced steps)")
     if noise is None:
         noise = noise_like(shape, generators, device, dtype)
     noise = noise.to(device, dtype)

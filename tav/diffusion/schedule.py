@@ -48,10 +48,16 @@ class ProcessConfig:
     predict_xstart: bool = False  # the first half predicts x_0 instead of ε
     loss: str = "mse"  # "mse": MSE + VB (TA2V) | "rescaled_mse": MSE + VB·steps/1000 (TIA2V) | "kl": VB only
     rescale_timesteps: bool = True  # the network sees t·1000/steps (original step numbering)
+    # > 0: the network learns only t < max_t (training draws t there; samplers refuse to start higher): a model
+    # sampled only from an SDEdit start below max_t, as SDXL's refiner (t < 200 of 1000). 0: the whole chain
+    max_t: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 2:
             raise InputError(f"ProcessConfig.steps={self.steps!r}: must be an integer >= 2")
+        if isinstance(self.max_t, bool) or not isinstance(self.max_t, int) or not 0 <= self.max_t <= self.steps:
+            raise InputError(f"ProcessConfig.max_t={self.max_t!r}: must be an integer in [0, steps={self.steps}] "
+                             "(0: the whole chain)")
         if self.noise_schedule not in NOISE_SCHEDULES:
             raise InputError(f"ProcessConfig.noise_schedule={self.noise_schedule!r}: must be one of {NOISE_SCHEDULES}")
         if self.loss not in LOSSES:
@@ -160,6 +166,7 @@ class GaussianSchedule:
         rescale_timesteps: bool = True,
         timestep_map: Sequence[int] | Tensor | None = None,
         original_steps: int | None = None,
+        max_t: int = 0,
     ) -> None:
         betas = torch.as_tensor(np.asarray(betas, dtype=np.float64))
         if betas.ndim != 1 or len(betas) == 0 or not bool(((betas > 0) & (betas <= 1)).all()):
@@ -170,6 +177,7 @@ class GaussianSchedule:
         self.learn_sigma, self.predict_xstart = learn_sigma, predict_xstart
         self.loss, self.rescale_timesteps = loss, rescale_timesteps
         self.original_steps = self.num_timesteps if original_steps is None else int(original_steps)
+        self.max_t = int(max_t)  # > 0: the network learned original steps t < max_t only (ProcessConfig.max_t)
         mapping = range(self.num_timesteps) if timestep_map is None else timestep_map
         self.timestep_map = torch.as_tensor(mapping, dtype=torch.long).clone()
         if self.timestep_map.shape != (self.num_timesteps,):
@@ -206,6 +214,7 @@ class GaussianSchedule:
             predict_xstart=cfg.predict_xstart,
             loss=cfg.loss,
             rescale_timesteps=cfg.rescale_timesteps,
+            max_t=cfg.max_t,
         )
         return schedule.respaced(respacing) if respacing else schedule
 
@@ -225,6 +234,7 @@ class GaussianSchedule:
             rescale_timesteps=self.rescale_timesteps,
             timestep_map=self.timestep_map[kept],
             original_steps=self.original_steps,
+            max_t=self.max_t,
         )
 
     # -- indices --------------------------------------------------------------------------------------------
@@ -246,9 +256,11 @@ class GaussianSchedule:
         return steps * (1000.0 / self.original_steps) if self.rescale_timesteps else steps
 
     def sample_timesteps(self, batch: int, device: torch.device | str, generator: torch.Generator | None = None):
-        """``(batch,)`` LongTensor of steps drawn uniformly from [0, num_timesteps) (on the generator's device)."""
+        """``(batch,)`` LongTensor of steps drawn uniformly from [0, num_timesteps), or from [0, max_t) for a
+        schedule with ``max_t`` (on the generator's device)."""
         draw_on = generator.device if generator is not None else device
-        t = torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=draw_on)
+        high = min(self.max_t, self.num_timesteps) if self.max_t else self.num_timesteps
+        t = torch.randint(0, high, (batch,), generator=generator, device=draw_on)
         return t.to(device)
 
     # -- forward process and posterior ---------------------------------------------------------------------
