@@ -45,7 +45,7 @@ def generate_commands(files: dict[str, Path], enc: dict[str, Path], models: dict
             "--skip_timesteps", str(DEMO_SKIP // 2), "--guidance_blur", str(DEMO_BLUR)]
     tia2v = ["--model_path", _rel(models["motion"]), "--diffusion_ckpt", _rel(models["shr"]), "--clip_l_ckpt",
              _rel(enc["clip_l"]), "--beats_ckpt", _rel(enc["beats"]), "--model_output_size", str(SHR_SIZE),
-             "--timestep_respacing", "50", *MOTION_START]
+             *MOTION_START]
     return {"ta2v": ta2v, "tia2v": tia2v}
 
 

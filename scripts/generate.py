@@ -54,7 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     s.add_argument("--timestep_respacing", default=None, help='"100", "ddim50", ... ("" = every step)')
     s.add_argument("--steps", type=int, default=None, help="shorthand for --timestep_respacing N")
     s.add_argument("--skip_timesteps", type=int, default=None, help="SDEdit start (see the samplers)")
-    s.add_argument("--ddim", "--use_ddim", dest="ddim", action="store_true", help="DDIM steps instead of DDPM")
+    s.add_argument("--ddim", "--use_ddim", dest="ddim", nargs="?", const=True, default=False, type=cli.str2bool,
+                   help="DDIM steps instead of DDPM (also as the seed scripts write it: --use_ddim True)")
     s.add_argument("--model_output_size", type=int, default=None, help="stage-2 / SHR frame size")
     s.add_argument("--noise_schedule", choices=["cosine", "linear"], default=None, help="bare state dicts only")
     s.add_argument("--diffusion_ckpt", default=None,

@@ -111,6 +111,13 @@ def audio_seconds(path: Path) -> float:
 
 
 # ------------------------------------------------------------------------------------------ windows
+def test_ddim_flag_takes_the_seed_scripts_form_too():
+    base = ["--method", "tia2v", "--audio", "a.wav", "--caption", "x", "--out", "o.mp4"]
+    assert [script.parse_args([*base, *extra]).ddim for extra in
+            ([], ["--ddim"], ["--use_ddim"], ["--use_ddim", "True"], ["--use_ddim", "False"])] == [
+        False, True, True, True, False]
+
+
 def test_window_plans():
     assert window_starts(4, 8, 4) == [0] and window_starts(20, 8, 4) == [0, 4, 8, 12]
     assert window_starts(19, 8, 4) == [0, 4, 8, 11]
