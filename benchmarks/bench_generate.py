@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 SETTINGS = {
     "ta2v": [("sliding", []), ("independent", ["--context_frames", "0", "--stage2_stride", "0"]),
              ("sliding, bf16", ["--precision", "bf16"])],
-    "tia2v": [("hand-over", []), ("independent", ["--hand_over", "False"]),
-              ("hand-over, bf16", ["--precision", "bf16"])],
+    "tia2v": [("hand-over", ["--hand_over", "True"]), ("independent", ["--hand_over", "False"]),
+              ("hand-over, bf16", ["--hand_over", "True", "--precision", "bf16"])],
 }
 # TIA2V: the motion model's windows are what is measured; SHR (which only refines, in one fused chain) is left
 # out and the motion chain runs 25 respaced steps, so that the table takes well under an hour on 2 cores.
