@@ -111,8 +111,9 @@ def sample_command(run, enc: dict[str, Path], models: dict[str, Path]) -> list[s
 
 COMMENT = ["# Written by `make demo`: the README's TIA2V sampling command (sample_motion_optim.py) with every seed",
            "# flag kept; paths and sizes are changed for the tiny demo models and random encoders, and it samples",
-           "# DDIM from the given frame at t = 299 (SHR from t = 99), the noise levels its models learned. Extra",
-           "# arguments are passed through, e.g.  bash saved_ckpts/demo/sample_motion_optim.sh --num_samples 2 --skip_shr"]
+           "# DDIM from the given frame at t = 299 (SHR from t = 99), the noise levels its models learned.",
+           "# Extra arguments are passed through, e.g.",
+           "#   bash saved_ckpts/demo/sample_motion_optim.sh --num_samples 2 --skip_shr"]
 
 
 def stage_tia2v(run) -> None:
