@@ -240,6 +240,7 @@ def test_max_t_limits_training_draws_and_sampling_starts():
     assert int(t.min()) == 0 and int(t.max()) == 5  # [0, max_t)
     spaced = GaussianSchedule.from_config(cfg, respacing="10")  # original steps 0, 2, ..., 18
     assert spaced.max_t == 6 and spaced.timestep_map.tolist()[:4] == [0, 2, 4, 6]
+    assert int(spaced.sample_timesteps(200, "cpu", torch.Generator().manual_seed(0)).max()) == 2  # steps 0, 2, 4
     net = GaussEps(spaced, learn_sigma=True)
     x_init = 0.3 * torch.randn(SHAPE)
     out = ddpm_sample(net, spaced, SHAPE, x_init=x_init, skip_timesteps=7, generators=_generators(4, 5))

@@ -256,10 +256,10 @@ class GaussianSchedule:
         return steps * (1000.0 / self.original_steps) if self.rescale_timesteps else steps
 
     def sample_timesteps(self, batch: int, device: torch.device | str, generator: torch.Generator | None = None):
-        """``(batch,)`` LongTensor of steps drawn uniformly from [0, num_timesteps), or from [0, max_t) for a
-        schedule with ``max_t`` (on the generator's device)."""
+        """``(batch,)`` LongTensor of step indices drawn uniformly from [0, num_timesteps), or, for a schedule with
+        ``max_t``, from the indices whose original step is below it (on the generator's device)."""
         draw_on = generator.device if generator is not None else device
-        high = min(self.max_t, self.num_timesteps) if self.max_t else self.num_timesteps
+        high = int((self.timestep_map < self.max_t).sum()) if self.max_t else self.num_timesteps
         t = torch.randint(0, high, (batch,), generator=generator, device=draw_on)
         return t.to(device)
 
