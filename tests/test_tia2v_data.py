@@ -207,7 +207,7 @@ def test_cache_is_resumable_and_keyed(clip_l, tmp_path):
     seen = []
     build(key={"clip_l": "A", "beats": "B", "beats_mode": "fixed"}, progress=lambda d, n: seen.append((d, n)))
     assert fake.calls == 2 and seen == [(1, 2), (2, 2)]
-    entry = torch.load(entry_path(cache, "train", "a_1"), weights_only=True)
+    entry = torch.load(entry_path(cache, "train", "a_1", 16), weights_only=True)
     assert entry["text"].shape == (77, 32) and entry["img"].shape == (8, 32)
     assert entry["audio_tokens"].shape == (8, P, D)
     assert entry["frames"] == 8 and entry["key"]["resolution"] == 16 and entry["key"]["beats"] == "B"
@@ -219,7 +219,7 @@ def test_cache_is_resumable_and_keyed(clip_l, tmp_path):
     # the content model's key (no BEATs) is served by the motion entries: nothing recomputed, no audio listed
     build_condition_cache(root, "train", cfg, clip_l, None, cache, key={"clip_l": "A"})
     assert fake.calls == 4
-    manifest = json.loads((cache / "train" / "manifest.json").read_text())
+    manifest = json.loads((cache / "train" / "16px" / "manifest.json").read_text())
     assert manifest["audio_tokens"] is False and sorted(manifest["entries"]) == ["a_1", "b_2"]
     assert "audio_tokens" not in TIA2VDataset(root, "train", cfg, cache)[0]
     # a changed caption recomputes that clip only
@@ -236,7 +236,7 @@ def test_motion_build_adds_audio_to_content_entries(clip_l, tmp_path, monkeypatc
     root = make_tiny_vat(tmp_path / "vat")
     cfg, motion_key = data_cfg(), {"clip_l": "A", "beats": "B", "beats_mode": "fixed"}
     build_condition_cache(root, "train", cfg, clip_l, None, tmp_path / "c", key={"clip_l": "A"})
-    content = torch.load(entry_path(tmp_path / "c", "train", "a_1"), weights_only=True)
+    content = torch.load(entry_path(tmp_path / "c", "train", "a_1", 16), weights_only=True)
     assert "audio_tokens" not in content
     calls = []
     real_embeds = conditions.image_embeds
@@ -244,16 +244,34 @@ def test_motion_build_adds_audio_to_content_entries(clip_l, tmp_path, monkeypatc
     fake = FakeAudio()
     build_condition_cache(root, "train", cfg, clip_l, fake, tmp_path / "c", key=motion_key)
     assert calls == [] and fake.calls == 2  # no CLIP image pass, one audio pass per clip
-    added = torch.load(entry_path(tmp_path / "c", "train", "a_1"), weights_only=True)
+    added = torch.load(entry_path(tmp_path / "c", "train", "a_1", 16), weights_only=True)
     assert added["key"]["beats"] == "B" and added["frames"] == 8
     build_condition_cache(root, "train", cfg, clip_l, FakeAudio(), tmp_path / "fresh", key=motion_key)
-    fresh = torch.load(entry_path(tmp_path / "fresh", "train", "a_1"), weights_only=True)
+    fresh = torch.load(entry_path(tmp_path / "fresh", "train", "a_1", 16), weights_only=True)
     for name in ("text", "img", "audio_tokens"):
         torch.testing.assert_close(added[name], fresh[name], rtol=0, atol=0)
     assert added["key"] == fresh["key"] and added["source"] == fresh["source"]
     # an entry of another CLIP-L is not patched: everything is recomputed
     build_condition_cache(root, "train", cfg, clip_l, FakeAudio(), tmp_path / "c", key={**motion_key, "clip_l": "Z"})
     assert calls  # the CLIP image pass ran again
+
+
+def test_frame_sizes_keep_their_own_entries(clip_l, tmp_path):
+    """The SHR model reads the clips at another size than the content and motion models: building its cache
+    leaves theirs valid (nothing recomputed), and each size's dataset reads its own entries."""
+    root = make_tiny_vat(tmp_path / "vat")
+    cache, fake = tmp_path / "cache", FakeAudio()
+    motion_key = {"clip_l": "A", "beats": "B", "beats_mode": "fixed"}
+    build_condition_cache(root, "train", data_cfg(), clip_l, fake, cache, key=motion_key)
+    small = torch.load(entry_path(cache, "train", "a_1", 16), weights_only=True)
+    build_condition_cache(root, "train", data_cfg(resolution=8), clip_l, None, cache, key={"clip_l": "A"})
+    large = torch.load(entry_path(cache, "train", "a_1", 8), weights_only=True)
+    assert small["key"]["resolution"] == 16 and large["key"]["resolution"] == 8
+    assert not torch.allclose(small["img"], large["img"])  # the image embeddings depend on the frame size
+    build_condition_cache(root, "train", data_cfg(), clip_l, fake, cache, key=motion_key)
+    assert fake.calls == 2  # the 16-px entries survived the 8-px build
+    assert TIA2VDataset(root, "train", data_cfg(), cache)[0]["video"].shape[-1] == 16
+    assert TIA2VDataset(root, "train", data_cfg(resolution=8), cache)[0]["video"].shape[-1] == 8
 
 
 # ------------------------------------------------------------------------------------------------ dataset
@@ -266,7 +284,7 @@ def test_dataset_items_come_from_the_cache(built, clip_l):
     assert [ds[i]["start"] for i in range(len(ds))] == [again[i]["start"] for i in range(len(ds))]
     for i in range(len(ds)):
         item = ds[i]
-        entry = torch.load(entry_path(cache, "test", item["stem"]), weights_only=True)
+        entry = torch.load(entry_path(cache, "test", item["stem"], 16), weights_only=True)
         s = item["start"]
         assert item["video"].shape == (3, 4, 16, 16) and item["video"].abs().max() <= 0.5
         assert torch.equal(item["text"], entry["text"]) and torch.equal(item["image"], entry["img"][s])
@@ -291,9 +309,9 @@ def test_missing_or_stale_cache_names_the_command(built, tmp_path):
         TIA2VDataset(root, "test", data_cfg(), tmp_path / "nothing")
     msg = str(err.value)
     assert "--cache_dir" in msg and "train_temp.py" in msg and "build_cache" in msg and "\n" not in msg
-    with pytest.raises(InputError, match="stale.*resolution 16"):
+    with pytest.raises(InputError, match="no condition cache for split 'test' at 8 px.*--cache_dir"):
         TIA2VDataset(root, "test", data_cfg(resolution=8), cache)
-    entry_path(cache, "test", "b_2").unlink()
+    entry_path(cache, "test", "b_2", 16).unlink()
     ds = TIA2VDataset(root, "test", data_cfg(), cache)
     with pytest.raises(InputError, match="b_2.pt.*--cache_dir"):
         ds[1]
@@ -308,7 +326,7 @@ def test_cache_with_tiny_beats(clip_l, tmp_path):
     audio_fn = partial(beats_frame_tokens, beats, mode="fixed")
     build_condition_cache(root, "test", data_cfg(), clip_l, lambda w, r, n, f: audio_fn(w, r, n, f), tmp_path / "c",
                           key={"beats_mode": "fixed"})
-    entry = torch.load(entry_path(tmp_path / "c", "test", "a_1"), weights_only=True)
+    entry = torch.load(entry_path(tmp_path / "c", "test", "a_1", 16), weights_only=True)
     wave = read_audio(clip_files(root / "test", "a_1").audio, 48000)
     with torch.no_grad():
         ref = beats_frame_tokens(beats, wave, 48000, 8, 30.0, "fixed")

@@ -1,7 +1,10 @@
 """TIA2V conditions: the offline condition cache and the context tensors the U-Nets read.
 
-Cache layout: ``<cache_dir>/<split>/<stem>.pt``, one plain dict per clip file (``torch.save``; read back with
-``weights_only=True``):
+Cache layout: ``<cache_dir>/<split>/<R>px/<stem>.pt``, one plain dict per clip file at training frame size ``R``
+(``torch.save``; read back with ``weights_only=True``). The frame size has its own folder because the three
+models of one project read the same clips at different sizes (the SHR model at the output size, the content and
+motion models smaller): their trainings, run one after the other or at once, keep their entries apart instead of
+overwriting each other's. Each entry holds:
 
 - ``text`` ``(77, D)`` float32: CLIP-L text states of the caption's first line;
 - ``img`` ``(L, D)`` float32: CLIP-L projected image embedding of **every** frame of the file (the item's image
@@ -16,8 +19,9 @@ the training resolution (``resize_center_crop``), shifted to [0, 1], quantised t
 ``CLIPProcessor``).
 
 An entry whose key or source differs from the request is **recomputed** (overwritten). The build is resumable:
-entries are written atomically, valid ones are skipped, and ``<cache_dir>/<split>/manifest.json`` (the key and
-every entry's source) is written last; ``TIA2VDataset`` requires it.
+entries are written atomically, valid ones are skipped, and ``<cache_dir>/<split>/<R>px/manifest.json`` (the key
+and every entry's source) is written last; ``TIA2VDataset`` requires it. Version 1 kept every size in
+``<cache_dir>/<split>/`` (its files are left alone and no longer read).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from tav.utils.fileio import atomic_path, remove_stale_temps, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one folder per frame size
 MANIFEST = "manifest.json"
 # fn(wave (S,) float32 mono in [-1, 1], rate Hz, n_frames, fps) -> (n_frames, P, D_a) audio tokens
 AudioTokenFn = Callable[[np.ndarray, int, int, float], Tensor]
@@ -58,14 +62,14 @@ def tia2v_data_config(cfg: DataConfig) -> DataConfig:
     return replace(cfg, tokenizer="none", load_audio=False, load_stft=False)
 
 
-def split_cache_dir(cache_dir: str | os.PathLike, split: str) -> Path:
-    """``<cache_dir>/<split>``."""
-    return Path(cache_dir) / split
+def split_cache_dir(cache_dir: str | os.PathLike, split: str, resolution: int) -> Path:
+    """``<cache_dir>/<split>/<resolution>px``: the entries of one split at one training frame size."""
+    return Path(cache_dir) / split / f"{int(resolution)}px"
 
 
-def entry_path(cache_dir: str | os.PathLike, split: str, stem: str) -> Path:
-    """``<cache_dir>/<split>/<stem>.pt``."""
-    return split_cache_dir(cache_dir, split) / f"{stem}.pt"
+def entry_path(cache_dir: str | os.PathLike, split: str, stem: str, resolution: int) -> Path:
+    """``<cache_dir>/<split>/<resolution>px/<stem>.pt``."""
+    return split_cache_dir(cache_dir, split, resolution) / f"{stem}.pt"
 
 
 def full_key(key: dict, data_cfg: DataConfig) -> dict:
@@ -180,7 +184,8 @@ def _entry_tensors(split_dir: Path, stem: str, data_cfg: DataConfig, clip_l, aud
 def build_condition_cache(root: str | os.PathLike, split: str, data_cfg: DataConfig, clip_l,
                           audio_fn: AudioTokenFn | None, cache_dir: str | os.PathLike, *, key: dict,
                           batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> Path:
-    """Fill ``<cache_dir>/<split>`` for every clip of ``<root>/<split>``; returns that folder.
+    """Fill ``<cache_dir>/<split>/<R>px`` (``R = data_cfg.resolution``) for every clip of ``<root>/<split>``;
+    returns that folder.
 
     ``clip_l``: a ``CLIPLEncoder`` (on the device to compute on); ``audio_fn``: per-frame audio tokens of a
     whole file (e.g. BEATs through ``tav.encoders.beats.beats_frame_tokens``), None for no audio tokens;
@@ -190,7 +195,7 @@ def build_condition_cache(root: str | os.PathLike, split: str, data_cfg: DataCon
     total)`` is called after each file. Runs under ``torch.no_grad``.
     """
     split_dir = Path(root) / split
-    out_dir = split_cache_dir(cache_dir, split)
+    out_dir = split_cache_dir(cache_dir, split, data_cfg.resolution)
     remove_stale_temps(out_dir)
     wanted = full_key(key, data_cfg)
     stems = list_stems(split_dir)
@@ -199,7 +204,7 @@ def build_condition_cache(root: str | os.PathLike, split: str, data_cfg: DataCon
     computed = 0
     for done, stem in enumerate(stems, 1):
         source = clip_source(split_dir, stem)
-        path = entry_path(cache_dir, split, stem)
+        path = out_dir / f"{stem}.pt"
         old = read_entry(path, mmap=True)
         if not entry_valid(old, wanted, source, audio_fn is not None):
             with torch.no_grad():
@@ -225,12 +230,13 @@ def _drop_other_manifest(path: Path, manifest: dict) -> None:
             path.unlink(missing_ok=True)
 
 
-def read_manifest(cache_dir: str | os.PathLike, split: str) -> dict:
-    """The split's manifest; a missing one is an ``InputError`` saying how the cache is built."""
-    path = split_cache_dir(cache_dir, split) / MANIFEST
+def read_manifest(cache_dir: str | os.PathLike, split: str, resolution: int) -> dict:
+    """The manifest of the split at frame size ``resolution``; a missing one is an ``InputError`` saying how the
+    cache is built."""
+    path = split_cache_dir(cache_dir, split, resolution) / MANIFEST
     if not path.is_file():
-        raise InputError(f"{path}: no condition cache for split {split!r} (or its build did not finish); "
-                         f"{CACHE_COMMAND}")
+        raise InputError(f"{path}: no condition cache for split {split!r} at {int(resolution)} px (or its build "
+                         f"did not finish); {CACHE_COMMAND}")
     return json.loads(path.read_text(encoding="utf-8"))
 
 

@@ -24,6 +24,7 @@ from tav.tia2v.conditions import (
     key_satisfies,
     read_entry,
     read_manifest,
+    split_cache_dir,
     tia2v_data_config,
 )
 
@@ -33,7 +34,7 @@ def _stale(where: Path | str, why: str) -> InputError:
 
 
 class TIA2VDataset(VATDataset):
-    """``<root>/<split>`` clips with conditions from ``<cache_dir>/<split>``.
+    """``<root>/<split>`` clips with conditions from ``<cache_dir>/<split>/<R>px``.
 
     Item (a dict; ``F`` = ``sequence_length``, ``R`` = ``resolution``):
       video         float32 (3, F, R, R) in [-0.5, 0.5]
@@ -44,30 +45,35 @@ class TIA2VDataset(VATDataset):
       caption str (all caption lines joined; the text states encode the first line);  stem str;  start int
 
     Raises ``InputError`` naming the cache and the command that builds it when the split's cache is missing,
-    unfinished, or stale (built for another frame size, or before a clip's caption/video/audio changed).
+    unfinished, or stale (built for other settings, or before a clip's caption/video/audio changed).
     """
 
     def __init__(self, root: str | os.PathLike, split: str, data_cfg: DataConfig, cache_dir: str | os.PathLike,
                  train: bool | None = None):
         super().__init__(root, split, tia2v_data_config(data_cfg), train)
         self.cache_dir, self.split = Path(cache_dir), split
-        manifest = read_manifest(cache_dir, split)
+        manifest = read_manifest(cache_dir, split, self.cfg.resolution)
         self.key: dict = manifest["key"]
         self.has_audio_tokens: bool = bool(manifest["audio_tokens"])
         if self.key.get("resolution") != self.cfg.resolution:
-            raise _stale(self.cache_dir / split, f"built at resolution {self.key.get('resolution')}, the data "
-                                                 f"config asks for {self.cfg.resolution}")
+            raise _stale(split_cache_dir(cache_dir, split, self.cfg.resolution),
+                         f"built at resolution {self.key.get('resolution')}, the data config asks for "
+                         f"{self.cfg.resolution}")
         entries = manifest["entries"]
         for stem in self.stems:
             stem = str(stem)
             if stem not in entries:
-                raise _stale(entry_path(cache_dir, split, stem), "no entry for this clip")
+                raise _stale(self._path(stem), "no entry for this clip")
             if entries[stem] != clip_source(self.split_dir, stem):
-                raise _stale(entry_path(cache_dir, split, stem), "the clip's caption, video or audio changed")
+                raise _stale(self._path(stem), "the clip's caption, video or audio changed")
         self.sources = entries
 
+    def _path(self, stem: str) -> Path:
+        """The cache entry file of ``stem``."""
+        return entry_path(self.cache_dir, self.split, stem, self.cfg.resolution)
+
     def _entry(self, stem: str) -> dict:
-        path = entry_path(self.cache_dir, self.split, stem)
+        path = self._path(stem)
         entry = read_entry(path, mmap=True)
         if entry is None:
             raise InputError(f"{path}: missing or unreadable condition cache entry; {CACHE_COMMAND}")
@@ -81,7 +87,7 @@ class TIA2VDataset(VATDataset):
         start, cfg = item["start"], self.cfg
         stop = start + cfg.span
         if stop > int(entry["frames"]):
-            raise _stale(entry_path(self.cache_dir, self.split, item["stem"]),
+            raise _stale(self._path(item["stem"]),
                          f"it holds {int(entry['frames'])} frames, the window needs frames {start}..{stop - 1}")
         item["text"] = _own(entry["text"])
         item["image"] = _own(entry["img"][start])
