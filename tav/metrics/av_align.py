@@ -77,11 +77,14 @@ def video_motion_peaks(frames: np.ndarray, fps: float) -> np.ndarray:
     return peak_indices(motion_trajectory(frames)) / float(fps)
 
 
-def audio_onsets(wave: np.ndarray, rate: int) -> np.ndarray:
+def audio_onsets(wave: np.ndarray, rate: int, delta: float | None = None) -> np.ndarray:
     """Onset times in seconds, ``(K,)`` float64, of mono float ``wave (N,)`` in [-1, 1] at ``rate`` Hz.
 
     The wave is resampled to 22 050 Hz (``librosa.resample``, soxr_hq) unless already there; then
-    ``onset_strength`` → ``onset_detect`` with hop 512.
+    ``onset_strength`` → ``onset_detect`` with hop 512. ``delta=None`` is AV-Align's detector (librosa's
+    defaults: the envelope normalised per clip, threshold 0.07 of its range). A number picks peaks on the raw
+    envelope (mean dB rise per mel band and hop) that stand ``delta`` above their neighbourhood's mean instead,
+    so a clip with no note attack has no onset (``tav.metrics.synthetic``).
     """
     import librosa
 
@@ -91,7 +94,11 @@ def audio_onsets(wave: np.ndarray, rate: int) -> np.ndarray:
     if len(y) == 0:
         return np.zeros(0, np.float64)
     envelope = librosa.onset.onset_strength(y=y, sr=AUDIO_RATE, hop_length=HOP_LENGTH)
-    frames = librosa.onset.onset_detect(onset_envelope=envelope, sr=AUDIO_RATE, hop_length=HOP_LENGTH)
+    if delta is None:
+        frames = librosa.onset.onset_detect(onset_envelope=envelope, sr=AUDIO_RATE, hop_length=HOP_LENGTH)
+    else:
+        frames = librosa.onset.onset_detect(onset_envelope=envelope, sr=AUDIO_RATE, hop_length=HOP_LENGTH,
+                                            normalize=False, delta=delta)
     return np.asarray(librosa.frames_to_time(frames, sr=AUDIO_RATE, hop_length=HOP_LENGTH), dtype=np.float64)
 
 
