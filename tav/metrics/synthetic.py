@@ -41,7 +41,7 @@ JUMP = 0.05  # a move of the shape's centre by more than this fraction of the si
 MIN_CONTRAST = 40.0  # RGB distance below which nothing stands out from the background
 MIN_AREA = 6  # pixels: smaller blobs are noise
 TOLERANCE = 1  # frames within which a motion event matches an onset
-ONSET_DELTA = 1.0  # onset threshold on the raw envelope (mean dB rise per mel band): a note attack is 2-9, the bump 0.1-1
+ONSET_DELTA = 1.0  # threshold on the raw onset envelope (mean dB rise per mel band): attacks 2-9, the bump 0.1-1
 PALETTE = np.array(list(COLOURS.values()), dtype=np.float64)  # (8, 3)
 COLOUR_NAMES = tuple(COLOURS)
 JUDGES = ("colour_acc", "shape_acc", "onset_f1", "pitch_height", "flicker")
