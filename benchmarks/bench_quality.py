@@ -82,10 +82,14 @@ def judge_run(folder: Path, videos: str, rotate_captions: bool = False) -> dict:
     chosen = items[videos]
     if rotate_captions:
         chosen = [dataclasses.replace(it, caption=chosen[(i + 1) % len(chosen)].caption) for i, it in enumerate(chosen)]
-    judged = [judge_item(it)[0].scores() for it in chosen]
+    from tav.metrics.synthetic import onset_f1_chance
+
+    verdicts = [judge_item(it)[0] for it in chosen]
+    judged = [v.scores() for v in verdicts]
     out: dict = {"n": len(judged)}
     for key in JUDGES:
         out[key] = list(mean_ci([j[key] for j in judged]))
+    out["onset_f1_chance"] = onset_f1_chance(verdicts)[0]  # each clip's motion against the other clips' sound
     rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
     secs = [r.get("seconds", {}).get("stage2") for r in rows]  # per sample, written by the sampler
     out["s_per_video"] = float(np.mean([s for s in secs if s is not None])) if any(s is not None for s in secs) \
@@ -148,10 +152,14 @@ def markdown(tables: dict[str, dict[str, dict]], n: int) -> str:
     """The tables as markdown: mean ± 95% CI per judge, and seconds per video."""
     parts = []
     for name, rows in tables.items():
-        parts += [f"**{name}** (N = {n} demo test clips, mean ± 95% CI)", "",
-                  "| setting | " + " | ".join(JUDGES) + " | s/video |", "|---" * (len(JUDGES) + 2) + "|"]
+        parts += [f"**{name}** (N = {n} demo test clips, mean ± 95% CI; onset chance: each clip's motion against "
+                  "the other clips' sound)", "",
+                  "| setting | " + " | ".join(JUDGES[:3]) + " | onset chance | " + " | ".join(JUDGES[3:])
+                  + " | s/video |", "|---" * (len(JUDGES) + 3) + "|"]
         for label, r in rows.items():
             cells = ["-" if r[k][0] is None else f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in JUDGES]
+            chance = r.get("onset_f1_chance")
+            cells.insert(3, "-" if chance is None else f"{chance:.2f}")
             secs = "-" if r.get("s_per_video") is None else f"{r['s_per_video']:.2f}"
             parts.append(f"| {label} | " + " | ".join(cells) + f" | {secs} |")
         parts.append("")

@@ -20,8 +20,9 @@ from tav.utils.fileio import dumps_strict, write_text_atomic
 
 QUALITY_FILE = "quality.json"
 PSNR_CAP = 100.0  # dB given to an exact copy in means
-COLUMNS = ("psnr", "frame0_psnr", "colour_acc", "shape_acc", "colour_frame_acc", "onset_f1", "pitch_height",
-           "flicker")
+COLUMNS = ("psnr", "frame0_psnr", "colour_acc", "shape_acc", "colour_frame_acc", "onset_f1", "onset_f1_chance",
+           "pitch_height", "flicker")
+LABELS = {"onset_f1_chance": "chance"}  # column headings other than the key's first 9 characters
 ORDER = ("real", "vqgan_recon", "stage1", "stage2", "tia2v_motion", "tia2v_shr")
 
 
@@ -71,7 +72,7 @@ def quality_lines(out: Path) -> list[str]:
     if not path.is_file():
         return []
     data = json.loads(path.read_text(encoding="utf-8"))
-    head = f"{'stage':<14}{'n':>4}" + "".join(f"{c[:9]:>10}" for c in COLUMNS)
+    head = f"{'stage':<14}{'n':>4}" + "".join(f"{LABELS.get(c, c)[:9]:>10}" for c in COLUMNS)
     lines = [f"judges per stage ({path}):", head]
     for stage, values in data.items():
         lines.append(f"{stage:<14}{values.get('n', 0):>4}" + "".join(" " + _cell(values.get(c)) for c in COLUMNS))

@@ -72,11 +72,12 @@ def test_small_tables_are_judged_in_range_and_ordered(kit, tmp_path):
                 mean, ci = row[key]
                 assert mean is None or 0.0 <= mean <= 1.0
                 assert ci is None or ci >= 0.0
+            assert row["onset_f1_chance"] is None or 0.0 <= row["onset_f1_chance"] <= 1.0
     real, rotated = ablation["real"], ablation["real, captions rotated (control)"]
     assert real["colour_acc"][0] == 1.0  # the two clips' colours differ (seed 3): rotation must miss both
     assert real["colour_acc"][0] >= rotated["colour_acc"][0] and rotated["colour_acc"][0] == 0.0
     assert all(r["s_per_video"] > 0 for r in list(ablation.values())[3:])  # stage 2 timed per video
-    assert "| real |" in (tmp_path / "q.md").read_text()
+    assert "| real |" in (tmp_path / "q.md").read_text() and "| onset chance |" in (tmp_path / "q.md").read_text()
 
 
 def test_steps_rows_start_sdedit_at_the_same_fraction():
@@ -103,6 +104,7 @@ def test_quality_record_merges_stages_and_prints_a_table(tmp_path):
     assert list(data) == ["vqgan_recon", "stage1", "tia2v_motion"]  # demo order, whatever the call order
     assert data["vqgan_recon"]["psnr"] == 28.5 and data["tia2v_motion"]["frame0_psnr"] == "inf"
     lines = dq.quality_lines(tmp_path)
+    assert lines[1].split()[7:9] == ["onset_f1", "chance"]
     assert lines[2].split()[:3] == ["vqgan_recon", "4", "28.5"] and "inf" in lines[4]
     assert not list(tmp_path.glob("*.tmp*"))
 

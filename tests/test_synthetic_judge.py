@@ -153,6 +153,32 @@ def test_short_windows_of_real_clips_score_high(clips):
         assert quiet >= len(clips)  # many windows hold no note change: no onset is detected there
 
 
+def test_onset_chance_level(clips):
+    """``onset_f1_chance`` scores each video's motion against the other videos' sound: real clips fall to it from
+    their own F1, and still windows score there exactly the share of the other windows in which no note starts."""
+    from tav.metrics.synthetic import onset_f1_chance, onset_frames
+
+    s = _judge(clips)
+    pairs = [match_f1(_judge_one(clips, i).events, _judge_one(clips, k).onsets)[2]
+             for i in range(N_CLIPS) for k in range(N_CLIPS) if i != k]
+    assert s["onset_f1_chance"] == pytest.approx(np.mean(pairs)) and s["onset_f1_chance_n"] == len(pairs)
+    assert s["onset_f1"] >= 0.9 and s["onset_f1_chance"] <= 0.5
+    spf, n = 48000 // 30, 4
+    windows = [(frames[s0:s0 + n], audio[s0 * spf:(s0 + n) * spf], caption)
+               for frames, audio, caption, _ in clips for s0 in (10, 25, 40, 55, 70)]
+    still = [judge_video(np.repeat(f[:1], n, axis=0), 30.0, a, 48000, c) for f, a, c in windows]
+    quiet = np.array([len(onset_frames(a, 48000, 30.0, n)) == 0 for _, a, _ in windows], dtype=float)
+    expected = np.mean([(quiet.sum() - quiet[i]) / (len(quiet) - 1) for i in range(len(quiet))])
+    chance, count = onset_f1_chance(still)
+    assert 0.0 < quiet.mean() < 1.0 and chance == pytest.approx(expected) and count == len(still) * (len(still) - 1)
+    assert onset_f1_chance(still[:1]) == (None, 0)
+
+
+def _judge_one(clips, i):
+    frames, audio, caption, _ = clips[i]
+    return judge_video(frames, 30.0, audio, 48000, caption)
+
+
 def test_static_and_flickering_videos(clips):
     frames, audio, caption, _ = clips[0]
     still = np.repeat(frames[:1], len(frames), axis=0)

@@ -24,7 +24,7 @@ from tav.metrics.synthetic_folders import judge_folders, results_items, split_it
 from tav_tools.metric_common import run_tool
 
 TOOL = "synthetic_judge.py"
-COLUMNS = (*JUDGES, "av_align", "fd_judge")
+COLUMNS = (*JUDGES[:3], "onset_f1_chance", *JUDGES[3:], "av_align", "fd_judge")
 
 
 def build_parser() -> argparse.ArgumentParser:

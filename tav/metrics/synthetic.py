@@ -254,6 +254,9 @@ class Judgement:
     flicker: float | None
     unjudged: bool  # the caption names no known colour or shape
     features: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    events: tuple[int, ...] = field(repr=False, default=())  # motion-event frames
+    onsets: tuple[int, ...] | None = field(repr=False, default=None)  # audio-onset frames (None: no audio)
+    n_frames: int = field(repr=False, default=0)
 
     def scores(self) -> dict[str, float | None]:
         keys = ("colour_acc", "shape_acc", "colour_frame_acc", "onset_precision", "onset_recall", "onset_f1",
@@ -310,7 +313,19 @@ def judge_video(frames: np.ndarray, fps: float, wave: np.ndarray | None = None, 
         colour_frame_acc=None if want_colour is None else float(np.mean([c == want_colour for c in objects.colour])),
         onset_precision=p, onset_recall=r, onset_f1=f1, pitch_height=pitch, flicker=_finite(flick),
         unjudged=caption is not None and (want_colour is None or want_shape is None),
-        features=clip_features(objects, events, fps, flick))
+        features=clip_features(objects, events, fps, flick), events=tuple(int(e) for e in events),
+        onsets=None if onsets is None else tuple(int(o) for o in onsets), n_frames=len(frames))
+
+
+def onset_f1_chance(judgements: Sequence[Judgement]) -> tuple[float | None, int]:
+    """The ``onset_f1`` a folder's motion would score by chance: the mean F1 of each video's motion events
+    against every *other* video's onsets (of the same length), so motion that ignores the sound scores what it
+    scores here (a still clip: the share of windows with no onset). Returns (mean, number of pairs); (None, 0)
+    with fewer than two videos with audio."""
+    with_audio = [j for j in judgements if j.onsets is not None]
+    f1s = [match_f1(a.events, b.onsets)[2] for i, a in enumerate(with_audio) for k, b in enumerate(with_audio)
+           if i != k and a.n_frames == b.n_frames]
+    return (float(np.mean(f1s)) if f1s else None), len(f1s)
 
 
 def summarize(judgements: Sequence[Judgement]) -> dict:
@@ -322,6 +337,9 @@ def summarize(judgements: Sequence[Judgement]) -> dict:
         out[key] = float(np.mean(values)) if values else None
         out[f"{key}_std"] = float(np.std(values)) if values else None
         out[f"{key}_n"] = len(values)
+    chance, pairs = onset_f1_chance(judgements)
+    if chance is not None:
+        out["onset_f1_chance"], out["onset_f1_chance_n"] = chance, pairs
     return out
 
 

@@ -24,8 +24,8 @@ from tav.report.media import for_page
 from tav.report.page import Cell, Raw, Row, esc, fmt, table, write_pages
 from tav.report.sources import MetricRecord, ResultsSource, metric_name, read_results
 
-JUDGE_KEYS = ("colour_acc", "shape_acc", "colour_frame_acc", "onset_f1", "pitch_height", "flicker", "av_align",
-              "fd_judge")
+JUDGE_KEYS = ("colour_acc", "shape_acc", "colour_frame_acc", "onset_f1", "onset_f1_chance", "pitch_height", "flicker",
+              "av_align", "fd_judge")
 
 
 @dataclass
