@@ -81,16 +81,20 @@ def _common(run, enc: dict[str, Path], steps: int) -> list[str]:
             "--accelerator", "cpu", "--devices", "1", *precision_flags(run), *verbose_flag(run)]
 
 
+def motion_argv(run, enc: dict[str, Path], content: Path, save_dir: Path) -> list[str]:
+    """``train_temp.py`` flags of the demo's motion model, initialised from ``content``, saved in ``save_dir``."""
+    steps = run.args.tia2v_motion_steps
+    return ["--config", "motion-tiny", "--save_dir", str(save_dir), "--model_path", str(content), "--audio_emb_model",
+            "beats", "--resolution", str(SIZE), "--set", "context_dim_temp=32", "--set", "first_frame=clean", "--lr",
+            str(MOTION_LR), "--max_t", str(MOTION_MAX_T), "--lr_anneal_steps", str(steps), *_common(run, enc, steps)]
+
+
 def train_models(run, enc: dict[str, Path]) -> dict[str, Path]:
     """Content, then motion (from the content EMA), then SHR; returns their EMA files."""
     a, out = run.args, run.out
     content = _train("content", out / "tia2v_content", ["--config", "content-tiny", "--save_dir",
                      str(out / "tia2v_content"), "--resolution", str(SIZE), *_common(run, enc, a.tia2v_steps)])
-    motion = _train("motion", out / "tia2v_motion", ["--config", "motion-tiny", "--save_dir", str(out / "tia2v_motion"),
-                    "--model_path", str(content), "--audio_emb_model", "beats", "--resolution", str(SIZE),
-                    "--set", "context_dim_temp=32", "--set", "first_frame=clean", "--lr", str(MOTION_LR),
-                    "--max_t", str(MOTION_MAX_T),
-                    "--lr_anneal_steps", str(a.tia2v_motion_steps), *_common(run, enc, a.tia2v_motion_steps)])
+    motion = _train("motion", out / "tia2v_motion", motion_argv(run, enc, content, out / "tia2v_motion"))
     shr = _train("shr", out / "tia2v_shr", ["--config", "shr-tiny", "--save_dir", str(out / "tia2v_shr"),
                  "--resolution", str(SHR_SIZE), "--max_t", str(SHR_MAX_T), *_common(run, enc, a.tia2v_shr_steps)])
     return {"content": content, "motion": motion, "shr": shr}

@@ -1,0 +1,52 @@
+"""benchmarks/bench_demo_motion.py on a tiny demo: the demo's motion model and one variant, two sampling starts,
+judged with the chance level; a second call reuses every run."""
+
+import importlib
+import json
+
+import pytest
+
+from .helpers import REPO
+
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module("bench_demo_motion")
+
+
+def test_variants_and_starts_are_trained_sampled_judged_and_reused(bench, tmp_path, capsys):
+    from tav.metrics.synthetic_folders import judge_folders, results_items
+
+    out, js = tmp_path / "bm", tmp_path / "bm.json"
+    tiny = "--n_train 2 --size 32 --tia2v_steps 2 --tia2v_motion_steps 2 --tia2v_shr_steps 2"
+    argv = ["--out", str(out), "--n_test", "3", "--skips", "700", "0", "--variant", "demo=",
+            "--variant", "whole:3=--max_t 0", "--demo_args", tiny, "--json", str(js)]
+    record = bench.main(argv)
+    assert json.loads(js.read_text()) == json.loads(json.dumps(record))
+    rows = record["rows"]
+    # the demo's model learned t < 300 only: it is not sampled from t = 999
+    assert [(r["variant"], r["steps"], r["skip"]) for r in rows] == [("demo", 2, 700), ("whole", 3, 700),
+                                                                   ("whole", 3, 0)]
+    assert sorted(p.name for p in (out / "whole_3").glob("ema*.pt")) == ["ema000003.pt"]
+    config = (out / "whole_3" / "config.yaml").read_text()
+    assert "max_t: 0" in config and "first_frame: clean" in config  # the demo's recipe, the variant's flag last
+    for r in rows:
+        assert r["n"] == 3 and all(r[k] is None or 0.0 <= r[k] <= 1.0 for k in bench.FIGURES)
+    folder = out / "whole_3" / "skip0" / "0_tacm_urmp"  # the row is the judge tool's verdict on that folder
+    judged = judge_folders(results_items(folder)[0])["folders"]["fake_stage1"]
+    assert rows[2]["onset_f1"] == pytest.approx(judged["onset_f1"])
+    assert rows[2]["onset_f1_chance"] == pytest.approx(judged["onset_f1_chance"])
+    stamp = (out / "whole_3" / "ema000003.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    assert bench.main(argv)["rows"] == rows and (out / "whole_3" / "ema000003.pt").stat().st_mtime_ns == stamp
+    assert "| whole | 3 |" in capsys.readouterr().out
+
+
+def test_a_malformed_variant_is_one_line(bench):
+    with pytest.raises(SystemExit, match="write NAME=FLAGS or NAME:STEPS=FLAGS"):
+        bench.parse_variant("whole:x=--max_t 0")
+    assert bench.parse_variant("whole:1500=--max_t 0") == ("whole", 1500, "--max_t 0")
+    assert bench.parse_variant("demo=") == ("demo", None, "")
