@@ -73,7 +73,7 @@ def train_variant(run, root: Path, steps: int | None, flags: str) -> Path:
 
 def sample_and_judge(run, motion: Path, skip: int, save: Path) -> dict:
     """``sample_motion_optim.py`` as the demo runs it, from ``t = 999 - skip``, without SHR; the judges."""
-    from tav.metrics.synthetic import onset_f1_chance, summarize
+    from tav.metrics.synthetic import summarize
     from tav.metrics.synthetic_folders import judge_item, results_items
     from tav_scripts import demo_tia2v, sample_motion_optim
 
@@ -88,7 +88,7 @@ def sample_and_judge(run, motion: Path, skip: int, save: Path) -> dict:
     s = summarize(verdicts)
     onset_windows = [v for v in verdicts if v.onsets]
     return {"n": len(verdicts), "colour_frame_acc": s["colour_frame_acc"], "onset_f1": s["onset_f1"],
-            "onset_f1_chance": onset_f1_chance(verdicts)[0],
+            "onset_f1_chance": s.get("onset_f1_chance"),
             "moved": float(np.mean([len(v.events) > 0 for v in verdicts])),
             "onset_windows_moved": float(np.mean([len(v.events) > 0 for v in onset_windows])) if onset_windows
             else None, "windows_with_onset": len(onset_windows) / max(len(verdicts), 1)}
