@@ -49,10 +49,11 @@ def _device_gib(device, peak: bool) -> float:
     return (torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device) / 2**30
 
 
-def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, precision: str,
-              device_name: str = "cpu", channels_last: bool = False) -> dict:
-    """Build, prepare and step ``steps`` + 1 times in this process; the figures of this point. On a CUDA
-    device the memory figures are the allocator's (``max_memory_allocated``), not the process's RSS."""
+def build_runner(batch: int, checkpointing: bool, res_blocks: int, precision: str, device_name: str = "cpu",
+                 channels_last: bool = False):
+    """The benchmark's networks (seeded random weights) and a ``bench_sample.OursStage2`` over a batch of
+    ``batch`` clips, prepared: audio and caption embedded, the frozen networks' weights held as the samplers hold
+    them under ``precision``. Its ``step()`` is one guided step."""
     import bench_sample
     import open_clip
     import torch
@@ -70,7 +71,6 @@ def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, prec
     audioclip = AudioCLIP(AudioCLIPConfig()).freeze()
     clip = CLIPEncoder(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).float())
     device = bench_sample.DEVICE = torch.device(device_name)
-    cuda = device.type == "cuda"
     for net in (unet, audioclip, clip):
         net.to(device)
     if channels_last:
@@ -83,6 +83,19 @@ def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, prec
     runner = OursStage2(models, Clock(), clips, audio, list(range(batch)), precision)
     runner.guidance.checkpointing = checkpointing
     runner.prepare()
+    return runner
+
+
+def one_point(batch: int, checkpointing: bool, steps: int, res_blocks: int, precision: str,
+              device_name: str = "cpu", channels_last: bool = False) -> dict:
+    """Build, prepare and step ``steps`` + 1 times in this process; the figures of this point. On a CUDA
+    device the memory figures are the allocator's (``max_memory_allocated``), not the process's RSS."""
+    import bench_sample
+    import torch
+
+    runner = build_runner(batch, checkpointing, res_blocks, precision, device_name, channels_last)
+    device = torch.device(device_name)
+    cuda = device.type == "cuda"
     built = _device_gib(device, peak=False) if cuda else _rss_gib()
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -14,6 +14,10 @@ the medians. Networks (``--nets``):
   and direction terms);
 - ``audioclip_image``: AudioCLIP's image tower (released size) on 16 frames of 64 px (resized inside), forward +
   backward to the pixels (the audio and direction terms);
+- ``guided_step``: one whole guided TA2V sampling step as ``bench_guidance_memory.py`` times it (its 64-channel
+  U-Net, AudioCLIP and CLIP forward + backward, the DDPM update; batch 1 of 16x64x64), one prepared sampler per
+  precision, each holding its frozen networks' weights as the samplers do (``tav.utils.runtime.sampling_weights``:
+  under bf16 cast once, on a CPU with AMX channels-last), so the two interleave in one process;
 - ``demo_vqgan``, ``demo_unet`` (not by default): a training step's forward + backward of ``make demo``'s VQGAN
   (batch 8 of 8x32x32) and diffusion prior (batch 4 of 8x16x16), whose precision ``make demo --precision auto``
   picks per CPU kind;
@@ -39,15 +43,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-NETS = ("unet", "unet_guidance", "vqgan_decode", "clip_image", "audioclip_image", "demo_vqgan", "demo_unet",
-        "unet_cl", "unet_guidance_cl")
-DEFAULT_NETS = NETS[:5]
+NETS = ("unet", "unet_guidance", "vqgan_decode", "clip_image", "audioclip_image", "guided_step", "demo_vqgan",
+        "demo_unet", "unet_cl", "unet_guidance_cl")
+DEFAULT_NETS = NETS[:6]
 
 
-def build(name: str, frames: int) -> Callable[[], None]:
-    """The call to time for network ``name`` (inputs built once)."""
+def build(name: str, frames: int) -> Callable[[], None] | dict[str, Callable[[], None]]:
+    """The call to time for network ``name`` (inputs built once), or one call per precision (``"32"``,
+    ``"bf16"``) where the precision changes more than the autocast context."""
     import torch
 
+    if name == "guided_step":
+        from bench_guidance_memory import build_runner
+
+        return {p: build_runner(1, False, 2, p).step for p in ("32", "bf16")}
     torch.manual_seed(0)
     if name.startswith("unet"):
         from bench_unet import bench_config
@@ -154,7 +163,7 @@ def measure(name: str, args) -> dict:
     import torch
 
     call = build(name, args.frames)
-    runs = {p: _in_precision(torch, p, call) for p in ("32", "bf16")}
+    runs = call if isinstance(call, dict) else {p: _in_precision(torch, p, call) for p in ("32", "bf16")}
     for run in runs.values():
         run()  # warm-up
     times: dict[str, list[float]] = {p: [] for p in runs}

@@ -58,6 +58,7 @@ Default runtime 7-10 minutes (1 thread, loaded machine). Progress goes to stderr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -306,7 +307,10 @@ class OursStage2:
         with autocast(self.precision, DEVICE):
             cond = self.guidance.prepare(self.audio, [CAPTION] * len(self.seeds), RATE, FRAMES, seeds=self.seeds)
         self.cond_fn = self.clock.stamping("grad_done", self.guidance.cond_fn(cond))
-        sampling_weights(self.frozen, self.precision, DEVICE).__enter__()
+        # Held for the rest of the process through a reference: a bare ``__enter__()`` on the generator-based
+        # context would let it be collected at once, and its ``finally`` would put the original weights back.
+        self.held = contextlib.ExitStack()
+        self.held.enter_context(sampling_weights(self.frozen, self.precision, DEVICE))
 
     def step(self) -> None:
         """One step of ``ddpm_sample``: stopped at its next U-Net call, resumed from the sample it hands over

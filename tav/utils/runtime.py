@@ -156,9 +156,9 @@ def sampling_weights(modules: Sequence[nn.Module], precision: str, device: torch
                      ) -> contextlib.AbstractContextManager:
     """:func:`held_weights` as the samplers use it for their frozen networks under ``precision``: convolution
     weights held in the autocast dtype, and on a CPU with AMX in bf16 also channels-last (oneDNN's AMX
-    convolutions then skip a layout reorder per call: the release U-Net's forward + backward 2.0x -> 3.2x fp32's
-    speed, ``benchmarks/bench_precision.py``; on AMD Zen 4's AVX-512 bf16 the demo's stage 2 is 7% slower
-    channels-last, so it stays contiguous there). fp32 leaves them as they are."""
+    convolutions then skip a layout reorder per call: on the 2-core AMX kind the release U-Net's guided forward +
+    backward 2.5x -> 3.5x fp32's speed, ``benchmarks/bench_precision.py``; on AMD Zen 4's AVX-512 bf16 the demo's
+    stage 2 is 7% slower channels-last, so it stays contiguous there). fp32 leaves them as they are."""
     dtype = autocast_dtype(precision, device)
     if dtype is None:
         return contextlib.nullcontext()
