@@ -23,7 +23,7 @@ from tav.gpt import load_gpt, save_gpt
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav.utils.fileio import atomic_path, file_sha256, write_text_atomic
 from tav_scripts.demo_quality import record_results
-from tav_scripts.demo_stages import sampling_precision_flags
+from tav_scripts.demo_stages import DEMO_CFG, sampling_precision_flags
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RUN = "17"  # the README command's --run
@@ -89,7 +89,9 @@ def sample_command(files: dict[str, Path], data_root: Path, save: Path, n_sample
             "--joint_ckpt", _rel(files["joint"]),
             # the guide's pixel gradient smoothed (Gaussian, 2 px of the 16-px frames): unsmoothed, it speckles
             # the picture (docs/sampling.md)
-            "--guidance_blur", str(DEMO_BLUR)]
+            "--guidance_blur", str(DEMO_BLUR),
+            # classifier-free guidance of the GPT's tokens: the 600-step GPT follows the caption's colour better
+            "--gpt_cfg_scale", str(DEMO_CFG)]
 
 
 def _pairs(command: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ from tav_scripts import diffusion_video_train_3d, train_joint_encoder, train_tex
 from tav_scripts.demo_quality import judge_clips, psnr, record_quality
 
 LOADER_WORKERS = ["--num_workers", "2"]  # VQGAN: crops and resizes overlap the step (0.18 s a step against 0.21)
+DEMO_CFG = 2.0  # --gpt_cfg_scale of the demo's stage 1 (its GPT trains with text_dropout 0.1: docs/training.md)
 QUIET = ["--num_workers", "0", "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1",
          "--lr_scaling", "none", "--limit_val_batches", "2"]
 
@@ -131,7 +132,8 @@ def stage_gpt(run) -> None:
     rows = _test_clips(run, 4)
     ids = build_tokenizer("bert", gpt.cfg.text_seq_len)([r["caption"] for r in rows])
     with torch.inference_mode():
-        codes = sample_codes(gpt, ids, top_k=32, top_p=0.9, seeds=list(range(len(rows))))
+        codes = sample_codes(gpt, ids, top_k=32, top_p=0.9, seeds=list(range(len(rows))),
+                             cfg_scale=DEMO_CFG if gpt.cfg.text_dropout > 0 else 1.0)
         videos = vq.decode(codes).clamp(-0.5, 0.5)
     clips = [to_uint8(v).numpy() for v in videos]
     save_png(run.out / "gpt_samples.png", contact_sheet(clips, n_frames=8, labels=[r["caption"] for r in rows]))

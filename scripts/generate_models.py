@@ -31,7 +31,7 @@ def add_ta2v_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("TA2V models and settings (sample_tav.py's flags)")
     g.add_argument("--gpt_text_ckpt", default=None, help="GPT checkpoint")
     g.add_argument("--vqgan_ckpt", default=None, help="the VQGAN the GPT was trained with")
-    for flag in ("top_k", "top_p", "temperature"):
+    for flag in ("top_k", "top_p", "temperature", "gpt_cfg_scale"):
         g.add_argument(f"--{flag}", type=int if flag == "top_k" else float, default=None)
     g.add_argument("--context_frames", type=int, default=None,
                    help="latent frames of the previous window the GPT continues from (default: half its grid)")
@@ -97,6 +97,7 @@ def build_ta2v(args: argparse.Namespace, device: torch.device) -> TA2VModels:
     if gpt.cfg.text_mode != "bert":
         raise InputError(f"{args.gpt_text_ckpt}: generate.py takes BERT-prefix GPTs; this one is {gpt.cfg.text_mode}")
     scfg = SamplingConfig(**_given(args, {"top_k": "top_k", "top_p": "top_p", "temperature": "temperature",
+                                          "gpt_cfg_scale": "gpt_cfg_scale",
                                           "model_output_size": "output_size", "timestep_respacing": "respacing",
                                           "skip_timesteps": "skip_timesteps"}),
                           sampler="ddim" if args.ddim else "ddpm", precision=args.precision)

@@ -37,7 +37,7 @@ from tav_scripts import sampling
 from tav_scripts.cli_common import str2bool
 
 DATASETS = {"URMP": "urmp", "landscape": "landscape"}
-SAMPLING_FLAGS = {"top_k": "top_k", "top_p": "top_p", "temperature": "temperature",
+SAMPLING_FLAGS = {"top_k": "top_k", "top_p": "top_p", "temperature": "temperature", "gpt_cfg_scale": "gpt_cfg_scale",
                   "model_output_size": "output_size", "timestep_respacing": "respacing",
                   "skip_timesteps": "skip_timesteps", "iterations_num": "iterations", "precision": "precision",
                   "guidance_checkpointing": "guidance_checkpointing"}
@@ -63,6 +63,7 @@ class TA2VRecipe(sampling.SamplingRecipe):
         sampling.config_flag(s, "top_k", SamplingConfig, "top_k", type=int)
         sampling.config_flag(s, "top_p", SamplingConfig, "top_p", type=float)
         sampling.config_flag(s, "temperature", SamplingConfig, "temperature", type=float)
+        sampling.config_flag(s, "gpt_cfg_scale", SamplingConfig, "gpt_cfg_scale", type=float)
         s.add_argument("--text_emb_model", choices=["bert", "clip"], default=None, help="checked against the GPT")
         d = sampling.add_common_flags(p, ("--n_sample",), 2048, 4, "tav")
         d.add_argument("--data_path", default="./datasets/post_URMP/", help="dataset root (test/ is sampled)")

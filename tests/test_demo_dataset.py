@@ -208,6 +208,7 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     assert (out / "tav_samples.png").is_file()
     script = (tmp_path / "ckpts" / "sample_tav.sh").read_text()
     assert "--audio_guidance_lambda 10000" in script and '"$@"' in script
+    assert "--gpt_cfg_scale 2.0" in script and "--gpt_cfg_scale 2.0" in (tmp_path / "ckpts" / "generate.sh").read_text()
     assert "--audio_emb_model joint" in script and "[joint]" in text and "retrieval R@1 among 2 test clips" in text
     tia = out / "0_tacm_urmp"  # TIA2V: tiny content, motion, SHR; one sample through all three folders
     for folder, name in (("real", "groundtruth_0"), ("fake_stage1", "video_0"), ("fake_stage2", "video_0")):

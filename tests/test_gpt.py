@@ -28,7 +28,7 @@ from tav.gpt import (
     token_accuracy,
 )
 from tav.gpt.load import _base_config
-from tav.gpt.sampling import draw
+from tav.gpt.sampling import draw, guided_logits, null_prefix
 from tav.vqgan import VQGAN, save_vqgan, vqgan_from_state_dict, vqgan_preset
 
 from .helpers import read_tsv, spec_tsv, tiny_vqgan_cfg
@@ -253,6 +253,39 @@ def test_greedy_sampling_matches_uncached_argmax():
             nxt = model.logits(seq)[:, -1, cfg.video_offset:].argmax(-1) + cfg.video_offset
             seq = torch.cat([seq, nxt[:, None]], 1)
     assert torch.equal(codes, seq[:, cfg.text_seq_len:] - cfg.video_offset)
+
+
+def test_guided_logits_by_hand():
+    logits = torch.tensor([[2.0, 0.0, 1.0], [1.0, 1.0, 1.0]])  # conditional row, then unconditional
+    torch.testing.assert_close(guided_logits(logits, 2.0), torch.tensor([[3.0, -1.0, 1.0]]))
+    torch.testing.assert_close(guided_logits(logits, 1.0), logits[:1])  # scale 1: the conditional model
+    torch.testing.assert_close(guided_logits(logits, 0.0), logits[1:])  # scale 0: the unconditional model
+
+
+@pytest.mark.parametrize("context", [False, True])
+def test_classifier_free_guidance_matches_uncached_reference(context):
+    # greedy decoding in float64 (see above): each code is the argmax of u + s (c - u), c and u recomputed from
+    # the whole sequence without a cache, with the caption and with the null prefix
+    model = tiny_gpt(text_dropout=0.1).double()
+    cfg, scale = model.cfg, 8.0
+    with torch.no_grad():  # make the caption matter (the init's 0.02 embeddings barely move the draw)
+        model.tok_emb.weight[: cfg.text_vocab_size].normal_(0, 3.0)
+    text = torch.randint(1, cfg.text_vocab_size, (2, cfg.text_seq_len), generator=torch.Generator().manual_seed(1))
+    given = torch.randint(0, cfg.n_codes, (2, 3), generator=torch.Generator().manual_seed(2)) if context else None
+    steps = cfg.video_seq_len - (3 if context else 0)
+    codes = sample_codes(model, text, steps=steps, temperature=0, cfg_scale=scale, context=given).reshape(2, -1)
+    video = given + cfg.video_offset if context else torch.empty(2, 0, dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(steps):
+            c = model.logits(torch.cat([text, video], 1))[:, -1, cfg.video_offset:]
+            u = model.logits(torch.cat([null_prefix(text), video], 1))[:, -1, cfg.video_offset:]
+            video = torch.cat([video, (u + scale * (c - u)).argmax(-1, keepdim=True) + cfg.video_offset], 1)
+    drawn = video[:, 3 if context else 0:] - cfg.video_offset
+    assert torch.equal(codes, drawn)
+    plain = sample_codes(model, text, steps=steps, temperature=0, context=given).reshape(2, -1)
+    assert not torch.equal(plain, codes)  # the guidance changed the draw
+    with pytest.raises(InputError, match="gpt_cfg_scale 2.0: .*text_dropout"):
+        sample_codes(tiny_gpt(), text, cfg_scale=2.0)
 
 
 def test_per_sample_seeds_invariant_to_batch_size():

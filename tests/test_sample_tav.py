@@ -317,6 +317,7 @@ def test_wav2clip_quirks_and_iterations(kit, tmp_path):
     (["--noise_schedule", "linear"], "noise_schedule='cosine'"),
     (["--text_emb_model", "clip"], "--text_emb_model clip"),
     (["--resolution", "32"], "make 16-px clips"),  # real clips at 32 px beside 16 px stage-1 clips
+    (["--gpt_cfg_scale", "2"], "trained without text_dropout"),  # the kit's GPT has no unconditional model
 ])
 def test_bad_input_is_one_line(kit, tmp_path, capsys, extra, needle):
     assert script.main([*argv(kit, tmp_path), *extra]) == 2

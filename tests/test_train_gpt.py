@@ -313,3 +313,20 @@ def test_overfits_one_clip(tmp_path, vqgans):
     # starts near chance over the 64 codes (the default softmax is over video codes only), then falls
     assert abs(losses[0] - math.log(64)) < 0.5 and sum(losses[-5:]) / 5 < 0.25 * losses[0], (losses[0], losses[-5:])
     assert acc[-1] > 0.5
+
+
+def test_caption_dropout_replaces_whole_rows_at_the_configured_rate_in_training_only():
+    cfg = dataclasses.replace(gpt_preset("tiny"), text_dropout=0.25)
+    module = GPTModule(cfg, GPTTrainConfig(seed=7)).train()
+    prefix = torch.randint(1, cfg.text_vocab_size, (4000, cfg.text_seq_len))
+    module.on_train_batch_start({}, 3)
+    dropped = module.drop_captions(prefix)
+    null = (dropped == 0).all(1)  # (B,) rows that became the null prefix (all [PAD])
+    assert abs(float(null.float().mean()) - 0.25) < 0.03
+    assert torch.equal(dropped[~null], prefix[~null])  # the others are untouched
+    module.on_train_batch_start({}, 3)  # the same batch again (a resumed run): the same rows
+    assert torch.equal(module.drop_captions(prefix), dropped)
+    module.on_train_batch_start({}, 4)
+    assert not torch.equal(module.drop_captions(prefix), dropped)
+    assert torch.equal(module.eval().drop_captions(prefix), prefix)  # validation sees every caption
+    assert torch.equal(GPTModule(gpt_preset("tiny"), GPTTrainConfig()).train().drop_captions(prefix), prefix)

@@ -144,6 +144,56 @@ def test_codebook_data_dependent_init_and_restart():
     assert torch.equal(before, cb.embeddings)
 
 
+def _background_and_outliers(n_bg: int = 60, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """A latent grid ``(1, dim, 1, 1, n_bg + 4)`` of rows at the origin (the dark background) plus 4 far rows."""
+    far = torch.tensor([[10.0, 0, 0, 0], [0, 10.0, 0, 0], [0, 0, 10.0, 0], [0, 0, 0, 10.0]])[:, :dim]
+    rows = torch.cat([torch.zeros(n_bg, dim), far])
+    return rows.t().reshape(1, dim, 1, 1, -1), far
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "error"])
+def test_codebook_error_restart_sends_dead_codes_to_the_rows_it_fits_worst(sampling):
+    torch.manual_seed(0)
+    cb = EMACodebook(n_codes=8, dim=4, restart_thres=1.0, restart_sampling=sampling).train()
+    z, far = _background_and_outliers()
+    cb.embeddings.zero_()  # every code at the background: the far rows are fitted badly
+    cb.z_avg.zero_()
+    cb.N.fill_(0.5)  # and every code is dead, so all 8 restart this step
+    cb.initialised.fill_(True)
+    cb(z)
+    near_far = torch.cdist(cb.embeddings[1:], far).min(1).values < 0.1  # codes 1-7 (0 took every row: alive)
+    if sampling == "error":
+        assert bool(near_far.all())  # D^2 weights: the background rows (distance 0) are never drawn
+    else:
+        assert int(near_far.sum()) <= 4  # 4 far rows of 64: a uniform draw of 7 picks mostly background
+
+
+def test_codebook_restart_reset_ema_lets_a_restarted_code_survive():
+    z, far = _background_and_outliers()
+    alive = {}
+    for reset in (False, True):
+        torch.manual_seed(0)
+        cb = EMACodebook(n_codes=8, dim=4, restart_thres=0.5, restart_sampling="error", restart_reset_ema=reset)
+        cb.train().initialised.fill_(True)
+        cb.embeddings.zero_()
+        cb.z_avg.zero_()
+        cb.N.fill_(0.25)  # every code dead: all 8 restart onto the far rows
+        cb(z)
+        restarted = cb.embeddings.clone()
+        if reset:  # count = restart_thres, sum = vector x count
+            torch.testing.assert_close(cb.N[1:], torch.full((7,), 0.5))
+            torch.testing.assert_close(cb.z_avg[1:], restarted[1:] * 0.5)
+        out = cb(far.t().reshape(1, 4, 1, 1, 4))  # each far row now uses one restarted code
+        used = out["codes"].flatten()
+        used = used[used > 0]  # restarted codes (a far row that no restart drew stays with code 0)
+        assert used.numel() >= 2
+        alive[reset] = bool((cb.N[used] >= 0.5).all())
+        if reset:  # kept where the restart put them (the EMA adds 1% of the row's own value)
+            torch.testing.assert_close(cb.embeddings[used], restarted[used], atol=0.05, rtol=0)
+    # upstream's restart moves only the vector: the count stays below the threshold, so the code restarts again
+    assert alive == {False: False, True: True}
+
+
 def test_codebook_flag_absent_in_released_state_dict_means_initialised():
     cb = EMACodebook(4, 2)
     sd = {k: v for k, v in EMACodebook(4, 2).state_dict().items() if k != "initialised"}

@@ -30,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm import tqdm
 
 from tav.errors import InputError
+from tav.gpt.config import GPTConfig
 from tav.gpt.model import GPT
 from tav.utils.runtime import held_weights
 from tav.utils.seeding import sample_generators
@@ -150,11 +151,31 @@ def _valid_codes(codes: Tensor, batch: int, n_codes: int) -> bool:
     return not codes.numel() or 0 <= int(codes.min()) <= int(codes.max()) < n_codes
 
 
+def null_prefix(prefix: Tensor) -> Tensor:
+    """The unconditional prefix of the same shape as ``prefix``: all [PAD] ids (0) in bert mode, zero features in
+    clip mode. A GPT trained with ``text_dropout > 0`` has seen it in place of captions."""
+    return torch.zeros_like(prefix)
+
+
+def check_cfg_scale(cfg: GPTConfig, scale: float) -> None:
+    """One-line error unless ``scale`` (``--gpt_cfg_scale``) is 1 or the GPT was trained with caption dropout."""
+    if scale != 1.0 and cfg.text_dropout <= 0:
+        raise InputError(f"--gpt_cfg_scale {scale}: this GPT was trained without text_dropout, so it has no "
+                         "unconditional model to guide against; use 1, or train it with --set text_dropout=0.1")
+
+
+def guided_logits(logits: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance of ``logits (2B, V)`` = conditional rows then unconditional rows -> ``(B, V)``:
+    ``u + scale * (c - u)`` (Ho & Salimans 2022, applied to next-token logits as in Parti / Make-A-Scene)."""
+    cond, uncond = logits.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
 @torch.inference_mode()
 def sample_codes(gpt: GPT, prefix: Tensor, steps: int | None = None, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seeds: Sequence[int] | None = None,
                  generators: Sequence[torch.Generator] | None = None, restrict_to_video: bool | None = None,
-                 progress: bool = False, context: Tensor | None = None) -> Tensor:
+                 progress: bool = False, context: Tensor | None = None, cfg_scale: float = 1.0) -> Tensor:
     """Sample video codes for a batch of prompts with a preallocated KV cache.
 
     ``prefix``: ``(B, L_text)`` BERT ids (bert mode) or ``(B, L_text, clip_dim)`` CLIP features (clip).
@@ -162,7 +183,9 @@ def sample_codes(gpt: GPT, prefix: Tensor, steps: int | None = None, temperature
     per sample (default: seeds from the global RNG). ``restrict_to_video``: default
     ``cfg.mask_text_logits_at_sampling``. ``context``: ``(B, N_ctx)`` codes in ``[0, n_codes)`` that follow the
     prefix as given video tokens (a continuation: the trailing latent frames of the previous window); they
-    fill the cache with the prefix, and the draw continues after them.
+    fill the cache with the prefix, and the draw continues after them. ``cfg_scale``: classifier-free guidance
+    weight (1 = none; > 1 runs the batch twice, with ``prefix`` and with ``null_prefix``, in one cache; needs a GPT
+    trained with ``text_dropout > 0``).
 
     Returns the drawn codes long in ``[0, n_codes)`` (the context is not repeated): ``(B, t, h, w)`` when there
     is no context and ``steps == video_seq_len``, else ``(B, steps)``. The model runs in eval mode (its mode is
@@ -178,6 +201,7 @@ def sample_codes(gpt: GPT, prefix: Tensor, steps: int | None = None, temperature
     n_text = prefix.shape[1] + n_ctx
     if steps < 1 or n_text + steps - 1 > cfg.block_size:
         raise InputError(f"sample_codes: steps={steps} must be in [1, {cfg.block_size - n_text + 1}]")
+    check_cfg_scale(cfg, cfg_scale)
     restrict = cfg.mask_text_logits_at_sampling if restrict_to_video is None else restrict_to_video
     device = gpt.head.weight.device
     gens = _generators(prefix.shape[0], seeds, generators, device)
@@ -188,16 +212,21 @@ def sample_codes(gpt: GPT, prefix: Tensor, steps: int | None = None, temperature
     try:
         with low_precision_linears(gpt, dtype), decode_attention(device):
             return _decode(gpt, prefix, steps, n_text, context, restrict, gens, dtype,
-                           dict(temperature=temperature, top_k=top_k, top_p=top_p), progress)
+                           dict(temperature=temperature, top_k=top_k, top_p=top_p), progress, float(cfg_scale))
     finally:
         gpt.train(was_training)
 
 
 def _decode(gpt: GPT, prefix: Tensor, steps: int, n_text: int, context: Tensor | None, restrict: bool,
-            gens: list[torch.Generator], dtype: torch.dtype | None, filters: dict, progress: bool) -> Tensor:
-    """``sample_codes``' prefix pass and decode loop (arguments checked there); the codes as it returns them."""
+            gens: list[torch.Generator], dtype: torch.dtype | None, filters: dict, progress: bool,
+            cfg_scale: float = 1.0) -> Tensor:
+    """``sample_codes``' prefix pass and decode loop (arguments checked there); the codes as it returns them.
+    With guidance the cache holds the conditional rows then the unconditional ones; both get the drawn code."""
     cfg, off, device = gpt.cfg, gpt.cfg.video_offset, gpt.head.weight.device
-    n_ctx = 0 if context is None else context.shape[1]
+    n_ctx, batch, guided = 0 if context is None else context.shape[1], prefix.shape[0], cfg_scale != 1.0
+    if guided:
+        prefix = torch.cat([prefix, null_prefix(prefix)])
+        context = None if context is None else torch.cat([context, context])
     head = gpt.head.weight[off: off + cfg.n_codes] if restrict else gpt.head.weight
     cache = gpt.new_cache(prefix.shape[0], capacity=n_text + steps - 1, dtype=dtype)
     given = None if context is None else context.to(device).long() + off
@@ -208,8 +237,10 @@ def _decode(gpt: GPT, prefix: Tensor, steps: int, n_text: int, context: Tensor |
         h = gpt.features(ids if given is None else torch.cat([ids, given], dim=1), cache=cache)
     ids = torch.empty(prefix.shape[0], steps, dtype=torch.long, device=device)
     for i in tqdm(range(steps), desc="gpt", unit="tok", disable=not progress, leave=False):
-        ids[:, i] = draw(F.linear(h[:, -1], head), gens, **filters) + (off if restrict else 0)
+        logits = F.linear(h[:, -1], head)
+        new = draw(guided_logits(logits.float(), cfg_scale) if guided else logits, gens, **filters)
+        ids[:, i] = (new.repeat(2) if guided else new) + (off if restrict else 0)
         if i + 1 < steps:
             h = gpt.features(ids[:, i: i + 1], cache=cache, start=n_text + i)
-    codes = (ids - off).clamp_(0, cfg.n_codes - 1)
+    codes = (ids[:batch] - off).clamp_(0, cfg.n_codes - 1)
     return codes.view(-1, *cfg.latent_shape) if steps == cfg.video_seq_len and n_ctx == 0 else codes

@@ -82,7 +82,8 @@ def ta2v_stage1_long(sampler: TwoStageSampler, text_ids: Tensor, n_frames: int, 
             given = min(ctx, codes.shape[1])
             ctx_ids = codes[:, codes.shape[1] - given:].reshape(1, -1) if given else None
             new = sample_codes(gpt, ids, steps=(lt - given) * per_frame, temperature=c.temperature, top_k=c.top_k,
-                               top_p=c.top_p, generators=gens, context=ctx_ids).view(1, lt - given, lh, lw)
+                               top_p=c.top_p, generators=gens, context=ctx_ids,
+                               cfg_scale=c.gpt_cfg_scale).view(1, lt - given, lh, lw)
             start = codes.shape[1] - given
             codes = torch.cat([codes, new], dim=1)
             windows.append(Window(len(windows), start * dt, min(codes.shape[1] * dt, n_frames), given * dt))

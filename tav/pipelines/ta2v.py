@@ -25,7 +25,7 @@ from tav.diffusion.samplers import SAMPLERS
 from tav.diffusion.schedule import GaussianSchedule
 from tav.diffusion.unet3d import UNet
 from tav.gpt.model import GPT
-from tav.gpt.sampling import sample_codes
+from tav.gpt.sampling import check_cfg_scale, sample_codes
 from tav.guidance import Guidance
 from tav.guidance.guide import check_blur_fits
 from tav.utils.runtime import autocast, sampling_weights
@@ -42,6 +42,7 @@ class SamplingConfig:
     top_k: int | None = 2048
     top_p: float | None = 0.80
     temperature: float = 1.0
+    gpt_cfg_scale: float = 1.0  # classifier-free guidance of the GPT's tokens (1 = none; needs text_dropout training)
     output_size: int = 128  # --model_output_size: stage-1 frames are resized to this
     respacing: str = "100"  # --timestep_respacing: the stage-2 chain ("100" of 4000, "ddim50", "" = every step)
     skip_timesteps: int = 25  # SDEdit start: the first `skip` respaced steps are skipped
@@ -74,6 +75,7 @@ class TwoStageSampler:
         self.gpt, self.vqgan, self.net, self.schedule = gpt, vqgan, net, schedule
         self.guidance, self.cfg = guidance, cfg
         check_blur_fits(guidance.cfg.grad_blur, cfg.output_size)  # before any sampling
+        check_cfg_scale(gpt.cfg, cfg.gpt_cfg_scale)
         self.device = next(net.parameters()).device
         self.net.requires_grad_(False)  # guidance needs gradients w.r.t. x only
         if cfg.guidance_checkpointing:
@@ -93,7 +95,7 @@ class TwoStageSampler:
         gens = sample_generators(seeds, self.device)
         with autocast(c.precision, self.device):
             codes = sample_codes(self.gpt, text_ids.to(self.device), temperature=c.temperature, top_k=c.top_k,
-                                 top_p=c.top_p, generators=gens, progress=progress)
+                                 top_p=c.top_p, generators=gens, progress=progress, cfg_scale=c.gpt_cfg_scale)
         return self.vqgan.decode(codes).float().clamp(-0.5, 0.5)
 
     def stage2(self, video: Tensor, audio: Tensor | None, captions: Sequence[str], rate: int,

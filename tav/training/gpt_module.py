@@ -41,7 +41,9 @@ from tav.config import from_dict, to_dict
 from tav.errors import InputError
 from tav.gpt.config import GPTConfig
 from tav.gpt.model import GPT, token_accuracy, token_loss
+from tav.gpt.sampling import null_prefix
 from tav.training.callbacks import check_finite
+from tav.training.determinism import step_seed
 from tav.training.optim import adam
 from tav.vqgan.model import VQGAN
 
@@ -157,6 +159,23 @@ class GPTModule(pl.LightningModule):
         self.gpt = GPT(model_cfg)
         self.frozen = FrozenVQGAN(vqgan) if vqgan is not None else None
         self.lr: float | None = None  # peak learning rate, set in configure_optimizers
+        self._gen: torch.Generator | None = None
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """The generator of the caption dropout, seeded per batch by (seed, rank, epoch, batch): a resumed run
+        drops the captions the uninterrupted run dropped."""
+        seed = step_seed(self.train_cfg.seed, self.global_rank, self.current_epoch, batch_idx)
+        self._gen = torch.Generator(device=self.device).manual_seed(seed)
+
+    def drop_captions(self, prefix: Tensor) -> Tensor:
+        """``prefix (B, L)`` with each row replaced by the null prefix with probability ``model.text_dropout``
+        (training only; the rows are drawn from the per-batch generator)."""
+        p = self.model_cfg.text_dropout
+        if not (self.training and p > 0):
+            return prefix
+        gen = self._gen if self._gen is not None else torch.Generator(device=prefix.device).manual_seed(0)
+        drop = torch.rand(prefix.shape[0], generator=gen, device=prefix.device) < p  # (B,)
+        return torch.where(drop.unsqueeze(1), null_prefix(prefix), prefix)
 
     # ------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> dict[str, Any]:
@@ -201,6 +220,7 @@ class GPTModule(pl.LightningModule):
 
     def _loss_and_accuracy(self, batch: dict) -> tuple[Tensor, Tensor, Tensor, int]:
         prefix, codes = self.batch_inputs(batch)
+        prefix = self.drop_captions(prefix)
         video_only = self.train_cfg.softmax == "video"
         logits, targets = self.gpt.training_logits(prefix, codes, video_only)  # (B, N, V), (B, N): video positions
         loss = token_loss(logits, targets)

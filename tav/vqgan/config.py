@@ -43,6 +43,10 @@ class VQGANConfig:
     ema_decay: float = 0.99  # decay of the EMA codebook statistics
     random_restart: bool = True  # re-seed codes with EMA count < restart_thres (README: off)
     restart_thres: float = 1.0  # EMA count below which a code counts as dead
+    # restart pool: random rows (upstream), or rows drawn in proportion to their squared distance to their code
+    # (k-means++'s D^2 weighting: dead codes go where the codebook fits the data worst)
+    restart_sampling: Literal["uniform", "error"] = "uniform"
+    restart_reset_ema: bool = False  # a restart also sets the code's EMA count and sum (upstream: they pull it back)
     lpips_input_scale: float = 2.0  # LPIPS sees scale * x; 2 maps [-0.5,0.5] to [-1,1]; compat value 1.0
     lr: float = 3e-5  # base learning rate (the training script scales it by batch and accumulation)
     betas: tuple[float, float] = (0.5, 0.9)  # Adam betas of both optimisers

@@ -168,7 +168,8 @@ class VQGAN(nn.Module):
         self.pre_vq_conv = SamePadConv3d(cfg.encoder_channels, cfg.embedding_dim, 1, padding_type=cfg.padding_type)
         self.post_vq_conv = SamePadConv3d(cfg.embedding_dim, cfg.encoder_channels, 1)
         self.codebook = EMACodebook(cfg.n_codes, cfg.embedding_dim, cfg.ema_decay, cfg.commitment_weight,
-                                    cfg.random_restart, cfg.restart_thres)
+                                    cfg.random_restart, cfg.restart_thres, cfg.restart_sampling,
+                                    cfg.restart_reset_ema)
         self.image_discriminator = PatchDiscriminator(cfg.image_channels, cfg.disc_channels, cfg.disc_layers, 2)
         self.video_discriminator = PatchDiscriminator(cfg.image_channels, cfg.disc_channels, cfg.disc_layers, 3)
 
