@@ -360,13 +360,14 @@ def test_lpips_backbone_from_torchvision_file(tmp_path, monkeypatch, random_lpip
 
 
 # ------------------------------------------------------------------------------------------- DDP
-def _ddp_codebook_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _ddp_codebook_worker(rank: int, init_file: str, out_dir: str, error_restarts: bool) -> None:
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         torch.manual_seed(100 + rank)  # different data and different local randomness per rank
-        cb = EMACodebook(n_codes=16, dim=4, random_restart=True, restart_thres=1.0).train()
+        mode = dict(restart_sampling="error", restart_reset_ema=True) if error_restarts else {}
+        cb = EMACodebook(n_codes=16, dim=4, random_restart=True, restart_thres=1.0, **mode).train()
         for _ in range(3):
             cb(torch.randn(1, 4, 1, 2, 3) + rank)
         torch.save(cb.state_dict(), Path(out_dir) / f"rank{rank}.pt")
@@ -374,10 +375,11 @@ def _ddp_codebook_worker(rank: int, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def test_codebook_stays_identical_across_two_ddp_ranks(tmp_path):
+@pytest.mark.parametrize("error_restarts", [False, True])
+def test_codebook_stays_identical_across_two_ddp_ranks(tmp_path, error_restarts):
     import torch.multiprocessing as mp
 
-    mp.spawn(_ddp_codebook_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    mp.spawn(_ddp_codebook_worker, args=(str(tmp_path / "init"), str(tmp_path), error_restarts), nprocs=2)
     a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert bool(a["initialised"]) and set(a) == set(b)
     for k in a:
