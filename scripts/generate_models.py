@@ -31,8 +31,10 @@ def add_ta2v_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("TA2V models and settings (sample_tav.py's flags)")
     g.add_argument("--gpt_text_ckpt", default=None, help="GPT checkpoint")
     g.add_argument("--vqgan_ckpt", default=None, help="the VQGAN the GPT was trained with")
-    for flag in ("top_k", "top_p", "temperature", "gpt_cfg_scale"):
+    for flag in ("top_k", "top_p", "temperature"):
         g.add_argument(f"--{flag}", type=int if flag == "top_k" else float, default=None)
+    g.add_argument("--gpt_cfg_scale", type=float, default=None,
+                   help="classifier-free guidance of the GPT's tokens (default 1: none); needs text_dropout training")
     g.add_argument("--context_frames", type=int, default=None,
                    help="latent frames of the previous window the GPT continues from (default: half its grid)")
     g.add_argument("--skip_stage2", action="store_true", help="stage 1 only (GPT + VQGAN)")

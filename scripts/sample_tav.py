@@ -63,7 +63,8 @@ class TA2VRecipe(sampling.SamplingRecipe):
         sampling.config_flag(s, "top_k", SamplingConfig, "top_k", type=int)
         sampling.config_flag(s, "top_p", SamplingConfig, "top_p", type=float)
         sampling.config_flag(s, "temperature", SamplingConfig, "temperature", type=float)
-        sampling.config_flag(s, "gpt_cfg_scale", SamplingConfig, "gpt_cfg_scale", type=float)
+        sampling.config_flag(s, "gpt_cfg_scale", SamplingConfig, "gpt_cfg_scale", type=float,
+                             help="classifier-free guidance of the GPT's tokens; needs a GPT trained with text_dropout")
         s.add_argument("--text_emb_model", choices=["bert", "clip"], default=None, help="checked against the GPT")
         d = sampling.add_common_flags(p, ("--n_sample",), 2048, 4, "tav")
         d.add_argument("--data_path", default="./datasets/post_URMP/", help="dataset root (test/ is sampled)")
