@@ -53,7 +53,7 @@ class VQGANRecipe(training.Recipe):
     script, description = "train_vqgan.py", __doc__.split("\n\n")[0]
     preset_kind, default_preset, stage = "vqgan", "urmp", "vqgan"
     flag_fields = {**{k: ("model", k) for k in (*MODEL_FLAGS, "downsample", "padding_type", "disc_loss_type",
-                                                 "random_restart")},
+                                                 "random_restart", "grad_exponent")},
                    "norm_type": ("model", "norm"), **{k: ("train", k) for k in TRAIN_FLAGS},
                    "load_vid_len": ("data", "frames_per_file"),
                    "sample_every_n_frames": ("data", "sample_every_n_frames")}
@@ -72,6 +72,8 @@ class VQGANRecipe(training.Recipe):
         m.add_argument("--norm_type", choices=["group", "batch"], default=None)
         m.add_argument("--padding_type", choices=["replicate", "constant", "reflect", "circular"], default=None)
         m.add_argument("--disc_loss_type", choices=["hinge", "vanilla"], default=None)
+        m.add_argument("--grad_exponent", type=int, choices=[1, 2], default=None,
+                       help="of the --grad_weight edge term: 1 = L1, 2 = squared (ours)")
         m.add_argument("--no_random_restart", dest="random_restart", action="store_const", const=False,
                        default=None)
         d = cli.add_data_flags(p)

@@ -406,3 +406,20 @@ def test_gradient_difference_loss_sees_edges_not_offsets():
     cfg = VQGANConfig(l1_weight=0.0, grad_weight=2.0)
     assert float(reconstruction_loss(cfg, recon, video)) == pytest.approx(2.0)
     assert float(reconstruction_loss(VQGANConfig(l1_weight=0.0), recon, video)) == 0.0
+
+
+def test_squared_gradient_difference_weights_high_frequencies():
+    video = torch.zeros(1, 1, 1, 2, 2)
+    recon = torch.tensor([[2.0, 0.0], [0.0, 0.0]]).view(1, 1, 1, 2, 2)
+    # dx of recon: [[-2], [0]] -> mean square 2; dy: [[-2, 0]] -> 2 (L1: 1 + 1)
+    assert float(gradient_difference_loss(recon, video, exponent=2)) == pytest.approx(4.0)
+    assert float(gradient_difference_loss(recon, video, exponent=1)) == pytest.approx(2.0)
+    cfg = VQGANConfig(l1_weight=0.0, grad_weight=0.5, grad_exponent=2)
+    assert float(reconstruction_loss(cfg, recon, video)) == pytest.approx(2.0)
+    # an error alternating pixel by pixel (the highest frequency) costs 8x its MSE; a constant offset nothing
+    checker = torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).view(1, 1, 1, 2, 2)
+    assert float(gradient_difference_loss(checker, video, exponent=2)) == pytest.approx(8.0)
+    assert float(gradient_difference_loss(video + 0.3, video, exponent=2)) == pytest.approx(0.0)
+    with pytest.raises(InputError, match="grad_exponent"):
+        VQGANConfig(grad_exponent=3)
+

@@ -36,6 +36,7 @@ class VQGANConfig:
     l1_weight: float = 4.0  # weight of the L1 reconstruction loss
     l2_weight: float = 0.0  # weight of an MSE reconstruction term (0 = upstream; small demo models learn faster)
     grad_weight: float = 0.0  # weight of an L1 term on spatial finite differences (edges; 0 = upstream)
+    grad_exponent: Literal[1, 2] = 1  # of that term: 1 = L1, 2 = squared (a high-frequency-weighted MSE)
     gan_feat_weight: float = 4.0  # weight of discriminator feature matching
     perceptual_weight: float = 4.0  # weight of the LPIPS loss on one random frame per clip
     discriminator_iter_start: int = 10000  # global step from which the GAN terms are switched on
@@ -102,6 +103,8 @@ def _validate(cfg: VQGANConfig) -> None:
                          "use a multiple of 16 or norm=batch")
     if not 0.0 < cfg.ema_decay < 1.0:
         raise InputError(f"vqgan.ema_decay={cfg.ema_decay}: must be in (0, 1)")
+    if cfg.grad_exponent not in (1, 2):
+        raise InputError(f"vqgan.grad_exponent={cfg.grad_exponent}: must be 1 (L1) or 2 (squared)")
     if cfg.lpips_input_scale <= 0:
         raise InputError(f"vqgan.lpips_input_scale={cfg.lpips_input_scale}: must be > 0 (2.0, or 1.0 for compat)")
 

@@ -196,10 +196,12 @@ def _gan_generator_terms(model: VQGAN, video: Tensor, recon: Tensor, frames: Ten
     return {"g_adv": adv, "feat_match": cfg.gan_feat_weight * feat}
 
 
-def gradient_difference_loss(recon: Tensor, video: Tensor) -> Tensor:
-    """Mean L1 distance between the horizontal and vertical pixel differences of two ``(..., H, W)`` videos.
+def gradient_difference_loss(recon: Tensor, video: Tensor, exponent: int = 1) -> Tensor:
+    """Mean distance between the horizontal and vertical pixel differences of two ``(..., H, W)`` videos: L1
+    (``exponent`` 1) or squared (2). Squared, it is an MSE whose weight grows with spatial frequency as
+    4 sin²(ω/2) per axis, so corners and thin tips count more while flat colour keeps the weight of the MSE.
 
-    Source: the gradient difference loss of Mathieu et al. 2016 (arXiv:1511.05440), with exponent 1.
+    Source: the gradient difference loss of Mathieu et al. 2016 (arXiv:1511.05440), on signed differences.
     """
     def dx(v: Tensor) -> Tensor:
         return v[..., :, 1:] - v[..., :, :-1]
@@ -207,17 +209,18 @@ def gradient_difference_loss(recon: Tensor, video: Tensor) -> Tensor:
     def dy(v: Tensor) -> Tensor:
         return v[..., 1:, :] - v[..., :-1, :]
 
-    return F.l1_loss(dx(recon), dx(video)) + F.l1_loss(dy(recon), dy(video))
+    dist = F.l1_loss if exponent == 1 else F.mse_loss
+    return dist(dx(recon), dx(video)) + dist(dy(recon), dy(video))
 
 
 def reconstruction_loss(cfg: VQGANConfig, recon: Tensor, video: Tensor) -> Tensor:
     """``l1_weight * L1 + l2_weight * MSE + grad_weight * edges`` between two videos of the same shape
-    (the MSE and edge terms only if set)."""
+    (the MSE and edge terms only if set; the edge term's exponent is ``grad_exponent``)."""
     loss = cfg.l1_weight * F.l1_loss(recon, video)
     if cfg.l2_weight:
         loss = loss + cfg.l2_weight * F.mse_loss(recon, video)
     if cfg.grad_weight:
-        loss = loss + cfg.grad_weight * gradient_difference_loss(recon, video)
+        loss = loss + cfg.grad_weight * gradient_difference_loss(recon, video, cfg.grad_exponent)
     return loss
 
 
