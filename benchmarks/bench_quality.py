@@ -22,6 +22,7 @@ Tables:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -97,9 +98,19 @@ def judge_run(folder: Path, videos: str, rotate_captions: bool = False) -> dict:
     return out
 
 
+@functools.cache
+def demo_cfg_scale(gpt_ckpt: Path) -> float:
+    """The demo's ``--gpt_cfg_scale`` for this GPT file: ``DEMO_CFG`` when it trained with caption dropout (the demo's
+    GPT since commit 4d79a66), else 1 (no guidance: a GPT without an unconditional model cannot be guided)."""
+    from tav.gpt.load import read_gpt_checkpoint
+    from tav_scripts.demo_stages import DEMO_CFG
+
+    return DEMO_CFG if read_gpt_checkpoint(gpt_ckpt)[0].text_dropout > 0 else 1.0
+
+
 def sample_argv(ckpt: Path, data: Path, save: Path, n: int, overrides: dict, extra: Sequence[str] = ()) -> list[str]:
-    """``sample_tav.py`` flags of the demo's sampling command with ``overrides`` (flag -> value; True = switch),
-    then the ``extra`` flags (they win: argparse keeps the last value)."""
+    """``sample_tav.py`` flags of the demo's sampling command (stage 1 guided as the demo guides it) with
+    ``overrides`` (flag -> value; True = switch), then the ``extra`` flags (they win: argparse keeps the last value)."""
     flags = {"gpt_text_ckpt": ckpt / "gpt.ckpt", "vqgan_ckpt": ckpt / "vqgan.ckpt", "diffusion_ckpt":
              ckpt / "diffusion.pt", "data_path": data, "top_k": 2048, "top_p": 0.8, "n_sample": n, "run": "bench",
              "dataset": "URMP", "load_vid_len": 90, "resolution": 32, "batch_size": 4, "sequence_length": 8,
@@ -107,7 +118,7 @@ def sample_argv(ckpt: Path, data: Path, save: Path, n: int, overrides: dict, ext
              "joint", "joint_ckpt": ckpt / "joint_encoder.pt", "audioclip_ckpt": ckpt / "audioclip_random.pt",
              "clip_ckpt": ckpt / "clip_random.pt", "audio_guidance_lambda": 10000, "direction_lambda": 5000,
              "text_guidance_lambda": 10000, "skip_timesteps": round(SKIP * 100), "guidance_blur": 2.0, "save": save,
-             "progress": "false"}
+             "progress": "false", "gpt_cfg_scale": demo_cfg_scale(ckpt / "gpt.ckpt")}
     flags.update(overrides)
     argv = ["--text_stft_cond"]
     for key, value in flags.items():

@@ -21,6 +21,7 @@ from tav.gpt import GPT, gpt_preset, save_gpt
 from tav.gpt.load import file_sha256
 from tav.vqgan import VQGAN, save_vqgan
 from tav_scripts import demo_quality as dq
+from tav_scripts.demo_stages import DEMO_CFG
 
 from .helpers import REPO, tiny_vqgan_cfg
 
@@ -88,6 +89,19 @@ def test_steps_rows_start_sdedit_at_the_same_fraction():
     assert [k for k in rows] == ["DDPM 25", "DDPM 50", "DDPM 100", "DDPM 200", "DDIM 10", "DDIM 25", "DDIM 50"]
     upstream = _bench().steps_rows(upstream_steps=4000)[-1]
     assert upstream == ("DDPM 4000 (upstream: every step)", {"timestep_respacing": "", "skip_timesteps": 3000})
+
+
+def test_stage_one_is_guided_as_the_demo_guides_it(kit, tmp_path):
+    bench = _bench()
+    argv = bench.sample_argv(kit["ckpt"], kit["data"], tmp_path, 2, {})
+    assert argv[argv.index("--gpt_cfg_scale") + 1] == "1.0"  # the kit's GPT trained without caption dropout
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    vq = kit["ckpt"] / "vqgan.ckpt"
+    save_gpt(GPT(dataclasses.replace(gpt_preset("tiny"), n_codes=32, latent_shape=(2, 4, 4), text_dropout=0.1,
+                                     vqgan_hash=file_sha256(vq))), ckpt / "gpt.ckpt")
+    argv = bench.sample_argv(ckpt, kit["data"], tmp_path, 2, {}, ["--gpt_cfg_scale", "3"])
+    assert argv[argv.index("--gpt_cfg_scale") + 1] == str(DEMO_CFG) == "2.0" and argv[-2:] == ["--gpt_cfg_scale", "3"]
 
 
 def test_mean_ci_is_the_normal_interval():

@@ -422,4 +422,3 @@ def test_squared_gradient_difference_weights_high_frequencies():
     assert float(gradient_difference_loss(video + 0.3, video, exponent=2)) == pytest.approx(0.0)
     with pytest.raises(InputError, match="grad_exponent"):
         VQGANConfig(grad_exponent=3)
-
