@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tav.utils.fileio import write_text_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 JUDGES = ("colour_acc", "shape_acc", "onset_f1", "pitch_height", "flicker")
 SKIP = 0.75  # share of the respaced chain stage 2 skips: the demo's --skip_timesteps 75 of 100
@@ -192,6 +194,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def run_info() -> dict:
+    """Where a table was measured: the CPU's model name and bf16 units, cores, torch and its threads, and the git
+    commit of this checkout (None outside one)."""
+    import os
+    import platform
+    import subprocess
+
+    import torch
+
+    from tav.utils.runtime import cpu_bf16_units
+
+    name = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        name = names[0] if names else name
+    except OSError:
+        pass
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    commit = done.stdout.strip() if done.returncode == 0 else ""
+    return {"machine": f"{name} (bf16 units: {cpu_bf16_units() or 'none'}), {os.cpu_count()} cores, torch "
+                       f"{torch.__version__}, {torch.get_num_threads()} thread(s)", "commit": commit or None}
+
+
 def check_demo_inputs(ckpt_dir: Path, data: Path) -> None:
     """Exit with one line unless ``make demo``'s checkpoints and test split are there; then make the control
     encoders."""
@@ -222,15 +248,13 @@ def main(argv: list[str] | None = None) -> dict:
             tables["precision"] = {}
             for label, over in (("fp32", {"precision": "32"}), ("bf16 autocast", {"precision": "bf16"})):
                 tables["precision"].update(run_row(args, work, label, over))
-    record = {"n": args.n, "judges": list(JUDGES), "tables": tables}
+    record = {"n": args.n, "judges": list(JUDGES), **run_info(), "tables": tables}
     text = markdown(tables, args.n)
     print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    if args.md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(text, encoding="utf-8")
+    for path, content in ((args.json, json.dumps(record, indent=1) + "\n"), (args.md, text)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, content)
     return record
 
 

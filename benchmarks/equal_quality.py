@@ -120,7 +120,9 @@ def run(args) -> dict:
         rows.append(row)
     equal = [r for r in rows[1:] if all(r["equal"].values())]
     best = max(equal, key=lambda r: r["speedup_stage2"]) if equal else None
-    return {"n": args.n, "reference": rows[0]["setting"], "rows": rows,
+    from bench_quality import run_info
+
+    return {"n": args.n, **run_info(), "reference": rows[0]["setting"], "rows": rows,
             "recommended": best["setting"] if best else None,
             "speedup_per_video_stage2": best["speedup_stage2"] if best else None,
             "speedup_per_video_total": best["speedup_total"] if best else None}

@@ -63,6 +63,9 @@ def test_small_tables_are_judged_in_range_and_ordered(kit, tmp_path):
                          "ablation", "precision", "--sample_args", tiny, "--json", str(out), "--md",
                          str(tmp_path / "q.md")])
     assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    assert "cores, torch" in record["machine"] and "thread(s)" in record["machine"]
+    assert record["commit"] is None or len(record["commit"]) >= 7  # a clean clone has one; a tarball none
+    assert not list(tmp_path.glob("*.tmp*"))  # written atomically
     ablation = record["tables"]["ablation"]
     assert list(ablation)[:3] == ["real", "real, captions rotated (control)", "stage 1 (GPT + VQGAN)"]
     assert len(ablation) == 3 + 6 and set(record["tables"]["precision"]) == {"fp32", "bf16 autocast"}
@@ -161,6 +164,7 @@ def test_equal_quality_mode_compares_paired_differences(kit, tmp_path, monkeypat
     rows = record["rows"]
     assert rows[0]["setting"] == record["reference"] and "upstream setting" in rows[0]["setting"]
     assert rows[0]["precision"] == "32" and len(rows) == 10  # the reference and 9 candidates
+    assert "thread(s)" in record["machine"] and "commit" in record
     assert rows[0]["speedup_stage2"] == 1.0 and all(r["stage2_s"] > 0 for r in rows)
     for r in rows[1:]:
         assert set(r["equal"]) == set(eq.EQUAL_JUDGES) and r["precision"] in ("32", "bf16")
