@@ -35,7 +35,7 @@ class VQGANConfig:
     video_gan_weight: float = 1.0  # weight of the 3D PatchGAN terms
     l1_weight: float = 4.0  # weight of the L1 reconstruction loss
     l2_weight: float = 0.0  # weight of an MSE reconstruction term (0 = upstream; small demo models learn faster)
-    grad_weight: float = 0.0  # weight of an L1 term on spatial finite differences (edges; 0 = upstream)
+    grad_weight: float = 0.0  # weight of an edge term on spatial finite differences (0 = upstream)
     grad_exponent: Literal[1, 2] = 1  # of that term: 1 = L1, 2 = squared (a high-frequency-weighted MSE)
     gan_feat_weight: float = 4.0  # weight of discriminator feature matching
     perceptual_weight: float = 4.0  # weight of the LPIPS loss on one random frame per clip
