@@ -198,23 +198,15 @@ def run_info() -> dict:
     """Where a table was measured: the CPU's model name and bf16 units, cores, torch and its threads, and the git
     commit of this checkout (None outside one)."""
     import os
-    import platform
     import subprocess
 
     import torch
 
-    from tav.utils.runtime import cpu_bf16_units
+    from tav.utils.runtime import cpu_bf16_units, cpu_name
 
-    name = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        name = names[0] if names else name
-    except OSError:
-        pass
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     commit = done.stdout.strip() if done.returncode == 0 else ""
-    return {"machine": f"{name} (bf16 units: {cpu_bf16_units() or 'none'}), {os.cpu_count()} cores, torch "
+    return {"machine": f"{cpu_name()} (bf16 units: {cpu_bf16_units() or 'none'}), {os.cpu_count()} cores, torch "
                        f"{torch.__version__}, {torch.get_num_threads()} thread(s)", "commit": commit or None}
 
 

@@ -56,7 +56,6 @@ import dataclasses
 import gc
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -97,17 +96,9 @@ def _loadavg() -> str:
 
 
 def _cpu_name() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        name = fields.get("model name", name)
-        isa = [f for f in ("avx512f", "avx512_bf16", "amx_tile") if f in fields.get("flags", "").split()]
-        if isa:
-            name += ", " + " ".join(isa)
-    except OSError:
-        pass
-    return name
+    from tav.utils.runtime import cpu_name
+
+    return cpu_name()
 
 
 def _setup_torch(threads: int):

@@ -66,7 +66,6 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -113,19 +112,9 @@ def _clip(torch, batch: int, seed: int = 0):
 
 
 def _cpu_name() -> str:
-    name = platform.processor() or "cpu"
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        name = f"{fields.get('model name', name)} (family {fields.get('cpu family')}, model {fields.get('model')})"
-        flags = fields.get("flags", "").split()
-        isa = [f for f in ("avx512f", "avx512_bf16", "amx_tile") if f in flags]
-        if isa:
-            name += ", " + " ".join(isa)
-    except OSError:
-        pass
-    return name
+    from tav.utils.runtime import cpu_name
+
+    return cpu_name()
 
 
 def _loadavg() -> str:

@@ -93,6 +93,9 @@ def test_auto_precision_is_bf16_with_bf16_units(monkeypatch):
     assert runtime.cpu_bf16_units(amx) == "amx" and runtime.cpu_has_amx(amx)
     assert runtime.cpu_bf16_units(zen4) == "avx512_bf16" and not runtime.cpu_has_amx(zen4)
     assert runtime.cpu_bf16_units("flags : fpu avx2 avx512f\n") is None
+    assert runtime.cpu_name("model name : Xeon X\n" + amx) == "Xeon X, avx512f avx512_bf16 amx_tile"
+    assert runtime.cpu_name("model name : EPYC Y\n" + zen4) == "EPYC Y, avx512f avx512_bf16"
+    assert runtime.cpu_name("model name : Old Z\nflags : fpu avx2\n") == "Old Z"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
     assert runtime.cpu_bf16_units(amx) == "avx512_bf16" and runtime.cpu_bf16_units(zen4) == "avx512_bf16"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE")

@@ -62,6 +62,24 @@ def cpu_bf16_units(cpuinfo: str | None = None) -> str | None:
     return None
 
 
+def cpu_name(cpuinfo: str | None = None) -> str:
+    """The CPU's model name and its wide-vector / bf16 flags (``avx512f``, ``avx512_bf16``, ``amx_tile``), e.g.
+    ``"Intel(R) Xeon(R) Processor, avx512f avx512_bf16 amx_tile"``; for benchmark records. ``cpuinfo``: the text of
+    /proc/cpuinfo (read when None; the platform's name where it cannot be read)."""
+    import platform
+
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return platform.processor() or platform.machine() or "cpu"
+    fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)}
+    name = fields.get("model name") or platform.processor() or platform.machine() or "cpu"
+    isa = [f for f in ("avx512f", "avx512_bf16", "amx_tile") if f in fields.get("flags", "").split()]
+    return f"{name}, {' '.join(isa)}" if isa else name
+
+
 def cpu_has_amx(cpuinfo: str | None = None) -> bool:
     """True when the CPU has AMX bf16 tile units and oneDNN may use them (see :func:`cpu_bf16_units`)."""
     return cpu_bf16_units(cpuinfo) == "amx"
