@@ -42,8 +42,8 @@ MODEL_FLAGS = {
     "embedding_dim": int, "n_codes": int, "n_hiddens": int, "lr": float, "image_channels": int,
     "resolution": int, "sequence_length": int, "disc_channels": int, "disc_layers": int,
     "discriminator_iter_start": int, "image_gan_weight": float, "video_gan_weight": float, "l1_weight": float,
-    "l2_weight": float, "grad_weight": float, "gan_feat_weight": float, "perceptual_weight": float,
-    "restart_thres": float,
+    "l2_weight": float, "grad_weight": float, "chroma_weight": float, "gan_feat_weight": float,
+    "perceptual_weight": float, "restart_thres": float,
 }
 TRAIN_FLAGS = ("batch_size", "num_workers", "accumulate_grad_batches", "gradient_clip_val", "seed",
                "save_every_n_steps", "sample_every_n_steps", "lr_scaling", "input_key", "lr_schedule", "warmup_steps")

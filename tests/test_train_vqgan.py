@@ -98,13 +98,14 @@ def test_bad_input_is_one_line_exit_2(vat, tmp_path, capsys, extra, match):
 
 
 def test_edge_term_flags_reach_the_model_config(vat, tmp_path, capsys):
-    argv = tiny(vat, tmp_path / "run", "--grad_weight", 3, "--grad_exponent", 2, "--dry_run")
+    argv = tiny(vat, tmp_path / "run", "--grad_weight", 3, "--grad_exponent", 2, "--chroma_weight", 12, "--dry_run")
     assert train_vqgan.main(argv) == 0
     m = yaml.safe_load(capsys.readouterr().out)["model"]
-    assert (m["grad_weight"], m["grad_exponent"]) == (3.0, 2)
-    assert train_vqgan.main([*tiny(vat, tmp_path / "run"), "--set", "model.grad_exponent=3", "--dry_run"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "grad_exponent" in err
+    assert (m["grad_weight"], m["grad_exponent"], m["chroma_weight"]) == (3.0, 2, 12.0)
+    for bad, name in (("model.grad_exponent=3", "grad_exponent"), ("model.chroma_weight=-1", "chroma_weight")):
+        assert train_vqgan.main([*tiny(vat, tmp_path / "run"), "--set", bad, "--dry_run"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and name in err
 
 
 def test_a_second_fresh_run_into_a_trained_folder_is_one_line(vat, tmp_path, capsys):

@@ -14,6 +14,7 @@ from tav.errors import InputError
 from tav.vqgan import VQGAN, VQGANConfig, vqgan_config_from_dict, vqgan_preset
 from tav.vqgan.losses import (
     build_perceptual,
+    chroma_loss,
     discriminator_loss,
     feature_matching_loss,
     generator_loss,
@@ -65,6 +66,8 @@ def test_config_validation():
         VQGANConfig(n_hiddens=8, norm="group")
     with pytest.raises(InputError, match="unknown key"):
         vqgan_config_from_dict({"n_hidden": 32})
+    with pytest.raises(InputError, match="chroma_weight=-0.5: must be >= 0"):
+        VQGANConfig(chroma_weight=-0.5)
     # not a multiple of the factors: allowed (padded), latent rounds up
     assert VQGANConfig(resolution=9, sequence_length=16).latent_shape == (4, 2, 2)
 
@@ -422,3 +425,15 @@ def test_squared_gradient_difference_weights_high_frequencies():
     assert float(gradient_difference_loss(video + 0.3, video, exponent=2)) == pytest.approx(0.0)
     with pytest.raises(InputError, match="grad_exponent"):
         VQGANConfig(grad_exponent=3)
+
+
+def test_chroma_loss_sees_hue_not_grey():
+    video = torch.zeros(1, 3, 1, 2, 2)
+    assert float(chroma_loss(video + 0.4, video)) == pytest.approx(0.0)  # a grey offset: same on every channel
+    green = torch.zeros(1, 3, 1, 2, 2)
+    green[:, 1] = 0.3  # an error on one channel: chroma errors (-0.1, 0.2, -0.1) on every pixel
+    assert float(chroma_loss(green, video)) == pytest.approx((0.01 + 0.04 + 0.01) / 3)
+    assert float(chroma_loss(green, video)) == pytest.approx(2 / 3 * float(torch.nn.functional.mse_loss(green, video)))
+    cfg = VQGANConfig(l1_weight=0.0, l2_weight=1.0, chroma_weight=3.0)
+    assert float(reconstruction_loss(cfg, green, video)) == pytest.approx(0.03 + 3 * 0.02)
+    assert float(reconstruction_loss(cfg, video + 0.4, video)) == pytest.approx(0.16)

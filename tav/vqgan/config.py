@@ -37,6 +37,7 @@ class VQGANConfig:
     l2_weight: float = 0.0  # weight of an MSE reconstruction term (0 = upstream; small demo models learn faster)
     grad_weight: float = 0.0  # weight of an edge term on spatial finite differences (0 = upstream)
     grad_exponent: Literal[1, 2] = 1  # of that term: 1 = L1, 2 = squared (a high-frequency-weighted MSE)
+    chroma_weight: float = 0.0  # weight of an MSE on chroma (each pixel minus its channel mean; 0 = upstream)
     gan_feat_weight: float = 4.0  # weight of discriminator feature matching
     perceptual_weight: float = 4.0  # weight of the LPIPS loss on one random frame per clip
     discriminator_iter_start: int = 10000  # global step from which the GAN terms are switched on
@@ -103,6 +104,9 @@ def _validate(cfg: VQGANConfig) -> None:
                          "use a multiple of 16 or norm=batch")
     if not 0.0 < cfg.ema_decay < 1.0:
         raise InputError(f"vqgan.ema_decay={cfg.ema_decay}: must be in (0, 1)")
+    for name in ("l1_weight", "l2_weight", "grad_weight", "chroma_weight"):
+        if getattr(cfg, name) < 0:
+            raise InputError(f"vqgan.{name}={getattr(cfg, name)}: must be >= 0 (a loss weight)")
     if cfg.grad_exponent not in (1, 2):
         raise InputError(f"vqgan.grad_exponent={cfg.grad_exponent}: must be 1 (L1) or 2 (squared)")
     if cfg.lpips_input_scale <= 0:

@@ -213,14 +213,25 @@ def gradient_difference_loss(recon: Tensor, video: Tensor, exponent: int = 1) ->
     return dist(dx(recon), dx(video)) + dist(dy(recon), dy(video))
 
 
+def chroma_loss(recon: Tensor, video: Tensor) -> Tensor:
+    """MSE between the chroma of two ``(B, C, ...)`` videos: each pixel minus the mean of its C channels.
+
+    A grey offset (the same error on every channel) costs nothing; an error on one of three channels costs
+    2/3 of its MSE.
+    """
+    return F.mse_loss(recon - recon.mean(dim=1, keepdim=True), video - video.mean(dim=1, keepdim=True))
+
+
 def reconstruction_loss(cfg: VQGANConfig, recon: Tensor, video: Tensor) -> Tensor:
-    """``l1_weight * L1 + l2_weight * MSE + grad_weight * edges`` between two videos of the same shape
-    (the MSE and edge terms only if set; the edge term's exponent is ``grad_exponent``)."""
+    """``l1_weight * L1 + l2_weight * MSE + grad_weight * edges + chroma_weight * chroma MSE`` between two
+    ``(B, C, T, H, W)`` videos (each term only if set; the edge term's exponent is ``grad_exponent``)."""
     loss = cfg.l1_weight * F.l1_loss(recon, video)
     if cfg.l2_weight:
         loss = loss + cfg.l2_weight * F.mse_loss(recon, video)
     if cfg.grad_weight:
         loss = loss + cfg.grad_weight * gradient_difference_loss(recon, video, cfg.grad_exponent)
+    if cfg.chroma_weight:
+        loss = loss + cfg.chroma_weight * chroma_loss(recon, video)
     return loss
 
 
