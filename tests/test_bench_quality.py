@@ -171,3 +171,24 @@ def test_equal_quality_mode_compares_paired_differences(kit, tmp_path, monkeypat
         for mean, half in r["judges"].values():
             assert mean is None or half >= 0
     assert record["recommended"] is None or record["recommended"] in [r["setting"] for r in rows[1:]]
+
+
+def test_demo_stage1_bench_judges_each_folder_the_same_way(kit, tmp_path, monkeypatch):
+    """``bench_demo_stage1.py`` on the tiny models: one folder under two names gives the same record (seeded per
+    caption and repetition), the judges lie in [0, 1] over reps × captions clips, and the JSON is written."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_demo_stage1 as b1
+
+    out = tmp_path / "s1.json"
+    rec = b1.main(["--ckpt_dir", f"a={kit['ckpt']}", "--ckpt_dir", f"b={kit['ckpt']}", "--data", str(kit["data"]),
+                   "--reps", "2", "--json", str(out)])
+    a, b = rec["results"]["a"], rec["results"]["b"]
+    assert a == b and a["n"] == 4 and a["cfg_scale"] == 1.0  # the tiny GPT trained without caption dropout
+    for key in b1.JUDGED:
+        assert 0.0 <= a[key][0] <= 1.0 and a[key][1] >= 0.0
+    assert json.loads(out.read_text())["results"]["a"] == a
+    assert not list(tmp_path.glob("*.tmp*"))
+    with pytest.raises(SystemExit):
+        b1.main(["--ckpt_dir", str(kit["ckpt"]), "--data", str(kit["data"])])  # no NAME=
+    with pytest.raises(SystemExit):
+        b1.main(["--ckpt_dir", f"a={tmp_path}", "--data", str(kit["data"])])  # no checkpoints there
