@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from tav.utils.fileio import write_text_atomic
+from bench_quality import demo_cfg_scale, mean_ci, run_info
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import demo_cfg_scale, mean_ci, run_info  # noqa: E402
+from tav.utils.fileio import write_text_atomic
 
 TOP_K, TOP_P = 2048, 0.8  # the demo's sample_tav.py flags
 JUDGED = ("colour_acc", "shape_acc")
 
 
-def test_captions(data: Path) -> list[str]:
+def split_captions(data: Path) -> list[str]:
     """Captions of the demo dataset's test split, in manifest order."""
     rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
     return [r["caption"] for r in rows if r["split"] == "test"]
@@ -87,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    captions = test_captions(args.data)
+    captions = split_captions(args.data)
     record = {**run_info(), "reps": args.reps, "captions": len(captions), "top_k": TOP_K, "top_p": TOP_P,
               "results": {name: judge_stage1(folder, captions, args.reps) for name, folder in args.folders.items()}}
     print(f"stage 1 on {len(captions)} test captions x {args.reps} seeds (mean ± 95% CI)")
