@@ -1,20 +1,29 @@
 """Stage 1 alone (GPT codes decoded by their VQGAN) on the demo's test captions, several seeds per caption:
-how often the clips show the caption's colour and shape. Compares demo checkpoint folders side by side.
+how often the clips show the caption's colour and shape. Compares demo checkpoint folders side by side, or
+GPT recipes trained on one VQGAN.
 
     python benchmarks/bench_demo_stage1.py --ckpt_dir demo=saved_ckpts/demo [--ckpt_dir other=DIR ...]
                                            [--data results/demo/data] [--reps 6] [--json OUT.json]
+    python benchmarks/bench_demo_stage1.py --train A="--set pos_emb=absolute --base_lr 1e-3" \
+        --train B="--set pos_emb=axial --base_lr 4e-3" --seeds 1234 1 2 --out /tmp/bench_gpt \
+        [--vqgan saved_ckpts/demo/vqgan.ckpt] [--steps 600] [--data ...] [--reps 6] [--json OUT.json]
 
-Each folder holds ``gpt.ckpt`` and ``vqgan.ckpt`` (what ``make demo`` leaves in ``saved_ckpts/demo/``). The GPT
-is sampled as the demo samples it: top-k 2048, top-p 0.8, classifier-free guidance 2 when it trained with
-caption dropout (``bench_quality.demo_cfg_scale``); seed ``rep * 100 + i`` for caption ``i`` of repetition
-``rep``. Clips are judged at the VQGAN's resolution. Values are means with a 95% confidence interval over the
-``reps × captions`` clips.
+Each folder holds ``gpt.ckpt`` and ``vqgan.ckpt`` (what ``make demo`` leaves in ``saved_ckpts/demo/``). Each
+``--train`` recipe is the demo's GPT training (``demo_stages.gpt_argv``: preset ``demo``, ``--steps`` steps) with
+its flags appended, once per ``--seeds`` seed, in ``<out>/<NAME>_s<seed>`` (a finished run folder is reused); its
+validation loss is reported with the judges, which are pooled over the seeds. Seed 1234 is the demo's own. The
+preset is read when each run starts, so a recipe should set every field it compares rather than lean on the
+preset's values. The GPT is sampled as the demo samples it: top-k 2048, top-p 0.8, classifier-free guidance 2 when
+it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``rep * 100 + i`` for caption ``i`` of
+repetition ``rep``. Clips are judged at the VQGAN's resolution. Values are means with a 95% confidence interval
+over the ``reps × captions`` clips (× seeds).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 from bench_quality import demo_cfg_scale, mean_ci, run_info
@@ -25,14 +34,14 @@ TOP_K, TOP_P = 2048, 0.8  # the demo's sample_tav.py flags
 JUDGED = ("colour_acc", "shape_acc")
 
 
-def split_captions(data: Path) -> list[str]:
-    """Captions of the demo dataset's test split, in manifest order."""
+def split_captions(data: Path, split: str = "test") -> list[str]:
+    """Captions of one split of the demo dataset, in manifest order."""
     rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
-    return [r["caption"] for r in rows if r["split"] == "test"]
+    return [r["caption"] for r in rows if r["split"] == split]
 
 
-def judge_stage1(ckpt_dir: Path, captions: list[str], reps: int) -> dict:
-    """``{judge: [mean, ci]}``, ``n`` and ``cfg_scale`` for the GPT + VQGAN of ``ckpt_dir`` on ``captions``."""
+def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: int) -> dict:
+    """``{judge: [mean, ci]}``, ``n`` and ``cfg_scale`` for a GPT and its VQGAN on ``captions``."""
     import torch
 
     from tav.data.text import build_tokenizer
@@ -41,8 +50,8 @@ def judge_stage1(ckpt_dir: Path, captions: list[str], reps: int) -> dict:
     from tav.gpt.load import load_stage1
     from tav.metrics.synthetic import judge_video
 
-    gpt, vqgan = load_stage1(ckpt_dir / "gpt.ckpt", ckpt_dir / "vqgan.ckpt")
-    cfg_scale = demo_cfg_scale(ckpt_dir / "gpt.ckpt")
+    gpt, vqgan = load_stage1(gpt_ckpt, vqgan_ckpt)
+    cfg_scale = demo_cfg_scale(gpt_ckpt)
     ids = build_tokenizer("bert", gpt.cfg.text_seq_len)(captions)
     scores: dict[str, list[float]] = {k: [] for k in JUDGED}
     for rep in range(reps):
@@ -55,19 +64,50 @@ def judge_stage1(ckpt_dir: Path, captions: list[str], reps: int) -> dict:
             for key in JUDGED:
                 if getattr(verdict, key) is not None:
                     scores[key].append(getattr(verdict, key))
-    return {"n": len(scores["colour_acc"]), "cfg_scale": cfg_scale, **{k: list(mean_ci(v)) for k, v in scores.items()}}
+    return {"n": len(scores["colour_acc"]), "cfg_scale": cfg_scale, **{k: list(mean_ci(v)) for k, v in scores.items()},
+            "values": scores}
+
+
+def train_runs(args: argparse.Namespace, n_train: int) -> dict[str, list[tuple[int, Path]]]:
+    """Train (or reuse) every ``--train`` recipe at every seed: ``{name: [(seed, checkpoint), ...]}``."""
+    from tav_scripts import train_text_transformer
+    from tav_scripts.demo_stages import _trained, gpt_argv
+
+    runs: dict[str, list[tuple[int, Path]]] = {}
+    for name, flags in args.recipes.items():
+        for seed in args.seeds:
+            root = args.out / f"{name}_s{seed}"
+            argv = [*gpt_argv(args.vqgan, args.data, root, n_train, args.steps), "--seed", str(seed), *flags]
+            runs.setdefault(name, []).append((seed, _trained(root, argv, train_text_transformer.train)))
+    return runs
+
+
+def val_loss(ckpt: Path) -> float | None:
+    """The last ``val_text_loss`` in the run folder's ``metrics.jsonl`` (``ckpt`` is in ``<run>/checkpoints``)."""
+    log = ckpt.parent.parent / "metrics.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+    losses = [r["val_text_loss"] for r in rows if "val_text_loss" in r]
+    return losses[-1] if losses else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt_dir", action="append", required=True, metavar="NAME=DIR",
+    p.add_argument("--ckpt_dir", action="append", default=[], metavar="NAME=DIR",
                    help="a name and a folder with gpt.ckpt and vqgan.ckpt (repeatable)")
+    p.add_argument("--train", action="append", default=[], metavar="NAME=FLAGS",
+                   help="a GPT recipe: a name and train_text_transformer.py flags added to the demo's (repeatable)")
+    p.add_argument("--vqgan", type=Path, default=Path("saved_ckpts/demo/vqgan.ckpt"), help="--train: the VQGAN")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1234], help="--train: training seeds")
+    p.add_argument("--steps", type=int, default=600, help="--train: GPT training steps (the demo's: 600)")
+    p.add_argument("--out", type=Path, default=None, help="--train: folder of the run folders")
     p.add_argument("--data", type=Path, default=Path("results/demo/data"), help="the demo dataset")
     p.add_argument("--reps", type=int, default=6, help="seeds per caption")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.reps < 1:
         p.error(f"--reps {args.reps}: must be >= 1")
+    if not args.ckpt_dir and not args.train:
+        p.error("give --ckpt_dir NAME=DIR or --train NAME=FLAGS (or both)")
     folders = {}
     for item in args.ckpt_dir:
         name, sep, folder = item.partition("=")
@@ -77,21 +117,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             if not (Path(folder) / file).is_file():
                 p.error(f"--ckpt_dir {item}: {Path(folder) / file} is missing; run `make demo` first")
         folders[name] = Path(folder)
+    recipes = {}
+    for item in args.train:
+        name, sep, flags = item.partition("=")
+        if not sep or not name or "/" in name:
+            p.error(f"--train {item!r}: expected NAME=FLAGS (NAME without '/')")
+        recipes[name] = shlex.split(flags)
+    if recipes and args.out is None:
+        p.error("--train needs --out DIR for the run folders")
+    if recipes and not args.vqgan.is_file():
+        p.error(f"--vqgan {args.vqgan}: no such file; run `make demo` first (or pass a VQGAN checkpoint)")
+    if args.steps < 1:
+        p.error(f"--steps {args.steps}: must be >= 1")
     if not (args.data / "manifest.jsonl").is_file():
         p.error(f"--data {args.data}: no manifest.jsonl; run `make demo` first (or pass the demo dataset)")
-    args.folders = folders
+    args.folders, args.recipes = folders, recipes
     return args
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     captions = split_captions(args.data)
+    results = {name: judge_stage1(folder / "gpt.ckpt", folder / "vqgan.ckpt", captions, args.reps)
+               for name, folder in args.folders.items()}
+    n_train = len(split_captions(args.data, "train"))
+    trained = train_runs(args, n_train) if args.recipes else {}
+    for name, runs in trained.items():
+        per_seed = {str(seed): {"val_loss": val_loss(ckpt), **judge_stage1(ckpt, args.vqgan, captions, args.reps)}
+                    for seed, ckpt in runs}
+        pooled = {k: [v for r in per_seed.values() for v in r["values"][k]] for k in JUDGED}
+        results[name] = {"flags": shlex.join(args.recipes[name]), "per_seed": per_seed,
+                         "n": len(pooled["colour_acc"]), "cfg_scale": next(iter(per_seed.values()))["cfg_scale"],
+                         **{k: list(mean_ci(v)) for k, v in pooled.items()}}
     record = {**run_info(), "reps": args.reps, "captions": len(captions), "top_k": TOP_K, "top_p": TOP_P,
-              "results": {name: judge_stage1(folder, captions, args.reps) for name, folder in args.folders.items()}}
+              "results": results}
+    if trained:
+        record.update(vqgan=str(args.vqgan), steps=args.steps, seeds=args.seeds)
     print(f"stage 1 on {len(captions)} test captions x {args.reps} seeds (mean ± 95% CI)")
-    for name, r in record["results"].items():
+    for name, r in results.items():
         cells = "  ".join(f"{k} {r[k][0]:.3f} ± {r[k][1]:.3f}" for k in JUDGED)
         print(f"  {name:<16} cfg {r['cfg_scale']:.0f}  {cells}")
+        for seed, one in r.get("per_seed", {}).items():
+            cells = "  ".join(f"{k} {one[k][0]:.3f}" for k in JUDGED)
+            print(f"    seed {seed:<10} val_loss {one['val_loss']:.3f}  {cells}")
     if args.json is not None:
         write_text_atomic(args.json, json.dumps(record, indent=1) + "\n")
     return record

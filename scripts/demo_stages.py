@@ -118,14 +118,20 @@ def stage_vqgan(run) -> None:
           f"{run.out / 'vqgan_recon.mp4'}")
 
 
+def gpt_argv(vqgan_ckpt: Path, data_root: Path, root: Path, n_train: int, steps: int) -> list[str]:
+    """``train_text_transformer.py`` arguments of the demo's GPT: preset ``demo`` on the VQGAN's cached codes,
+    ``steps`` steps, run folder ``root`` (also what ``benchmarks/bench_demo_stage1.py --train`` runs)."""
+    return ["--config", "demo", "--vqvae", str(vqgan_ckpt), "--data_path", str(data_root), "--default_root_dir",
+            str(root), "--precompute_tokens", "--token_stride", "8", "--batch_size", str(min(16, n_train)),
+            *_steps(steps), *QUIET]
+
+
 def stage_gpt(run) -> None:
     """Train the demo GPT on the VQGAN's codes, then sample clips from test captions."""
     a, root = run.args, run.out / "gpt"
     vq = load_vqgan(run.state["vqgan_ckpt"])
-    argv = ["--config", "demo", "--vqvae", str(run.state["vqgan_ckpt"]), "--data_path", str(run.state["data_root"]),
-            "--default_root_dir", str(root), "--precompute_tokens", "--token_stride", "8",
-            "--batch_size", str(min(16, sum(r["split"] == "train" for r in run.state["manifest"]))),
-            *_steps(a.gpt_steps), *QUIET, *verbose_flag(run)]
+    n_train = sum(r["split"] == "train" for r in run.state["manifest"])
+    argv = gpt_argv(run.state["vqgan_ckpt"], run.state["data_root"], root, n_train, a.gpt_steps) + verbose_flag(run)
     ckpt = _trained(root, argv, train_text_transformer.train)
     gpt = load_gpt(ckpt)
     run.state["gpt_ckpt"] = ckpt

@@ -192,3 +192,32 @@ def test_demo_stage1_bench_judges_each_folder_the_same_way(kit, tmp_path, monkey
         b1.main(["--ckpt_dir", str(kit["ckpt"]), "--data", str(kit["data"])])  # no NAME=
     with pytest.raises(SystemExit):
         b1.main(["--ckpt_dir", f"a={tmp_path}", "--data", str(kit["data"])])  # no checkpoints there
+
+
+def test_demo_stage1_bench_trains_recipes_per_seed_and_reuses_them(kit, tmp_path, monkeypatch):
+    """``bench_demo_stage1.py --train``: each recipe trains the demo's GPT once per seed on the given VQGAN (its flags
+    reach the stored config), reports its validation loss, pools the judges over seeds, and reuses finished runs."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_demo_stage1 as b1
+
+    from tav.gpt import load_gpt
+
+    data = tmp_path / "data"
+    build_demo_dataset(data, n_train=2, n_test=2, size=32, seed=3)
+    args = ["--train", "axial=--set pos_emb=axial --base_lr 3e-3", "--vqgan", str(kit["ckpt"] / "vqgan.ckpt"),
+            "--seeds", "0", "1", "--steps", "2", "--out", str(tmp_path / "runs"), "--data", str(data), "--reps", "1"]
+    rec = b1.main(args)
+    r = rec["results"]["axial"]
+    assert set(r["per_seed"]) == {"0", "1"} and r["n"] == 4 and rec["steps"] == 2  # 2 seeds x 1 rep x 2 captions
+    assert r["flags"] == "--set pos_emb=axial --base_lr 3e-3"
+    for one in r["per_seed"].values():
+        assert one["n"] == 2 and math.isfinite(one["val_loss"])
+    pooled = [v for one in r["per_seed"].values() for v in one["values"]["colour_acc"]]
+    assert r["colour_acc"][0] == pytest.approx(float(np.mean(pooled)))
+    ckpts = sorted((tmp_path / "runs" / "axial_s1" / "checkpoints").glob("best-*.ckpt"))
+    assert load_gpt(ckpts[-1]).cfg.pos_emb == "axial"
+    stamp = ckpts[-1].stat().st_mtime_ns
+    assert b1.main(args)["results"]["axial"] == r  # reused, not retrained: the same checkpoints and judges
+    assert ckpts[-1].stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit):
+        b1.main(["--train", "x=", "--data", str(data)])  # no --out

@@ -69,7 +69,8 @@ def test_presets_and_derived_sizes():
     clip = GPTConfig(text_mode="clip")
     assert (clip.video_offset, clip.vocab_size) == (0, 16384)
     for bad in (dict(n_head=3), dict(block_size=500), dict(text_mode="clip", text_vocab_offset=5),
-                dict(attn_pdrop=1.0), dict(text_vocab_offset=-1), dict(text_vocab_offset=10, n_codes=100)):
+                dict(attn_pdrop=1.0), dict(text_vocab_offset=-1), dict(text_vocab_offset=10, n_codes=100),
+                dict(pos_emb="rope")):
         with pytest.raises(InputError):
             GPTConfig(**bad)
 
@@ -90,9 +91,25 @@ def test_causality():
             assert not torch.allclose(out[:, j], ref[:, j])
 
 
-@pytest.mark.parametrize("mode", ["bert", "clip"])
-def test_cached_decoding_matches_full_forward(mode):
-    model = tiny_gpt(text_mode=mode)
+def test_axial_positions_add_the_grid_vectors_at_video_positions():
+    model = tiny_gpt(pos_emb="axial")  # text_seq_len 4, latent_shape (2, 2, 3)
+    with torch.no_grad():
+        table = model.positions(0, model.cfg.block_size)[0]
+        for p in range(4):  # text positions: the absolute vector alone
+            assert torch.equal(table[p], model.pos_emb[0, p])
+        # video position 4 + 9 is token 9 of the grid: t = 9 // 6 = 1, h = (9 % 6) // 3 = 1, w = 9 % 3 = 0
+        want = model.pos_emb[0, 13] + model.pos_t[1] + model.pos_h[1] + model.pos_w[0]
+        torch.testing.assert_close(table[13], want, atol=1e-6, rtol=0)
+        assert torch.equal(table[4 + 12:], model.pos_emb[0, 4 + 12:])  # past the grid (block_size 32): absolute
+        torch.testing.assert_close(model.positions(10, 14)[0], table[10:14], atol=0, rtol=0)
+    absolute = tiny_gpt(pos_emb="absolute")
+    assert not hasattr(absolute, "pos_t") and set(model.state_dict()) - set(absolute.state_dict()) == {
+        "pos_t", "pos_h", "pos_w"}
+
+
+@pytest.mark.parametrize("mode,pos", [("bert", "absolute"), ("clip", "absolute"), ("bert", "axial")])
+def test_cached_decoding_matches_full_forward(mode, pos):
+    model = tiny_gpt(text_mode=mode, pos_emb=pos)
     cfg = model.cfg
     n = cfg.video_seq_len
     codes = torch.randint(0, cfg.n_codes, (3, n), generator=torch.Generator().manual_seed(1))
@@ -422,10 +439,11 @@ def test_upstream_ckpt_loads_strictly_with_embedded_vqgan(tmp_path):
         load_gpt(clip_path)
 
 
-def test_tav_and_lightning_round_trip(tmp_path):
+@pytest.mark.parametrize("pos", ["absolute", "axial"])
+def test_tav_and_lightning_round_trip(tmp_path, pos):
     import tav
 
-    model = tiny_gpt(vqgan_hash="ab" * 32)
+    model = tiny_gpt(vqgan_hash="ab" * 32, pos_emb=pos)
     path = save_gpt(model, tmp_path / "gpt.pt", step=7)
     loaded = tav.load_gpt(path)
     assert loaded.cfg == model.cfg and not loaded.training

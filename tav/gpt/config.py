@@ -52,6 +52,8 @@ class GPTConfig:
     embd_pdrop: float = 0.2  # dropout on token + position embeddings
     resid_pdrop: float = 0.2  # dropout on each residual branch
     attn_pdrop: float = 0.2  # dropout on attention weights
+    pos_emb: Literal["absolute", "axial"] = "absolute"  # absolute: one learned vector per position (upstream);
+    # axial: also learned time, row and column vectors added at each video position (shared across the grid)
     mask_text_logits_at_sampling: bool = True  # sample video ids only; False = upstream (full vocabulary)
     text_dropout: float = 0.0  # training: share of clips whose prefix is the null prefix (all [PAD] ids, or zero CLIP
     # features), which teaches the unconditional model that classifier-free guidance (sample_codes' cfg_scale) needs
@@ -110,6 +112,8 @@ def _validate(cfg: GPTConfig) -> None:
     if cfg.seq_len - 1 > cfg.block_size:
         raise InputError(f"gpt.block_size={cfg.block_size} is too small for {cfg.text_seq_len} text + "
                          f"{cfg.video_seq_len} video tokens (needs >= {cfg.seq_len - 1})")
+    if cfg.pos_emb not in ("absolute", "axial"):
+        raise InputError(f"gpt.pos_emb={cfg.pos_emb!r}: must be 'absolute' or 'axial'")
     for name in ("embd_pdrop", "resid_pdrop", "attn_pdrop", "text_dropout"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             raise InputError(f"gpt.{name}={getattr(cfg, name)}: must be in [0, 1)")

@@ -1,6 +1,7 @@
 """The text -> video-token GPT (minGPT layout), with a preallocated KV cache.
 
-Pre-LN causal transformer: token embedding + learned absolute position embedding (zeros at init),
+Pre-LN causal transformer: token embedding + learned absolute position embedding (zeros at init; ``pos_emb:
+axial`` adds learned time, row and column vectors of the code grid at the video positions),
 ``n_layer`` blocks ``x + Attn(LN(x)); x + MLP(LN(x))``, final LayerNorm, bias-free head. Attention goes
 through ``F.scaled_dot_product_attention`` (causal via ``is_causal``; no mask buffer is kept).
 
@@ -121,6 +122,8 @@ class GPT(nn.Module):
         d = cfg.n_embd
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.block_size, d))
+        if cfg.pos_emb == "axial":  # one learned vector per code-grid time, row and column (ours; N(0, 0.02))
+            self.pos_t, self.pos_h, self.pos_w = (nn.Parameter(0.02 * torch.randn(n, d)) for n in cfg.latent_shape)
         self.text_proj = nn.Linear(cfg.clip_dim, d) if cfg.text_mode == "clip" else None
         self.drop = nn.Dropout(cfg.embd_pdrop)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -147,7 +150,24 @@ class GPT(nn.Module):
         end = start + x.shape[1]
         if end > self.cfg.block_size:
             raise InputError(f"GPT: positions up to {end} exceed block_size {self.cfg.block_size}")
-        return self.drop(x + self.pos_emb[:, start:end])
+        return self.drop(x + self.positions(start, end))
+
+    def positions(self, start: int, end: int) -> Tensor:
+        """Position embeddings ``(1, end - start, n_embd)`` of positions ``[start, end)``.
+
+        ``absolute``: the rows of ``pos_emb``. ``axial`` adds, at the video positions (from ``text_seq_len`` on,
+        raster order t, h, w), the learned vectors of the position's time, row and column in the code grid.
+        """
+        pos = self.pos_emb[:, start:end]
+        if self.cfg.pos_emb == "absolute":
+            return pos
+        t, h, w = self.cfg.latent_shape
+        grid = self.pos_t[:, None, None] + self.pos_h[None, :, None] + self.pos_w[None, None, :]  # (t, h, w, d)
+        grid = grid.reshape(t * h * w, -1)
+        n_text = self.cfg.text_seq_len
+        tail = max(0, end - n_text - grid.shape[0])
+        table = torch.cat([grid.new_zeros(n_text, grid.shape[1]), grid, grid.new_zeros(tail, grid.shape[1])])
+        return pos + table[start:end].unsqueeze(0)
 
     def features(self, tokens: Tensor | None, prefix_emb: Tensor | None = None, cache: KVCache | None = None,
                  start: int = 0) -> Tensor:
