@@ -15,8 +15,8 @@ validation loss is reported with the judges, which are pooled over the seeds. Se
 preset is read when each run starts, so a recipe should set every field it compares rather than lean on the
 preset's values. The GPT is sampled as the demo samples it: top-k 2048, top-p 0.8, classifier-free guidance 2 when
 it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``rep * 100 + i`` for caption ``i`` of
-repetition ``rep``. Clips are judged at the VQGAN's resolution. Values are means with a 95% confidence interval
-over the ``reps × captions`` clips (× seeds).
+repetition ``rep``; in fp32 unless ``--precision bf16``. Clips are judged at the VQGAN's resolution. Values are
+means with a 95% confidence interval over the ``reps × captions`` clips (× seeds).
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ def split_captions(data: Path, split: str = "test") -> list[str]:
     return [r["caption"] for r in rows if r["split"] == split]
 
 
-def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: int) -> dict:
-    """``{judge: [mean, ci]}``, ``n`` and ``cfg_scale`` for a GPT and its VQGAN on ``captions``."""
+def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: int, precision: str = "32") -> dict:
+    """``{judge: [mean, ci]}``, ``n`` and ``cfg_scale`` for a GPT and its VQGAN on ``captions``; the GPT decodes
+    under ``precision`` (``32`` or ``bf16`` autocast)."""
     import torch
 
     from tav.data.text import build_tokenizer
@@ -49,6 +50,7 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
     from tav.gpt import sample_codes
     from tav.gpt.load import load_stage1
     from tav.metrics.synthetic import judge_video
+    from tav.utils.runtime import autocast
 
     gpt, vqgan = load_stage1(gpt_ckpt, vqgan_ckpt)
     cfg_scale = demo_cfg_scale(gpt_ckpt)
@@ -57,7 +59,8 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
     for rep in range(reps):
         seeds = [rep * 100 + i for i in range(len(captions))]
         with torch.inference_mode():
-            codes = sample_codes(gpt, ids, top_k=TOP_K, top_p=TOP_P, seeds=seeds, cfg_scale=cfg_scale)
+            with autocast(precision, torch.device("cpu")):
+                codes = sample_codes(gpt, ids, top_k=TOP_K, top_p=TOP_P, seeds=seeds, cfg_scale=cfg_scale)
             videos = vqgan.decode(codes).clamp(-0.5, 0.5)  # (B, 3, T, H, W) in [-0.5, 0.5]
         for video, caption in zip(videos, captions, strict=True):
             verdict = judge_video(to_uint8(video).numpy(), 30.0, caption=caption)
@@ -102,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="--train: folder of the run folders")
     p.add_argument("--data", type=Path, default=Path("results/demo/data"), help="the demo dataset")
     p.add_argument("--reps", type=int, default=6, help="seeds per caption")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32",
+                   help="the GPT decodes in fp32 (the samplers' choice on a CPU) or under bf16 autocast")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.reps < 1:
@@ -138,22 +143,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     captions = split_captions(args.data)
-    results = {name: judge_stage1(folder / "gpt.ckpt", folder / "vqgan.ckpt", captions, args.reps)
+    results = {name: judge_stage1(folder / "gpt.ckpt", folder / "vqgan.ckpt", captions, args.reps, args.precision)
                for name, folder in args.folders.items()}
     n_train = len(split_captions(args.data, "train"))
     trained = train_runs(args, n_train) if args.recipes else {}
     for name, runs in trained.items():
-        per_seed = {str(seed): {"val_loss": val_loss(ckpt), **judge_stage1(ckpt, args.vqgan, captions, args.reps)}
+        per_seed = {str(seed): {"val_loss": val_loss(ckpt),
+                                **judge_stage1(ckpt, args.vqgan, captions, args.reps, args.precision)}
                     for seed, ckpt in runs}
         pooled = {k: [v for r in per_seed.values() for v in r["values"][k]] for k in JUDGED}
         results[name] = {"flags": shlex.join(args.recipes[name]), "per_seed": per_seed,
                          "n": len(pooled["colour_acc"]), "cfg_scale": next(iter(per_seed.values()))["cfg_scale"],
                          **{k: list(mean_ci(v)) for k, v in pooled.items()}}
     record = {**run_info(), "reps": args.reps, "captions": len(captions), "top_k": TOP_K, "top_p": TOP_P,
-              "results": results}
+              "precision": args.precision, "results": results}
     if trained:
         record.update(vqgan=str(args.vqgan), steps=args.steps, seeds=args.seeds)
-    print(f"stage 1 on {len(captions)} test captions x {args.reps} seeds (mean ± 95% CI)")
+    print(f"stage 1 on {len(captions)} test captions x {args.reps} seeds, decoded in {args.precision} (mean ± 95% CI)")
     for name, r in results.items():
         cells = "  ".join(f"{k} {r[k][0]:.3f} ± {r[k][1]:.3f}" for k in JUDGED)
         print(f"  {name:<16} cfg {r['cfg_scale']:.0f}  {cells}")

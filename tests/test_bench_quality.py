@@ -184,6 +184,7 @@ def test_demo_stage1_bench_judges_each_folder_the_same_way(kit, tmp_path, monkey
                    "--reps", "2", "--json", str(out)])
     a, b = rec["results"]["a"], rec["results"]["b"]
     assert a == b and a["n"] == 4 and a["cfg_scale"] == 1.0  # the tiny GPT trained without caption dropout
+    assert rec["precision"] == "32"  # the samplers decode in fp32 on a CPU
     for key in b1.JUDGED:
         assert 0.0 <= a[key][0] <= 1.0 and a[key][1] >= 0.0
     assert json.loads(out.read_text())["results"]["a"] == a

@@ -127,3 +127,5 @@ def test_precision_auto_resolves_and_explains(monkeypatch):
     assert runtime.precision_note("bf16", cpu) == "bf16 autocast"
     with runtime.autocast("auto", cpu):
         assert not torch.is_autocast_cpu_enabled()
+    monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: "amx")
+    assert [runtime.decoding_precision(p, cpu) for p in ("auto", "bf16", "32")] == ["32", "32", "32"]

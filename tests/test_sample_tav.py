@@ -150,9 +150,12 @@ def test_same_seed_same_video_whatever_the_batch(run, kit, tmp_path):
 
 def test_precision_auto_is_recorded_as_run(kit, tmp_path, monkeypatch, caplog):
     """``--precision auto`` (the default) runs bf16 autocast where the CPU has bf16 units and fp32 elsewhere, says
-    which at the start, and records what ran (not ``auto``), so a folder resumed where the other ran is refused."""
+    which at the start, and records what ran (not ``auto``), so a folder resumed where the other ran is refused.
+    Stage 1 (the GPT's decoding) runs in fp32 on a CPU either way."""
     import logging
 
+    from tav.gpt.sampling import sample_codes
+    from tav.pipelines import ta2v
     from tav.utils import runtime
 
     name = "fake_stage2/generation_stage2_a_1_0.mp4"
@@ -161,12 +164,22 @@ def test_precision_auto_is_recorded_as_run(kit, tmp_path, monkeypatch, caplog):
     plain = script.sample(argv(kit, tmp_path / "plain", "--n_sample", 1, "--precision", "auto"))
     assert np.array_equal(frames(fp32 / name), frames(plain / name))
     monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: "amx")
+    decoded_under = []  # whether autocast was on while the GPT decoded
+
+    def spy(*a, **kw):
+        decoded_under.append(torch.is_autocast_cpu_enabled())
+        return sample_codes(*a, **kw)
+
+    monkeypatch.setattr(ta2v, "sample_codes", spy)
     with caplog.at_level(logging.INFO, logger="sample_tav"):
         amx = script.sample(argv(kit, tmp_path / "amx", "--n_sample", 1, "--precision", "auto"))
+    assert decoded_under == [False]
     assert "precision: bf16 autocast (auto: this CPU has AMX)" in caplog.text
     rows = [json.loads((f / "manifest.jsonl").read_text().splitlines()[0]) for f in (plain, amx)]
     assert [r["settings"]["precision"] for r in rows] == ["32", "bf16"]
     assert not np.array_equal(frames(fp32 / name), frames(amx / name))  # the networks ran in bf16
+    first = "fake_stage1/generation_stage1_a_1_0.mp4"  # the GPT decodes in fp32 on a CPU whatever the precision
+    assert np.array_equal(frames(fp32 / first), frames(amx / first))
     monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: None)
     with pytest.raises(InputError, match="precision"):  # the same folder, now on a CPU without bf16 units: fp32
         script.sample(argv(kit, tmp_path / "amx", "--n_sample", 1, "--precision", "auto"))

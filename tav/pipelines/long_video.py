@@ -33,7 +33,7 @@ from tav.pipelines.ta2v import TwoStageSampler, resize_frames, stage_seed
 from tav.pipelines.tia2v import TIA2VSampler
 from tav.pipelines.windows import WindowedNet, decode_long
 from tav.tia2v.conditions import clip_image_input
-from tav.utils.runtime import autocast
+from tav.utils.runtime import autocast, decoding_precision
 from tav.utils.seeding import sample_generators
 
 Progress = Callable[[int, int], None]  # (windows done, windows in all)
@@ -77,7 +77,7 @@ def ta2v_stage1_long(sampler: TwoStageSampler, text_ids: Tensor, n_frames: int, 
     per_frame = lh * lw
     codes = torch.empty(1, 0, lh, lw, dtype=torch.long, device=sampler.device)
     windows: list[Window] = []
-    with autocast(c.precision, sampler.device):
+    with autocast(decoding_precision(c.precision, sampler.device), sampler.device):
         while codes.shape[1] < need:
             given = min(ctx, codes.shape[1])
             ctx_ids = codes[:, codes.shape[1] - given:].reshape(1, -1) if given else None

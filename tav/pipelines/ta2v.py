@@ -28,7 +28,7 @@ from tav.gpt.model import GPT
 from tav.gpt.sampling import check_cfg_scale, sample_codes
 from tav.guidance import Guidance
 from tav.guidance.guide import check_blur_fits
-from tav.utils.runtime import autocast, sampling_weights
+from tav.utils.runtime import autocast, decoding_precision, sampling_weights
 from tav.utils.seeding import sample_generators
 from tav.vqgan.model import VQGAN
 
@@ -48,7 +48,8 @@ class SamplingConfig:
     skip_timesteps: int = 25  # SDEdit start: the first `skip` respaced steps are skipped
     sampler: str = "ddpm"  # ddpm | ddim (--ddim)
     iterations: int = 1  # --iterations_num: independent refinements per sample
-    precision: str = "auto"  # auto | 32 | bf16 (autocast around the networks; auto: bf16 where it is fast)
+    precision: str = "auto"  # auto | 32 | bf16 (autocast around the networks; auto: bf16 where it is fast; the GPT
+    # decodes in fp32 on a CPU, where bf16 is slower: tav.utils.runtime.decoding_precision)
     guidance_checkpointing: bool = False  # recompute U-Net and image-tower activations in the guidance backward
 
 
@@ -93,7 +94,7 @@ class TwoStageSampler:
         """``(B, L)`` caption ids -> ``(B, 3, T, R, R)`` decoded clips in [-0.5, 0.5] (VQGAN resolution)."""
         c = self.cfg
         gens = sample_generators(seeds, self.device)
-        with autocast(c.precision, self.device):
+        with autocast(decoding_precision(c.precision, self.device), self.device):
             codes = sample_codes(self.gpt, text_ids.to(self.device), temperature=c.temperature, top_k=c.top_k,
                                  top_p=c.top_p, generators=gens, progress=progress, cfg_scale=c.gpt_cfg_scale)
         return self.vqgan.decode(codes).float().clamp(-0.5, 0.5)

@@ -100,6 +100,17 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return auto_precision(device) if precision == "auto" else precision
 
 
+def decoding_precision(precision: str, device: torch.device) -> str:
+    """The precision of autoregressive decoding (the GPT's stage 1) when the samplers run at ``precision``.
+
+    fp32 on a CPU, whatever ``precision`` says: a batch's one-token matrix products are too small for the bf16 units
+    and the casts cost more (bf16 decoding ran at 0.84x fp32 on the AMX kind, ``benchmarks/bench_gpt.py``), and the
+    demo's judges do not tell the two apart (``benchmarks/bench_demo_stage1.py --precision``). Elsewhere
+    :func:`resolve_precision`'s value.
+    """
+    return "32" if device.type == "cpu" else resolve_precision(precision, device)
+
+
 def precision_note(requested: str, device: torch.device) -> str:
     """What ``--precision requested`` means on ``device``, for the log: e.g. ``bf16 autocast (auto: this CPU has
     AMX)``, ``fp32 (auto: no bf16 units on this CPU)``."""
