@@ -141,7 +141,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from tav.utils.console import configure_output
+
     args = parse_args(argv)
+    configure_output()  # as the demo: our log lines, not Lightning's device lines and tips
     captions = split_captions(args.data)
     results = {name: judge_stage1(folder / "gpt.ckpt", folder / "vqgan.ckpt", captions, args.reps, args.precision)
                for name, folder in args.folders.items()}
