@@ -1,10 +1,12 @@
 """Quality tables of the TA2V sampler on the demo test set, measured by the synthetic-domain judges.
 
     python benchmarks/bench_quality.py [--ckpt_dir saved_ckpts/demo] [--data results/demo/data] [--n 16]
-                                       [--json OUT.json] [--md OUT.md] [--tables ablation steps precision]
+                                       [--json OUT.json] [--md OUT.md] [--tables ablation steps precision starts]
+                                       [--split test|train]
 
 Needs the demo's checkpoints (``make demo`` leaves them in ``saved_ckpts/demo/``: VQGAN, GPT, diffusion prior,
-the joint encoder) and its dataset. Every row runs ``scripts/sample_tav.py`` on the first ``--n`` test clips
+the joint encoder) and its dataset. Every row runs ``scripts/sample_tav.py`` on the first ``--n`` test clips (or
+training clips with ``--split train``, where the demo's sampling settings are chosen)
 (per-sample seeds 0..n-1, so every row starts from the same stage-1 clips) and judges the results with
 ``tools/synthetic_judge.py``'s judges. Values are means with a 95% confidence interval (1.96 standard errors
 over the clips); ``s/video`` is the stage-2 time per video.
@@ -14,9 +16,10 @@ Tables:
   + audio / + direction / + text (each term alone) / all terms (the joint encoder), and all terms with
   AudioCLIP-architecture random weights (the control);
 - ``steps``: respaced DDPM 25 / 50 / 100 / 200 and DDIM 10 / 25 / 50, all terms, the SDEdit start at the same
-  point of each chain as the demo's (``--skip_timesteps`` 75 of 100: the last quarter is run), and with
+  point of each chain as the demo's (``--skip_timesteps`` 90 of 100: the last tenth is run), and with
   ``--upstream_steps 4000`` the unrespaced chain upstream sampled;
-- ``precision``: fp32 against bf16 autocast at the default steps.
+- ``precision``: fp32 against bf16 autocast at the default steps;
+- ``starts`` (not by default): the SDEdit start, all terms and no guidance from each of ``START_SKIPS``.
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from tav.utils.fileio import write_text_atomic
+from tav_scripts.demo_sample import DEMO_SKIP
 
 REPO = Path(__file__).resolve().parent.parent
 JUDGES = ("colour_acc", "shape_acc", "onset_f1", "pitch_height", "flicker")
-SKIP = 0.75  # share of the respaced chain stage 2 skips: the demo's --skip_timesteps 75 of 100
+SKIP = DEMO_SKIP / 100  # share of the respaced chain stage 2 skips: the demo's --skip_timesteps of 100
+START_SKIPS = (75, 85, 90, 95)  # the starts table's --skip_timesteps (of 100)
 NO_GUIDANCE = {"audio_guidance_lambda": 0, "direction_lambda": 0, "text_guidance_lambda": 0}
 
 
@@ -63,6 +68,12 @@ def steps_rows(ddpm=(25, 50, 100, 200), ddim=(10, 25, 50), skip: float = SKIP,
         rows.append((f"DDPM {upstream_steps} (upstream: every step)",
                      {"timestep_respacing": "", "skip_timesteps": round(skip * upstream_steps)}))
     return rows
+
+
+def start_rows(skips: Sequence[int] = START_SKIPS) -> list[tuple[str, dict]]:
+    """(label, overrides) of the starts table: all terms and no guidance from each SDEdit start (of 100 steps)."""
+    return [row for k in skips for row in ((f"all terms, skip {k}", {"skip_timesteps": k}),
+                                           (f"no guidance, skip {k}", {**NO_GUIDANCE, "skip_timesteps": k}))]
 
 
 def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
@@ -161,11 +172,11 @@ def run_row(args, work: Path, label: str, overrides: dict, keep_real: bool = Fal
     return out
 
 
-def markdown(tables: dict[str, dict[str, dict]], n: int) -> str:
+def markdown(tables: dict[str, dict[str, dict]], n: int, split: str = "test") -> str:
     """The tables as markdown: mean ± 95% CI per judge, and seconds per video."""
     parts = []
     for name, rows in tables.items():
-        parts += [f"**{name}** (N = {n} demo test clips, mean ± 95% CI; onset chance: each clip's motion against "
+        parts += [f"**{name}** (N = {n} demo {split} clips, mean ± 95% CI; onset chance: each clip's motion against "
                   "the other clips' sound)", "",
                   "| setting | " + " | ".join(JUDGES[:3]) + " | onset chance | " + " | ".join(JUDGES[3:])
                   + " | s/video |", "|---" * (len(JUDGES) + 3) + "|"]
@@ -183,9 +194,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt_dir", type=Path, default=REPO / "saved_ckpts" / "demo", help="the demo's checkpoints")
     p.add_argument("--data", type=Path, default=REPO / "results" / "demo" / "data", help="the demo dataset")
-    p.add_argument("--n", type=int, default=16, help="test clips per row")
+    p.add_argument("--n", type=int, default=16, help="clips per row (the first n of the split)")
+    p.add_argument("--split", choices=["test", "train"], default="test",
+                   help="the clips to sample and judge: test (the tables), or train (to choose settings on)")
     p.add_argument("--tables", nargs="+", default=["ablation", "steps", "precision"],
-                   choices=["ablation", "steps", "precision"])
+                   choices=["ablation", "steps", "precision", "starts"])
     p.add_argument("--upstream_steps", type=int, default=0, help="also the unrespaced chain of this many steps "
                    "(the demo prior's 4000; about 30 s per video on 2 cores)")
     p.add_argument("--sample_args", default="", help="extra sample_tav.py flags for every row (they win)")
@@ -210,24 +223,40 @@ def run_info() -> dict:
                        f"{torch.__version__}, {torch.get_num_threads()} thread(s)", "commit": commit or None}
 
 
-def check_demo_inputs(ckpt_dir: Path, data: Path) -> None:
-    """Exit with one line unless ``make demo``'s checkpoints and test split are there; then make the control
+def check_demo_inputs(ckpt_dir: Path, data: Path, split: str = "test") -> None:
+    """Exit with one line unless ``make demo``'s checkpoints and the ``split`` are there; then make the control
     encoders."""
     for name in ("gpt.ckpt", "vqgan.ckpt", "diffusion.pt", "joint_encoder.pt"):
         if not (ckpt_dir / name).is_file():
             sys.exit(f"{ckpt_dir / name}: missing; run `make demo` first (or pass --ckpt_dir)")
-    if not (data / "test").is_dir():
-        sys.exit(f"{data / 'test'}: no demo test split; run `make demo` first (or pass --data)")
+    if not (data / split).is_dir():
+        sys.exit(f"{data / split}: no demo {split} split; run `make demo` first (or pass --data)")
     control_encoders(ckpt_dir)
+
+
+def split_as_test(data: Path, split: str, work: Path) -> Path:
+    """The dataset root the sampler reads (it samples the ``test`` split): ``data`` itself for ``test``; else a
+    folder in ``work`` whose ``test`` links to ``data/<split>`` and whose other entries link to ``data``'s."""
+    if split == "test":
+        return data
+    view = work / f"data_{split}"
+    view.mkdir()
+    for entry in data.iterdir():
+        if entry.name not in ("test", split):
+            (view / entry.name).symlink_to(entry.resolve())
+    (view / "test").symlink_to((data / split).resolve(), target_is_directory=True)
+    return view
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    check_demo_inputs(args.ckpt_dir, args.data)
+    check_demo_inputs(args.ckpt_dir, args.data, args.split)
     defaults = {"audio_guidance_lambda": 10000, "direction_lambda": 5000, "text_guidance_lambda": 10000}
     tables: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
-        work = Path(tmp)
+        work = Path(tmp) / "rows"
+        work.mkdir()
+        args.data = split_as_test(args.data, args.split, Path(tmp))
         if "ablation" in args.tables:
             tables["ablation"] = {}
             for i, (label, over) in enumerate(ablation_rows(defaults)):
@@ -240,8 +269,12 @@ def main(argv: list[str] | None = None) -> dict:
             tables["precision"] = {}
             for label, over in (("fp32", {"precision": "32"}), ("bf16 autocast", {"precision": "bf16"})):
                 tables["precision"].update(run_row(args, work, label, over))
-    record = {"n": args.n, "judges": list(JUDGES), **run_info(), "tables": tables}
-    text = markdown(tables, args.n)
+        if "starts" in args.tables:
+            tables["starts"] = {}
+            for i, (label, over) in enumerate(start_rows()):
+                tables["starts"].update(run_row(args, work, label, over, keep_real=i == 0))
+    record = {"n": args.n, "split": args.split, "judges": list(JUDGES), **run_info(), "tables": tables}
+    text = markdown(tables, args.n, args.split)
     print(text)
     for path, content in ((args.json, json.dumps(record, indent=1) + "\n"), (args.md, text)):
         if path:

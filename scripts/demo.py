@@ -17,7 +17,7 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
 - ``joint``: the joint audio-video-text encoder (``configs/joint/demo.yaml``), the demo's guide and scorer;
   retrieval R@1 on the test clips.
 - ``sample``: the two-stage sampler (``scripts/sample_tav.py``, audio, direction and text guidance through the
-  joint encoder; stage 2 over the last quarter of the chain) on the 16 test clips, run through
+  joint encoder; stage 2 over the last tenth of the chain) on the 16 test clips, run through
   ``saved_ckpts/demo/sample_tav.sh``; results in ``<out>/17_tav_URMP/`` and ``<out>/tav_samples.png``
   (``scripts/demo_sample.py``).
 - ``tia2v``: tiny TIA2V content, motion (initialised from the content model) and SHR models with tiny random

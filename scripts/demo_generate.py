@@ -38,7 +38,7 @@ GENERATE_COMMENT = [
 
 def generate_commands(files: dict[str, Path], enc: dict[str, Path], models: dict[str, Path]) -> dict[str, list[str]]:
     """The demo's ``generate.py`` flags per method (the same settings as sample_tav.sh / sample_motion_optim.sh,
-    with stage 2 as DDIM over the same last quarter of the chain: as good as DDPM there and half the cost).
+    with stage 2 as DDIM over the same last tenth of the chain: as good as DDPM there and half the cost).
 
     TIA2V windows each restart from the given picture (``--hand_over False``): with the demo's motion model the
     caption's colour holds on 0.80 of the frames of a 30-s video, against 0.05 when each window starts from the

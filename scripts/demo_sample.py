@@ -27,7 +27,7 @@ from tav_scripts.demo_stages import DEMO_CFG, sampling_precision_flags
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RUN = "17"  # the README command's --run
-DEMO_SKIP = 75  # respaced steps of 100 skipped by the demo's stage 2 (see sample_command)
+DEMO_SKIP = 90  # respaced steps of 100 skipped by the demo's stage 2 (see sample_command)
 DEMO_BLUR = 2.0  # --guidance_blur of the demo's stage 2 (pixels of its 16-px frames)
 
 
@@ -83,8 +83,9 @@ def sample_command(files: dict[str, Path], data_root: Path, save: Path, n_sample
             "--diffusion_ckpt", _rel(files["diffusion"]),
             # demo sizes and paths the README line leaves at their defaults
             "--sequence_length", "8",
-            # SDEdit from the last quarter of the chain: the demo's prior (trained minutes) refines a clip but
-            # cannot redraw one from t = 3/4 (README default --skip_timesteps 25 of 100)
+            # SDEdit over the last tenth of the chain: the demo's unconditional 16-px prior (trained minutes)
+            # refines a clip but cannot redraw one (README default --skip_timesteps 25 of 100); from earlier
+            # starts it loses more of stage 1's colour (bench_quality.py --split train --tables starts)
             "--skip_timesteps", str(DEMO_SKIP), "--save", _rel(save), "--text_guidance_model", "joint",
             "--joint_ckpt", _rel(files["joint"]),
             # the guide's pixel gradient smoothed (Gaussian, 2 px of the 16-px frames): unsmoothed, it speckles
@@ -107,7 +108,7 @@ def _pairs(command: list[str]) -> list[str]:
 
 TA2V_COMMENT = ["# Written by `make demo`: the README's TA2V sampling command with every seed flag kept; only paths",
                 "# and sizes are changed for the demo, the guide is the joint encoder trained on the demo clips, and",
-                "# stage 2 runs the last quarter of the chain (--skip_timesteps 75), which the demo prior can do, with",
+                "# stage 2 runs the last tenth of the chain (--skip_timesteps 90), which the demo prior can do, with",
                 "# the guidance gradient smoothed (--guidance_blur 2).",
                 "# Extra arguments are passed through, e.g.  bash saved_ckpts/demo/sample_tav.sh --n_sample 3"]
 

@@ -86,12 +86,40 @@ def test_small_tables_are_judged_in_range_and_ordered(kit, tmp_path):
 
 def test_steps_rows_start_sdedit_at_the_same_fraction():
     rows = dict(_bench().steps_rows())
-    assert rows["DDPM 100"] == {"timestep_respacing": "100", "skip_timesteps": 75}
-    assert rows["DDPM 25"]["skip_timesteps"] == 19 and rows["DDPM 200"]["skip_timesteps"] == 150
-    assert rows["DDIM 10"] == {"timestep_respacing": "ddim10", "skip_timesteps": 8, "ddim": True}
+    assert rows["DDPM 100"] == {"timestep_respacing": "100", "skip_timesteps": 90}  # the demo's start
+    assert rows["DDPM 25"]["skip_timesteps"] == 22 and rows["DDPM 200"]["skip_timesteps"] == 180
+    assert rows["DDIM 10"] == {"timestep_respacing": "ddim10", "skip_timesteps": 9, "ddim": True}
     assert [k for k in rows] == ["DDPM 25", "DDPM 50", "DDPM 100", "DDPM 200", "DDIM 10", "DDIM 25", "DDIM 50"]
     upstream = _bench().steps_rows(upstream_steps=4000)[-1]
-    assert upstream == ("DDPM 4000 (upstream: every step)", {"timestep_respacing": "", "skip_timesteps": 3000})
+    assert upstream == ("DDPM 4000 (upstream: every step)", {"timestep_respacing": "", "skip_timesteps": 3600})
+
+
+def test_start_rows_pair_each_start_with_an_unguided_chain():
+    rows = _bench().start_rows((75, 90))
+    assert [label for label, _ in rows] == ["all terms, skip 75", "no guidance, skip 75", "all terms, skip 90",
+                                            "no guidance, skip 90"]
+    assert rows[2][1] == {"skip_timesteps": 90}
+    assert rows[3][1] == {"audio_guidance_lambda": 0, "direction_lambda": 0, "text_guidance_lambda": 0,
+                          "skip_timesteps": 90}
+
+
+def test_training_split_is_sampled_as_the_test_split(kit, tmp_path):
+    bench = _bench()
+    data = tmp_path / "data"
+    build_demo_dataset(data, n_train=2, n_test=1, size=32, seed=5)
+    view = bench.split_as_test(data, "train", tmp_path)
+    assert sorted(p.name for p in (view / "test").iterdir()) == sorted(p.name for p in (data / "train").iterdir())
+    assert (view / "manifest.jsonl").read_text() == (data / "manifest.jsonl").read_text()
+    assert not (view / "train").exists() and bench.split_as_test(data, "test", tmp_path) == data
+    tiny = "--resolution 16 --sequence_length 4 --timestep_respacing 8 --skip_timesteps 2 --batch_size 2"
+    record = bench.main(["--ckpt_dir", str(kit["ckpt"]), "--data", str(data), "--n", "2", "--split", "train",
+                         "--tables", "starts", "--sample_args", tiny, "--md", str(tmp_path / "s.md")])
+    starts = record["tables"]["starts"]
+    assert record["split"] == "train" and len(starts) == 3 + 2 * len(bench.START_SKIPS)
+    assert starts["real"]["n"] == 2 and starts["real"]["colour_acc"][0] == 1.0  # judged against the train captions
+    assert "N = 2 demo train clips" in (tmp_path / "s.md").read_text()
+    with pytest.raises(SystemExit, match="no demo train split"):
+        bench.main(["--ckpt_dir", str(kit["ckpt"]), "--data", str(kit["data"]), "--split", "train"])
 
 
 def test_stage_one_is_guided_as_the_demo_guides_it(kit, tmp_path):
