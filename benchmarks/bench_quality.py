@@ -19,7 +19,8 @@ Tables:
   point of each chain as the demo's (``--skip_timesteps`` 90 of 100: the last tenth is run), and with
   ``--upstream_steps 4000`` the unrespaced chain upstream sampled;
 - ``precision``: fp32 against bf16 autocast at the default steps;
-- ``starts`` (not by default): the SDEdit start, all terms and no guidance from each of ``START_SKIPS``.
+- ``starts`` (not by default): the SDEdit start, all terms and no guidance from each of ``START_SKIPS``;
+- ``weights`` (not by default): the guidance weights ``--weights A:D:T ...`` (audio, direction, text), one row each.
 """
 
 from __future__ import annotations
@@ -74,6 +75,19 @@ def start_rows(skips: Sequence[int] = START_SKIPS) -> list[tuple[str, dict]]:
     """(label, overrides) of the starts table: all terms and no guidance from each SDEdit start (of 100 steps)."""
     return [row for k in skips for row in ((f"all terms, skip {k}", {"skip_timesteps": k}),
                                            (f"no guidance, skip {k}", {**NO_GUIDANCE, "skip_timesteps": k}))]
+
+
+def weight_rows(triples: Sequence[str]) -> list[tuple[str, dict]]:
+    """(label, overrides) of the weights table from ``"A:D:T"`` strings (audio, direction, text λ)."""
+    rows = []
+    for triple in triples:
+        try:
+            a, d, t = (float(x) for x in triple.split(":"))
+        except ValueError:
+            sys.exit(f"--weights {triple!r}: expected AUDIO:DIRECTION:TEXT, e.g. 10000:5000:10000")
+        rows.append((f"λ {a:g} / {d:g} / {t:g}", {"audio_guidance_lambda": a, "direction_lambda": d,
+                                                  "text_guidance_lambda": t}))
+    return rows
 
 
 def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
@@ -198,7 +212,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", choices=["test", "train"], default="test",
                    help="the clips to sample and judge: test (the tables), or train (to choose settings on)")
     p.add_argument("--tables", nargs="+", default=["ablation", "steps", "precision"],
-                   choices=["ablation", "steps", "precision", "starts"])
+                   choices=["ablation", "steps", "precision", "starts", "weights"])
+    p.add_argument("--weights", nargs="+", default=["10000:5000:10000"], metavar="A:D:T",
+                   help="the weights table's audio:direction:text guidance weights, one row each")
     p.add_argument("--upstream_steps", type=int, default=0, help="also the unrespaced chain of this many steps "
                    "(the demo prior's 4000; about 30 s per video on 2 cores)")
     p.add_argument("--sample_args", default="", help="extra sample_tav.py flags for every row (they win)")
@@ -273,6 +289,10 @@ def main(argv: list[str] | None = None) -> dict:
             tables["starts"] = {}
             for i, (label, over) in enumerate(start_rows()):
                 tables["starts"].update(run_row(args, work, label, over, keep_real=i == 0))
+        if "weights" in args.tables:
+            tables["weights"] = {}
+            for i, (label, over) in enumerate(weight_rows(args.weights)):
+                tables["weights"].update(run_row(args, work, label, over, keep_real=i == 0))
     record = {"n": args.n, "split": args.split, "judges": list(JUDGES), **run_info(), "tables": tables}
     text = markdown(tables, args.n, args.split)
     print(text)

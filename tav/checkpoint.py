@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from tav.errors import InputError
-from tav.utils.fileio import atomic_path
+from tav.utils.fileio import save_torch_atomic
 
 FORMAT_VERSION = 1
 M = TypeVar("M", bound=torch.nn.Module)
@@ -125,8 +125,7 @@ def save_checkpoint(path: str | os.PathLike, stage: str, config: Mapping[str, An
     obj = {"stage": stage, "config": dict(config), "version": FORMAT_VERSION,
            "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, **extra}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_torch_atomic(obj, path)
     return path
 
 

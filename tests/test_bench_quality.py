@@ -103,6 +103,15 @@ def test_start_rows_pair_each_start_with_an_unguided_chain():
                           "skip_timesteps": 90}
 
 
+def test_weight_rows_parse_audio_direction_text():
+    bench = _bench()
+    assert bench.weight_rows(["10000:0:2e4"]) == [("λ 10000 / 0 / 20000", {"audio_guidance_lambda": 10000.0,
+                                                                          "direction_lambda": 0.0,
+                                                                          "text_guidance_lambda": 20000.0})]
+    with pytest.raises(SystemExit, match="--weights '1:2'"):
+        bench.weight_rows(["1:2"])
+
+
 def test_training_split_is_sampled_as_the_test_split(kit, tmp_path):
     bench = _bench()
     data = tmp_path / "data"

@@ -46,7 +46,7 @@ from tav.data.layout import clip_files
 from tav.data.video import read_video, resize_center_crop, to_model_range
 from tav.errors import InputError
 from tav.training.determinism import make_loader
-from tav.utils.fileio import atomic_path
+from tav.utils.fileio import save_torch_atomic
 
 if TYPE_CHECKING:  # data does not depend on the model code at run time
     from tav.vqgan.model import VQGAN
@@ -120,8 +120,7 @@ def build_token_cache(ds: VATDataset, vqgan: VQGAN, path: Path, key: str, vqgan_
     obj = {"codes": torch.cat(codes), "starts": torch.tensor(starts, dtype=torch.int32),
            "offsets": torch.tensor(offsets, dtype=torch.int64), "stems": [str(s) for s in ds.stems],
            "key": key, "vqgan_hash": vqgan_hash, "version": CACHE_VERSION}
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_torch_atomic(obj, path)
     log.info("token cache %s: %d windows of %d clips written", path, offsets[-1], len(ds))
     return path
 

@@ -28,7 +28,7 @@ from tav.checkpoint import check_finite, read_checkpoint
 from tav.encoders.base import Encoder
 from tav.encoders.esresnext import ESResNeXtConfig, ESResNeXtFBSP
 from tav.errors import InputError
-from tav.utils.fileio import atomic_path
+from tav.utils.fileio import save_torch_atomic
 from tav.utils.paths import ckpt_dir
 
 AUDIOCLIP_FILE = "AudioCLIP-Full-Training.pt"
@@ -302,6 +302,5 @@ def save_tiny_audioclip(path: str | os.PathLike, seed: int = 0) -> Path:
         with torch.no_grad():
             _randomise_norms(model)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+    save_torch_atomic(model.state_dict(), path)
     return path

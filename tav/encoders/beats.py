@@ -33,7 +33,7 @@ from tav.encoders.beats_model import (
     samples_for_patches,
 )
 from tav.errors import InputError
-from tav.utils.fileio import atomic_path
+from tav.utils.fileio import save_torch_atomic
 from tav.utils.paths import ckpt_dir
 
 BEATS_FILE = "BEATs_iter3_plus_AS20K.pt"
@@ -140,8 +140,7 @@ def save_tiny_beats(path: str | os.PathLike, seed: int = 0, **cfg_overrides) -> 
         model = BEATs(cfg)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"cfg": cfg.to_dict(), "model": state}, tmp)
+    save_torch_atomic({"cfg": cfg.to_dict(), "model": state}, path)
     return path
 
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from tav.checkpoint import check_finite, is_torchscript, safe_load, state_dict_of
 from tav.encoders.base import Encoder
 from tav.errors import InputError
-from tav.utils.fileio import atomic_path
+from tav.utils.fileio import save_torch_atomic
 from tav.utils.paths import ckpt_dir
 
 CLIP_FILE = "ViT-B-32.pt"
@@ -152,6 +152,5 @@ def save_tiny_clip(path: str | os.PathLike, seed: int = 0) -> Path:
     """Write ``tiny_clip_model(seed)`` as a plain OpenAI-layout state dict to ``path`` (atomically)."""
     state = {k: v.detach().clone() for k, v in tiny_clip_model(seed).state_dict().items()}
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch_atomic(state, path)
     return path

@@ -21,7 +21,7 @@ from wav2clip.model.encoder import MLPLayers, ResNetExtractor
 from tav.checkpoint import check_finite, safe_load, state_dict_of
 from tav.encoders.base import Encoder
 from tav.errors import InputError
-from tav.utils.fileio import atomic_path
+from tav.utils.fileio import save_torch_atomic
 from tav.utils.paths import ckpt_dir
 
 WAV2CLIP_FILE = "Wav2CLIP.pt"
@@ -143,6 +143,5 @@ def save_tiny_wav2clip(path: str | os.PathLike, seed: int = 0) -> Path:
                 buf.uniform_(0.5, 1.5)
     state = to_release_keys({k: v.detach().clone() for k, v in model.state_dict().items()})
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch_atomic(state, path)
     return path

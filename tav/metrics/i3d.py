@@ -45,7 +45,7 @@ from tav.checkpoint import check_finite, is_torchscript, safe_load, save_checkpo
 from tav.config import from_dict, to_dict
 from tav.errors import InputError
 from tav.metrics.resize import resize_bilinear, to_unit_float
-from tav.utils.fileio import atomic_path, write_text_atomic
+from tav.utils.fileio import save_torch_atomic, write_text_atomic
 from tav.utils.paths import ckpt_dir
 
 I3D_TORCHSCRIPT_FILE = "i3d_torchscript.pt"
@@ -357,8 +357,7 @@ def save_tiny_i3d(path: str | os.PathLike, seed: int = 0, config: I3DConfig | No
     if config is not None:
         save_checkpoint(path, I3D_STAGE, to_dict(config), state)
     else:
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        save_torch_atomic(state, path)
     mark_random_weights(path, seed)
     return path
 

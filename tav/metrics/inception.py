@@ -28,7 +28,7 @@ from tav.checkpoint import check_finite, safe_load, state_dict_of
 from tav.errors import InputError
 from tav.metrics.i3d import mark_random_weights, model_device, seeded_random_init_
 from tav.metrics.resize import resize_bilinear, resize_clean, to_unit_float
-from tav.utils.fileio import atomic_path
+from tav.utils.fileio import save_torch_atomic
 from tav.utils.paths import ckpt_dir
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -166,8 +166,7 @@ def save_tiny_inception(path: str | os.PathLike, seed: int = 0) -> Path:
     """
     model = seeded_random_init_(FIDInception(), seed)
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
+    save_torch_atomic({k: v.contiguous() for k, v in model.state_dict().items()}, path)
     mark_random_weights(path, seed)
     return path
 

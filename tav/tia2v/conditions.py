@@ -44,7 +44,7 @@ from tav.data.layout import clip_files
 from tav.data.video import read_video, resize_center_crop, to_model_range
 from tav.encoders.clip_l import first_line
 from tav.errors import InputError
-from tav.utils.fileio import atomic_path, remove_stale_temps, write_text_atomic
+from tav.utils.fileio import remove_stale_temps, save_torch_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,7 @@ def build_condition_cache(root: str | os.PathLike, split: str, data_cfg: DataCon
             with torch.no_grad():
                 tensors = _entry_tensors(split_dir, stem, data_cfg, clip_l, audio_fn, batch_size, old, wanted, source)
             entry = {**tensors, "key": wanted, "source": source, "frames": len(tensors["img"])}
-            with atomic_path(path) as tmp:
-                torch.save(entry, tmp)
+            save_torch_atomic(entry, path)
             computed += 1
         manifest["entries"][stem] = source
         if progress is not None:

@@ -18,7 +18,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from tav.errors import InputError
 from tav.training.determinism import StepSeeds
-from tav.utils.fileio import atomic_path
+from tav.utils.fileio import save_torch_atomic
 from tav.utils.runtime import lightning_precision
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,11 @@ def build_trainer(opts: TrainerOptions, callbacks: list[Callback] | None = None,
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint writer through ``tav.utils.fileio.atomic_path``: the temp file in the destination
+    """Lightning's checkpoint writer through ``tav.utils.fileio.save_torch_atomic``: the temp file in the destination
     folder, fsynced, then renamed, so a killed save never leaves a truncated file under a checkpoint's name
     (Lightning's own writer goes through the system temp folder, a copy when that is another filesystem)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO takes no storage_options")
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        save_torch_atomic(checkpoint, path)

@@ -104,6 +104,18 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp_path.unlink()
 
 
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_path`. The bytes depend on ``obj`` only: given a file
+    name, torch names the zip's root folder after it (here the random temp name), so it is given an open file,
+    whose root folder is always ``archive``."""
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+    return path
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
     import hashlib
