@@ -186,6 +186,14 @@ def run_row(args, work: Path, label: str, overrides: dict, keep_real: bool = Fal
     return out
 
 
+def run_table(args, work: Path, rows: list[tuple[str, dict]], keep_real: bool) -> dict[str, dict]:
+    """Every row of one table; ``keep_real`` also judges real and stage 1 with the first row."""
+    table: dict[str, dict] = {}
+    for i, (label, over) in enumerate(rows):
+        table.update(run_row(args, work, label, over, keep_real=keep_real and i == 0))
+    return table
+
+
 def markdown(tables: dict[str, dict[str, dict]], n: int, split: str = "test") -> str:
     """The tables as markdown: mean ± 95% CI per judge, and seconds per video."""
     parts = []
@@ -268,31 +276,16 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_demo_inputs(args.ckpt_dir, args.data, args.split)
     defaults = {"audio_guidance_lambda": 10000, "direction_lambda": 5000, "text_guidance_lambda": 10000}
-    tables: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         work = Path(tmp) / "rows"
         work.mkdir()
         args.data = split_as_test(args.data, args.split, Path(tmp))
-        if "ablation" in args.tables:
-            tables["ablation"] = {}
-            for i, (label, over) in enumerate(ablation_rows(defaults)):
-                tables["ablation"].update(run_row(args, work, label, over, keep_real=i == 0))
-        if "steps" in args.tables:
-            tables["steps"] = {}
-            for label, over in steps_rows(upstream_steps=args.upstream_steps):
-                tables["steps"].update(run_row(args, work, label, over))
-        if "precision" in args.tables:
-            tables["precision"] = {}
-            for label, over in (("fp32", {"precision": "32"}), ("bf16 autocast", {"precision": "bf16"})):
-                tables["precision"].update(run_row(args, work, label, over))
-        if "starts" in args.tables:
-            tables["starts"] = {}
-            for i, (label, over) in enumerate(start_rows()):
-                tables["starts"].update(run_row(args, work, label, over, keep_real=i == 0))
-        if "weights" in args.tables:
-            tables["weights"] = {}
-            for i, (label, over) in enumerate(weight_rows(args.weights)):
-                tables["weights"].update(run_row(args, work, label, over, keep_real=i == 0))
+        tables = {name: run_table(args, work, rows, keep_real) for name, rows, keep_real in (
+            ("ablation", ablation_rows(defaults), True),
+            ("steps", steps_rows(upstream_steps=args.upstream_steps), False),
+            ("precision", [("fp32", {"precision": "32"}), ("bf16 autocast", {"precision": "bf16"})], False),
+            ("starts", start_rows(), True),
+            ("weights", weight_rows(args.weights), True)) if name in args.tables}
     record = {"n": args.n, "split": args.split, "judges": list(JUDGES), **run_info(), "tables": tables}
     text = markdown(tables, args.n, args.split)
     print(text)
