@@ -297,4 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from tav.errors import InputError
+
+    try:
+        main()
+    except InputError as err:  # a bad checkpoint or dataset: one line, not a traceback
+        raise SystemExit(f"bench_quality.py: error: {err}") from None
