@@ -9,7 +9,11 @@ the joint encoder) and its dataset. Every row runs ``scripts/sample_tav.py`` on 
 training clips with ``--split train``, where the demo's sampling settings are chosen)
 (per-sample seeds 0..n-1, so every row starts from the same stage-1 clips) and judges the results with
 ``tools/synthetic_judge.py``'s judges. Values are means with a 95% confidence interval (1.96 standard errors
-over the clips); ``s/video`` is the stage-2 time per video.
+over the clips); ``s/video`` is the stage-2 time per video. Below each table, its rows minus a reference row
+(``PAIRED_REFS``: stage 1, the unguided chain, DDPM 100, fp32), clip by clip: rows share the per-sample seeds, so
+the spread between clips that two rows share cancels, and a difference resolves where the rows' own intervals
+overlap. ``--data`` may name a demo dataset with more test clips (``make_demo_dataset.py --n_test 64``: the
+first 16 are the demo's) for ``--n`` up to its size.
 
 Tables:
 - ``ablation``: real / real judged against rotated captions (a control) / stage 1 / stage 2 without guidance /
@@ -45,6 +49,11 @@ REPO = Path(__file__).resolve().parent.parent
 JUDGES = ("colour_acc", "shape_acc", "onset_f1", "pitch_height", "flicker")
 SKIP = DEMO_SKIP / 100  # share of the respaced chain stage 2 skips: the demo's --skip_timesteps of 100
 START_SKIPS = (75, 85, 90, 95)  # the starts table's --skip_timesteps (of 100)
+STAGE1 = "stage 1 (GPT + VQGAN)"
+# the rows each table's other rows are compared with, clip by clip: stage 1 (issue 16's stage-2 targets are relative
+# to it), the unguided chain (what a guidance term adds), the demo's chain (DDPM 100) and fp32
+PAIRED_REFS = {"ablation": (STAGE1, "stage 2, no guidance"), "steps": ("DDPM 100",), "precision": ("fp32",),
+               "starts": (STAGE1,), "weights": (STAGE1,)}
 NO_GUIDANCE = {"audio_guidance_lambda": 0, "direction_lambda": 0, "text_guidance_lambda": 0}
 
 
@@ -99,8 +108,30 @@ def mean_ci(values: list[float]) -> tuple[float | None, float | None]:
     return float(xs.mean()), float(half)
 
 
+def paired_differences(rows: dict[str, dict], ref: str) -> dict[str, dict]:
+    """Each row minus row ``ref``, clip by clip: ``{label: {judge: [mean, ci, n]}}`` over the clips where both
+    values exist (rows share the per-sample seeds, so clip k of every row starts from the same stage-1 clip).
+    Pairing removes the spread between clips that two rows share, so the interval of a difference is narrower
+    than the two rows' intervals suggest. Rows without ``per_clip`` values, and ``ref`` itself, are left out."""
+    base = rows.get(ref, {}).get("per_clip")
+    if not base:
+        return {}
+    out = {}
+    for label, row in rows.items():
+        clips = row.get("per_clip")
+        if label == ref or not clips:
+            continue
+        out[label] = {}
+        for key in JUDGES:
+            diffs = [clips[c][key] - base[c][key] for c in clips
+                     if c in base and clips[c][key] is not None and base[c][key] is not None]
+            out[label][key] = [*mean_ci(diffs), len(diffs)]
+    return out
+
+
 def judge_run(folder: Path, videos: str, rotate_captions: bool = False) -> dict:
-    """Judges of one video folder of a results folder: ``{judge: [mean, ci]}``, ``n`` and ``s_per_video``.
+    """Judges of one video folder of a results folder: ``{judge: [mean, ci]}``, ``n``, ``s_per_video`` and
+    ``per_clip`` (``{sample key: {judge: value}}``, for :func:`paired_differences`).
     ``rotate_captions`` judges video i against caption i+1 (a constructed negative control)."""
     import dataclasses
 
@@ -117,6 +148,7 @@ def judge_run(folder: Path, videos: str, rotate_captions: bool = False) -> dict:
     out: dict = {"n": len(judged)}
     for key in JUDGES:
         out[key] = list(mean_ci([j[key] for j in judged]))
+    out["per_clip"] = {str(it.key): {k: j[k] for k in JUDGES} for it, j in zip(chosen, judged, strict=True)}
     out["onset_f1_chance"] = onset_f1_chance(verdicts)[0]  # each clip's motion against the other clips' sound
     rows = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines()]
     secs = [r.get("seconds", {}).get("stage2") for r in rows]  # per sample, written by the sampler
@@ -177,7 +209,7 @@ def run_row(args, work: Path, label: str, overrides: dict, keep_real: bool = Fal
     out = {label: judge_run(folder, "fake_stage2")}
     if keep_real:
         out = {"real": judge_run(folder, "real"), "real, captions rotated (control)": judge_run(folder, "real", True),
-               "stage 1 (GPT + VQGAN)": judge_run(folder, "fake_stage1"), **out}
+               STAGE1: judge_run(folder, "fake_stage1"), **out}
         for key in list(out)[:3]:
             out[key]["s_per_video"] = None
     shutil.rmtree(save, ignore_errors=True)
@@ -194,8 +226,25 @@ def run_table(args, work: Path, rows: list[tuple[str, dict]], keep_real: bool) -
     return table
 
 
-def markdown(tables: dict[str, dict[str, dict]], n: int, split: str = "test") -> str:
-    """The tables as markdown: mean ± 95% CI per judge, and seconds per video."""
+def _cell(value: list | None) -> str:
+    return "-" if not value or value[0] is None else f"{value[0]:.2f} ± {value[1]:.2f}"
+
+
+def paired_markdown(name: str, ref: str, diffs: dict[str, dict], n: int) -> list[str]:
+    """One table of :func:`paired_differences`: each row minus ``ref``, mean ± 95% CI over the paired clips."""
+    if not diffs:
+        return []
+    lines = [f"**{name}: difference from {ref}** (paired over the same {n} clips, mean ± 95% CI; "
+             "an interval that excludes 0 is a difference these clips resolve)", "",
+             "| setting | " + " | ".join(JUDGES) + " |", "|---" * (len(JUDGES) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(_cell(d[k]) for k in JUDGES) + " |" for label, d in diffs.items()]
+    return [*lines, ""]
+
+
+def markdown(tables: dict[str, dict[str, dict]], n: int, split: str = "test",
+             paired: dict[str, dict[str, dict]] | None = None) -> str:
+    """The tables as markdown: mean ± 95% CI per judge and seconds per video; then, per table, the paired
+    differences from each of its references (``paired``: ``{table: {ref: paired_differences(...)}}``)."""
     parts = []
     for name, rows in tables.items():
         parts += [f"**{name}** (N = {n} demo {split} clips, mean ± 95% CI; onset chance: each clip's motion against "
@@ -203,12 +252,14 @@ def markdown(tables: dict[str, dict[str, dict]], n: int, split: str = "test") ->
                   "| setting | " + " | ".join(JUDGES[:3]) + " | onset chance | " + " | ".join(JUDGES[3:])
                   + " | s/video |", "|---" * (len(JUDGES) + 3) + "|"]
         for label, r in rows.items():
-            cells = ["-" if r[k][0] is None else f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in JUDGES]
+            cells = [_cell(r[k]) for k in JUDGES]
             chance = r.get("onset_f1_chance")
             cells.insert(3, "-" if chance is None else f"{chance:.2f}")
             secs = "-" if r.get("s_per_video") is None else f"{r['s_per_video']:.2f}"
             parts.append(f"| {label} | " + " | ".join(cells) + f" | {secs} |")
         parts.append("")
+        for ref, diffs in (paired or {}).get(name, {}).items():
+            parts += paired_markdown(name, ref, diffs, n)
     return "\n".join(parts)
 
 
@@ -286,8 +337,11 @@ def main(argv: list[str] | None = None) -> dict:
             ("precision", [("fp32", {"precision": "32"}), ("bf16 autocast", {"precision": "bf16"})], False),
             ("starts", start_rows(), True),
             ("weights", weight_rows(args.weights), True)) if name in args.tables}
-    record = {"n": args.n, "split": args.split, "judges": list(JUDGES), **run_info(), "tables": tables}
-    text = markdown(tables, args.n, args.split)
+    paired = {name: {ref: paired_differences(rows, ref) for ref in PAIRED_REFS[name] if ref in rows}
+              for name, rows in tables.items()}
+    record = {"n": args.n, "split": args.split, "judges": list(JUDGES), **run_info(), "tables": tables,
+              "paired": paired}
+    text = markdown(tables, args.n, args.split, paired)
     print(text)
     for path, content in ((args.json, json.dumps(record, indent=1) + "\n"), (args.md, text)):
         if path:

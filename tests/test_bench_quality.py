@@ -82,6 +82,40 @@ def test_small_tables_are_judged_in_range_and_ordered(kit, tmp_path):
     assert real["colour_acc"][0] >= rotated["colour_acc"][0] and rotated["colour_acc"][0] == 0.0
     assert all(r["s_per_video"] > 0 for r in list(ablation.values())[3:])  # stage 2 timed per video
     assert "| real |" in (tmp_path / "q.md").read_text() and "| onset chance |" in (tmp_path / "q.md").read_text()
+    stage1 = ablation[bench.STAGE1]
+    paired = record["paired"]
+    assert set(paired) == {"ablation", "precision"}
+    assert set(paired["ablation"]) == {bench.STAGE1, "stage 2, no guidance"} and set(paired["precision"]) == {"fp32"}
+    vs_stage1 = paired["ablation"][bench.STAGE1]
+    assert bench.STAGE1 not in vs_stage1 and set(vs_stage1) == set(ablation) - {bench.STAGE1}
+    for key in ("colour_acc", "shape_acc"):  # every clip judged: the mean difference is the difference of the means
+        assert vs_stage1["real"][key][0] == pytest.approx(real[key][0] - stage1[key][0])
+        assert vs_stage1["real"][key][2] == 2
+    assert set(paired["precision"]["fp32"]) == {"bf16 autocast"}
+    text = (tmp_path / "q.md").read_text()
+    assert f"**ablation: difference from {bench.STAGE1}** (paired over the same 2 clips" in text
+    assert "**precision: difference from fp32**" in text
+
+
+def test_paired_differences_pair_clip_by_clip():
+    bench = _bench()
+
+    def row(colour, shape):
+        return {"per_clip": {str(k): {"colour_acc": c, "shape_acc": s, "onset_f1": None, "pitch_height": None,
+                                      "flicker": 0.0} for k, (c, s) in enumerate(zip(colour, shape, strict=True))}}
+
+    rows = {"ref": row([1, 0, 1, 1], [0, 0, 1, 0]), "b": row([0, 0, 1, 1], [1, 0, 1, None]),
+            "no clips": {"colour_acc": [0.5, 0.1]}}
+    rows["c"] = {"per_clip": {k: v for k, v in row([1, 1, 1, 1], [0, 0, 0, 0])["per_clip"].items() if k != "3"}}
+    out = bench.paired_differences(rows, "ref")
+    assert set(out) == {"b", "c"}  # the reference and rows without per-clip values are left out
+    mean, ci, n = out["b"]["colour_acc"]
+    assert (mean, n) == (-0.25, 4) and ci == pytest.approx(1.96 * 0.5 / 2)  # differences -1, 0, 0, 0
+    assert out["b"]["shape_acc"] == [pytest.approx(1 / 3), pytest.approx(1.96 * np.std([1, 0, 0], ddof=1) / 3**0.5),
+                                     3]  # clip 3's shape is None in b: not paired
+    assert out["b"]["onset_f1"] == [None, None, 0] and out["b"]["flicker"] == [0.0, 0.0, 4]
+    assert out["c"]["colour_acc"][:1] + out["c"]["colour_acc"][2:] == [1 / 3, 3]  # clip 3 missing from c
+    assert bench.paired_differences(rows, "absent") == {} and bench.paired_differences(rows, "no clips") == {}
 
 
 def test_steps_rows_start_sdedit_at_the_same_fraction():
