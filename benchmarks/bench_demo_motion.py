@@ -12,13 +12,17 @@ motion model (the ``demo`` variant). Every other ``--variant NAME[:STEPS]=FLAGS`
 from copies of the given frame), once per ``--skips`` value (the SDEdit start ``t = 999 - skip``), without SHR,
 and judged: colour on every frame, ``onset_f1`` and its chance level ``onset_f1_chance`` (each clip's motion
 against the other clips' sound), the share of clips that move and of windows with a note start that move.
-Finished runs are reused. Prints a markdown table and writes the rows with ``--json``.
+``--sample_args`` adds sampling flags to every row (e.g. ``--audio_cfg_scale 3`` for a variant trained with
+``--audio_dropout``); each setting samples into its own folder. Finished runs are reused. Prints a markdown table
+and writes the rows with ``--json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skips", type=int, nargs="+", default=[700], help="sampling starts, steps skipped of 1000")
     p.add_argument("--n_test", type=int, default=64, help="test clips (the first 16 are the demo's)")
     p.add_argument("--demo_args", default="", help="extra scripts/demo.py flags for the base run (tests: fewer steps)")
+    p.add_argument("--sample_args", default="", help="extra sample_motion_optim.py flags for every variant's sampling "
+                   "(e.g. --audio_cfg_scale 3)")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -71,7 +77,7 @@ def train_variant(run, root: Path, steps: int | None, flags: str) -> Path:
     return demo_tia2v._train("motion", root, argv)
 
 
-def sample_and_judge(run, motion: Path, skip: int, save: Path) -> dict:
+def sample_and_judge(run, motion: Path, skip: int, save: Path, extra: Sequence[str] = ()) -> dict:
     """``sample_motion_optim.py`` as the demo runs it, from ``t = 999 - skip``, without SHR; the judges."""
     from tav.metrics.synthetic import summarize
     from tav.metrics.synthetic_folders import judge_item, results_items
@@ -81,7 +87,8 @@ def sample_and_judge(run, motion: Path, skip: int, save: Path) -> dict:
     folder = save / f"{demo_tia2v.DEMO_RUN}_tacm_urmp"
     command = demo_tia2v.sample_command(run, enc, {**run.state["tia2v_models"], "motion": motion})
     # the sampler resumes: samples already in the folder are kept
-    if sample_motion_optim.main([*command[1:], "--skip_shr", "--skip_timesteps", str(skip), "--save", str(save)]):
+    if sample_motion_optim.main([*command[1:], "--skip_shr", "--skip_timesteps", str(skip), "--save", str(save),
+                                 *extra]):
         raise SystemExit(f"sample_motion_optim.py failed for {motion} from skip {skip} (its error is above)")
     items, _ = results_items(folder)
     verdicts = [judge_item(it)[0] for it in items["fake_stage1"]]
@@ -128,8 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
             if max_t and 999 - skip >= max_t:
                 print(f"  {name}: learned t < {max_t} only, not sampled from t = {999 - skip}")
                 continue
-            judged = sample_and_judge(run, motion, skip, motion.parent / f"skip{skip}")
-            rows.append({"variant": name, "steps": steps, "flags": flags, "skip": skip, **judged})
+            tag = re.sub(r"[^A-Za-z0-9.]+", "_", args.sample_args).strip("_")  # a folder per sampling setting
+            judged = sample_and_judge(run, motion, skip, motion.parent / f"skip{skip}{'_' + tag if tag else ''}",
+                                      shlex.split(args.sample_args))
+            rows.append({"variant": name, "steps": steps, "flags": flags, "skip": skip, "sample_args": args.sample_args,
+                         **judged})
             print(f"  {name} ({steps} steps) from t = {999 - skip}: " + ", ".join(
                 f"{k} {judged[k]:.3f}" for k in FIGURES if judged[k] is not None), flush=True)
     print(markdown(rows))

@@ -44,7 +44,7 @@ ARCH_FLAGS = {"num_channels": "model_channels", "num_res_blocks": "num_res_block
 CONFIG_FLAGS = {"timestep_respacing": "respacing", "skip_timesteps": "skip_timesteps", "shr_strength": "shr_strength",
                 "shr_skip_timesteps": "shr_skip_timesteps", "model_output_size": "shr_size",
                 "reimpose_first_frame": "reimpose_first_frame", "hold_first_frame": "hold_first_frame",
-                "motion_init": "motion_init",
+                "motion_init": "motion_init", "audio_cfg_scale": "audio_cfg_scale",
                 "precision": "precision"}
 
 
@@ -150,6 +150,9 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
                          help="motion SDEdit input: frame 0 then zeros (upstream) or every frame = frame 0")
     sampling.config_flag(s, "hold_first_frame", C, "hold_first_frame", type=str2bool,
                          help="keep frame 0 on the given frame's forward process at every step")
+    sampling.config_flag(s, "audio_cfg_scale", C, "audio_cfg_scale", type=float,
+                         help="motion: classifier-free guidance on the sound, 1 = none (a model trained with "
+                              "--audio_dropout)")
     s.add_argument("--faithful-quirks", "--faithful_quirks", dest="faithful_quirks", action="store_true",
                    help="upstream's x0 clamp to [-1, 1] and one seed for every sample")
     x = p.add_argument_group("seed-line flags checked against the checkpoint or accepted")

@@ -42,7 +42,8 @@ class TIA2VRecipe(training.Recipe):
     preset_kind, sections = "tia2v", ("model", "process", "train", "data")
     flag_fields = {**cli.GD_FLAG_FIELDS, "in_channels": ("model", "in_channels"),
                    "transformer_depth": ("model", "transformer_depth"), "context_dim": ("model", "context_dim"),
-                   "per_frame_t": ("train", "per_frame_t"), "freeze_spatial": ("train", "freeze_spatial")}
+                   "per_frame_t": ("train", "per_frame_t"), "freeze_spatial": ("train", "freeze_spatial"),
+                   "audio_dropout": ("train", "audio_dropout")}
     arch_fields = ("part", "in_channels", "model_channels", "out_channels", "channel_mult", "num_res_blocks",
                    "attention_resolutions", "context_dim", "num_frames")
     log = logging.getLogger("tia2v_train")
@@ -72,6 +73,9 @@ class TIA2VRecipe(training.Recipe):
         if self.part == "motion":
             t.add_argument("--model_path", default="", help="content checkpoint to initialise from (by name)")
             t.add_argument("--freeze_spatial", type=B, default=None, help="train only the new temporal tensors")
+            t.add_argument("--audio_dropout", type=float, default=None,
+                           help="share of clips trained with null audio tokens, so that sampling can use "
+                                "--audio_cfg_scale (ours; default 0)")
             t.add_argument("--remap_shifted", action="store_true",
                            help="also transfer the content modules whose index moved (12 tensors upstream drops)")
 

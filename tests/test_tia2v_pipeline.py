@@ -330,3 +330,75 @@ def test_clean_first_frame_motion_training_and_sampling():
                                                                           hold_first_frame=False))
     clip = sampler.stage1(first, torch.randn(b, 77, d), torch.randn(b, d), torch.randn(b, f, 8, d), f, seeds=[0, 1])
     assert torch.equal(clip[:, :, 0], first) and clip[:, :, 1:].abs().gt(0).any()
+
+
+def test_audio_dropout_trains_clips_on_the_null_sound():
+    """``audio_dropout``: a dropped clip's temporal context holds zero audio tokens and its own text; at 1.0 every
+    clip's loss is the loss of the same batch with silent tokens (the draw comes after t and the noise)."""
+    cfg = tia2v_preset("motion-tiny")
+    module, batch = _motion_module_and_batch(cfg, per_frame_t=True)
+    f = cfg.num_frames
+    ctx = conditions_of(batch, "motion", torch.tensor([True, False]))["context_temp"]
+    assert torch.equal(ctx[:f], conditions_of(batch, "motion")["context_temp"][:f])  # clip 0 kept
+    assert not ctx[f:, :8].any() and torch.equal(ctx[f:, 8:], batch["text"][1:].expand(f, -1, -1))
+    losses = []
+    for p, tokens in ((1.0, batch["audio_tokens"]), (0.0, torch.zeros_like(batch["audio_tokens"]))):
+        torch.manual_seed(3)
+        m = TIA2VModule(cfg, ProcessConfig(steps=100, loss="rescaled_mse"), TIA2VTrainConfig(audio_dropout=p))
+        m._gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            losses.append(m.diffusion_terms({**batch, "audio_tokens": tokens})[0]["loss"])
+    torch.testing.assert_close(losses[0], losses[1])
+
+
+def test_audio_guidance_mixes_the_sound_and_null_predictions():
+    from tav.pipelines.tia2v import AudioGuided
+
+    cfg = tia2v_preset("motion-tiny")
+    torch.manual_seed(0)
+    net = TIA2VUNet(cfg).eval()
+    with torch.no_grad():
+        for p in net.parameters():  # zero-initialised output layers would make the sound change nothing
+            p.normal_(0.0, 0.1)
+    b, f, d = 2, cfg.num_frames, cfg.context_dim
+    x, t = torch.randn(b, 3, f, 16, 16), torch.tensor([30.0, 60.0])
+    ctx, text, tokens = torch.randn(b, 78, d), torch.randn(b, 77, d), torch.randn(b, f, 8, d)
+    sound, null = motion_context(tokens, text), motion_context(torch.zeros_like(tokens), text)
+    den = FrameDenoiser(net)
+    with torch.no_grad():
+        with_sound, silent = (den(x, t, context=ctx, context_temp=c) for c in (sound, null))
+        guided = {s: AudioGuided(den, s)(x, t, context=ctx, context_temp=sound, context_temp_null=null)
+                  for s in (0.0, 1.0, 3.0)}
+    assert (with_sound - silent).abs().max() > 1e-3
+    torch.testing.assert_close(guided[1.0], with_sound, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(guided[0.0][:, :3], silent[:, :3], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(guided[3.0][:, :3], silent[:, :3] + 3 * (with_sound[:, :3] - silent[:, :3]),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(guided[3.0][:, 3:], with_sound[:, 3:], atol=1e-5, rtol=1e-4)  # its learned variance
+    with pytest.raises(InputError, match="--audio_cfg_scale"):
+        TIA2VSamplingConfig(audio_cfg_scale=-1.0)
+
+
+def test_audio_guidance_needs_a_model_that_saw_the_null_sound(world, tmp_path, capsys):
+    """Exports record ``audio_dropout``; the sampler refuses ``--audio_cfg_scale`` for a model trained without it
+    and samples a guided motion clip (frame 0 held) for one trained with it."""
+    from tav.pipelines.tia2v import load_tia2v_sampler
+    from tav.tia2v.load import audio_dropout_of
+
+    plain = world["runs"] / "motion" / "ema000002.pt"
+    assert audio_dropout_of(plain) == 0.0
+    with pytest.raises(InputError, match="trained without --audio_dropout"):
+        load_tia2v_sampler(plain, None, TIA2VSamplingConfig(respacing="10", audio_cfg_scale=3.0))
+    cfg, process, _ = read_tia2v_checkpoint(plain, "motion")
+    module = TIA2VModule(cfg, process, TIA2VTrainConfig(audio_dropout=0.2))
+    guided_file = module.export_net(module.net, tmp_path / "motion_cfg.pt")
+    assert audio_dropout_of(guided_file) == 0.2
+    sampler = load_tia2v_sampler(guided_file, None, TIA2VSamplingConfig(respacing="10", audio_cfg_scale=3.0))
+    first = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) - 0.5
+    f = cfg.num_frames
+    clip = sampler.stage1(first, torch.randn(2, 77, 32), torch.randn(2, 32), torch.randn(2, f, 8, 32), f, seeds=[1, 2])
+    assert clip.shape == (2, 3, f, 16, 16) and torch.equal(clip[:, :, 0], first) and clip.abs().max() <= 0.5
+    assert sample_motion_optim.main(_sample_argv(world, tmp_path / "res", "--num_samples", "1", "--batch_size", "1",
+                                                 "--audio_cfg_scale", "2")) == 2  # the plain model: one-line error
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--audio_cfg_scale 2: " in err[0] and "retrain it with --audio_dropout" in err[0]

@@ -52,8 +52,12 @@ class TIA2VSamplingConfig:
     hold_first_frame: bool = True  # keep frame 0 on the given frame's forward process at every step (upstream:
     # off; the given image then reaches the clip only through its noised copy at the start and the conditions)
     precision: str = "auto"  # auto | 32 | bf16 autocast around the networks (auto: bf16 where it is fast)
+    audio_cfg_scale: float = 1.0  # motion: classifier-free guidance on the sound (1 = none; ours; needs a motion
+    # model trained with --audio_dropout, which learned the null audio tokens)
 
     def __post_init__(self) -> None:
+        if self.audio_cfg_scale < 0:
+            raise InputError(f"--audio_cfg_scale {self.audio_cfg_scale}: must be >= 0 (1 = no guidance)")
         if self.motion_init not in MOTION_INITS:
             raise InputError(f"--motion_init {self.motion_init!r}: must be one of {MOTION_INITS}")
         if self.sampler not in SAMPLERS:
@@ -106,6 +110,30 @@ class FrameDenoiser(nn.Module):
         flat = rearrange(x, "b c f h w -> (b f) c h w")
         out = self.net(flat, steps, *conditions.values())
         return rearrange(out, "(b f) c h w -> b c f h w", b=b)
+
+
+class AudioGuided(nn.Module):
+    """Classifier-free guidance on the sound over a motion :class:`FrameDenoiser` (Ho & Salimans 2022): the
+    noise prediction ``null + scale · (audio − null)``, where ``null`` is the same step with the null audio
+    tokens (``context_temp_null``); the variance channels (learned sigma) are the conditioned pass's. One
+    batched call of ``2B`` clips per step. Same inputs and output as :class:`FrameDenoiser`."""
+
+    def __init__(self, denoiser: FrameDenoiser, scale: float):
+        super().__init__()
+        self.denoiser, self.scale = denoiser, scale
+
+    def forward(self, x: Tensor, t: Tensor, first_frame: Tensor | None = None, *, context: Tensor,
+                context_temp: Tensor, context_temp_null: Tensor) -> Tensor:
+        """x ``(B, C, F, H, W)``; t ``(B,)``; context ``(B, 78, D)``; both temporal contexts ``(B·F, P+77, D)``."""
+        def two(v: Tensor) -> Tensor:
+            return torch.cat([v, v])
+
+        out = self.denoiser(two(x), two(t), None if first_frame is None else two(first_frame), context=two(context),
+                            context_temp=torch.cat([context_temp, context_temp_null]))
+        audio, null = out.chunk(2)
+        c = x.shape[1]
+        eps = null[:, :c] + self.scale * (audio[:, :c] - null[:, :c])
+        return torch.cat([eps, audio[:, c:]], dim=1)
 
 
 MOTION_INITS = ("zeros", "first")
@@ -161,8 +189,11 @@ class TIA2VSampler:
         clean = getattr(getattr(self.motion.net, "config", None), "first_frame", "noised") == "clean"
         if clean:
             kwargs["first_frame"] = video[:, :, 0]
-        out = self._sample(self.motion, self.motion_schedule, video, self.cfg.skip_timesteps, seeds, kwargs,
-                           progress)
+        net = self.motion
+        if self.cfg.audio_cfg_scale != 1.0:
+            kwargs["context_temp_null"] = motion_context(torch.zeros_like(audio_tokens, device=self.device), text)
+            net = AudioGuided(self.motion, self.cfg.audio_cfg_scale)
+        out = self._sample(net, self.motion_schedule, video, self.cfg.skip_timesteps, seeds, kwargs, progress)
         if self.cfg.reimpose_first_frame or clean:
             out[:, :, 0] = video[:, :, 0]
         return out
@@ -197,7 +228,7 @@ def load_tia2v_sampler(motion_path: str | os.PathLike, shr_path: str | os.PathLi
                        device: str | torch.device = "cpu", compat: str | None = None) -> TIA2VSampler:
     """The sampler of the motion checkpoint (and the SHR checkpoint unless ``shr_path`` is None), both chains
     respaced as ``cfg.respacing`` says; ``compat`` as in ``tav.tia2v.load.load_tia2v_unet``."""
-    from tav.tia2v.load import load_tia2v_unet
+    from tav.tia2v.load import audio_dropout_of, load_tia2v_unet
 
     respacing = cfg.respacing or None
     motion = load_tia2v_unet(motion_path, "motion", device, compat=compat)
@@ -208,4 +239,8 @@ def load_tia2v_sampler(motion_path: str | os.PathLike, shr_path: str | os.PathLi
                              "or --skip_shr for the motion stage only")
         shr = load_tia2v_unet(shr_path, "shr", device, compat=compat)
         s_sched = GaussianSchedule.from_config(shr.process, respacing=respacing)
+    if cfg.audio_cfg_scale != 1.0 and audio_dropout_of(motion_path) <= 0:
+        raise InputError(f"--audio_cfg_scale {cfg.audio_cfg_scale:g}: {motion_path} was trained without "
+                         "--audio_dropout, so it never saw the null audio tokens guidance compares against; retrain "
+                         "it with --audio_dropout 0.1 or sample with --audio_cfg_scale 1")
     return TIA2VSampler(motion, GaussianSchedule.from_config(motion.process, respacing=respacing), shr, s_sched, cfg)

@@ -198,6 +198,17 @@ def load_tia2v_unet(path: str | os.PathLike, part: str, device: str | torch.devi
     return net
 
 
+def audio_dropout_of(path: str | os.PathLike) -> float:
+    """The ``--audio_dropout`` motion weights were trained with: recorded in our exports and Lightning checkpoints;
+    0 for files that record none (upstream's, which never saw null audio tokens)."""
+    try:
+        raw = read_checkpoint(path, expect=STAGES["motion"]).raw
+    except InputError:
+        return 0.0
+    train = (raw.get("hyper_parameters") or {}).get("train") or {}
+    return float(raw.get("audio_dropout") or train.get("audio_dropout") or 0.0)
+
+
 def beats_mode_for(path: str | os.PathLike, net: TIA2VUNet) -> str:
     """The BEATs input mode motion weights expect: the one recorded in the file (ours), else ``compat`` for
     weights trained with upstream's bugs (the released files) and ``fixed`` otherwise."""

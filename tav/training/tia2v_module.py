@@ -44,6 +44,7 @@ class TIA2VTrainConfig(DiffusionTrainConfig):
 
     per_frame_t: bool = True  # content/motion: an independent timestep per frame (upstream) or one per clip
     freeze_spatial: bool = False  # motion: train only the tensors that did not come from the content model
+    audio_dropout: float = 0.0  # motion: share of clips trained with null (zero) audio tokens, for audio CFG
 
 
 def tia2v_train_config(data: dict[str, Any], where: str = "train") -> TIA2VTrainConfig:
@@ -51,8 +52,9 @@ def tia2v_train_config(data: dict[str, Any], where: str = "train") -> TIA2VTrain
     return from_dict(TIA2VTrainConfig, data, where)
 
 
-def conditions_of(batch: dict, part: str) -> dict[str, Tensor]:
-    """The network's keyword conditions for one batch (see the module docstring for the shapes)."""
+def conditions_of(batch: dict, part: str, audio_keep: Tensor | None = None) -> dict[str, Tensor]:
+    """The network's keyword conditions for one batch (see the module docstring for the shapes); motion only:
+    ``audio_keep`` ``(B,)`` bool, False where a clip gets the null audio tokens (zeros) instead of its own."""
     need = {"content": ("text", "image"), "motion": ("text", "image", "audio_tokens"), "shr": ("text",)}[part]
     missing = [k for k in need if k not in batch]
     if missing:
@@ -63,7 +65,10 @@ def conditions_of(batch: dict, part: str) -> dict[str, Tensor]:
         return {"context": text}
     kwargs = {"context": torch.cat([text, batch["image"][:, None].to(text.dtype)], dim=1)}
     if part == "motion":
-        kwargs["context_temp"] = motion_context(batch["audio_tokens"], text)
+        audio = batch["audio_tokens"]
+        if audio_keep is not None:
+            audio = audio * audio_keep.view(-1, 1, 1, 1).to(audio.dtype)
+        kwargs["context_temp"] = motion_context(audio, text)
     return kwargs
 
 
@@ -104,6 +109,8 @@ class TIA2VModule(DiffusionModule):
         return TIA2VUNet(cfg)
 
     def export_net(self, net: nn.Module, path: Path, **extra: Any) -> Path:
+        if self.unet_cfg.part == "motion":  # the sampler's --audio_cfg_scale needs a model that saw null tokens
+            extra["audio_dropout"] = self.train_cfg.audio_dropout
         return save_tia2v_unet(net, path, self.process_cfg, beats_mode=self.beats_mode, data=self.data_record,
                                **extra)
 
@@ -143,7 +150,11 @@ class TIA2VModule(DiffusionModule):
     def diffusion_terms(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
         x0, t = self.flat_inputs(batch)
         noise = torch.randn(x0.shape, generator=self._gen, device=x0.device, dtype=x0.dtype)
-        kwargs = conditions_of(batch, self.unet_cfg.part)
+        keep = None
+        if self.unet_cfg.part == "motion" and self.train_cfg.audio_dropout > 0:  # draws only when on: same stream
+            keep = torch.rand(len(batch["audio_tokens"]), generator=self._gen, device=x0.device)
+            keep = keep >= self.train_cfg.audio_dropout
+        kwargs = conditions_of(batch, self.unet_cfg.part, keep)
         terms = self.schedule.training_losses(self.net, x0, t, noise=noise, model_kwargs=kwargs)
         if self.clean_first_frame:
             f = self.input_video(batch).shape[2]
