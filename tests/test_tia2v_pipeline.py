@@ -349,6 +349,8 @@ def test_audio_dropout_trains_clips_on_the_null_sound():
         with torch.no_grad():
             losses.append(m.diffusion_terms({**batch, "audio_tokens": tokens})[0]["loss"])
     torch.testing.assert_close(losses[0], losses[1])
+    with pytest.raises(InputError, match=r"--audio_dropout\): must be in \[0, 1\]"):
+        TIA2VTrainConfig(audio_dropout=1.5)
 
 
 def test_audio_guidance_mixes_the_sound_and_null_predictions():

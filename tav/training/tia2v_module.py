@@ -46,6 +46,11 @@ class TIA2VTrainConfig(DiffusionTrainConfig):
     freeze_spatial: bool = False  # motion: train only the tensors that did not come from the content model
     audio_dropout: float = 0.0  # motion: share of clips trained with null (zero) audio tokens, for audio CFG
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.audio_dropout <= 1.0:
+            raise InputError(f"train.audio_dropout={self.audio_dropout} (--audio_dropout): must be in [0, 1]")
+
 
 def tia2v_train_config(data: dict[str, Any], where: str = "train") -> TIA2VTrainConfig:
     """``TIA2VTrainConfig`` from a plain dict; unknown keys and wrong types raise ``InputError``."""
