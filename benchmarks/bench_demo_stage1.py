@@ -3,7 +3,8 @@ how often the clips show the caption's colour and shape. Compares demo checkpoin
 GPT recipes trained on one VQGAN.
 
     python benchmarks/bench_demo_stage1.py --ckpt_dir demo=saved_ckpts/demo [--ckpt_dir other=DIR ...]
-                                           [--data results/demo/data] [--reps 6] [--json OUT.json]
+                                           [--data results/demo/data] [--reps 6] [--split test|train]
+                                           [--cfg_scale S] [--json OUT.json]
     python benchmarks/bench_demo_stage1.py --train A="--set pos_emb=absolute --base_lr 1e-3" \
         --train B="--set pos_emb=axial --base_lr 4e-3" --seeds 1234 1 2 --out /tmp/bench_gpt \
         [--vqgan saved_ckpts/demo/vqgan.ckpt] [--steps 600] [--data ...] [--reps 6] [--json OUT.json]
@@ -40,9 +41,11 @@ def split_captions(data: Path, split: str = "test") -> list[str]:
     return [r["caption"] for r in rows if r["split"] == split]
 
 
-def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: int, precision: str = "32") -> dict:
+def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: int, precision: str = "32",
+                 cfg_scale: float | None = None) -> dict:
     """``{judge: [mean, ci]}``, ``n`` and ``cfg_scale`` for a GPT and its VQGAN on ``captions``; the GPT decodes
-    under ``precision`` (``32`` or ``bf16`` autocast)."""
+    under ``precision`` (``32`` or ``bf16`` autocast) with classifier-free guidance ``cfg_scale`` (None: the
+    demo's for this GPT)."""
     import torch
 
     from tav.data.text import build_tokenizer
@@ -53,7 +56,7 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
     from tav.utils.runtime import autocast
 
     gpt, vqgan = load_stage1(gpt_ckpt, vqgan_ckpt)
-    cfg_scale = demo_cfg_scale(gpt_ckpt)
+    cfg_scale = demo_cfg_scale(gpt_ckpt) if cfg_scale is None else cfg_scale
     ids = build_tokenizer("bert", gpt.cfg.text_seq_len)(captions)
     scores: dict[str, list[float]] = {k: [] for k in JUDGED}
     for rep in range(reps):
@@ -105,12 +108,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="--train: folder of the run folders")
     p.add_argument("--data", type=Path, default=Path("results/demo/data"), help="the demo dataset")
     p.add_argument("--reps", type=int, default=6, help="seeds per caption")
+    p.add_argument("--split", choices=["test", "train"], default="test",
+                   help="whose captions (train: choose a sampling setting without looking at the test split)")
+    p.add_argument("--cfg_scale", type=float, default=None,
+                   help="the GPT's classifier-free guidance (default: the demo's, for a GPT trained with caption "
+                        "dropout)")
     p.add_argument("--precision", choices=["32", "bf16"], default="32",
                    help="the GPT decodes in fp32 (the samplers' choice on a CPU) or under bf16 autocast")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.reps < 1:
         p.error(f"--reps {args.reps}: must be >= 1")
+    if args.cfg_scale is not None and args.cfg_scale < 0:
+        p.error(f"--cfg_scale {args.cfg_scale}: must be >= 0 (1 = no guidance)")
     if not args.ckpt_dir and not args.train:
         p.error("give --ckpt_dir NAME=DIR or --train NAME=FLAGS (or both)")
     folders = {}
@@ -145,27 +155,33 @@ def main(argv: list[str] | None = None) -> dict:
 
     args = parse_args(argv)
     configure_output()  # as the demo: our log lines, not Lightning's device lines and tips
-    captions = split_captions(args.data)
-    results = {name: judge_stage1(folder / "gpt.ckpt", folder / "vqgan.ckpt", captions, args.reps, args.precision)
+    captions = split_captions(args.data, args.split)
+    if not captions:
+        raise SystemExit(f"--data {args.data}: no {args.split} captions in manifest.jsonl")
+    results = {name: judge_stage1(folder / "gpt.ckpt", folder / "vqgan.ckpt", captions, args.reps, args.precision,
+                                  args.cfg_scale)
                for name, folder in args.folders.items()}
     n_train = len(split_captions(args.data, "train"))
     trained = train_runs(args, n_train) if args.recipes else {}
     for name, runs in trained.items():
         per_seed = {str(seed): {"val_loss": val_loss(ckpt),
-                                **judge_stage1(ckpt, args.vqgan, captions, args.reps, args.precision)}
+                                **judge_stage1(ckpt, args.vqgan, captions, args.reps, args.precision,
+                                               args.cfg_scale)}
                     for seed, ckpt in runs}
         pooled = {k: [v for r in per_seed.values() for v in r["values"][k]] for k in JUDGED}
         results[name] = {"flags": shlex.join(args.recipes[name]), "per_seed": per_seed,
                          "n": len(pooled["colour_acc"]), "cfg_scale": next(iter(per_seed.values()))["cfg_scale"],
                          **{k: list(mean_ci(v)) for k, v in pooled.items()}}
-    record = {**run_info(), "reps": args.reps, "captions": len(captions), "top_k": TOP_K, "top_p": TOP_P,
+    record = {**run_info(), "reps": args.reps, "split": args.split, "captions": len(captions), "top_k": TOP_K,
+              "top_p": TOP_P,
               "precision": args.precision, "results": results}
     if trained:
         record.update(vqgan=str(args.vqgan), steps=args.steps, seeds=args.seeds)
-    print(f"stage 1 on {len(captions)} test captions x {args.reps} seeds, decoded in {args.precision} (mean ± 95% CI)")
+    print(f"stage 1 on {len(captions)} {args.split} captions x {args.reps} seeds, decoded in {args.precision} "
+          "(mean ± 95% CI)")
     for name, r in results.items():
         cells = "  ".join(f"{k} {r[k][0]:.3f} ± {r[k][1]:.3f}" for k in JUDGED)
-        print(f"  {name:<16} cfg {r['cfg_scale']:.0f}  {cells}")
+        print(f"  {name:<16} cfg {r['cfg_scale']:g}  {cells}")
         for seed, one in r.get("per_seed", {}).items():
             cells = "  ".join(f"{k} {one[k][0]:.3f}" for k in JUDGED)
             print(f"    seed {seed:<10} val_loss {one['val_loss']:.3f}  {cells}")

@@ -17,6 +17,7 @@ from tav.diffusion.load import save_unet
 from tav.diffusion.schedule import ProcessConfig
 from tav.diffusion.unet3d import UNet
 from tav.encoders.joint import save_tiny_joint
+from tav.errors import InputError
 from tav.gpt import GPT, gpt_preset, save_gpt
 from tav.gpt.load import file_sha256
 from tav.vqgan import VQGAN, save_vqgan
@@ -264,6 +265,36 @@ def test_demo_stage1_bench_judges_each_folder_the_same_way(kit, tmp_path, monkey
         b1.main(["--ckpt_dir", str(kit["ckpt"]), "--data", str(kit["data"])])  # no NAME=
     with pytest.raises(SystemExit):
         b1.main(["--ckpt_dir", f"a={tmp_path}", "--data", str(kit["data"])])  # no checkpoints there
+
+
+def test_demo_stage1_bench_split_and_cfg_scale(kit, tmp_path, monkeypatch):
+    """``--split train`` judges every training caption ``--reps`` times; ``--cfg_scale`` replaces the demo's scale
+    and is the one the GPT samples with; a negative scale is an argparse error."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_demo_stage1 as b1
+
+    import tav.gpt
+
+    data = tmp_path / "data"
+    build_demo_dataset(data, n_train=3, n_test=2, size=32, seed=3)
+    base = ["--ckpt_dir", f"a={kit['ckpt']}", "--data", str(data), "--reps", "1"]
+    with pytest.raises(InputError, match="text_dropout"):  # the tiny GPT has no unconditional model to guide
+        b1.main([*base, "--cfg_scale", "4"])
+    scales, sample = [], tav.gpt.sample_codes  # record the scale, then sample unguided
+
+    def recorded(*a, **k):
+        scales.append(k["cfg_scale"])
+        return sample(*a, **{**k, "cfg_scale": 1.0})
+
+    monkeypatch.setattr(tav.gpt, "sample_codes", recorded)
+    rec = b1.main([*base, "--split", "train"])
+    assert rec["split"] == "train" and rec["captions"] == 3 and rec["results"]["a"]["n"] == 3
+    assert b1.main(base)["results"]["a"]["n"] == 2
+    assert scales == [1.0, 1.0]  # trained without caption dropout: the demo's scale for this GPT is 1
+    guided = b1.main([*base, "--cfg_scale", "4"])["results"]["a"]
+    assert guided["cfg_scale"] == 4.0 and scales[-1] == 4.0
+    with pytest.raises(SystemExit):
+        b1.main([*base, "--cfg_scale", "-1"])
 
 
 def test_demo_stage1_bench_trains_recipes_per_seed_and_reuses_them(kit, tmp_path, monkeypatch):
