@@ -46,7 +46,8 @@ synchronises the device. ``--precision bf16`` runs ours under bf16 autocast (the
 Memory: ours holds the guidance graph of the whole batch, ~3.5 GiB per video here on top of ~3.5 GiB of
 weights (batch 4: ~17 GiB), so the default batch is 2 (this machine has 12-16 GiB free). Threads default
 to 1 (on the shared 2-core machines two OpenMP threads stall whenever another process holds a core).
-Default runtime 7-10 minutes (1 thread, loaded machine). Progress goes to stderr.
+Default runtime 7-10 minutes (1 thread, loaded machine). Progress goes to stderr; the report's tables are
+written by ``bench_sample_report.py``.
 
     python benchmarks/bench_sample.py [--threads 1] [--batch 2] [--steps-timed 3] [--gpt-tokens-timed 576]
         [--res-blocks 2] [--gpt-preset urmp_upstream] [--unet small|release] [--size 64|128] [--device cpu|cuda]
@@ -63,7 +64,6 @@ import dataclasses
 import gc
 import json
 import logging
-import platform
 import resource
 import statistics
 import sys
@@ -76,7 +76,7 @@ from pathlib import Path
 import open_clip
 import torch
 from bench_gpt import TOP_K, TOP_P, _loadavg, upstream_sample_with_past
-from bench_unet import _cpu_name
+from bench_sample_report import BUCKETS, report
 from torch import Tensor, nn
 
 from tav.diffusion.config import UNetConfig
@@ -99,11 +99,6 @@ HERE = Path(__file__).resolve().parent
 FRAMES, SIZE, RATE, FPS = 16, 64, 48000, 30
 RESPACING, SKIP = "100", 25
 CAPTION = "A young man is playing the violin in front of a music stand."
-LABELS = {"unet_fwd_nograd": "U-Net forward, no grad (update)", "unet_fwd_grad": "U-Net forward, with grad",
-          "audioclip_img": "AudioCLIP image forward", "clip_img": "CLIP image forward",
-          "clip_text": "CLIP caption tokenise + encode", "enc_bwd": "backward through encoders + losses",
-          "unet_bwd": "backward through the U-Net", "other": "other (losses, sampler update, noise)"}
-BUCKETS = tuple(LABELS)
 DEVICE = torch.device("cpu")  # --device: ours and the upstream mode's U-Net, GPT, VQGAN and CLIP run here
 
 
@@ -451,98 +446,6 @@ def stage2_benchmark(args, m: Models, clips: Tensor, paths: dict[str, Path]) -> 
     return res
 
 
-# ------------------------------------------------------------------------------------------- report
-def _row(label: str, values: list[float], bold: bool = False, digits: int = 1) -> str:
-    """A table row: the values, then the last over the first (upstream mode / ours). On a GPU every figure gets
-    two more digits (its steps take milliseconds); a ratio is shown where the first value shows."""
-    digits += 2 if DEVICE.type == "cuda" else 0
-    ratio = f"{values[-1] / values[0]:.2f}x" if values[0] >= 0.5 * 10**-digits else "-"
-    cells = [label, *(f"{v:.{digits}f}" for v in values), ratio]
-    return "| " + " | ".join(f"**{c}**" if bold else c for c in cells) + " |"
-
-
-def _per_video_table(s1: dict, s2: dict, b: int) -> list[str]:
-    o1, u1, o2, u2 = s1["ours"], s1["upstream"], s2["ours"], s2["upstream"]
-    n_codes = "576 codes" + (f" ({s1['tokens_timed']} timed, scaled)" if s1["extrapolated"] else "")
-    lines = [f"| per video | ours (batch {b}) s | upstream mode (batch 1) s | upstream / ours |", "|---|---|---|---|",
-             _row(f"stage 1: GPT, {n_codes}", [o1["gpt"], u1["gpt"]]),
-             _row("stage 1: VQGAN decode + clamp + resize", [o1["decode"], u1["decode"]]),
-             _row("stage 1", [o1["total"], u1["total"]], True),
-             _row("stage 2: editor rebuild (reload U-Net, AudioCLIP, CLIP)", [o2["rebuild"], u2["rebuild"]]),
-             _row("stage 2: audio + caption embedding", [o2["prepare"], u2["prepare"]]),
-             _row(f"stage 2: {s2['n_steps']} guided steps (x median step)", [o2["steps"], u2["steps"]]),
-             _row("stage 2", [o2["total"], u2["total"]], True),
-             _row("total", [o1["total"] + o2["total"], u1["total"] + u2["total"]], True),
-             _row("(one guided step, process CPU time)", [o2["step_cpu"], u2["step_cpu"]], digits=2), ""]
-    if "ours_b1" in s2:
-        o = s2["ours_b1"]
-        lines += [f"ours at batch 1 (same run, interleaved): stage 2 {o['total']:.1f} s per video (step {o['step']:.2f}"
-                  f" s); upstream mode / ours at batch 1, stage 2: {u2['total'] / o['total']:.2f}x", ""]
-    return lines
-
-
-def _step_table(s2: dict, b: int) -> list[str]:
-    names = ["ours", "ours_b1", "upstream"] if "ours_b1" in s2 else ["ours", "upstream"]
-    heads = {"ours": f"ours s (batch {b}, / {b})", "ours_b1": "ours s (batch 1)", "upstream": "upstream mode s"}
-    lines = ["| one guided step, per video | " + " | ".join(heads[n] for n in names) + " | upstream / ours |",
-             "|---" * (len(names) + 2) + "|"]
-    lines += [_row(LABELS[k], [s2[n]["step_breakdown"][k] for n in names], digits=2) for k in BUCKETS]
-    lines.append(_row("step", [s2[n]["step"] for n in names], True, digits=2))
-    return lines
-
-
-def _verdict(s1: dict, s2: dict) -> list[str]:
-    ours = s1["ours"]["total"] + s2["ours"]["total"]
-    up = s1["upstream"]["total"] + s2["upstream"]["total"]
-    o = s2["ours"]["step_breakdown"]
-    enc = o["audioclip_img"] + o["clip_img"] + o["clip_text"] + o["enc_bwd"]
-    net = o["unet_fwd_grad"] + o["unet_fwd_nograd"] + o["unet_bwd"]
-    step = s2["ours"]["step"]
-    return [f"Overall: upstream mode / ours = **{up / ours:.2f}x per video** (goal >= 10x): "
-            f"{'met' if up / ours >= 10 else '**NOT met**'}.",
-            f"Where ours' time goes: stage 2 is {s2['ours']['total'] / ours:.0%} of a video "
-            f"({s2['ours']['total']:.0f} of {ours:.0f} s); per guided step {step:.1f} s = encoders (forward + "
-            f"backward) {enc:.1f} s ({enc / step:.0%}), U-Net forward + backward {net:.1f} s ({net / step:.0%}), "
-            f"other {o['other']:.1f} s. Stage-2 ratio {s2['upstream']['total'] / s2['ours']['total']:.2f}x "
-            f"(step by process CPU time, insensitive to other load: "
-            f"{s2['upstream']['step_cpu'] / s2['ours']['step_cpu']:.2f}x), "
-            f"stage-1 ratio {s1['upstream']['total'] / s1['ours']['total']:.2f}x."]
-
-
-def _device_line(s2: dict) -> dict[str, str]:
-    """The report's words for the device: CPU only, or a GPU with the upstream mode's AudioCLIP on the CPU."""
-    if DEVICE.type != "cuda":
-        return {"title": "CPU", "gpu": "", "peak": ""}
-    return {"title": f"{DEVICE.type} (upstream mode: AudioCLIP on the CPU, CLIP fp16, as upstream)",
-            "gpu": f", {torch.cuda.get_device_name(DEVICE)}",
-            "peak": f", peak device memory (stage 2) {s2['peak_device_gib']:.1f} GiB"}
-
-
-def report(args, m: Models, s1: dict, s2: dict, load_before: str, wall: float) -> str:
-    b, n = args.batch, m.params
-    cfg = unet_config(args.res_blocks, args.unet == "release")
-    prec = "fp32" if args.precision == "32" else f"ours {args.precision}, upstream mode fp32"
-    where = _device_line(s2)
-    lines = [f"## TA2V sampling: seconds per video, ours vs upstream-algorithm mode ({prec}, {where['title']}, "
-             "random weights)", "",
-             f"machine: {platform.machine()}, {_cpu_name()}{where['gpu']}, torch {torch.__version__}, "
-             f"threads {torch.get_num_threads()}, load average before {load_before}, after {_loadavg()}; "
-             f"wall time {wall / 60:.1f} min; peak RSS {s2['peak_rss_gib']:.1f} GiB{where['peak']}", "",
-             f"models: GPT {args.gpt_preset} ({n['gpt']:.1f} M, vocabulary {s1['vocab']}), VQGAN urmp "
-             f"({n['vqgan']:.1f} M), U-Net {cfg.model_channels} ch mult {cfg.channel_mult} x {cfg.num_res_blocks} "
-             f"ResBlocks, attention at {cfg.attention_resolutions} px ({n['unet']:.1f} M), AudioCLIP full "
-             f"({n['audioclip']:.1f} M), CLIP ViT-B/32 ({n['clip']:.1f} M)",
-             f"clip 3x{FRAMES}x{SIZE}x{SIZE}; respaced {RESPACING}, skip {SKIP} -> {s2['n_steps']} DDPM steps; "
-             f"guidance audio 1e4, direction 5e3, text 1e4, range 50; stage-2 steps timed: {args.steps_timed} per "
-             f"mode after 1 warm-up step at batch 1, x {s2['n_steps']}", ""]
-    lines += _per_video_table(s1, s2, b) + _step_table(s2, b) + [""]
-    meas = "; ".join(f"{k} " + ", ".join(f"{v:.1f}" for v in s2[k]["measured_steps_s"])
-                     for k in ("ours", "ours_b1", "upstream") if k in s2)
-    lines += [f"measured steps (s, whole batch of {b} for ours): {meas}; warm-up steps at batch 1 (first calls, not "
-              "counted): " + ", ".join(f"{k} {v:.1f}" for k, v in s2["warmup_step_b1_s"].items()), ""]
-    return "\n".join(lines + _verdict(s1, s2) + [""])
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
@@ -593,7 +496,10 @@ def main(argv: list[str] | None = None) -> None:
         m.gpt = m.vqgan = None  # stage 2 needs the memory (see the module docstring)
         gc.collect()
         s2 = stage2_benchmark(args, m, clips, paths)
-    print(report(args, m, s1, s2, load_before, time.perf_counter() - t0))
+    cfg = unet_config(args.res_blocks, args.unet == "release")
+    setting = {"device": DEVICE, "frames": FRAMES, "size": SIZE, "respacing": RESPACING, "skip": SKIP, "unet": cfg,
+               "params": m.params, "load_before": load_before, "wall": time.perf_counter() - t0}
+    print(report(args, setting, s1, s2))
     if args.json:
         opts = {k: str(v) for k, v in vars(args).items()}
         args.json.write_text(json.dumps({"stage1": s1, "stage2": s2, "args": opts}, indent=2))

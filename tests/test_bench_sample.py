@@ -17,6 +17,7 @@ from tav.utils import runtime
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_sample  # noqa: E402
+import bench_sample_report  # noqa: E402
 
 
 class ConvEncoder(Encoder):
@@ -84,3 +85,39 @@ def test_runner_in_fp32_leaves_the_weights():
         assert all(p.dtype == torch.float32 for p in unet.parameters())
         runner.step()
         assert runner.x.dtype == torch.float32
+
+
+def _records():
+    """Measured records of a run whose ratios are known: upstream mode 2x ours in stage 1, 5x in stage 2."""
+    breakdown = dict.fromkeys(bench_sample_report.BUCKETS, 0.25)
+    s1 = {"ours": {"gpt": 3.0, "decode": 1.0, "total": 4.0}, "upstream": {"gpt": 6.0, "decode": 2.0, "total": 8.0},
+          "tokens_timed": 576, "extrapolated": False, "vocab": 17000}
+    s2 = {"n_steps": 75, "peak_rss_gib": 1.5, "warmup_step_b1_s": {"ours": 3.0, "upstream": 4.0},
+          "ours": {"rebuild": 0.0, "prepare": 1.0, "steps": 15.0, "total": 16.0, "step": 2.0, "step_cpu": 2.0,
+                   "step_breakdown": breakdown, "measured_steps_s": [4.0, 4.0]},
+          "upstream": {"rebuild": 4.0, "prepare": 1.0, "steps": 75.0, "total": 80.0, "step": 1.0, "step_cpu": 10.0,
+                       "step_breakdown": {**breakdown, "other": 1.0}, "measured_steps_s": [1.0]}}
+    return s1, s2
+
+
+def test_report_tables_carry_the_measured_ratios():
+    import argparse
+
+    s1, s2 = _records()
+    args = argparse.Namespace(batch=2, precision="32", gpt_preset="urmp_upstream", steps_timed=2)
+    setting = {"device": torch.device("cpu"), "frames": 16, "size": 64, "respacing": "100", "skip": 25,
+               "unet": UNetConfig(image_size=64), "wall": 120.0, "load_before": "0.1",
+               "params": {"gpt": 1.0, "vqgan": 2.0, "unet": 3.0, "audioclip": 4.0, "clip": 5.0}}
+    text = bench_sample_report.report(args, setting, s1, s2)
+    assert "| **stage 1** | **4.0** | **8.0** | **2.00x** |" in text
+    assert "| **stage 2** | **16.0** | **80.0** | **5.00x** |" in text
+    assert "| **total** | **20.0** | **88.0** | **4.40x** |" in text
+    assert "| (one guided step, process CPU time) | 2.00 | 10.00 | 5.00x |" in text
+    assert "| other (losses, sampler update, noise) | 0.25 | 1.00 | 4.00x |" in text
+    assert "= **4.40x per video** (goal >= 10x): **NOT met**" in text
+    assert "clip 3x16x64x64; respaced 100, skip 25 -> 75 DDPM steps" in text
+
+
+def test_report_rows_get_two_more_digits_on_a_gpu():
+    assert bench_sample_report.row("a", [0.004, 0.02]) == "| a | 0.0 | 0.0 | - |"
+    assert bench_sample_report.row("a", [0.004, 0.02], gpu=True) == "| a | 0.004 | 0.020 | 5.00x |"
