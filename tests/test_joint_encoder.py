@@ -15,7 +15,14 @@ from tav.encoders.joint import JointConfig, JointModel, load_joint, save_joint, 
 from tav.encoders.registry import clear_encoder_cache, get_encoder
 from tav.errors import InputError
 from tav.metrics.retrieval import retrieval_r1
-from tav.training.joint_module import JointTrainConfig, degrade_frames, multi_positive_nce
+from tav.training.joint_module import (
+    CHANNEL_ORDERS,
+    JointTrainConfig,
+    caption_nce,
+    degrade_frames,
+    multi_positive_nce,
+    shuffle_colours,
+)
 from tav_scripts import train_joint_encoder as script
 
 TINY = dict(dim=16, width=8, audio_width=16, text_width=16, text_buckets=256, n_mels=32, image_size=32)
@@ -178,3 +185,48 @@ def test_training_with_degraded_frames_is_seeded_and_differs(demo, tmp_path):
     weights = [load_joint(p).model.state_dict() for p in runs]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_shuffle_colours_recolours_a_share_in_other_rgb_orders():
+    frames = torch.rand(400, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    out, chosen = shuffle_colours(frames, 0.5, torch.Generator().manual_seed(1))
+    assert 150 < int(chosen.sum()) < 250
+    torch.testing.assert_close(out[~chosen], frames[~chosen])
+    for i in torch.nonzero(chosen).flatten().tolist():  # a chosen frame is one non-identity order of its channels
+        hits = [o for o in CHANNEL_ORDERS if torch.equal(out[i], frames[i, list(o)])]
+        assert len(hits) == 1
+    again, chosen2 = shuffle_colours(frames, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(again, out) and torch.equal(chosen2, chosen)  # seeded
+    none, nothing = shuffle_colours(frames, 0.0, torch.Generator().manual_seed(1))
+    assert torch.equal(none, frames) and not nothing.any()
+    with pytest.raises(InputError, match="colour_shuffle_p"):
+        JointTrainConfig(colour_shuffle_p=1.0)
+
+
+def test_caption_nce_leaves_out_the_recoloured_frames():
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(0))
+    clip = torch.tensor([0, 0, 1, 1, 2, 2])
+    positive = torch.nn.functional.one_hot(clip, 3).bool()
+    full = (multi_positive_nce(logits, positive) + multi_positive_nce(logits.T, positive.T)) / 2
+    torch.testing.assert_close(caption_nce(logits, positive, torch.ones(6, dtype=torch.bool)), full)
+    keep = torch.tensor([True, False, True, True, False, False])  # clip 2 has no kept frame: caption 2 drops out
+    kept, pos = logits[keep], positive[keep]
+    expected = (multi_positive_nce(kept, pos) + multi_positive_nce(kept.T[:2], pos.T[:2])) / 2
+    torch.testing.assert_close(caption_nce(logits, positive, keep), expected)
+    nothing = caption_nce(logits.requires_grad_(), positive, torch.zeros(6, dtype=torch.bool))
+    assert float(nothing) == 0.0 and nothing.requires_grad
+
+
+def test_training_with_recoloured_frames_is_seeded_and_differs(demo, tmp_path):
+    base = ["--data_path", str(demo), "--accelerator", "cpu", "--devices", "1", "--progress_bar_refresh_rate", "0",
+            "--batch_size", "3", "--max_steps", "3", "--num_workers", "0",
+            *[a for k, v in TINY.items() for a in ("--set", f"model.{k}={v}")], "--set", "train.warmup_steps=1",
+            "--frames_per_item", "2"]
+    shuffle = ["--set", "train.colour_shuffle_p=0.5"]
+    runs = [script.train([*base, "--save_dir", str(tmp_path / name), *extra])
+            for name, extra in (("a", shuffle), ("b", shuffle), ("plain", []), ("zero", ["--set",
+                                                                                          "train.colour_shuffle_p=0"]))]
+    weights = [load_joint(p).model.state_dict() for p in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert all(torch.equal(weights[2][k], weights[3][k]) for k in weights[2])  # p = 0 is the plain training

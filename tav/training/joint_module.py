@@ -15,6 +15,12 @@ clean): a share ``degrade_p`` of the frames is shrunk to one of ``degrade_sizes`
 gets a smooth random colour field (``tint_std``: the background's colour then tells nothing) and Gaussian noise of
 a random std up to ``noise_std`` (a noise-aware guide, as GLIDE's noised CLIP, Nichol et al. 2022).
 
+The sound says nothing of a shape's colour, yet a guide trained only as above may tie the two through its few
+training clips, and at stage 2's weights the audio term's gradient then repaints the shape. ``colour_shuffle_p``
+(ours) shows the frame <-> audio term a share of the frames in another RGB order (one of the five non-identity
+orders) and leaves those frames out of the frame <-> caption term, which needs their colour: the audio similarity
+learns not to depend on the colour.
+
 Source of the loss: CLIP (Radford et al. 2021), symmetric InfoNCE with a learned temperature.
 """
 
@@ -55,8 +61,12 @@ class JointTrainConfig:
     degrade_p: float = 0.5  # share of training frames shrunk (when degrade_sizes is set)
     noise_std: float = 0.0  # Gaussian noise of std U(0, noise_std), pixel units of [0, 1], on every training frame
     tint_std: float = 0.0  # std of a smooth random colour field (a 4x4 grid, bicubic) added to every training frame
+    colour_shuffle_p: float = 0.0  # share of training frames the audio term sees recoloured (ours; module docstring)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.colour_shuffle_p < 1.0:
+            raise InputError(f"joint train: colour_shuffle_p {self.colour_shuffle_p} must be in [0, 1) (the caption "
+                             "term needs frames in their own colours)")
         if any(s < 1 for s in self.degrade_sizes) or not 0.0 <= self.degrade_p <= 1.0 or min(self.noise_std,
                                                                                                self.tint_std) < 0:
             raise InputError(f"joint train: degrade_sizes {list(self.degrade_sizes)} must be >= 1 px, degrade_p "
@@ -95,6 +105,21 @@ def degrade_frames(frames: Tensor, sizes: tuple[int, ...], p: float, noise_std: 
     return out
 
 
+# the five RGB orders other than the identity
+CHANNEL_ORDERS = ((0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def shuffle_colours(frames: Tensor, p: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """``(N, 3, H, W)`` frames -> the same frames with a share ``p`` of them in a random non-identity RGB order, and
+    the bool mask ``(N,)`` of those recoloured. All draws come from ``generator``."""
+    n, dev = frames.shape[0], frames.device
+    chosen = torch.rand(n, generator=generator, device=dev) < p
+    pick = torch.randint(len(CHANNEL_ORDERS), (n,), generator=generator, device=dev)
+    order = torch.tensor(CHANNEL_ORDERS, device=dev)[pick]  # (N, 3)
+    recoloured = torch.gather(frames, 1, order[:, :, None, None].expand_as(frames))
+    return torch.where(chosen[:, None, None, None], recoloured, frames), chosen
+
+
 def joint_train_config(data: dict[str, Any], where: str = "train") -> JointTrainConfig:
     return from_dict(JointTrainConfig, data, where)
 
@@ -103,6 +128,19 @@ def multi_positive_nce(logits: Tensor, positive: Tensor) -> Tensor:
     """``-log Σ_{j positive} softmax(logits[i])_j`` averaged over rows ``i``; ``positive`` bool, same shape."""
     masked = logits.masked_fill(~positive, float("-inf"))
     return (torch.logsumexp(logits, dim=1) - torch.logsumexp(masked, dim=1)).mean()
+
+
+def caption_nce(logits: Tensor, positive: Tensor, keep: Tensor) -> Tensor:
+    """The frame <-> caption term over the frames ``keep`` marks: ``logits (B·K, B)`` frames against captions,
+    ``positive`` of the same shape, ``keep (B·K,)`` bool. Both directions of ``multi_positive_nce``; a caption none
+    of whose frames is kept drops out of the caption -> frame direction. Zero (with a graph) if no frame is kept."""
+    if bool(keep.all()):
+        return (multi_positive_nce(logits, positive) + multi_positive_nce(logits.T, positive.T)) / 2
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    logits, positive = logits[keep], positive[keep]
+    has = positive.any(0)  # captions with a kept frame
+    return (multi_positive_nce(logits, positive) + multi_positive_nce(logits.T[has], positive.T[has])) / 2
 
 
 class JointModule(pl.LightningModule):
@@ -121,29 +159,31 @@ class JointModule(pl.LightningModule):
         seed = step_seed(self.train_cfg.seed, self.global_rank, self.current_epoch, batch_idx)
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
 
-    def embed(self, batch: dict) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Unit embeddings ``f (B·K, D)``, ``a (B·K, D)``, ``c (B, D)`` and the clip of each frame ``(B·K,)``."""
+    def embed(self, batch: dict) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Unit embeddings ``f (B·K, D)``, ``a (B·K, D)``, ``c (B, D)``, the clip of each frame ``(B·K,)`` and
+        which frames were recoloured for the audio term ``(B·K,)`` bool (``colour_shuffle_p``; training only)."""
         b, k = batch["images"].shape[:2]
         frames, t = batch["images"].flatten(0, 1), self.train_cfg
+        recoloured = torch.zeros(len(frames), dtype=torch.bool, device=frames.device)
         if self.training and t.degrades:
             frames = degrade_frames(frames, t.degrade_sizes, t.degrade_p, t.noise_std, t.tint_std, self._gen)
+        if self.training and t.colour_shuffle_p > 0:
+            frames, recoloured = shuffle_colours(frames, t.colour_shuffle_p, self._gen)
         frames = (frames - 0.5) / 0.5
         f = F.normalize(self.model.encode_frames(frames).float(), dim=-1)
         a = F.normalize(self.model.encode_audio(batch["audio"].flatten(0, 1)).float(), dim=-1)
         c = F.normalize(self.model.encode_tokens(batch["text"]).float(), dim=-1)
-        return f, a, c, torch.arange(b, device=f.device).repeat_interleave(k)
+        return f, a, c, torch.arange(b, device=f.device).repeat_interleave(k), recoloured
 
     def losses(self, batch: dict) -> dict[str, Tensor]:
-        f, a, c, clip = self.embed(batch)
+        f, a, c, clip, recoloured = self.embed(batch)
         scale = self.model.logit_scale.exp().clamp(max=100.0)
         fa = scale * f @ a.T
         target = torch.arange(len(f), device=f.device)
         audio = (F.cross_entropy(fa, target) + F.cross_entropy(fa.T, target)) / 2
         text = batch["text"]
         same_caption = (text[:, None, :] == text[None, :, :]).all(-1)  # (B, B) clips with one caption
-        positive = same_caption[clip]  # (B·K, B): frame i's caption is caption j
-        fc = scale * f @ c.T
-        caption = (multi_positive_nce(fc, positive) + multi_positive_nce(fc.T, positive.T)) / 2
+        caption = caption_nce(scale * f @ c.T, same_caption[clip], ~recoloured)  # positive (B·K, B): frame's caption
         accuracy = (fa.argmax(1) == target).float().mean()
         return {"loss": audio + self.train_cfg.caption_weight * caption, "audio_nce": audio, "caption_nce": caption,
                 "audio_acc": accuracy, "scale": scale.detach()}
