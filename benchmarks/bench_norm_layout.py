@@ -33,7 +33,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--rounds", type=int, default=15, help="timed rounds per case (after 3 warm-up calls)")
     p.add_argument("--json", type=Path, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if min(args.channels) < 1 or args.threads < 1 or args.rounds < 1:
+        p.error("--channels, --threads and --rounds must be >= 1")
+    return args
 
 
 def case(channels: int, dtype: torch.dtype, layout: torch.memory_format) -> tuple:

@@ -42,3 +42,10 @@ def test_json_has_a_row_per_channel_count_and_dtype(tmp_path):
     for r in rows:
         assert r["contiguous"] > 0 and r["channels_last_3d"] > 0
         assert r["ratio"] == pytest.approx(r["channels_last_3d"] / r["contiguous"])
+
+
+@pytest.mark.parametrize("flags", [["--channels", "0"], ["--rounds", "0"], ["--threads", "0"]])
+def test_bad_counts_are_refused(flags, capsys):
+    with pytest.raises(SystemExit):
+        _bench().main(flags)
+    assert "must be >= 1" in capsys.readouterr().err
