@@ -86,6 +86,17 @@ def run_script(script: str, argv: list[str]) -> None:
     assert done.returncode == 0, f"{script} exited {done.returncode}: {done.stderr[-2000:]}"
 
 
+def load_script(path: str, name: str | None = None):
+    """The module of a script outside the package (``benchmarks/...``, ``tools/...``), loaded from its file under
+    ``name`` (default: its stem)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name or Path(path).stem, REPO / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def assert_same_videos(a: Path, b: Path) -> int:
     """Both folders hold the same mp4 files (relative paths) with identical decoded frames; returns the count."""
     import numpy as np

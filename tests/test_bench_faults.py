@@ -3,20 +3,16 @@ random moment and run again ends exactly as its uninterrupted run, from the righ
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 import pytest
 
-from .helpers import REPO
+from .helpers import REPO, load_script
 
 
 def _bench():
     sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark imports its sibling fault_kit
-    spec = importlib.util.spec_from_file_location("bench_faults", REPO / "benchmarks" / "bench_faults.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_faults.py")
 
 
 bench = _bench()

@@ -1,22 +1,18 @@
 """benchmarks/bench_norm_layout.py times the same batch norm in two memory layouts: its cases hold equal values in
 both layouts and give equal results, and the JSON carries one row per channel count and dtype."""
 
-import importlib.util
 import json
 
 import pytest
 import torch
 
-from .helpers import REPO
+from .helpers import load_script
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_norm_layout", REPO / "benchmarks" / "bench_norm_layout.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_norm_layout.py")
 
 
 def test_layouts_hold_the_same_values_and_give_the_same_gradients():

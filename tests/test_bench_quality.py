@@ -3,7 +3,6 @@ the demo's quality record (scripts/demo_quality.py). The targets belong to the b
 here the judges' values must lie in [0, 1] and be ordered as constructed (real >= real with rotated captions)."""
 
 import dataclasses
-import importlib.util
 import json
 import math
 
@@ -24,16 +23,13 @@ from tav.vqgan import VQGAN, save_vqgan
 from tav_scripts import demo_quality as dq
 from tav_scripts.demo_stages import DEMO_CFG
 
-from .helpers import REPO, tiny_vqgan_cfg
+from .helpers import REPO, load_script, tiny_vqgan_cfg
 
 pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "benchmarks" / "bench_quality.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_quality.py")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -25,17 +24,14 @@ from tav.data.sources import assign_splits, load_captions, sanitize_stem, source
 from tav.data.video import read_video, write_video
 from tav.errors import InputError
 
-from .helpers import run_script
+from .helpers import load_script, run_script
 
 REPO = Path(__file__).resolve().parents[1]
 L, FPS, SIZE, SR = 10, 10, 32, 48000
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("prepare_dataset_cli", REPO / "tools" / "prepare_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/prepare_dataset.py", "prepare_dataset_cli")
 
 
 def _make(path: Path, fps: int, w: int, h: int, n: int, sr: int, audio_s: float | None = None,
