@@ -87,7 +87,7 @@ def stage_vqgan(run) -> None:
     a, root = run.args, run.out / "vqgan"
     n_train = sum(r["split"] == "train" for r in run.state["manifest"])
     argv = ["--config", "demo", "--data_path", str(run.state["data_root"]), "--default_root_dir", str(root),
-            "--batch_size", str(min(8, n_train)), "--sample_every_n_steps", str(a.vqgan_steps),
+            "--batch_size", str(min(32, n_train)), "--sample_every_n_steps", str(a.vqgan_steps),
             *_steps(a.vqgan_steps), *QUIET, *LOADER_WORKERS, *precision_flags(run), *verbose_flag(run)]
     ckpt = _trained(root, argv, train_vqgan.train)
     model = load_vqgan(ckpt)

@@ -283,3 +283,43 @@ def test_non_finite_loss_stops_with_step_and_last_good_checkpoint(vat, tmp_path,
     last = root / "checkpoints" / "last.ckpt"
     assert f"last good checkpoint: {last}" in err
     assert safe_load(last)["global_step"] == 2  # the bad state was not saved
+
+
+def test_training_windows_reach_the_autoencoder_and_resume_exactly(vat, tmp_path, monkeypatch):
+    """train.crop_size / crop_detail: the autoencoder trains on one window per clip and validates on whole clips;
+    the windows are drawn per batch from the step seeds, so two runs agree and a resumed run ends as the
+    uninterrupted one, bit for bit."""
+    seen = []
+    forward = vqgan_module.VQGAN.forward
+
+    def spy(self, video):
+        seen.append((self.training, tuple(video.shape[-2:])))
+        return forward(self, video)
+
+    monkeypatch.setattr(vqgan_module.VQGAN, "forward", spy)
+    crops = ["--set", "train.crop_size=8", "--set", "train.crop_detail=0.5"]
+
+    def run(root, steps, *extra):
+        probe = Probe()
+        train_vqgan.train(tiny(vat, root, "--batch_size", 2, "--max_steps", steps, "--perceptual_weight", 0,
+                               "--save_every_n_steps", 2, *crops, *extra), callbacks=[probe])
+        return {k: v.clone() for k, v in probe.module.vqgan.state_dict().items()}
+
+    whole = run(tmp_path / "a", 4)
+    assert {s for t, s in seen if t} == {(8, 8)} and {s for t, s in seen if not t} == {(16, 16)}
+    assert all(torch.equal(v, whole[k]) for k, v in run(tmp_path / "b", 4).items())
+    middle = next((tmp_path / "a" / "checkpoints").glob("epoch=*-step=2.ckpt"))
+    resumed = run(tmp_path / "a", 4, "--resume", middle)
+    assert all(torch.equal(v, whole[k]) for k, v in resumed.items())
+    crops = []
+    plain = run(tmp_path / "d", 4)
+    assert not torch.equal(plain["encoder.conv_first.conv.weight"], whole["encoder.conv_first.conv.weight"])
+
+
+@pytest.mark.parametrize("flag,match", [("train.crop_size=6", "multiple of the spatial downsampling (4)"),
+                                        ("train.crop_size=20", "no larger than the resolution (16)"),
+                                        ("train.crop_detail=2", "crop_detail=2.0: must be in [0, 1]")])
+def test_bad_training_windows_are_one_line_errors(vat, tmp_path, capsys, flag, match):
+    assert train_vqgan.main([*tiny(vat, tmp_path / "run"), "--set", flag, "--max_steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and match in err

@@ -34,6 +34,7 @@ from torch import Tensor
 from tav.config import from_dict, to_dict
 from tav.errors import InputError
 from tav.training.callbacks import check_finite
+from tav.training.crops import detail_crops
 from tav.training.gpt_module import lr_factor
 from tav.training.optim import adam
 from tav.vqgan.config import VQGANConfig
@@ -67,15 +68,19 @@ class VQGANTrainConfig:
     sample_every_n_steps: int = 1500  # real | recon sample videos (0 = off)
     n_sample_videos: int = 4  # clips per sample video
     seed: int = 1234  # seed_everything at start-up
+    crop_size: int = 0  # train on one crop_size x crop_size window per clip (0 = whole frames; tav.training.crops)
+    crop_detail: float = 0.0  # share of those windows centred on the clip's detail rather than anywhere, in [0, 1]
     channels_last: bool = True  # conv weights in channels_last_3d (oneDNN / cuDNN 3D convs; demo step 1.2x on CPU)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "accumulate_grad_batches", "n_sample_videos"):
             if getattr(self, name) < 1:
                 raise InputError(f"train.{name}={getattr(self, name)}: must be >= 1")
-        for name in ("num_workers", "save_every_n_steps", "sample_every_n_steps", "warmup_steps"):
+        for name in ("num_workers", "save_every_n_steps", "sample_every_n_steps", "warmup_steps", "crop_size"):
             if getattr(self, name) < 0:
                 raise InputError(f"train.{name}={getattr(self, name)}: must be >= 0")
+        if not 0.0 <= self.crop_detail <= 1.0:
+            raise InputError(f"train.crop_detail={self.crop_detail}: must be in [0, 1]")
         if self.gradient_clip_val is not None and self.gradient_clip_val < 0:
             raise InputError(f"train.gradient_clip_val={self.gradient_clip_val}: must be >= 0 (0 or None = off)")
 
@@ -99,6 +104,16 @@ def effective_lr(base_lr: float, rule: str, accumulate: int, world_size: int, ba
     raise InputError(f"train.lr_scaling={rule!r}: expected 'upstream' or 'none'")
 
 
+def _check_crop(size: int, cfg: VQGANConfig) -> None:
+    """A training window must hold whole codes and fit the training frames; one-line ``InputError`` otherwise."""
+    if not size:
+        return
+    factor = max(cfg.downsample[1:])
+    if size % factor or size > cfg.resolution:
+        raise InputError(f"train.crop_size={size}: use a multiple of the spatial downsampling ({factor}) no larger "
+                         f"than the resolution ({cfg.resolution}), or 0 for whole frames")
+
+
 class VQGANModule(pl.LightningModule):
     """Trains ``VQGAN(model_cfg)``; ``hparams`` = ``{"stage": "vqgan", "config": model dict, "train": dict}``
     so ``tav.vqgan.load_vqgan`` reads the checkpoints directly.
@@ -113,6 +128,7 @@ class VQGANModule(pl.LightningModule):
         self.automatic_optimization = False
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
         self.save_hyperparameters({"stage": "vqgan", "config": to_dict(model_cfg), "train": to_dict(train_cfg)})
+        _check_crop(train_cfg.crop_size, model_cfg)
         self.vqgan = VQGAN(model_cfg)
         if train_cfg.channels_last:
             self.vqgan.to_channels_last()
@@ -162,6 +178,8 @@ class VQGANModule(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         video = self.input_video(batch)
+        if self.train_cfg.crop_size:
+            video = detail_crops(video, self.train_cfg.crop_size, self.train_cfg.crop_detail)
         step, boundary = self.global_step, self._at_boundary(batch_idx)
         self.grads_pending = not boundary  # read by StepCheckpoint: a checkpoint now is not an exact resume point
         recon, vq = self.vqgan(video)
@@ -241,3 +259,4 @@ class VQGANModule(pl.LightningModule):
         finally:
             self.vqgan.train(was_training)
         return recon.float().clamp(-0.5, 0.5)
+
