@@ -259,4 +259,3 @@ class VQGANModule(pl.LightningModule):
         finally:
             self.vqgan.train(was_training)
         return recon.float().clamp(-0.5, 0.5)
-
