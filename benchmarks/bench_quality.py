@@ -2,7 +2,7 @@
 
     python benchmarks/bench_quality.py [--ckpt_dir saved_ckpts/demo] [--data results/demo/data] [--n 16]
                                        [--json OUT.json] [--md OUT.md] [--tables ablation steps precision starts]
-                                       [--split test|train]
+                                       [--split test|train] [--starts SKIP ...]
 
 Needs the demo's checkpoints (``make demo`` leaves them in ``saved_ckpts/demo/``: VQGAN, GPT, diffusion prior,
 the joint encoder) and its dataset. Every row runs ``scripts/sample_tav.py`` on the first ``--n`` test clips (or
@@ -20,10 +20,11 @@ Tables:
   + audio / + direction / + text (each term alone) / all terms (the joint encoder), and all terms with
   AudioCLIP-architecture random weights (the control);
 - ``steps``: respaced DDPM 25 / 50 / 100 / 200 and DDIM 10 / 25 / 50, all terms, the SDEdit start at the same
-  point of each chain as the demo's (``--skip_timesteps`` 90 of 100: the last tenth is run), and with
-  ``--upstream_steps 4000`` the unrespaced chain upstream sampled;
+  point of each chain as the demo's (``--skip_timesteps`` 95 of 100: the last twentieth is run; at least one
+  step), and with ``--upstream_steps 4000`` the unrespaced chain upstream sampled;
 - ``precision``: fp32 against bf16 autocast at the default steps;
-- ``starts`` (not by default): the SDEdit start, all terms and no guidance from each of ``START_SKIPS``;
+- ``starts`` (not by default): the SDEdit start, all terms and no guidance from each ``--starts`` value (default
+  ``START_SKIPS``);
 - ``weights`` (not by default): the guidance weights ``--weights A:D:T ...`` (audio, direction, text), one row each.
 """
 
@@ -43,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from tav.utils.fileio import write_text_atomic
-from tav_scripts.demo_sample import DEMO_SKIP
+from tav_scripts.demo_sample import DEMO_BLUR, DEMO_SIZE, DEMO_SKIP
 
 REPO = Path(__file__).resolve().parent.parent
 JUDGES = ("colour_acc", "shape_acc", "onset_f1", "pitch_height", "flicker")
@@ -69,14 +70,18 @@ def ablation_rows(lambdas: dict[str, float]) -> list[tuple[str, dict]]:
 
 def steps_rows(ddpm=(25, 50, 100, 200), ddim=(10, 25, 50), skip: float = SKIP,
                upstream_steps: int | None = None) -> list[tuple[str, dict]]:
-    """(label, overrides) of the steps table: SDEdit from the same point of each chain (``skip`` of it skipped);
-    ``upstream_steps`` (the process's length, e.g. 4000) adds the unrespaced chain upstream sampled."""
-    rows = [(f"DDPM {n}", {"timestep_respacing": str(n), "skip_timesteps": round(skip * n)}) for n in ddpm]
-    rows += [(f"DDIM {n}", {"timestep_respacing": f"ddim{n}", "skip_timesteps": round(skip * n), "ddim": True})
+    """(label, overrides) of the steps table: SDEdit from the same point of each chain (``skip`` of it skipped,
+    at least one step run); ``upstream_steps`` (the process's length, e.g. 4000) adds the unrespaced chain upstream
+    sampled."""
+    def start(n: int) -> int:
+        return min(n - 1, round(skip * n))
+
+    rows = [(f"DDPM {n}", {"timestep_respacing": str(n), "skip_timesteps": start(n)}) for n in ddpm]
+    rows += [(f"DDIM {n}", {"timestep_respacing": f"ddim{n}", "skip_timesteps": start(n), "ddim": True})
              for n in ddim]
     if upstream_steps:
         rows.append((f"DDPM {upstream_steps} (upstream: every step)",
-                     {"timestep_respacing": "", "skip_timesteps": round(skip * upstream_steps)}))
+                     {"timestep_respacing": "", "skip_timesteps": start(upstream_steps)}))
     return rows
 
 
@@ -173,11 +178,11 @@ def sample_argv(ckpt: Path, data: Path, save: Path, n: int, overrides: dict, ext
     flags = {"gpt_text_ckpt": ckpt / "gpt.ckpt", "vqgan_ckpt": ckpt / "vqgan.ckpt", "diffusion_ckpt":
              ckpt / "diffusion.pt", "data_path": data, "top_k": 2048, "top_p": 0.8, "n_sample": n, "run": "bench",
              "dataset": "URMP", "load_vid_len": 90, "resolution": 32, "batch_size": 4, "sequence_length": 8,
-             "model_output_size": 16, "iterations_num": 1, "audio_emb_model": "joint", "text_guidance_model":
+             "model_output_size": DEMO_SIZE, "iterations_num": 1, "audio_emb_model": "joint", "text_guidance_model":
              "joint", "joint_ckpt": ckpt / "joint_encoder.pt", "audioclip_ckpt": ckpt / "audioclip_random.pt",
              "clip_ckpt": ckpt / "clip_random.pt", "audio_guidance_lambda": 10000, "direction_lambda": 5000,
-             "text_guidance_lambda": 10000, "skip_timesteps": round(SKIP * 100), "guidance_blur": 2.0, "save": save,
-             "progress": "false", "gpt_cfg_scale": demo_cfg_scale(ckpt / "gpt.ckpt")}
+             "text_guidance_lambda": 10000, "skip_timesteps": DEMO_SKIP, "guidance_blur": DEMO_BLUR,
+             "save": save, "progress": "false", "gpt_cfg_scale": demo_cfg_scale(ckpt / "gpt.ckpt")}
     flags.update(overrides)
     argv = ["--text_stft_cond"]
     for key, value in flags.items():
@@ -272,6 +277,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the clips to sample and judge: test (the tables), or train (to choose settings on)")
     p.add_argument("--tables", nargs="+", default=["ablation", "steps", "precision"],
                    choices=["ablation", "steps", "precision", "starts", "weights"])
+    p.add_argument("--starts", nargs="+", type=int, default=list(START_SKIPS), metavar="SKIP",
+                   help="the starts table's --skip_timesteps values (of 100)")
     p.add_argument("--weights", nargs="+", default=["10000:5000:10000"], metavar="A:D:T",
                    help="the weights table's audio:direction:text guidance weights, one row each")
     p.add_argument("--upstream_steps", type=int, default=0, help="also the unrespaced chain of this many steps "
@@ -335,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
             ("ablation", ablation_rows(defaults), True),
             ("steps", steps_rows(upstream_steps=args.upstream_steps), False),
             ("precision", [("fp32", {"precision": "32"}), ("bf16 autocast", {"precision": "bf16"})], False),
-            ("starts", start_rows(), True),
+            ("starts", start_rows(args.starts), True),
             ("weights", weight_rows(args.weights), True)) if name in args.tables}
     paired = {name: {ref: paired_differences(rows, ref) for ref in PAIRED_REFS[name] if ref in rows}
               for name, rows in tables.items()}

@@ -23,7 +23,7 @@ from tav.data.video import read_video
 from tav.errors import InputError
 from tav.utils.fileio import write_text_atomic
 from tav_scripts.demo_quality import judge_clips, record_quality
-from tav_scripts.demo_sample import DEMO_BLUR, DEMO_SKIP, REPO, _rel, gather_checkpoints
+from tav_scripts.demo_sample import DEMO_BLUR, DEMO_SIZE, DEMO_SKIP, REPO, _rel, gather_checkpoints
 from tav_scripts.demo_stages import DEMO_CFG, sampling_precision_flags
 from tav_scripts.demo_tia2v import MOTION_START, SHR_SIZE, tiny_encoders, train_models
 
@@ -38,14 +38,15 @@ GENERATE_COMMENT = [
 
 def generate_commands(files: dict[str, Path], enc: dict[str, Path], models: dict[str, Path]) -> dict[str, list[str]]:
     """The demo's ``generate.py`` flags per method (the same settings as sample_tav.sh / sample_motion_optim.sh,
-    with stage 2 as DDIM over the same last tenth of the chain: as good as DDPM there and half the cost).
+    with stage 2 as DDIM over about the same end of the chain, 3 of 50 steps: as good as DDPM there and half the
+    cost).
 
     TIA2V windows each restart from the given picture (``--hand_over False``): with the demo's motion model the
     caption's colour holds on 0.80 of the frames of a 30-s video, against 0.05 when each window starts from the
     previous one's last frame, which compounds the small tint every window adds (``bench_generate.py``)."""
     ta2v = ["--gpt_text_ckpt", _rel(files["gpt"]), "--vqgan_ckpt", _rel(files["vqgan"]), "--diffusion_ckpt",
             _rel(files["diffusion"]), "--audio_emb_model", "joint", "--text_guidance_model", "joint", "--joint_ckpt",
-            _rel(files["joint"]), "--model_output_size", "16", "--timestep_respacing", "ddim50", "--ddim",
+            _rel(files["joint"]), "--model_output_size", str(DEMO_SIZE), "--timestep_respacing", "ddim50", "--ddim",
             "--skip_timesteps", str(DEMO_SKIP // 2), "--guidance_blur", str(DEMO_BLUR),
             "--gpt_cfg_scale", str(DEMO_CFG)]
     tia2v = ["--model_path", _rel(models["motion"]), "--diffusion_ckpt", _rel(models["shr"]), "--clip_l_ckpt",

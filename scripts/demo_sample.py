@@ -27,8 +27,9 @@ from tav_scripts.demo_stages import DEMO_CFG, sampling_precision_flags
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RUN = "17"  # the README command's --run
-DEMO_SKIP = 90  # respaced steps of 100 skipped by the demo's stage 2 (see sample_command)
-DEMO_BLUR = 2.0  # --guidance_blur of the demo's stage 2 (pixels of its 16-px frames)
+DEMO_SKIP = 95  # respaced steps of 100 skipped by the demo's stage 2 (see sample_command)
+DEMO_SIZE = 32  # --model_output_size of the demo's stage 2: stage 1's own frame size
+DEMO_BLUR = 4.0  # --guidance_blur of the demo's stage 2 (pixels of its 32-px frames)
 
 
 def _rel(path: Path) -> str:
@@ -78,17 +79,18 @@ def sample_command(files: dict[str, Path], data_root: Path, save: Path, n_sample
             "--vqgan_ckpt", _rel(files["vqgan"]), "--text_emb_model", "bert", "--data_path", _rel(data_root),
             "--top_k", "2048", "--top_p", "0.80", "--n_sample", str(n_sample), "--run", DEMO_RUN, "--dataset", "URMP",
             "--load_vid_len", "90", "--audio_emb_model", "joint", "--resolution", "32", "--batch_size", "4",
-            "--model_output_size", "16", "--noise_schedule", "cosine", "--iterations_num", "1",
+            "--model_output_size", str(DEMO_SIZE), "--noise_schedule", "cosine", "--iterations_num", "1",
             "--audio_guidance_lambda", "10000", "--direction_lambda", "5000", "--text_guidance_lambda", "10000",
             "--diffusion_ckpt", _rel(files["diffusion"]),
             # demo sizes and paths the README line leaves at their defaults
             "--sequence_length", "8",
-            # SDEdit over the last tenth of the chain: the demo's unconditional 16-px prior (trained minutes)
-            # refines a clip but cannot redraw one (README default --skip_timesteps 25 of 100); from earlier
-            # starts it loses more of stage 1's colour (bench_quality.py --split train --tables starts)
+            # SDEdit over the last twentieth of the chain: the demo's unconditional prior (trained minutes, on
+            # 16-px windows of 32-px clips) refines a clip but cannot redraw one (README default
+            # --skip_timesteps 25 of 100); from earlier starts it rounds more of stage 1's shapes
+            # (bench_quality.py --split train --tables starts; docs/sampling.md)
             "--skip_timesteps", str(DEMO_SKIP), "--save", _rel(save), "--text_guidance_model", "joint",
             "--joint_ckpt", _rel(files["joint"]),
-            # the guide's pixel gradient smoothed (Gaussian, 2 px of the 16-px frames): unsmoothed, it speckles
+            # the guide's pixel gradient smoothed (Gaussian, 4 px of the 32-px frames): unsmoothed, it speckles
             # the picture (docs/sampling.md)
             "--guidance_blur", str(DEMO_BLUR),
             # classifier-free guidance of the GPT's tokens: the 600-step GPT follows the caption's colour better
@@ -108,8 +110,8 @@ def _pairs(command: list[str]) -> list[str]:
 
 TA2V_COMMENT = ["# Written by `make demo`: the README's TA2V sampling command with every seed flag kept; only paths",
                 "# and sizes are changed for the demo, the guide is the joint encoder trained on the demo clips, and",
-                "# stage 2 runs the last tenth of the chain (--skip_timesteps 90), which the demo prior can do, with",
-                "# the guidance gradient smoothed (--guidance_blur 2).",
+                "# stage 2 runs the last twentieth of the chain (--skip_timesteps 95), which the demo prior can do,",
+                "# with the guidance gradient smoothed (--guidance_blur 4).",
                 "# Extra arguments are passed through, e.g.  bash saved_ckpts/demo/sample_tav.sh --n_sample 3"]
 
 

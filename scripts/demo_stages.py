@@ -152,7 +152,7 @@ def stage_diffusion(run) -> None:
     a, root = run.args, run.out / "diffusion"
     n_train = sum(r["split"] == "train" for r in run.state["manifest"])
     argv = ["--config", "demo", "--data_path", str(run.state["data_root"]), "--save_dir", str(root),
-            "--resolution", "16", "--sequence_length", "8", "--batch_size", str(min(4, n_train)),
+            "--resolution", "32", "--sequence_length", "8", "--batch_size", str(min(4, n_train)),
             "--max_steps", str(a.diffusion_steps), "--save_interval", str(a.diffusion_steps), "--num_workers", "0",
             "--lr_anneal_steps", str(a.diffusion_steps),
             "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1", "--log_interval", "25",

@@ -232,9 +232,10 @@ def main(recipe: Recipe, argv: list[str] | None = None) -> int:
 # ------------------------------------------------------------------------------------------- helpers
 def tie_unet_sizes(tree: dict[str, dict], args: argparse.Namespace, sections: tuple[str, ...], default_size: int,
               frames_from_model: bool = False) -> None:
-    """One frame size (``model.image_size`` = ``data.resolution``), ``out_channels`` from ``learn_sigma``, the
-    data's downsampling from the U-Net's depth; with ``frames_from_model`` one clip length too
-    (``model.num_frames`` = ``data.sequence_length``). The TA2V prior's and the TIA2V U-Nets' ``Recipe.tie``."""
+    """One frame size (``model.image_size`` = ``data.resolution``; the TA2V prior's ``train.crop_size`` windows, if
+    any, fit in it), ``out_channels`` from ``learn_sigma``, the data's downsampling from the U-Net's depth; with
+    ``frames_from_model`` one clip length too (``model.num_frames`` = ``data.sequence_length``). The TA2V prior's
+    and the TIA2V U-Nets' ``Recipe.tie``."""
     model, data = tree["model"], tree["data"]
     image = explicit(args, "image_size", "model.image_size", sections)
     res = explicit(args, "resolution", "data.resolution", sections)
@@ -243,12 +244,16 @@ def tie_unet_sizes(tree: dict[str, dict], args: argparse.Namespace, sections: tu
                          "the U-Net trains on clips of its own size; pass the same value")
     size = data["resolution"] if res else model.get("image_size", default_size)
     model["image_size"] = data["resolution"] = size
+    div = 2 ** (len(model.get("channel_mult", (1,))) - 1)
+    crop = int(tree.get("train", {}).get("crop_size") or 0)  # the TA2V prior's training windows, if any
+    if crop and (crop > size or crop % div):
+        raise InputError(f"train.crop_size={crop}: use a multiple of the U-Net's downsampling ({div}) no larger than "
+                         f"data.resolution ({size}), or 0 for whole frames")
     if frames_from_model:
         if not explicit(args, "sequence_length", "data.sequence_length", sections):
             data["sequence_length"] = model.get("num_frames", 16)
         model["num_frames"] = data["sequence_length"]
     model["out_channels"] = model.get("in_channels", 3) * (2 if tree["process"].get("learn_sigma", True) else 1)
-    div = 2 ** (len(model.get("channel_mult", (1,))) - 1)
     data["downsample"] = [1, div, div]
 
 

@@ -116,12 +116,16 @@ def test_paired_differences_pair_clip_by_clip():
 
 
 def test_steps_rows_start_sdedit_at_the_same_fraction():
-    rows = dict(_bench().steps_rows())
-    assert rows["DDPM 100"] == {"timestep_respacing": "100", "skip_timesteps": 90}  # the demo's start
+    bench = _bench()
+    assert dict(bench.steps_rows())["DDPM 100"]["skip_timesteps"] == bench.DEMO_SKIP  # the demo's start
+    short = dict(bench.steps_rows(skip=0.95))  # 9.5 of DDIM 10 rounds to 10: one step is still run
+    assert [short[k]["skip_timesteps"] for k in ("DDIM 10", "DDPM 25", "DDIM 50", "DDPM 200")] == [9, 24, 48, 190]
+    rows = dict(bench.steps_rows(skip=0.9))
+    assert rows["DDPM 100"] == {"timestep_respacing": "100", "skip_timesteps": 90}
     assert rows["DDPM 25"]["skip_timesteps"] == 22 and rows["DDPM 200"]["skip_timesteps"] == 180
     assert rows["DDIM 10"] == {"timestep_respacing": "ddim10", "skip_timesteps": 9, "ddim": True}
     assert [k for k in rows] == ["DDPM 25", "DDPM 50", "DDPM 100", "DDPM 200", "DDIM 10", "DDIM 25", "DDIM 50"]
-    upstream = _bench().steps_rows(upstream_steps=4000)[-1]
+    upstream = bench.steps_rows(skip=0.9, upstream_steps=4000)[-1]
     assert upstream == ("DDPM 4000 (upstream: every step)", {"timestep_respacing": "", "skip_timesteps": 3600})
 
 

@@ -104,6 +104,8 @@ def test_initialise_from_content_and_freeze():
     assert n_opt == sum(p.numel() for p in module.net.parameters() if p.requires_grad) > 0
     with pytest.raises(InputError, match="motion model"):
         TIA2VModule(tia2v_preset("content-tiny"), proc, TIA2VTrainConfig()).initialise_from_content({})
+    with pytest.raises(InputError, match="train.crop_size=8: training windows are for the TA2V prior"):
+        TIA2VTrainConfig(crop_size=8)  # its batch step does not crop: refused rather than ignored
 
 
 def _motion_module_and_batch(cfg, per_frame_t: bool, b: int = 2) -> tuple[TIA2VModule, dict]:

@@ -3,6 +3,7 @@ loader (tav.diffusion.load): seed line, EMA arithmetic, overfitting, exports, re
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,14 @@ def test_seed_line_resolves_to_the_release_config(vat, tmp_path, capsys):
         assert sum(p.numel() for p in UNet(from_dict(UNetConfig, m)).parameters()) == 318_258_694
 
 
+def test_a_windowed_prior_is_a_unet_of_the_frame_size(vat, tmp_path, capsys):
+    assert script.train([*_seed_line(vat, tmp_path / "run"), "--set", "train.crop_size=64", "--set",
+                         "train.crop_detail=0.5", "--dry_run"]) is None
+    tree = yaml.safe_load(capsys.readouterr().out)
+    assert (tree["model"]["image_size"], tree["data"]["resolution"]) == (128, 128)  # the size it samples at
+    assert (tree["train"]["crop_size"], tree["train"]["crop_detail"]) == (64, 0.5)
+
+
 @pytest.mark.parametrize("flags, needle", [
     (["--class_cond", "True"], "unconditional"),
     (["--image_size", "64"], "--image_size 64 and --resolution 128 disagree"),
@@ -72,6 +81,8 @@ def test_seed_line_resolves_to_the_release_config(vat, tmp_path, capsys):
     (["--timestep_respacing", "100"], "--timestep_respacing"),
     (["--ema_rate", "0.9999,0.99"], "one EMA decay"),
     (["--set", "process.noise_schedule=quadratic"], "noise_schedule"),
+    (["--set", "train.crop_size=200"], "use a multiple of the U-Net's downsampling (16) no larger"),
+    (["--set", "train.crop_size=72"], "train.crop_size=72: use a multiple"),
 ])
 def test_bad_flags_are_one_line_errors(vat, tmp_path, capsys, flags, needle):
     assert script.main([*_seed_line(vat, tmp_path / "run"), *flags, "--dry_run"]) == 2
@@ -112,6 +123,49 @@ def test_overfitting_one_batch_halves_the_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _training_x0(module: DiffusionModule, video: torch.Tensor, seed: int) -> torch.Tensor:
+    """The clean clips ``module.diffusion_terms`` hands to the loss for ``video`` under generator ``seed``."""
+    seen = []
+    losses = module.schedule.training_losses
+
+    def spy(net, x0, t, noise=None):
+        seen.append(x0.clone())
+        return losses(net, x0, t, noise=noise)
+
+    module.schedule.training_losses = spy
+    module._gen = torch.Generator().manual_seed(seed)
+    module.diffusion_terms({"video": video})
+    return seen[0]
+
+
+def test_training_windows_are_windows_of_the_clips_drawn_by_the_batch_generator():
+    torch.manual_seed(0)
+    video = 1e-3 * torch.rand(3, 3, 2, 16, 16) - 0.4  # a faintly textured background (windows are told apart)
+    video[:, :, :, 10:13, 2:5] += 0.8  # and the clips' only detail, in one corner
+    module = DiffusionModule(tiny_unet(), ProcessConfig(steps=100),
+                             DiffusionTrainConfig(crop_size=8, crop_detail=1.0))
+    x0 = _training_x0(module, video, seed=5)
+    assert x0.shape == (3, 3, 2, 8, 8)
+    for clip, window in zip(video, x0, strict=True):
+        corners = [(y, x) for y in range(9) for x in range(9) if torch.equal(clip[..., y:y + 8, x:x + 8], window)]
+        assert len(corners) == 1
+        y, x = corners[0]
+        assert y <= 10 and y + 8 >= 13 and x <= 2 and x + 8 >= 5  # the window holds the detail
+    torch.testing.assert_close(_training_x0(module, video, seed=5), x0, rtol=0, atol=0)  # same generator, same windows
+    whole = DiffusionModule(tiny_unet(), ProcessConfig(steps=100), DiffusionTrainConfig())
+    assert torch.equal(_training_x0(whole, video, seed=5), video)  # crop_size 0: whole frames
+
+
+@pytest.mark.parametrize("train, needle", [
+    (dict(crop_size=7), "multiple of the U-Net's downsampling (2)"),
+    (dict(crop_size=-2), "train.crop_size=-2"),
+    (dict(crop_size=8, crop_detail=1.5), "train.crop_detail=1.5"),
+])
+def test_bad_training_windows_are_refused(train, needle):
+    with pytest.raises(InputError, match=re.escape(needle)):
+        DiffusionModule(tiny_unet(), ProcessConfig(steps=100), DiffusionTrainConfig(**train))
 
 
 def test_learn_sigma_must_match_the_output_channels():

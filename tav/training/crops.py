@@ -1,7 +1,7 @@
-"""Training windows for the video VQGAN: one square crop per clip, drawn towards the clip's detail.
+"""Training windows for the video VQGAN and the TA2V prior: one square crop per clip, drawn towards its detail.
 
-A convolutional autoencoder is the same function on a window as on the whole frame, so it can learn from windows
-and reconstruct whole clips. Windows placed where a clip differs from its background carry more of what is hard
+A convolutional network is the same function on a window as on the whole frame, so it can learn from windows
+and run on whole clips. Windows placed where a clip differs from its background carry more of what is hard
 to reconstruct (edges, corners, small objects) per pixel trained on; the demo domain's shapes cover about 5% of a
 frame. ``detail`` mixes that placement with a uniform one.
 """
@@ -25,12 +25,14 @@ def detail_map(video: Tensor) -> Tensor:
     return (x - median[:, :, None, None, None]).abs().sum(1).amax(1)
 
 
-def crop_corners(video: Tensor, size: int, detail: float) -> tuple[Tensor, Tensor]:
+def crop_corners(video: Tensor, size: int, detail: float,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """Top-left corners ``(y0, x0)``, each ``(B,)`` long, of one ``size``² window per clip of ``video (B, C, T, H, W)``.
 
     With probability ``detail`` the window is centred on a pixel drawn in proportion to ``detail_map`` and moved
     inside the frame if it sticks out (a clip without detail falls back to uniform); otherwise every corner is equally
-    likely. Draws from the global RNG of ``video``'s device (seeded per training batch by ``StepSeeds``).
+    likely. Draws from ``generator``, or the global RNG of ``video``'s device (seeded per training batch by
+    ``StepSeeds``).
     """
     b, _, _, h, w = video.shape
     if not 0.0 <= detail <= 1.0:
@@ -46,16 +48,16 @@ def crop_corners(video: Tensor, size: int, detail: float) -> tuple[Tensor, Tenso
         total = weight.sum((1, 2), keepdim=True)
         weighted = torch.where(total > 0, weight / total.clamp_min(1e-12), probs)
         probs = (1.0 - detail) * probs + detail * weighted
-    centre = torch.multinomial(probs.reshape(b, -1), 1).squeeze(1)  # (B,) flat pixel index
+    centre = torch.multinomial(probs.reshape(b, -1), 1, generator=generator).squeeze(1)  # (B,) flat pixel index
     return (centre // w - half).clamp(0, h - size), (centre % w - half).clamp(0, w - size)
 
 
-def detail_crops(video: Tensor, size: int, detail: float = 0.0) -> Tensor:
+def detail_crops(video: Tensor, size: int, detail: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
     """One ``size``² window of each clip: ``(B, C, T, H, W)`` -> ``(B, C, T, size, size)``, the same values.
 
-    Corners from ``crop_corners(video, size, detail)``; all frames of a clip share its window.
+    Corners from ``crop_corners(video, size, detail, generator)``; all frames of a clip share its window.
     """
-    y0, x0 = crop_corners(video, size, detail)
+    y0, x0 = crop_corners(video, size, detail, generator)
     offsets = torch.arange(size, device=video.device)
     rows = (y0[:, None] + offsets)[:, :, None]  # (B, size, 1)
     cols = (x0[:, None] + offsets)[:, None, :]  # (B, 1, size)

@@ -35,6 +35,7 @@ from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
 from tav.diffusion.unet3d import UNet
 from tav.errors import InputError
 from tav.training.callbacks import PeriodicExport, check_finite
+from tav.training.crops import detail_crops
 from tav.training.determinism import step_seed
 from tav.training.optim import adam
 
@@ -57,19 +58,23 @@ class DiffusionTrainConfig:
     lr_anneal_steps: int = 0  # > 0: lr decays linearly to 0 over this many steps, then the run stops
     input_key: str = "video"  # batch entry with the (B, 3, T, H, W) clips
     seed: int = 1234  # seed_everything at start-up
+    crop_size: int = 0  # train on one crop_size x crop_size window per clip (0 = whole frames; tav.training.crops)
+    crop_detail: float = 0.0  # share of those windows centred on the clip's detail rather than anywhere, in [0, 1]
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
         for name in ("batch_size", "log_interval"):
             if getattr(self, name) < 1:
                 raise InputError(f"train.{name}={getattr(self, name)}: must be >= 1")
-        for name in ("num_workers", "save_interval", "weight_decay", "lr_anneal_steps"):
+        for name in ("num_workers", "save_interval", "weight_decay", "lr_anneal_steps", "crop_size"):
             if getattr(self, name) < 0:
                 raise InputError(f"train.{name}={getattr(self, name)}: must be >= 0")
         if not 0.0 <= self.ema_rate < 1.0:
             raise InputError(f"train.ema_rate={self.ema_rate}: must be in [0, 1)")
         if self.lr <= 0:
             raise InputError(f"train.lr={self.lr}: must be > 0")
+        if not 0.0 <= self.crop_detail <= 1.0:
+            raise InputError(f"train.crop_detail={self.crop_detail}: must be in [0, 1]")
 
 
 def train_config_from_dict(data: dict[str, Any], where: str = "train") -> DiffusionTrainConfig:
@@ -105,6 +110,10 @@ class DiffusionModule(pl.LightningModule):
             raise InputError(f"process.learn_sigma={process_cfg.learn_sigma} but the U-Net has "
                              f"out_channels={unet_cfg.out_channels} for in_channels={unet_cfg.in_channels}: "
                              "learned sigma needs twice the input channels")
+        factor = unet_cfg.spatial_divisor
+        if train_cfg.crop_size % factor:
+            raise InputError(f"train.crop_size={train_cfg.crop_size}: use a multiple of the U-Net's downsampling "
+                             f"({factor}), or 0 for whole frames")
         self.unet_cfg, self.process_cfg, self.train_cfg = unet_cfg, process_cfg, train_cfg
         self.save_hyperparameters({"stage": self.stage, "train": to_dict(train_cfg),
                                    "config": {"unet": to_dict(unet_cfg), "process": to_dict(process_cfg)}})
@@ -150,8 +159,11 @@ class DiffusionModule(pl.LightningModule):
 
     def diffusion_terms(self, batch: dict) -> tuple[dict[str, Tensor], Tensor]:
         """Per-sample loss terms ``{"loss", "mse", "vb"}`` (each ``(N,)``) and the timesteps ``t (N,)`` of one
-        batch: uniform ``t``, Gaussian noise from the module's generator, one network call."""
+        batch: one window per clip when ``train.crop_size`` is set, uniform ``t``, Gaussian noise, all from the
+        module's generator, one network call."""
         x0 = self.input_video(batch)
+        if self.train_cfg.crop_size:
+            x0 = detail_crops(x0, self.train_cfg.crop_size, self.train_cfg.crop_detail, self._gen)
         t = self.schedule.sample_timesteps(x0.shape[0], x0.device, generator=self._gen)
         noise = torch.randn(x0.shape, generator=self._gen, device=x0.device, dtype=x0.dtype)
         return self.schedule.training_losses(self.net, x0, t, noise=noise), t

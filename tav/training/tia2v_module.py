@@ -48,6 +48,9 @@ class TIA2VTrainConfig(DiffusionTrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.crop_size:
+            raise InputError(f"train.crop_size={self.crop_size}: training windows are for the TA2V prior; TIA2V "
+                             "models train on whole frames (use 0)")
         if not 0.0 <= self.audio_dropout <= 1.0:
             raise InputError(f"train.audio_dropout={self.audio_dropout} (--audio_dropout): must be in [0, 1]")
 
