@@ -93,7 +93,7 @@ def sample_command(files: dict[str, Path], data_root: Path, save: Path, n_sample
             # the guide's pixel gradient smoothed (Gaussian, 4 px of the 32-px frames): unsmoothed, it speckles
             # the picture (docs/sampling.md)
             "--guidance_blur", str(DEMO_BLUR),
-            # classifier-free guidance of the GPT's tokens: the 600-step GPT follows the caption's colour better
+            # classifier-free guidance of the GPT's tokens: the demo's GPT follows the caption's colour and shape better
             "--gpt_cfg_scale", str(DEMO_CFG)]
 
 
