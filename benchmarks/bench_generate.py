@@ -14,11 +14,13 @@ the script is run once (outputs in ``--work``, reused on a rerun) and the video 
   video and over its last third (does the colour drift away over the windows?);
 - ``onset_f1`` over the whole video; ``s per s``: generation seconds per second of video (models loaded).
 
-Settings: TA2V ``sliding`` (the GPT continues from the last latent frames; stage 2 windows overlap by half and
-are blended at every step), ``independent`` (no GPT context, stage-2 windows side by side: every window alone,
-as a single-window sampler would make it), and ``sliding, bf16``; TIA2V ``hand-over`` (window k+1 starts from
-window k's last frame), ``independent`` (every window starts from the given image) and ``hand-over, bf16``;
-TIA2V rows measure the motion model alone (no SHR) at 25 respaced steps, to keep the run under an hour on 2 cores.
+Settings: TA2V ``sliding`` (the GPT continues from the last latent frame, generate.py's default for the demo GPT;
+stage 2 windows overlap by half and are blended at every step), ``independent`` (no GPT context, stage-2 windows
+side by side: every window alone, as a single-window sampler would make it), ``independent GPT, sliding stage 2``
+(no GPT context, stage-2 windows blended: the demo's ``generate.sh``) and ``sliding, bf16``; TIA2V ``hand-over``
+(window k+1 starts from window k's last frame), ``independent`` (every window starts from the given image) and
+``hand-over, bf16``; TIA2V rows measure the motion model alone (no SHR) at 25 respaced steps, to keep the run
+under an hour on 2 cores.
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+# generate.py's default GPT context, half the demo GPT's grid of 2 latent frames (the demo's generate.sh draws
+# independent windows, --context_frames 0)
+SLIDING = ["--context_frames", "1"]
 SETTINGS = {
-    "ta2v": [("sliding", []), ("independent", ["--context_frames", "0", "--stage2_stride", "0"]),
-             ("sliding, bf16", ["--precision", "bf16"])],
+    "ta2v": [("sliding", SLIDING), ("independent", ["--context_frames", "0", "--stage2_stride", "0"]),
+             ("independent GPT, sliding stage 2", ["--context_frames", "0"]),
+             ("sliding, bf16", [*SLIDING, "--precision", "bf16"])],
     "tia2v": [("hand-over", ["--hand_over", "True"]), ("independent", ["--hand_over", "False"]),
               ("hand-over, bf16", ["--hand_over", "True", "--precision", "bf16"])],
 }
