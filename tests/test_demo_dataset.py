@@ -201,8 +201,8 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     sheet = np.asarray(Image.open(out / "gpt_samples.png"))
     assert sheet.shape[0] == 2 * (32 + 2 + LABEL_HEIGHT) + 2  # one row per test caption
     assert run.state["vqgan_ckpt"].is_file()
-    sheet = np.asarray(Image.open(out / "diffusion_samples.png"))  # 4 prior samples at 16 px
-    assert sheet.shape[0] == 4 * (16 + 2 + LABEL_HEIGHT) + 2
+    sheet = np.asarray(Image.open(out / "diffusion_samples.png"))  # 4 prior samples at 32 px (trained on 16-px windows)
+    assert sheet.shape[0] == 4 * (32 + 2 + LABEL_HEIGHT) + 2
     assert (out / "diffusion" / "ema000002.pt").is_file()
     assert len(list((out / "17_tav_URMP" / "fake_stage2").iterdir())) == 1  # --n_sample 1
     assert (out / "tav_samples.png").is_file()
@@ -230,8 +230,8 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
               and (out / r / "metrics.jsonl").read_text().strip()]  # 2 steps: some runs log nothing yet
     assert report.count("<video ") == 3 + 2 + 1 and report.count('<img class="plot"') == len(logged) >= 1
     assert "tia2v_shr" in report and "0_tacm_urmp: SHR" in report
-    made = out / "generate" / "ta2v_0.5s.mp4"  # generate.sh on the demo's own song: 15 frames at 30 fps, with sound
-    assert read_video(made)[0].shape == (15, 16, 16, 3) and probe_video(made).has_audio
+    made = out / "generate" / "ta2v_0.5s.mp4"  # generate.sh on the demo's own song: 15 frames of 32 px, with sound
+    assert read_video(made)[0].shape == (15, 32, 32, 3) and probe_video(made).has_audio
     assert json.loads(made.with_suffix(".json").read_text())["frames"] == 15
     tia2v_out = tmp_path / "gen" / "t.mp4"  # the TIA2V form of generate.sh
     Image.fromarray(read_video(made)[0][0]).save(tmp_path / "first.png")
