@@ -43,22 +43,23 @@ def split_captions(data: Path, split: str = "test") -> list[str]:
 
 def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: int, precision: str = "32",
                  cfg_scale: float | None = None) -> dict:
-    """``{judge: [mean, ci]}``, ``n`` and ``cfg_scale`` for a GPT and its VQGAN on ``captions``; the GPT decodes
-    under ``precision`` (``32`` or ``bf16`` autocast) with classifier-free guidance ``cfg_scale`` (None: the
-    demo's for this GPT)."""
+    """``{judge: [mean, ci]}``, ``n``, ``cfg_scale`` and ``by_shape`` (``{shape: [mean, ci]}`` of shape_acc over the
+    captions naming it) for a GPT and its VQGAN on ``captions``; the GPT decodes under ``precision`` (``32`` or
+    ``bf16`` autocast) with classifier-free guidance ``cfg_scale`` (None: the demo's for this GPT)."""
     import torch
 
     from tav.data.text import build_tokenizer
     from tav.data.video import to_uint8
     from tav.gpt import sample_codes
     from tav.gpt.load import load_stage1
-    from tav.metrics.synthetic import judge_video
+    from tav.metrics.synthetic import judge_video, parse_caption
     from tav.utils.runtime import autocast
 
     gpt, vqgan = load_stage1(gpt_ckpt, vqgan_ckpt)
     cfg_scale = demo_cfg_scale(gpt_ckpt) if cfg_scale is None else cfg_scale
     ids = build_tokenizer("bert", gpt.cfg.text_seq_len)(captions)
     scores: dict[str, list[float]] = {k: [] for k in JUDGED}
+    by_shape: dict[str, list[float]] = {}
     for rep in range(reps):
         seeds = [rep * 100 + i for i in range(len(captions))]
         with torch.inference_mode():
@@ -70,8 +71,11 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
             for key in JUDGED:
                 if getattr(verdict, key) is not None:
                     scores[key].append(getattr(verdict, key))
+            shape = parse_caption(caption)[1]
+            if shape is not None and verdict.shape_acc is not None:
+                by_shape.setdefault(shape, []).append(verdict.shape_acc)
     return {"n": len(scores["colour_acc"]), "cfg_scale": cfg_scale, **{k: list(mean_ci(v)) for k, v in scores.items()},
-            "values": scores}
+            "by_shape": {k: list(mean_ci(v)) for k, v in sorted(by_shape.items())}, "values": scores}
 
 
 def train_runs(args: argparse.Namespace, n_train: int) -> dict[str, list[tuple[int, Path]]]:
@@ -150,6 +154,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def shape_cells(result: dict) -> str:
+    """``"  (circle 0.97, diamond 0.14, ...)"``: shape_acc per named shape, where ``result`` has it."""
+    shapes = result.get("by_shape")
+    return "  (" + ", ".join(f"{k} {v[0]:.2f}" for k, v in shapes.items()) + ")" if shapes else ""
+
+
 def main(argv: list[str] | None = None) -> dict:
     from tav.utils.console import configure_output
 
@@ -181,10 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
           "(mean ± 95% CI)")
     for name, r in results.items():
         cells = "  ".join(f"{k} {r[k][0]:.3f} ± {r[k][1]:.3f}" for k in JUDGED)
-        print(f"  {name:<16} cfg {r['cfg_scale']:g}  {cells}")
+        print(f"  {name:<16} cfg {r['cfg_scale']:g}  {cells}{shape_cells(r)}")
         for seed, one in r.get("per_seed", {}).items():
             cells = "  ".join(f"{k} {one[k][0]:.3f}" for k in JUDGED)
-            print(f"    seed {seed:<10} val_loss {one['val_loss']:.3f}  {cells}")
+            print(f"    seed {seed:<10} val_loss {one['val_loss']:.3f}  {cells}{shape_cells(one)}")
     if args.json is not None:
         write_text_atomic(args.json, json.dumps(record, indent=1) + "\n")
     return record

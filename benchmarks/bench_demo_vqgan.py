@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=None, help="VQGAN training steps (default: the demo's)")
     p.add_argument("--demo_args", default="", help="extra demo.py flags for the data and VQGAN stages, e.g. "
-                   "'--n_train 256' (one dataset per --out)")
+                   "'--n_train 64' or '--base_clips 0' (one dataset per --out)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (each gets cores / jobs threads)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--child", nargs=3, metavar=("RUN_DIR", "THREADS", "FLAGS"), help=argparse.SUPPRESS)

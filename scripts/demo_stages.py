@@ -36,6 +36,18 @@ def verbose_flag(run) -> list[str]:
     return ["--verbose"] if run.args.verbose else []
 
 
+def train_clips(run, every: bool = False) -> int:
+    """Training clips a stage sees: the first ``--base_clips`` of the split, or all of them with ``every`` (the
+    GPT's; it learns the shapes only from more clips, docs/training.md, "Clips and steps")."""
+    n = sum(r["split"] == "train" for r in run.state["manifest"])
+    return n if every or run.args.base_clips <= 0 else min(n, run.args.base_clips)
+
+
+def base_clips_flags(run) -> list[str]:
+    """``--set data.max_clips=N`` for the stages that train on the first ``--base_clips`` clips only."""
+    return ["--set", f"data.max_clips={run.args.base_clips}"] if run.args.base_clips > 0 else []
+
+
 def precision_flags(run) -> list[str]:
     """``--precision bf16`` for a training when the demo runs in bf16 (``--precision auto`` on a CPU with bf16
     units). Used by the stages it speeds up, measured per step on the 2-core machines: VQGAN 1.46x (AMX) and
@@ -85,10 +97,10 @@ def _clip_video(run, row: dict, resolution: int) -> tuple[torch.Tensor, np.ndarr
 def stage_vqgan(run) -> None:
     """Train the demo VQGAN, then reconstruct whole test clips (it is convolutional in time)."""
     a, root = run.args, run.out / "vqgan"
-    n_train = sum(r["split"] == "train" for r in run.state["manifest"])
     argv = ["--config", "demo", "--data_path", str(run.state["data_root"]), "--default_root_dir", str(root),
-            "--batch_size", str(min(32, n_train)), "--sample_every_n_steps", str(a.vqgan_steps),
-            *_steps(a.vqgan_steps), *QUIET, *LOADER_WORKERS, *precision_flags(run), *verbose_flag(run)]
+            "--batch_size", str(min(32, train_clips(run))), "--sample_every_n_steps", str(a.vqgan_steps),
+            *_steps(a.vqgan_steps), *QUIET, *LOADER_WORKERS, *base_clips_flags(run), *precision_flags(run),
+            *verbose_flag(run)]
     ckpt = _trained(root, argv, train_vqgan.train)
     model = load_vqgan(ckpt)
     res = model.cfg.resolution
@@ -130,8 +142,8 @@ def stage_gpt(run) -> None:
     """Train the demo GPT on the VQGAN's codes, then sample clips from test captions."""
     a, root = run.args, run.out / "gpt"
     vq = load_vqgan(run.state["vqgan_ckpt"])
-    n_train = sum(r["split"] == "train" for r in run.state["manifest"])
-    argv = gpt_argv(run.state["vqgan_ckpt"], run.state["data_root"], root, n_train, a.gpt_steps) + verbose_flag(run)
+    argv = gpt_argv(run.state["vqgan_ckpt"], run.state["data_root"], root, train_clips(run, every=True),
+                    a.gpt_steps) + verbose_flag(run)
     ckpt = _trained(root, argv, train_text_transformer.train)
     gpt = load_gpt(ckpt)
     run.state["gpt_ckpt"] = ckpt
@@ -150,13 +162,12 @@ def stage_diffusion(run) -> None:
     """Train the demo diffusion prior on real clips, then draw clips from it (DDIM, 50 steps, x̂0 clamped to
     the data range)."""
     a, root = run.args, run.out / "diffusion"
-    n_train = sum(r["split"] == "train" for r in run.state["manifest"])
     argv = ["--config", "demo", "--data_path", str(run.state["data_root"]), "--save_dir", str(root),
-            "--resolution", "32", "--sequence_length", "8", "--batch_size", str(min(4, n_train)),
+            "--resolution", "32", "--sequence_length", "8", "--batch_size", str(min(4, train_clips(run))),
             "--max_steps", str(a.diffusion_steps), "--save_interval", str(a.diffusion_steps), "--num_workers", "0",
             "--lr_anneal_steps", str(a.diffusion_steps),
             "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1", "--log_interval", "25",
-            *precision_flags(run), *verbose_flag(run)]
+            *base_clips_flags(run), *precision_flags(run), *verbose_flag(run)]
     _trained(root, argv, diffusion_video_train_3d.train)
     ema = max(root.glob("ema*.pt"), key=lambda p: int(p.stem[3:]))
     net, schedule = load_diffusion(ema, respacing="ddim50")
@@ -179,10 +190,9 @@ def stage_joint(run) -> None:
     import shutil
 
     a, root = run.args, run.out / "joint"
-    n_train = sum(r["split"] == "train" for r in run.state["manifest"])
     argv = ["--config", "demo", "--data_path", str(run.state["data_root"]), "--save_dir", str(root),
-            "--batch_size", str(min(16, n_train)), "--max_steps", str(a.joint_steps), "--accelerator", "cpu",
-            "--devices", "1", "--progress_bar_refresh_rate", "0", *verbose_flag(run)]
+            "--batch_size", str(min(16, train_clips(run))), "--max_steps", str(a.joint_steps), "--accelerator",
+            "cpu", "--devices", "1", "--progress_bar_refresh_rate", "0", *base_clips_flags(run), *verbose_flag(run)]
     export = root / train_joint_encoder.EXPORT
     if export.is_file() and (root / "retrieval.json").is_file():
         print(f"  reusing {root} (delete it to retrain)")

@@ -21,7 +21,13 @@ from tav.errors import InputError
 from tav_scripts import tia2v_cli
 from tav_scripts.demo_quality import first_frame_psnr, record_quality, record_results
 from tav_scripts.demo_sample import _rel, show_results, write_script
-from tav_scripts.demo_stages import precision_flags, sampling_precision_flags, verbose_flag
+from tav_scripts.demo_stages import (
+    base_clips_flags,
+    precision_flags,
+    sampling_precision_flags,
+    train_clips,
+    verbose_flag,
+)
 
 FRAMES, SIZE, SHR_SIZE = 4, 16, 32  # the tiny presets: 4 frames of 16 px, SHR at 32 px
 # The motion model is given the first frame clean (first_frame=clean: at t = 0 in training and sampling) and samples
@@ -72,13 +78,13 @@ def _train(part: str, root: Path, argv: list[str]) -> Path:
 
 
 def _common(run, enc: dict[str, Path], steps: int) -> list[str]:
-    n_train = sum(r["split"] == "train" for r in run.state["manifest"])
     return ["--data_path", str(run.state["data_root"]), "--cache_dir", str(run.out / "tia2v_cache"),
             "--clip_l_ckpt", str(enc["clip_l"]), "--beats_ckpt", str(enc["beats"]), "--sequence_length",
-            str(FRAMES), "--batch_size", str(min(4, n_train)), "--max_steps", str(steps), "--save_interval",
+            str(FRAMES), "--batch_size", str(min(4, train_clips(run))), "--max_steps", str(steps), "--save_interval",
             str(steps), "--log_interval", "25", "--num_workers", "0", "--progress_bar_refresh_rate", "0",
-            "--set", "data.cache_clips=256",  # the 80 demo clips stay decoded: motion step 0.25 s against 0.29
-            "--accelerator", "cpu", "--devices", "1", *precision_flags(run), *verbose_flag(run)]
+            "--set", "data.cache_clips=256",  # the 80 clips it trains on stay decoded: motion step 0.25 s against 0.29
+            "--accelerator", "cpu", "--devices", "1", *base_clips_flags(run), *precision_flags(run),
+            *verbose_flag(run)]
 
 
 def motion_argv(run, enc: dict[str, Path], content: Path, save_dir: Path) -> list[str]:

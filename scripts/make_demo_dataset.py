@@ -1,7 +1,7 @@
 """Write the synthetic demo VAT dataset (sound drives picture; see ``tav.data.demo``).
 
     python scripts/make_demo_dataset.py --out datasets/demo_urmp [--preset urmp|landscape] \
-        [--n_train 64] [--n_test 16] [--size 64] [--seed 0]
+        [--n_train 64] [--n_test 16] [--size 64] [--seed 0] [--workers 1]
 
 Writes ``<out>/{train,test}/{mp4,audio,txt,stft_pickle}/`` and ``<out>/manifest.jsonl``; a second run
 skips the clips already complete.
@@ -24,14 +24,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n_test", type=int, default=16, help="clips in test/")
     p.add_argument("--size", type=int, default=64, help="frame height = width, pixels")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; clip seeds derive from it")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes writing clips (the files are the same for any number)")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers {args.workers}: must be >= 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     summary = build_demo_dataset(args.out, preset=args.preset, n_train=args.n_train, n_test=args.n_test,
-                                 size=args.size, seed=args.seed, progress=args.progress)
+                                 size=args.size, seed=args.seed, progress=args.progress,
+                                 workers=args.workers)
     print(format_summary(summary))
     print(f"done in {summary.wall_s:.1f} s")
 

@@ -19,6 +19,7 @@ from tav.encoders.joint import save_tiny_joint
 from tav.errors import InputError
 from tav.gpt import GPT, gpt_preset, save_gpt
 from tav.gpt.load import file_sha256
+from tav.metrics.synthetic import parse_caption
 from tav.vqgan import VQGAN, save_vqgan
 from tav_scripts import demo_quality as dq
 from tav_scripts.demo_stages import DEMO_CFG
@@ -259,6 +260,11 @@ def test_demo_stage1_bench_judges_each_folder_the_same_way(kit, tmp_path, monkey
     assert rec["precision"] == "32"  # the samplers decode in fp32 on a CPU
     for key in b1.JUDGED:
         assert 0.0 <= a[key][0] <= 1.0 and a[key][1] >= 0.0
+    # per shape: the captions' shapes, whose count-weighted means give back the overall shape_acc
+    named = [parse_caption(c)[1] for c in b1.split_captions(kit["data"])] * 2
+    assert sorted(a["by_shape"]) == sorted(set(named))
+    total = sum(a["by_shape"][s][0] * named.count(s) for s in a["by_shape"])
+    assert total == pytest.approx(a["shape_acc"][0] * len(named))
     assert json.loads(out.read_text())["results"]["a"] == a
     assert not list(tmp_path.glob("*.tmp*"))
     with pytest.raises(SystemExit):

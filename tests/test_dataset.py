@@ -106,6 +106,18 @@ def test_decoded_clip_cache_gives_the_same_items(urmp_root):
     assert cached._decoded.cache_info().currsize == len(plain) and plain._decoded is None
 
 
+def test_max_clips_keeps_the_first_clips_in_stem_order(urmp_root):
+    """``max_clips N`` reads the first N stems of a split, the same items as the whole split's first N; 0 reads
+    them all, a negative value is a one-line error."""
+    whole = VATDataset(urmp_root, "test", load_data_config("urmp", resolution=32))
+    first = VATDataset(urmp_root, "test", load_data_config("urmp", resolution=32, max_clips=1))
+    assert len(whole) == 2 and list(first.stems) == list(whole.stems[:1]) == ["1_vn_1_a_0"]
+    assert torch.equal(first[0]["video"], whole[0]["video"]) and first[0]["caption"] == whole[0]["caption"]
+    assert len(VATDataset(urmp_root, "test", load_data_config("urmp", resolution=32, max_clips=5))) == 2
+    with pytest.raises(InputError, match="max_clips must be >= 0"):
+        load_data_config("urmp", max_clips=-1)
+
+
 def test_subsampling_and_stft(urmp_root):
     cfg = load_data_config("urmp", resolution=32, sample_every_n_frames=2, load_stft=True, eval_crop="4")
     item = VATDataset(urmp_root, "test", cfg)[0]

@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from tav.data.audio import read_audio
@@ -35,10 +36,12 @@ def test_same_seed_same_clip_other_seed_other_clip():
 
 
 def test_two_builds_in_two_processes_write_identical_files(tmp_path):
-    """Every file of the dataset (mp4 bytes included) is the same in two builds, each in a fresh process; 64 px
-    clips are the width at which x264's lookahead used to depend on the heap."""
-    for name in ("one", "two"):
-        run_script("scripts/make_demo_dataset.py", ["--out", tmp_path / name, "--n_train", 6, "--n_test", 2])
+    """Every file of the dataset (mp4 bytes included) is the same in two builds, each in a fresh process, the
+    second writing its clips from two worker processes; 64 px clips are the width at which x264's lookahead used
+    to depend on the heap."""
+    for name, workers in (("one", 1), ("two", 2)):
+        run_script("scripts/make_demo_dataset.py", ["--out", tmp_path / name, "--n_train", 6, "--n_test", 2,
+                                                    "--workers", workers])
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
     assert len([f for f in files if f.suffix == ".mp4"]) == 8
     assert files == sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
@@ -131,6 +134,14 @@ def test_build_tiny_dataset_and_resume(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")} == mtimes
     with pytest.raises(InputError, match="another --out"):
         build_demo_dataset(out, preset="urmp", n_train=3, n_test=2, size=48, seed=1)
+    # resumed by two workers: only the clip that lost a file is written again, the manifest is the same
+    manifest = (out / "manifest.jsonl").read_bytes()
+    clip_files(out / "train", rows[1]["stem"]).mp4.unlink()
+    resumed = build_demo_dataset(out, preset="urmp", n_train=3, n_test=2, size=32, seed=1, workers=2)
+    assert (resumed.written, resumed.skipped) == (1, 4)
+    assert (out / "manifest.jsonl").read_bytes() == manifest
+    with pytest.raises(InputError, match="workers >= 1"):
+        build_demo_dataset(out, preset="urmp", n_train=3, n_test=2, size=32, seed=1, workers=0)
 
 
 def test_make_demo_dataset_script_landscape(tmp_path, capsys):
@@ -187,8 +198,9 @@ def test_captions_fit_the_gpt_text_prefix_untruncated():
 def test_demo_model_stages_tiny(tmp_path, capsys):
     """The VQGAN, GPT and diffusion stages train a few steps, reconstruct and sample, and reuse their runs."""
     out = tmp_path / "demo"
-    argv = ["--out", str(out), "--n_train", "8", "--n_test", "2", "--size", "32", "--vqgan_steps", "2",
-            "--gpt_steps", "2", "--diffusion_steps", "2", "--n_sample", "1", "--ckpt_dir", str(tmp_path / "ckpts"),
+    argv = ["--out", str(out), "--n_train", "8", "--base_clips", "6", "--n_test", "2", "--size", "32",
+            "--vqgan_steps", "2", "--gpt_steps", "2", "--diffusion_steps", "2", "--n_sample", "1", "--ckpt_dir",
+            str(tmp_path / "ckpts"),
             "--sample_args", "--timestep_respacing 8 --skip_timesteps 2", "--tia2v_steps", "2",
             "--tia2v_motion_steps", "2", "--tia2v_shr_steps", "2", "--tia2v_sample_args", "--timestep_respacing 8",
             "--joint_steps", "2",
@@ -201,6 +213,10 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     sheet = np.asarray(Image.open(out / "gpt_samples.png"))
     assert sheet.shape[0] == 2 * (32 + 2 + LABEL_HEIGHT) + 2  # one row per test caption
     assert run.state["vqgan_ckpt"].is_file()
+    # --base_clips: every training but the GPT's reads the first 6 of the 8 training clips
+    for stage, clips in (("vqgan", 6), ("gpt", 0), ("diffusion", 6), ("joint", 6), ("tia2v_motion", 6)):
+        assert yaml.safe_load((out / stage / "config.yaml").read_text())["data"]["max_clips"] == clips, stage
+    assert len(list((out / "tia2v_cache" / "train" / "16px").glob("*.pt"))) == 6
     sheet = np.asarray(Image.open(out / "diffusion_samples.png"))  # 4 prior samples at 32 px (trained on 16-px windows)
     assert sheet.shape[0] == 4 * (32 + 2 + LABEL_HEIGHT) + 2
     assert (out / "diffusion" / "ema000002.pt").is_file()

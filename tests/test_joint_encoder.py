@@ -107,6 +107,14 @@ def test_items_hold_frames_and_their_centred_audio(demo):
     assert len(picks) > 1 and all(len(set(p)) == 3 for p in picks)  # training frames: random, distinct
 
 
+def test_max_clips_keeps_the_first_training_clips(demo):
+    whole = FrameAudioDataset(demo, "train", FrameAudioConfig(image_size=16), train=True)
+    first = FrameAudioDataset(demo, "train", FrameAudioConfig(image_size=16, max_clips=2), train=True)
+    assert len(whole) > 2 and first.stems == whole.stems[:2]
+    with pytest.raises(InputError, match="max_clips must be >= 0"):
+        FrameAudioConfig(max_clips=-1)
+
+
 def test_training_script_learns_exports_resumes_and_scores(demo, tmp_path):
     root = tmp_path / "run"
     argv = ["--data_path", str(demo), "--save_dir", str(root), "--accelerator", "cpu", "--devices", "1",

@@ -228,6 +228,18 @@ def test_cache_is_resumable_and_keyed(clip_l, tmp_path):
     assert fake.calls == 5
 
 
+def test_cache_and_items_of_the_first_clips_only(clip_l, tmp_path):
+    """``data.max_clips 1``: the cache holds the first stem's entry only, and the dataset reads that clip."""
+    root = make_tiny_vat(tmp_path / "vat")
+    cache, fake, cfg = tmp_path / "cache", FakeAudio(), data_cfg(max_clips=1)
+    build_condition_cache(root, "train", cfg, clip_l, fake, cache, key={"clip_l": "A"}, batch_size=4)
+    assert fake.calls == 1
+    manifest = json.loads((cache / "train" / "16px" / "manifest.json").read_text())
+    assert sorted(manifest["entries"]) == ["a_1"] and not entry_path(cache, "train", "b_2", 16).exists()
+    ds = TIA2VDataset(root, "train", cfg, cache)
+    assert len(ds) == 1 and ds[0]["stem"] == "a_1"
+
+
 def test_motion_build_adds_audio_to_content_entries(clip_l, tmp_path, monkeypatch):
     """Content first, then motion (the training order): the motion build computes the audio tokens alone and
     keeps the CLIP tensors; the entries equal those of a motion build from scratch."""

@@ -35,11 +35,14 @@ class DataConfig:
     load_stft: bool = False  # also return the stft_pickle spectrogram as `stft`
     stft_size: tuple[int, ...] = (96, 16)  # (freq, time) size the per-frame spectrogram is resized to
     cache_clips: int = 0  # decoded files kept in memory per process (0: decode every item; small datasets: all)
+    max_clips: int = 0  # > 0: only the first N clips of each split, in stem order (0: all of them)
 
     def __post_init__(self) -> None:
         samples_per_frame(self.sample_rate, self.fps, "data config: sample_rate", "fps")
         if self.sequence_length < 1 or self.sample_every_n_frames < 1:
             raise InputError("data config: sequence_length and sample_every_n_frames must be >= 1")
+        if self.max_clips < 0:
+            raise InputError(f"data config: max_clips must be >= 0 (0 = every clip), got {self.max_clips}")
         if self.audio_context_s < 0:
             raise InputError(f"data config: audio_context_s must be >= 0 seconds, got {self.audio_context_s}")
         for mode in (self.train_crop, self.eval_crop):

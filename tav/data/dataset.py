@@ -31,8 +31,9 @@ from tav.training.determinism import make_loader
 log = logging.getLogger(__name__)
 
 
-def list_stems(split_dir: Path) -> list[str]:
-    """Stems of ``split_dir/txt/*.txt``, sorted; a missing or unreadable folder is a one-line error."""
+def list_stems(split_dir: Path, max_clips: int = 0) -> list[str]:
+    """Stems of ``split_dir/txt/*.txt``, sorted, the first ``max_clips`` of them when it is > 0; a missing or
+    unreadable folder is a one-line error."""
     txt = split_dir / "txt"
     try:
         names = os.listdir(txt)
@@ -44,7 +45,7 @@ def list_stems(split_dir: Path) -> list[str]:
     stems = sorted(n[:-4] for n in names if n.endswith(".txt") and not n.startswith("."))
     if not stems:
         raise InputError(f"{txt}: holds no .txt captions; nothing to load")
-    return stems
+    return stems[:max_clips] if max_clips > 0 else stems
 
 
 def read_caption(path: Path) -> str:
@@ -92,7 +93,7 @@ class VATDataset(Dataset):
         self.split_dir = Path(root) / split
         self.train = (split == "train") if train is None else train
         self.crop = self.cfg.train_crop if self.train else self.cfg.eval_crop
-        stems = list_stems(self.split_dir)
+        stems = list_stems(self.split_dir, cfg.max_clips)
         frames = [self._check_clip(s) for s in stems]
         captions = [read_caption(clip_files(self.split_dir, s).txt) for s in stems]
         self.stems = np.array(stems)  # fixed-width unicode: no per-item Python objects to refcount

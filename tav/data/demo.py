@@ -18,7 +18,9 @@ depends on the seed only, not on the preset or the image size.
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
 import os
 import time
 from dataclasses import dataclass
@@ -289,33 +291,50 @@ def _check_config(out: Path, config: dict) -> None:
         write_text_atomic(path, json.dumps(config, sort_keys=True) + "\n")
 
 
+def _write_job(job: tuple[str, str, int, int, str, int]) -> tuple[dict, bool]:
+    """Build one clip (``(out, split, index, seed, preset, size)``) unless it is complete: its manifest row and
+    whether it was written. A top-level function, so worker processes can run it."""
+    out, split, i, seed, preset, size = job
+    p = get_preset(preset)
+    spec = design_clip(clip_seed(seed, split, i), p.seconds)
+    stem = clip_stem(split, i, spec)
+    row = {"stem": stem, "split": split, "caption": spec.caption, **clip_meta(spec, p)}
+    if clip_complete(Path(out) / split, stem):
+        return row, False
+    audio = synthesize_audio(spec, p)
+    write_clip(Path(out) / split, stem, render_frames(spec, p, size), p.fps, audio, p.sample_rate,
+               spec.caption, spectrogram(audio, p.num_frames))
+    return row, True
+
+
 def build_demo_dataset(out_dir: str | os.PathLike, preset: str = "urmp", n_train: int = 64, n_test: int = 16,
-                       size: int = 64, seed: int = 0, progress: bool = False) -> DemoSummary:
+                       size: int = 64, seed: int = 0, progress: bool = False, workers: int = 1) -> DemoSummary:
     """Write the demo dataset to ``out_dir/{train,test}/{mp4,audio,txt,stft_pickle}/`` + ``manifest.jsonl``.
 
     Clips already complete on disk (``layout.clip_complete``) are skipped, so an interrupted build resumes.
-    Deterministic: the same arguments give the same files' content. Raises ``InputError`` on bad arguments
-    or when ``out_dir`` holds a demo dataset built with other settings.
+    Deterministic: the same arguments give the same files' content, whatever ``workers`` (processes writing
+    clips; each clip depends on its own seed only). Raises ``InputError`` on bad arguments or when ``out_dir``
+    holds a demo dataset built with other settings.
     """
     p = get_preset(preset)
-    if n_train < 0 or n_test < 0 or size < 8:
-        raise InputError(f"build_demo_dataset: need n_train, n_test >= 0 and size >= 8, got "
-                         f"n_train={n_train} n_test={n_test} size={size}")
+    if n_train < 0 or n_test < 0 or size < 8 or workers < 1:
+        raise InputError(f"build_demo_dataset: need n_train, n_test >= 0, size >= 8 and workers >= 1, got "
+                         f"n_train={n_train} n_test={n_test} size={size} workers={workers}")
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, {"preset": p.name, "size": size, "seed": seed})
-    rows, written = [], 0
-    jobs = [("train", i) for i in range(n_train)] + [("test", i) for i in range(n_test)]
-    for split, i in tqdm(jobs, desc="demo dataset", disable=not progress):
-        spec = design_clip(clip_seed(seed, split, i), p.seconds)
-        stem = clip_stem(split, i, spec)
-        if not clip_complete(out / split, stem):
-            audio = synthesize_audio(spec, p)
-            write_clip(out / split, stem, render_frames(spec, p, size), p.fps, audio, p.sample_rate,
-                       spec.caption, spectrogram(audio, p.num_frames))
-            written += 1
-        rows.append({"stem": stem, "split": split, "caption": spec.caption, **clip_meta(spec, p)})
+    jobs = [(str(out), split, i, seed, p.name, size) for split, n in (("train", n_train), ("test", n_test))
+            for i in range(n)]
+    bar = functools.partial(tqdm, total=len(jobs), desc="demo dataset", disable=not progress)
+    if workers == 1 or len(jobs) < 2:
+        done = list(bar(map(_write_job, jobs)))
+    else:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a parent that may hold thread pools
+        with ctx.Pool(min(workers, len(jobs))) as pool:
+            done = list(bar(pool.imap(_write_job, jobs, chunksize=8)))
+    rows = [row for row, _ in done]
+    written = sum(w for _, w in done)
     write_jsonl_atomic(out / "manifest.jsonl", rows)
     return DemoSummary(
         root=str(out), manifest=str(out / "manifest.jsonl"), preset=p.name,
@@ -323,7 +342,6 @@ def build_demo_dataset(out_dir: str | os.PathLike, preset: str = "urmp", n_train
         num_frames=p.num_frames, fps=p.fps, sample_rate=p.sample_rate, seconds=len(jobs) * p.seconds,
         wall_s=time.perf_counter() - t0,
     )
-
 
 
 def format_summary(s: DemoSummary) -> str:

@@ -38,7 +38,12 @@ class FrameAudioConfig:
     audio_rate: int = 16000  # Hz
     text_len: int = 16  # word pieces per caption
     cache_clips: int = 512  # decoded clips kept in memory per process
+    max_clips: int = 0  # > 0: only the first N clips of each split, in stem order (0: all of them)
     flip: bool = True  # training: mirror an item's frames left-right at random (off where left/right matters)
+
+    def __post_init__(self) -> None:
+        if self.max_clips < 0:
+            raise InputError(f"data config: max_clips must be >= 0 (0 = every clip), got {self.max_clips}")
 
 
 class FrameAudioDataset(Dataset):
@@ -47,7 +52,7 @@ class FrameAudioDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str, cfg: FrameAudioConfig, train: bool):
         self.dir, self.cfg, self.train = Path(root) / split, cfg, train
-        self.stems = list_stems(self.dir)
+        self.stems = list_stems(self.dir, cfg.max_clips)
         if not self.stems:
             raise InputError(f"{self.dir}: no clips (txt/<stem>.txt); build the dataset first")
         self._tokenize = build_tokenizer("bert", cfg.text_len)

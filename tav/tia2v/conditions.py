@@ -198,7 +198,7 @@ def build_condition_cache(root: str | os.PathLike, split: str, data_cfg: DataCon
     out_dir = split_cache_dir(cache_dir, split, data_cfg.resolution)
     remove_stale_temps(out_dir)
     wanted = full_key(key, data_cfg)
-    stems = list_stems(split_dir)
+    stems = list_stems(split_dir, data_cfg.max_clips)
     manifest = {"key": wanted, "audio_tokens": audio_fn is not None, "entries": {}}
     _drop_other_manifest(out_dir / MANIFEST, manifest)
     computed = 0
