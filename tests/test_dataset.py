@@ -10,7 +10,7 @@ import torch
 
 from tav.data.audio import fit_length, read_audio
 from tav.data.config import DataConfig, check_divisible, load_data_config
-from tav.data.dataset import VATDataModule, VATDataset
+from tav.data.dataset import VATDataModule, VATDataset, split_clip_limit
 from tav.data.layout import clip_files
 from tav.errors import InputError
 
@@ -106,14 +106,17 @@ def test_decoded_clip_cache_gives_the_same_items(urmp_root):
     assert cached._decoded.cache_info().currsize == len(plain) and plain._decoded is None
 
 
-def test_max_clips_keeps_the_first_clips_in_stem_order(urmp_root):
-    """``max_clips N`` reads the first N stems of a split, the same items as the whole split's first N; 0 reads
-    them all, a negative value is a one-line error."""
-    whole = VATDataset(urmp_root, "test", load_data_config("urmp", resolution=32))
-    first = VATDataset(urmp_root, "test", load_data_config("urmp", resolution=32, max_clips=1))
+def test_max_clips_keeps_the_first_training_clips_in_stem_order(urmp_root):
+    """``max_clips N`` reads the first N stems of the train split, the same items as the whole split's first N;
+    other splits are read whole; 0 reads them all, a negative value is a one-line error."""
+    cfg = load_data_config("urmp", resolution=32, train_crop="seeded")
+    whole = VATDataset(urmp_root, "train", cfg)
+    first = VATDataset(urmp_root, "train", load_data_config("urmp", resolution=32, train_crop="seeded", max_clips=1))
     assert len(whole) == 2 and list(first.stems) == list(whole.stems[:1]) == ["1_vn_1_a_0"]
     assert torch.equal(first[0]["video"], whole[0]["video"]) and first[0]["caption"] == whole[0]["caption"]
-    assert len(VATDataset(urmp_root, "test", load_data_config("urmp", resolution=32, max_clips=5))) == 2
+    assert len(VATDataset(urmp_root, "train", load_data_config("urmp", resolution=32, max_clips=5))) == 2
+    assert len(VATDataset(urmp_root, "test", load_data_config("urmp", resolution=32, max_clips=1))) == 2
+    assert split_clip_limit("train", 3) == 3 and split_clip_limit("test", 3) == split_clip_limit("val", 3) == 0
     with pytest.raises(InputError, match="max_clips must be >= 0"):
         load_data_config("urmp", max_clips=-1)
 

@@ -111,6 +111,9 @@ def test_max_clips_keeps_the_first_training_clips(demo):
     whole = FrameAudioDataset(demo, "train", FrameAudioConfig(image_size=16), train=True)
     first = FrameAudioDataset(demo, "train", FrameAudioConfig(image_size=16, max_clips=2), train=True)
     assert len(whole) > 2 and first.stems == whole.stems[:2]
+    test = FrameAudioDataset(demo, "test", FrameAudioConfig(image_size=16), train=False)
+    cut = FrameAudioDataset(demo, "test", FrameAudioConfig(image_size=16, max_clips=1), train=False)
+    assert len(test) > 1 and cut.stems == test.stems  # other splits are read whole
     with pytest.raises(InputError, match="max_clips must be >= 0"):
         FrameAudioConfig(max_clips=-1)
 

@@ -229,7 +229,8 @@ def test_cache_is_resumable_and_keyed(clip_l, tmp_path):
 
 
 def test_cache_and_items_of_the_first_clips_only(clip_l, tmp_path):
-    """``data.max_clips 1``: the cache holds the first stem's entry only, and the dataset reads that clip."""
+    """``data.max_clips 1``: the train split's cache holds the first stem's entry only, and the dataset reads that
+    clip; the test split's cache holds every clip."""
     root = make_tiny_vat(tmp_path / "vat")
     cache, fake, cfg = tmp_path / "cache", FakeAudio(), data_cfg(max_clips=1)
     build_condition_cache(root, "train", cfg, clip_l, fake, cache, key={"clip_l": "A"}, batch_size=4)
@@ -238,6 +239,9 @@ def test_cache_and_items_of_the_first_clips_only(clip_l, tmp_path):
     assert sorted(manifest["entries"]) == ["a_1"] and not entry_path(cache, "train", "b_2", 16).exists()
     ds = TIA2VDataset(root, "train", cfg, cache)
     assert len(ds) == 1 and ds[0]["stem"] == "a_1"
+    build_condition_cache(root, "test", cfg, clip_l, fake, cache, key={"clip_l": "A"}, batch_size=4)
+    assert fake.calls == 3  # the test split is read whole
+    assert sorted(json.loads((cache / "test" / "16px" / "manifest.json").read_text())["entries"]) == ["a_1", "b_2"]
 
 
 def test_motion_build_adds_audio_to_content_entries(clip_l, tmp_path, monkeypatch):

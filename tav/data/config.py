@@ -35,7 +35,7 @@ class DataConfig:
     load_stft: bool = False  # also return the stft_pickle spectrogram as `stft`
     stft_size: tuple[int, ...] = (96, 16)  # (freq, time) size the per-frame spectrogram is resized to
     cache_clips: int = 0  # decoded files kept in memory per process (0: decode every item; small datasets: all)
-    max_clips: int = 0  # > 0: only the first N clips of each split, in stem order (0: all of them)
+    max_clips: int = 0  # > 0: only the first N clips of the train split, in stem order (0: all of them)
 
     def __post_init__(self) -> None:
         samples_per_frame(self.sample_rate, self.fps, "data config: sample_rate", "fps")

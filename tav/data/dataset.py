@@ -31,6 +31,15 @@ from tav.training.determinism import make_loader
 log = logging.getLogger(__name__)
 
 
+TRAIN_SPLIT = "train"  # the split that ``max_clips`` cuts; validation and test splits are always read whole
+
+
+def split_clip_limit(split: str, max_clips: int) -> int:
+    """The ``max_clips`` argument of ``list_stems`` for ``split``: ``max_clips`` for the training split, 0 (every
+    clip) for any other, so that training on the first N clips never trims the clips a run is judged on."""
+    return max_clips if split == TRAIN_SPLIT else 0
+
+
 def list_stems(split_dir: Path, max_clips: int = 0) -> list[str]:
     """Stems of ``split_dir/txt/*.txt``, sorted, the first ``max_clips`` of them when it is > 0; a missing or
     unreadable folder is a one-line error."""
@@ -93,7 +102,7 @@ class VATDataset(Dataset):
         self.split_dir = Path(root) / split
         self.train = (split == "train") if train is None else train
         self.crop = self.cfg.train_crop if self.train else self.cfg.eval_crop
-        stems = list_stems(self.split_dir, cfg.max_clips)
+        stems = list_stems(self.split_dir, split_clip_limit(split, cfg.max_clips))
         frames = [self._check_clip(s) for s in stems]
         captions = [read_caption(clip_files(self.split_dir, s).txt) for s in stems]
         self.stems = np.array(stems)  # fixed-width unicode: no per-item Python objects to refcount

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from tav.data.audio import read_audio
-from tav.data.dataset import check_enough_items, list_stems
+from tav.data.dataset import check_enough_items, list_stems, split_clip_limit
 from tav.data.layout import clip_files
 from tav.data.text import build_tokenizer
 from tav.data.video import read_video
@@ -38,7 +38,7 @@ class FrameAudioConfig:
     audio_rate: int = 16000  # Hz
     text_len: int = 16  # word pieces per caption
     cache_clips: int = 512  # decoded clips kept in memory per process
-    max_clips: int = 0  # > 0: only the first N clips of each split, in stem order (0: all of them)
+    max_clips: int = 0  # > 0: only the first N clips of the train split, in stem order (0: all of them)
     flip: bool = True  # training: mirror an item's frames left-right at random (off where left/right matters)
 
     def __post_init__(self) -> None:
@@ -52,7 +52,7 @@ class FrameAudioDataset(Dataset):
 
     def __init__(self, root: str | os.PathLike, split: str, cfg: FrameAudioConfig, train: bool):
         self.dir, self.cfg, self.train = Path(root) / split, cfg, train
-        self.stems = list_stems(self.dir, cfg.max_clips)
+        self.stems = list_stems(self.dir, split_clip_limit(split, cfg.max_clips))
         if not self.stems:
             raise InputError(f"{self.dir}: no clips (txt/<stem>.txt); build the dataset first")
         self._tokenize = build_tokenizer("bert", cfg.text_len)

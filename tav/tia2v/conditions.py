@@ -39,7 +39,7 @@ from torch import Tensor
 
 from tav.data.audio import fit_length, read_audio
 from tav.data.config import DataConfig
-from tav.data.dataset import list_stems, read_caption
+from tav.data.dataset import list_stems, read_caption, split_clip_limit
 from tav.data.layout import clip_files
 from tav.data.video import read_video, resize_center_crop, to_model_range
 from tav.encoders.clip_l import first_line
@@ -198,7 +198,7 @@ def build_condition_cache(root: str | os.PathLike, split: str, data_cfg: DataCon
     out_dir = split_cache_dir(cache_dir, split, data_cfg.resolution)
     remove_stale_temps(out_dir)
     wanted = full_key(key, data_cfg)
-    stems = list_stems(split_dir, data_cfg.max_clips)
+    stems = list_stems(split_dir, split_clip_limit(split, data_cfg.max_clips))
     manifest = {"key": wanted, "audio_tokens": audio_fn is not None, "entries": {}}
     _drop_other_manifest(out_dir / MANIFEST, manifest)
     computed = 0
