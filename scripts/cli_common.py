@@ -77,7 +77,8 @@ def add_config_flags(p: argparse.ArgumentParser, kind: str, default: str) -> Non
     p.add_argument("--config", "--preset", dest="config", default=default,
                    help=f"preset name under configs/{kind}/ or a YAML file (default: %(default)s)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set n_hiddens=64 or --set train.lr=1e-4 (repeatable)")
+                   help="override a config field, e.g. --set data.max_clips=64 (--dry_run lists the fields; "
+                        "repeatable)")
     p.add_argument("--dry_run", "--dry-run", action="store_true", help="print the resolved config and exit")
 
 

@@ -63,6 +63,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     generate_models.add_ta2v_flags(p)
     generate_models.add_tia2v_flags(p)
     args = p.parse_args(argv)
+    if args.fps is not None and not args.fps > 0:
+        p.error(f"--fps {args.fps:g}: must be > 0 (leave it out to use the checkpoints' fps)")
+    if args.steps is not None and args.steps < 1:
+        p.error(f"--steps {args.steps}: must be >= 1")
     if args.steps is not None:
         if args.timestep_respacing is not None:
             p.error("give --steps or --timestep_respacing, not both")

@@ -184,8 +184,9 @@ def sample(recipe: SamplingRecipe, argv: list[str] | None = None) -> Path:
     """Run the sampler; returns the results folder. Raises ``InputError`` for bad flags/files."""
     parser = build_parser(recipe, argv)
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.n_sample < 1:
-        raise InputError("--batch_size and the sample count must be >= 1")
+    for flag, value in (("--n_sample", args.n_sample), ("--batch_size", args.batch_size)):
+        if value < 1:
+            raise InputError(f"{flag} {value}: must be >= 1")
     recipe.check_args(args)
     check_writable(args.save, "--save")  # before any model loads
     shard = resolve_shard(args.shard)

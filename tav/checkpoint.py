@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from tav.errors import InputError
 from tav.utils.fileio import save_torch_atomic
@@ -72,7 +72,7 @@ def safe_load(path: str | os.PathLike) -> Any:
         raise refused_unpickling(path, err) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as err:
         raise InputError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                         f"{_first_line(err)}") from None
+                         f"{_first_line(err)}; re-download or re-export it") from None
 
 
 def refused_unpickling(path: str | os.PathLike, err: BaseException) -> InputError:
@@ -287,6 +287,19 @@ def _mismatch(want: Mapping[str, tuple[int, ...]], sd: Mapping[str, Tensor],
         parts.append(f"{len(shaped)} of another shape (first {k} has shape {tuple(sd[k].shape)} but the config "
                      f"builds {want[k]})")
     return ", ".join(parts), shaped[0] if shaped else None
+
+
+def weights_misfit(obj: Any, net: nn.Module, sd: Mapping[str, Tensor]) -> str:
+    """Why ``sd`` (from the loaded file ``obj``) does not load strictly into ``net``: ``""`` when it fits, else the
+    key counts of ``_mismatch``, led by the model the file holds when it records or shows one (``"it holds a tav
+    joint checkpoint: "``), for the one-line errors of loaders that take a single known layout."""
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    bn_counters = [k for k in want if k.endswith("num_batches_tracked")]  # BatchNorm fills a missing one
+    summary, _ = _mismatch(want, sd, bn_counters)
+    if not summary:
+        return ""
+    stage = detect_stage(obj)
+    return (f"it holds a tav {stage} checkpoint; " if stage else "") + summary
 
 
 def check_finite(sd: Mapping[str, Tensor], where: str) -> None:

@@ -91,7 +91,9 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML mapping; a missing file or a non-mapping gives a one-line error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: config file not found")
+        presets = list_presets(path.parent.name) if path.parent.parent == CONFIG_DIR else []
+        hint = f"; the presets here: {', '.join(presets)}" if presets else ""
+        raise InputError(f"{path}: config file not found{hint}")
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise InputError(f"{path}: a config file must hold a mapping of keys to values")

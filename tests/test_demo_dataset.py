@@ -183,6 +183,29 @@ def test_demo_script_tiny(tmp_path, capsys):
     assert "0 written, 3 already complete" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("extra,message", [
+    (["--n_train", "-1"], "--n_train -1: must be >= 0"), (["--size", "7"], "--size 7: must be >= 8"),
+    (["--n_train", "0", "--n_test", "0"], "--n_train + --n_test must be at least 1")])
+def test_make_demo_dataset_bad_numbers(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as stop:
+        make_demo_dataset.main(["--out", str(tmp_path / "d"), *extra])
+    assert stop.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_make_demo_dataset_bad_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit):
+        make_demo_dataset.main(["--out", str(tmp_path / "file")])
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert make_demo_dataset.main(["--out", str(tmp_path / "file" / "d"), "--n_train", "1", "--n_test", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("make_demo_dataset: error: --out ") and "cannot write" in err
+    assert make_demo_dataset.main(["--out", str(tmp_path / "ok"), "--n_train", "1", "--n_test", "0"]) == 0
+    assert make_demo_dataset.main(["--out", str(tmp_path / "ok"), "--n_train", "1", "--n_test", "0", "--seed",
+                                   "5"]) == 2  # another seed into the same folder
+    assert "use another --out or delete the folder" in capsys.readouterr().err
+
+
 def test_captions_fit_the_gpt_text_prefix_untruncated():
     """Every demo caption fits text_seq_len=12 word pieces, so the instrument name is never cut off."""
     from tav.data.text import load_bert_tokenizer

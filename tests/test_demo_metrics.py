@@ -123,3 +123,20 @@ def test_bad_i3d_config_in_file_is_one_line_error(tmp_path):
     torch.save(obj, tmp_path / "bad.pt")
     with pytest.raises(InputError, match="unknown key"):
         load_i3d(tmp_path / "bad.pt")
+
+
+def test_wrong_checkpoint_for_i3d_or_inception_names_what_it_holds(tmp_path):
+    """A joint-encoder file as --i3d_ckpt, an I3D file as --inception_ckpt: one line naming the model the file
+    holds, the key counts and the file to pass."""
+    from tav.encoders.joint import save_tiny_joint
+    from tav.metrics.inception import load_inception
+
+    joint = save_tiny_joint(tmp_path / "joint.pt")
+    with pytest.raises(InputError, match=r"it holds a tav joint checkpoint; \d+ missing \(first [^)]+\), \d+ "
+                                         r"unexpected .*; pass --i3d_ckpt with i3d_pretrained_400.pt") as err:
+        load_i3d(joint)
+    assert "\n" not in str(err.value)
+    i3d = save_tiny_i3d(tmp_path / "i3d.pt", config=TINY_I3D)
+    with pytest.raises(InputError, match=r"do not fit the TF-FID Inception .*it holds a tav i3d checkpoint; .*"
+                                         r"pass --inception_ckpt with pt_inception"):
+        load_inception(i3d)

@@ -338,6 +338,15 @@ def test_bad_input_is_one_line_and_writes_nothing(kit, tmp_path, capsys, case):
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
+@pytest.mark.parametrize("flag,value", [("--fps", "0"), ("--fps", "-5"), ("--fps", "nan"), ("--steps", "0")])
+def test_bad_numbers_are_refused_before_any_work(kit, tmp_path, capsys, flag, value):
+    out = tmp_path / "o.mp4"
+    with pytest.raises(SystemExit) as stop:
+        script.main([*ta2v_argv(kit, melody(tmp_path / "s.wav", 0.2), out), flag, value])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and f"{flag} {value}: must be" in err and not out.exists()
+
+
 def test_warnings_silent_long_caption_and_ignored_image(kit, tmp_path, caplog):
     silent = melody(tmp_path / "quiet.wav", 0.2, amp=0.0)
     long_caption = "A red circle moves to a Flute. " * 6

@@ -336,9 +336,11 @@ def test_bad_inputs_are_one_line_or_a_counted_skip(raw, tmp_path, capsys):
     _make(src / "wide.mp4", 15, 1600, 2, 20, 22050)  # 800:1 -> 25600 px wide at --size 32
     (src / "wide.txt").write_text("A very wide video.")
     out = tmp_path / "o2"
-    assert cli.main(["--videos", str(src), "--out", str(out), *base[2:]]) == 0
-    text = capsys.readouterr().out
-    assert "caption_too_long: 1" in text and "too_elongated: 1" in text
+    assert cli.main(["--videos", str(src), "--out", str(out), *base[2:]]) == 2  # both skipped: no dataset
+    printed = capsys.readouterr()
+    assert "caption_too_long: 1" in printed.out and "too_elongated: 1" in printed.out
+    assert "no clip in" in printed.err and "all 2 source videos failed" in printed.err
+    assert not (out / "manifest.jsonl").exists()
     (tmp_path / "big.csv").write_text("file,caption\na.mp4,\"" + "x" * 140000 + "\"\n")
     with pytest.raises(InputError, match="131072"):  # the same bound as the sidecar's
         load_captions(tmp_path / "big.csv")

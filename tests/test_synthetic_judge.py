@@ -245,3 +245,10 @@ def test_tool_bad_input(tmp_path, capsys, split):
     printed = capsys.readouterr().out
     assert "no audio files" in printed and "no captions" in printed
     assert json.loads((tmp_path / "b.json").read_text())["folders"]["bare"]["onset_f1"] is None
+    write_video(bare / "mp4" / "y.mp4", frames, 30)  # a second clip, with a caption: the first one is noted
+    (bare / "txt").mkdir()
+    (bare / "txt" / "y.txt").write_text("A red circle moves to a Flute.")
+    (bare / "txt" / "x.txt").write_text("\n")  # empty
+    assert tool.main(["--split", str(bare), "--json", str(tmp_path / "c.json")]) == 0
+    assert "1 of 2 videos have no caption (a missing or empty txt; first: x.mp4)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "c.json").read_text())["folders"]["bare"]["colour_acc_n"] == 1

@@ -149,6 +149,12 @@ def test_respaced_skip_and_frame_denoiser():
     first = sched.num_timesteps - 1 - skip
     assert sched.timestep_map[first] <= 3899 < sched.timestep_map[first + 1]
     assert respaced_skip(GaussianSchedule.from_config(ProcessConfig(steps=4000)), 100) == 100
+    assert respaced_skip(sched, 3999) == sched.num_timesteps - 1  # from step 0: one step left
+    with pytest.raises(InputError, match=r"--skip_timesteps 4000: leaves nothing of the 4000-step chain; give a "
+                                         r"value in \[0, 4000\)"):
+        respaced_skip(sched, 4000)
+    with pytest.raises(InputError, match=r"^--shr_skip_timesteps 5000: leaves nothing"):
+        respaced_skip(sched, 5000, "--shr_skip_timesteps")
     assert TIA2VSamplingConfig().shr_skip(4000) == 2500
     assert TIA2VSamplingConfig(shr_skip_timesteps=100).shr_skip(4000) == 100
     net = TIA2VUNet(tia2v_preset("content-tiny")).eval()

@@ -68,6 +68,9 @@ def test_config_validation():
         vqgan_config_from_dict({"n_hidden": 32})
     with pytest.raises(InputError, match="chroma_weight=-0.5: must be >= 0"):
         VQGANConfig(chroma_weight=-0.5)
+    for lr in (0.0, -1.0):
+        with pytest.raises(InputError, match=rf"vqgan.lr={lr}: must be > 0 \(--lr\)"):
+            VQGANConfig(lr=lr)
     # not a multiple of the factors: allowed (padded), latent rounds up
     assert VQGANConfig(resolution=9, sequence_length=16).latent_shape == (4, 2, 2)
 

@@ -92,6 +92,9 @@ def run_folders(args: argparse.Namespace) -> list[RunFolder]:
         raise InputError(f"--num_folds {args.num_folds}: must be at least 1")
     else:
         runs = [open_run(find_run(args.results_root, f"{i}_{args.exp_tag}")) for i in range(args.num_folds)]
+    for run in runs:
+        if run.manifest is None:
+            log.warning("%s: no manifest.jsonl: samples are paired by file name", run.path)
     if getattr(args, "out", None) is not None:
         check_writable(Path(args.out).parent, "--out")
     else:

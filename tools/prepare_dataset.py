@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from tav.data.prepare import PrepareConfig, prepare_dataset
+from tav.data.prepare import MANIFEST, PrepareConfig, prepare_dataset
 from tav.errors import InputError
 from tav.utils.console import configure_output
 
@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepare_dataset: error: {e}", file=sys.stderr)
         return 2
     print(summary.format())
+    if not any(summary.clips.values()):  # every source failed: leave no empty dataset behind
+        (Path(args.out) / MANIFEST).unlink(missing_ok=True)
+        print(f"prepare_dataset: error: no clip in {args.out}: all {summary.found} source videos failed; fix or "
+              "remove them (the warnings above say why)", file=sys.stderr)
+        return 2
     return 0
 
 

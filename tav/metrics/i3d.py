@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tav.checkpoint import check_finite, is_torchscript, safe_load, save_checkpoint, state_dict_of
+from tav.checkpoint import check_finite, is_torchscript, safe_load, save_checkpoint, state_dict_of, weights_misfit
 from tav.config import from_dict, to_dict
 from tav.errors import InputError
 from tav.metrics.resize import resize_bilinear, to_unit_float
@@ -290,12 +290,12 @@ def load_i3d(path: str | os.PathLike | None = None, device: str | torch.device =
             raise InputError(f"{path}: no I3D state dict inside (expected a {{name: tensor}} mapping); "
                              f"pass {I3D_FLAG} with {I3D_STATE_DICT_FILE} or {I3D_TORCHSCRIPT_FILE}")
         model = I3D(bn_eps=bn_eps, config=_saved_config(obj, path))
-        check_finite(state, str(path))
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
+        misfit = weights_misfit(obj, model, state)
+        if misfit:
             raise InputError(f"{path}: weights do not fit the Kinetics-400 I3D ({I3D_STATE_DICT_FILE} layout): "
-                             f"{' '.join(str(err).split())[:300]}") from None
+                             f"{misfit}; pass {I3D_FLAG} with {I3D_STATE_DICT_FILE} or {I3D_TORCHSCRIPT_FILE}")
+        check_finite(state, str(path))
+        model.load_state_dict(state, strict=True)
         model = model.to(device)
     return model.eval().requires_grad_(False)
 

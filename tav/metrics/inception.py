@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
 
-from tav.checkpoint import check_finite, safe_load, state_dict_of
+from tav.checkpoint import check_finite, safe_load, state_dict_of, weights_misfit
 from tav.errors import InputError
 from tav.metrics.i3d import mark_random_weights, model_device, seeded_random_init_
 from tav.metrics.resize import resize_bilinear, resize_clean, to_unit_float
@@ -145,17 +145,18 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
     path = Path(path) if path is not None else default_inception_path()
     if not path.is_file():
         raise InputError(_missing_message(path))
-    state = state_dict_of(safe_load(path))
+    obj = safe_load(path)
+    state = state_dict_of(obj)
     if state is None:
         raise InputError(f"{path}: no Inception state dict inside (expected a {{name: tensor}} mapping); "
                          f"pass {INCEPTION_FLAG} with {INCEPTION_FILE}")
     model = FIDInception()
+    misfit = weights_misfit(obj, model, state)
+    if misfit:
+        raise InputError(f"{path}: weights do not fit the TF-FID Inception ({INCEPTION_FILE} layout): {misfit}; "
+                         f"pass {INCEPTION_FLAG} with {INCEPTION_FILE}")
     check_finite(state, str(path))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise InputError(f"{path}: weights do not fit the TF-FID Inception ({INCEPTION_FILE} layout): "
-                         f"{' '.join(str(err).split())[:300]}") from None
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval().requires_grad_(False)
 
 

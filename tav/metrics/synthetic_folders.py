@@ -60,7 +60,9 @@ def results_items(run_dir: str | os.PathLike) -> tuple[dict[str, list[Item]], li
         raise InputError(f"{run.path}: no such results folder")
     audio = index_folder(run, "audio", "wav") if (run.path / "audio").is_dir() else {}
     texts = index_folder(run, "txt", "txt") if (run.path / "txt").is_dir() else {}
-    out, notes = {}, []
+    out = {}
+    notes = [] if run.manifest is not None else [f"{run.path.name}: no manifest.jsonl: samples are paired by file "
+                                                 "name"]
     for name in VIDEO_FOLDERS:
         folder = resolve_folder(run, name)
         if not (run.path / folder).is_dir():
@@ -79,11 +81,20 @@ def results_items(run_dir: str | os.PathLike) -> tuple[dict[str, list[Item]], li
 
 
 def _notes(items: list[Item], name: str) -> list[str]:
+    """What the judges skip: a whole folder without audio or captions, or the clips that lack them."""
     notes = []
-    if not any(i.audio for i in items):
+    no_audio = [i.video.name for i in items if not i.audio]
+    no_caption = [i.video.name for i in items if not i.caption]
+    if len(no_audio) == len(items):
         notes.append(f"{name}: no audio files: onset_f1, pitch_height and AV-Align are skipped")
-    if not any(i.caption for i in items):
+    elif no_audio:
+        notes.append(f"{name}: {len(no_audio)} of {len(items)} videos have no audio file (first: {no_audio[0]}): "
+                     "onset_f1, pitch_height and AV-Align skip them")
+    if len(no_caption) == len(items):
         notes.append(f"{name}: no captions: colour_acc and shape_acc are skipped")
+    elif no_caption:
+        notes.append(f"{name}: {len(no_caption)} of {len(items)} videos have no caption (a missing or empty txt; "
+                     f"first: {no_caption[0]}): colour_acc and shape_acc skip them")
     return notes
 
 

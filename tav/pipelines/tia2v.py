@@ -75,12 +75,14 @@ class TIA2VSamplingConfig:
         return steps - round(self.shr_strength * steps)
 
 
-def respaced_skip(schedule: GaussianSchedule, skip_original: int) -> int:
+def respaced_skip(schedule: GaussianSchedule, skip_original: int, flag: str = "--skip_timesteps") -> int:
     """Respaced steps to skip so that the chain starts at original step ``T - skip_original - 1`` (or the
-    nearest respaced step below it). E.g. 100 of 4000 with ``"200"`` -> 5."""
+    nearest respaced step below it). E.g. 100 of 4000 with ``"200"`` -> 5. ``flag`` names the option in the
+    error for a skip that leaves no step."""
     start = schedule.original_steps - skip_original - 1
     if start < 0:
-        raise InputError(f"skip of {skip_original} steps leaves nothing of a {schedule.original_steps}-step chain")
+        raise InputError(f"{flag} {skip_original}: leaves nothing of the {schedule.original_steps}-step chain; "
+                         f"give a value in [0, {schedule.original_steps})")
     below = (schedule.timestep_map <= start).nonzero()
     first = int(below.max()) if len(below) else 0
     return schedule.num_timesteps - 1 - first
@@ -137,6 +139,7 @@ class AudioGuided(nn.Module):
 
 
 MOTION_INITS = ("zeros", "first")
+SHR_SKIP_FLAG = "--shr_skip_timesteps (or --shr_strength)"
 
 
 def first_frame_init(video: Tensor, mode: str = "zeros") -> Tensor:
@@ -157,9 +160,12 @@ class TIA2VSampler:
         self.motion, self.shr, self.cfg = FrameDenoiser(motion).eval(), shr, cfg
         self.motion_schedule, self.shr_schedule = motion_schedule, shr_schedule
         self.device = next(motion.parameters()).device
+        respaced_skip(motion_schedule, cfg.skip_timesteps)  # a start outside the chains fails before any work
+        if shr_schedule is not None:
+            respaced_skip(shr_schedule, cfg.shr_skip(shr_schedule.original_steps), SHR_SKIP_FLAG)
 
     def _sample(self, net, schedule, x_init: Tensor, skip: int, seeds: Sequence[int], kwargs: dict,
-                progress: bool) -> Tensor:
+                progress: bool, flag: str = "--skip_timesteps") -> Tensor:
         gens = sample_generators(seeds, self.device)
         known = None
         if self.cfg.hold_first_frame:  # frame 0 of x_init is the given (or upsampled given) first frame
@@ -170,7 +176,7 @@ class TIA2VSampler:
                 sampling_weights([net], self.cfg.precision, self.device):
             x = SAMPLERS[self.cfg.sampler](
                 net, schedule, tuple(x_init.shape), x_init=x_init.to(self.device),
-                skip_timesteps=respaced_skip(schedule, skip), generators=gens, model_kwargs=kwargs,
+                skip_timesteps=respaced_skip(schedule, skip, flag), generators=gens, model_kwargs=kwargs,
                 clip_denoised=self.cfg.clip_denoised, progress=progress, known=known)
         return x.float().clamp(-0.5, 0.5)
 
@@ -208,7 +214,7 @@ class TIA2VSampler:
         skip = self.cfg.shr_skip(self.shr_schedule.original_steps)
         net = self.shr if window is None else WindowedNet(self.shr, window)
         out = self._sample(net, self.shr_schedule, up, skip, seeds,
-                           {"context": text.to(self.device)}, progress)
+                           {"context": text.to(self.device)}, progress, SHR_SKIP_FLAG)
         if self.cfg.reimpose_first_frame:
             out[:, :, 0] = up[:, :, 0]
         return out

@@ -149,8 +149,8 @@ def read_tia2v_checkpoint(path: str | os.PathLike, part: str, *, ema: bool = Tru
     if stage in STAGES.values():
         found = stage.removeprefix("tia2v_")
         if found != part:
-            raise InputError(f"{path}: holds a TIA2V {found} U-Net, not a {part} one; pass part={found!r} or "
-                             f"the {part} checkpoint")
+            raise InputError(f"{path}: holds the TIA2V {found} U-Net, not the {part} U-Net wanted here; pass the "
+                             f"{part} model's checkpoint")
         unet, process, sd = _stored(obj, path, part, ema)
     elif stage == "unet" and isinstance(obj, Mapping) and "config" not in obj and "hyper_parameters" not in obj:
         sd = state_dict_of(obj) or {}

@@ -111,6 +111,8 @@ def _validate(cfg: VQGANConfig) -> None:
         raise InputError(f"vqgan.grad_exponent={cfg.grad_exponent}: must be 1 (L1) or 2 (squared)")
     if cfg.lpips_input_scale <= 0:
         raise InputError(f"vqgan.lpips_input_scale={cfg.lpips_input_scale}: must be > 0 (2.0, or 1.0 for compat)")
+    if cfg.lr <= 0:
+        raise InputError(f"vqgan.lr={cfg.lr}: must be > 0 (--lr)")
 
 
 def vqgan_config_from_dict(data: dict[str, Any], where: str = "vqgan") -> VQGANConfig:

@@ -50,7 +50,8 @@ def captions(pairs, protocol: str) -> list:
         if protocol == "ta2v" or pair.caption is None:
             lines = read_caption(pair.files["txt"])
             if not lines:
-                raise InputError(f"{pair.files['txt']}: empty caption file")
+                raise InputError(f"{pair.files['txt']}: empty caption file; write the sample's caption there or "
+                                 "re-run the sampler")
             out.append(lines if protocol == "ta2v" else " ".join(lines))
         else:
             out.append(pair.caption)
