@@ -93,8 +93,24 @@ def read_batch_file(path: str) -> list[dict]:
                 raise InputError(f"--batch_file {path}, line {i}: audio and out must not be empty")
             seed = row.get("seed")
             rows.append({"audio": row["audio"], "caption": row.get("caption") or "", "out": row["out"],
-                         "image": row.get("image") or None, "seed": int(seed) if seed else None})
+                         "image": row.get("image") or None, "seed": int(seed) if seed else None, "line": i})
     return rows
+
+
+def check_rows(models, rows: list[dict], batch_file: str) -> None:
+    """Every ``--batch_file`` row still to do, before the first video: a non-empty caption, a readable sound and,
+    for TIA2V, an image file; a bad row is a one-line error naming its CSV line."""
+    from tav.pipelines.generate import TIA2VModels, load_sound
+
+    for row in rows:
+        try:
+            if not row["caption"].strip():
+                raise InputError("the caption is empty")
+            load_sound(row["audio"], models.sample_rate)
+            if isinstance(models, TIA2VModels) and not (row["image"] and Path(row["image"]).is_file()):
+                raise InputError(f"image {row['image'] or '(none)'}: TIA2V needs an existing first-frame file")
+        except InputError as err:
+            raise InputError(f"--batch_file {batch_file}, line {row['line']}: {err}") from None
 
 
 def is_done(out: str | Path) -> bool:
@@ -126,6 +142,8 @@ def run(argv: list[str] | None = None) -> Path | None:
     log.info("precision: %s", precision_note(args.precision, device))
     args.precision = resolve_precision(args.precision, device)
     models = generate_models.build(args, device)
+    if args.batch_file is not None:
+        check_rows(models, todo, args.batch_file)
     last = None
     for k, req in enumerate(todo, 1):
         bar = _bar(args.progress, f"{Path(req['out']).name} ({k}/{len(todo)})")

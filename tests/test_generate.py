@@ -297,6 +297,25 @@ def test_batch_file_skips_finished_outputs(kit, tmp_path):
     assert not (tmp_path / "unused.mp4").exists()
 
 
+def test_batch_file_checks_every_row_before_the_first_video(kit, tmp_path, capsys):
+    good = melody(tmp_path / "s.wav", 0.2)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF\x00\x00garbage" * 10)
+    table = tmp_path / "jobs.csv"
+    table.write_text(f"audio,caption,out\n{good},A red circle moves to a Flute.,{tmp_path / 'a.mp4'}\n"
+                     f"{tmp_path / 'bad.wav'},A red circle moves to a Flute.,{tmp_path / 'b.mp4'}\n"
+                     f"{good}, ,{tmp_path / 'c.mp4'}\n")
+    args = ta2v_argv(kit, good, tmp_path / "unused.mp4", "--skip_stage2")
+    args = [a for i, a in enumerate(args) if a not in ("--audio", "--caption", "--out")
+            and args[i - 1] not in ("--audio", "--caption", "--out")]
+    assert script.main([*args, "--batch_file", str(table)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--batch_file {table}, line 3: " in err and "bad.wav" in err
+    assert not list(tmp_path.glob("*.mp4"))  # nothing generated before the bad row was found
+    table.write_text("\n".join(table.read_text().splitlines()[:2] + table.read_text().splitlines()[3:]) + "\n")
+    assert script.main([*args, "--batch_file", str(table)]) == 2
+    assert "line 3: the caption is empty" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("case", ["short", "no_audio", "corrupt", "truncated", "empty_caption", "no_image",
                                   "bad_out"])
