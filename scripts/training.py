@@ -309,6 +309,11 @@ def run_log(root: Path, main_process: bool) -> Iterator[None]:
     logging.getLogger().addHandler(handler)
     try:
         yield
+    except BaseException as err:  # what stopped the run goes into its log too (the console shows it already)
+        text = str(err).splitlines()[0] if str(err) else ""
+        handler.emit(logging.LogRecord("tav_scripts", logging.ERROR, __file__, 0,
+                                       f"run stopped: {type(err).__name__}: {text}", None, None))
+        raise
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()

@@ -283,6 +283,8 @@ def test_non_finite_loss_stops_with_step_and_last_good_checkpoint(vat, tmp_path,
     last = root / "checkpoints" / "last.ckpt"
     assert f"last good checkpoint: {last}" in err
     assert safe_load(last)["global_step"] == 2  # the bad state was not saved
+    logged = (root / "log.txt").read_text().strip().splitlines()[-1]  # what stopped the run is in its log too
+    assert "ERROR tav_scripts: run stopped: NonFiniteLossError: non-finite autoencoder loss at global step 2" in logged
 
 
 def test_training_windows_reach_the_autoencoder_and_resume_exactly(vat, tmp_path, monkeypatch):
