@@ -121,6 +121,16 @@ def test_max_clips_keeps_the_first_training_clips_in_stem_order(urmp_root):
         load_data_config("urmp", max_clips=-1)
 
 
+def test_a_video_without_a_caption_is_left_out_with_one_warning(tmp_path, caplog):
+    root = make_vat(tmp_path, n_frames=30, fps=30, stems=("a_1", "b_2"), splits=("test",))
+    (root / "test" / "txt" / "a_1.txt").unlink()
+    with caplog.at_level("WARNING", logger="tav.data.dataset"):
+        ds = VATDataset(root, "test", load_data_config("urmp", resolution=32, sequence_length=4))
+    assert list(ds.stems) == ["b_2"]
+    warned = [r.getMessage() for r in caplog.records if "no caption" in r.getMessage()]
+    assert len(warned) == 1 and "1 video(s)" in warned[0] and "(first: a_1.mp4)" in warned[0]
+
+
 def test_subsampling_and_stft(urmp_root):
     cfg = load_data_config("urmp", resolution=32, sample_every_n_frames=2, load_stft=True, eval_crop="4")
     item = VATDataset(urmp_root, "test", cfg)[0]

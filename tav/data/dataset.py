@@ -40,6 +40,18 @@ def split_clip_limit(split: str, max_clips: int) -> int:
     return max_clips if split == TRAIN_SPLIT else 0
 
 
+def _warn_uncaptioned(split_dir: Path, captioned: set[str]) -> None:
+    """One warning for the videos of ``split_dir/mp4`` that have no caption file (they are left out)."""
+    try:
+        videos = [n[:-4] for n in os.listdir(split_dir / "mp4") if n.endswith(".mp4") and not n.startswith(".")]
+    except OSError:
+        return  # a missing video folder is reported where a clip is read
+    left = sorted(set(videos) - captioned)
+    if left:
+        log.warning("%s: %d video(s) have no caption in txt/ and are left out (first: %s.mp4); add txt/<stem>.txt "
+                    "to use them", split_dir / "mp4", len(left), left[0])
+
+
 def list_stems(split_dir: Path, max_clips: int = 0) -> list[str]:
     """Stems of ``split_dir/txt/*.txt``, sorted, the first ``max_clips`` of them when it is > 0; a missing or
     unreadable folder is a one-line error."""
@@ -54,6 +66,7 @@ def list_stems(split_dir: Path, max_clips: int = 0) -> list[str]:
     stems = sorted(n[:-4] for n in names if n.endswith(".txt") and not n.startswith("."))
     if not stems:
         raise InputError(f"{txt}: holds no .txt captions; nothing to load")
+    _warn_uncaptioned(split_dir, set(stems))
     return stems[:max_clips] if max_clips > 0 else stems
 
 
