@@ -52,8 +52,9 @@ SAFE_GLOBALS: list[Any] = [argparse.Namespace, *LIGHTNING_STAND_INS.values()]
 
 
 def _first_line(err: BaseException) -> str:
+    """The first sentence of the first line of ``err`` (torch's loader errors go on with generic advice)."""
     text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0][:300]
+    return text.splitlines()[0].split(". ")[0].rstrip(".")[:300]
 
 
 def safe_load(path: str | os.PathLike) -> Any:

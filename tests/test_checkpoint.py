@@ -120,6 +120,12 @@ def test_safe_load_missing_and_corrupt(tmp_path):
         safe_load(noise)
     assert "allow-list" not in str(err.value) and "\n" not in str(err.value)
     assert "weights_only" not in str(err.value)
+    whole = tmp_path / "whole.pt"  # a real file cut in half: torch's reason, without its generic advice
+    torch.save({"w": torch.zeros(100000)}, whole)
+    (tmp_path / "half.pt").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(InputError, match=r"half.pt: not a readable PyTorch checkpoint \(truncated or corrupt\?\): "
+                                         r"[^.]+; re-download or re-export it$"):
+        safe_load(tmp_path / "half.pt")
 
 
 def test_safe_load_namespace_and_lightning_stand_in(tmp_path):
