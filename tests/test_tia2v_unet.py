@@ -330,7 +330,8 @@ def test_save_load_round_trip_and_errors(tmp_path):
         assert torch.equal(loaded(*args), net(*args))
     assert load_tia2v_unet(path, "motion", compat="tia2v").config.dual_block_frame_collapse
     assert load_tia2v_unet(path, "motion", rescale_timesteps=False).process.rescale_timesteps is False
-    with pytest.raises(InputError, match=r"model000100\.pt: holds a TIA2V motion U-Net.*part='motion'"):
+    with pytest.raises(InputError, match=r"model000100\.pt: holds the TIA2V motion U-Net, not the content U-Net "
+                                         r"wanted here; pass the content model's checkpoint"):
         load_tia2v_unet(path, "content")
     with pytest.raises(InputError, match="do not fit"):
         load_tia2v_unet(path, "motion", model_channels=64)
@@ -338,7 +339,8 @@ def test_save_load_round_trip_and_errors(tmp_path):
         load_tia2v_unet(path, "motion", heads=3)
     bare = tmp_path / "model.pt"
     torch.save(built(tiny("content")).state_dict(), bare)
-    with pytest.raises(InputError, match=r"model\.pt: holds an upstream TIA2V content U-Net.*part='content'"):
+    with pytest.raises(InputError, match=r"model\.pt: holds an upstream TIA2V content U-Net state dict, not the shr "
+                                         r"U-Net wanted here; pass the shr model's checkpoint"):
         load_tia2v_unet(bare, "shr")
 
 

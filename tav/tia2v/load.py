@@ -159,8 +159,8 @@ def read_tia2v_checkpoint(path: str | os.PathLike, part: str, *, ema: bool = Tru
             raise InputError(f"{path}: a guided-diffusion U-Net without spatial transformers (the TA2V prior?), not "
                              f"a TIA2V {part} U-Net; load it with tav.diffusion.load_unet")
         if found != part:
-            raise InputError(f"{path}: holds an upstream TIA2V {found} U-Net state dict, not a {part} one; pass "
-                             f"part={found!r} or the {part} checkpoint")
+            raise InputError(f"{path}: holds an upstream TIA2V {found} U-Net state dict, not the {part} U-Net wanted "
+                             f"here; pass the {part} model's checkpoint")
         if compat is None:
             compat = "tia2v"
             log.info("%s: upstream %s state dict; compat='tia2v' (the released weights' switches %s on)", path, part,
