@@ -293,7 +293,7 @@ def _mismatch(want: Mapping[str, tuple[int, ...]], sd: Mapping[str, Tensor],
 def weights_misfit(obj: Any, net: nn.Module, sd: Mapping[str, Tensor]) -> str:
     """Why ``sd`` (from the loaded file ``obj``) does not load strictly into ``net``: ``""`` when it fits, else the
     key counts of ``_mismatch``, led by the model the file holds when it records or shows one (``"it holds a tav
-    joint checkpoint: "``), for the one-line errors of loaders that take a single known layout."""
+    joint checkpoint; "``), for the one-line errors of loaders that take a single known layout."""
     want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     bn_counters = [k for k in want if k.endswith("num_batches_tracked")]  # BatchNorm fills a missing one
     summary, _ = _mismatch(want, sd, bn_counters)
