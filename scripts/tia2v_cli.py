@@ -43,7 +43,7 @@ class TIA2VRecipe(training.Recipe):
     flag_fields = {**cli.GD_FLAG_FIELDS, "in_channels": ("model", "in_channels"),
                    "transformer_depth": ("model", "transformer_depth"), "context_dim": ("model", "context_dim"),
                    "per_frame_t": ("train", "per_frame_t"), "freeze_spatial": ("train", "freeze_spatial"),
-                   "audio_dropout": ("train", "audio_dropout")}
+                   "audio_dropout": ("train", "audio_dropout"), "copy_init": ("train", "copy_init")}
     arch_fields = ("part", "in_channels", "model_channels", "out_channels", "channel_mult", "num_res_blocks",
                    "attention_resolutions", "context_dim", "num_frames")
     log = logging.getLogger("tia2v_train")
@@ -76,6 +76,10 @@ class TIA2VRecipe(training.Recipe):
             t.add_argument("--audio_dropout", type=float, default=None,
                            help="share of clips trained with null audio tokens, so that sampling can use "
                                 "--audio_cfg_scale (ours; default 0)")
+            t.add_argument("--copy_init", type=float, default=None,
+                           help="share of clips trained as --motion_init first starts sampling: frames 1.. noised "
+                                "from copies of frame 0 at the top trained step, so the model learns to move them "
+                                "from the sound (ours; default 0; needs --set first_frame=clean)")
             t.add_argument("--remap_shifted", action="store_true",
                            help="also transfer the content modules whose index moved (12 tensors upstream drops)")
 

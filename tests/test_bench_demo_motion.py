@@ -43,11 +43,13 @@ def test_variants_and_starts_are_trained_sampled_judged_and_reused(bench, tmp_pa
     capsys.readouterr()
     assert bench.main(argv)["rows"] == rows and (out / "whole_3" / "ema000003.pt").stat().st_mtime_ns == stamp
     assert "| whole | 3 |" in capsys.readouterr().out
+    # the base run is reused; the sampling flags go to every row
     guided = bench.main(["--out", str(out), "--n_test", "3", "--skips", "0", "--variant",
-                         "cfg:3=--max_t 0 --audio_dropout 0.2", "--sample_args", "--audio_cfg_scale 3", "--demo_args",
-                         tiny])["rows"]  # the base run is reused; the sampling flags go to every row
+                         "cfg:3=--max_t 0 --audio_dropout 0.2 --copy_init 0.5", "--sample_args",
+                         "--audio_cfg_scale 3", "--demo_args", tiny])["rows"]
     assert [(r["variant"], r["skip"], r["sample_args"]) for r in guided] == [("cfg", 0, "--audio_cfg_scale 3")]
-    assert "audio_dropout: 0.2" in (out / "cfg_3" / "config.yaml").read_text()
+    config = (out / "cfg_3" / "config.yaml").read_text()
+    assert "audio_dropout: 0.2" in config and "copy_init: 0.5" in config
     assert (out / "cfg_3" / "skip0_audio_cfg_scale_3" / "0_tacm_urmp").is_dir()
 
 

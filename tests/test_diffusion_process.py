@@ -226,6 +226,29 @@ def test_mse_fixed_variance_and_predict_xstart():
     torch.testing.assert_close(terms["mse"], ((0.5 * x_t - x0) ** 2).mean(dim=(1, 2, 3)))
 
 
+def test_training_losses_noised_from_another_picture():
+    """``x_src``: x_t is noised from it, and the ε target is the one that gives back x0 from that x_t; rows where
+    x_src equals x0 keep the drawn noise as the target exactly (the loss of plain training)."""
+    s = GaussianSchedule(betas_for("cosine", 100), learn_sigma=False)
+    g = torch.Generator().manual_seed(2)
+    x0, src, noise = (torch.randn(3, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    src[2] = x0[2]
+    t = torch.tensor([0, 40, 99])
+    seen = {}
+
+    def net(x, t_):
+        seen["x_t"] = x
+        return torch.zeros_like(x)
+
+    terms = s.training_losses(net, x0, t, noise=noise, x_src=src)
+    torch.testing.assert_close(seen["x_t"], s.q_sample(src, t, noise))
+    eps = s.predict_eps_from_xstart(seen["x_t"], t, x0)  # the zero prediction's loss is the target's square
+    torch.testing.assert_close(terms["mse"], eps.square().mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(s.predict_xstart_from_eps(seen["x_t"], t, eps), x0)
+    plain = s.training_losses(net, x0, t, noise=noise)
+    assert float(terms["mse"][2]) == float(plain["mse"][2]) and float(terms["mse"][1]) != float(plain["mse"][1])
+
+
 def test_sample_timesteps_uniform_and_seeded():
     s = GaussianSchedule(betas_for("cosine", 10))
     a = s.sample_timesteps(500, "cpu", torch.Generator().manual_seed(0))

@@ -361,6 +361,35 @@ def test_audio_dropout_trains_clips_on_the_null_sound():
         TIA2VTrainConfig(audio_dropout=1.5)
 
 
+def test_copy_init_trains_clips_from_copies_of_the_first_frame():
+    """``copy_init``: a picked clip's frames 1.. are noised from copies of frame 0 at the top trained step (where
+    ``--motion_init first`` starts), the loss still targeting its own frames; at 0 nothing is drawn or changed."""
+    cfg = tia2v_preset("motion-tiny")
+    cfg.first_frame = "clean"
+    module, batch = _motion_module_and_batch(cfg, per_frame_t=True)
+    module.schedule = GaussianSchedule.from_config(ProcessConfig(steps=100, loss="rescaled_mse", max_t=30))
+    f = cfg.num_frames
+    x0, t = module.flat_inputs(batch)
+    assert module.copy_start(x0, t, f) == (None, t)
+    module.train_cfg.copy_init = 1.0
+    x_src, t_src = module.copy_start(x0, t, f)
+    assert torch.equal(x_src.view(2, f, 3, 16, 16), x0.view(2, f, 3, 16, 16)[:, :1].expand(-1, f, -1, -1, -1))
+    assert t_src.view(2, f)[:, 1:].eq(29).all() and t_src.view(2, f)[:, 0].eq(0).all()
+    module.train_cfg.copy_init = 0.5
+    module._gen = torch.Generator().manual_seed(1)  # one clip picked, one not, with this seed
+    x_src, t_src = module.copy_start(x0, t, f)
+    picked = [bool(torch.equal(x_src.view(2, f, -1)[i, 1], x0.view(2, f, -1)[i, 0])) for i in range(2)]
+    assert sorted(picked) == [False, True]
+    kept = picked.index(False)
+    assert torch.equal(x_src.view(2, f, -1)[kept], x0.view(2, f, -1)[kept])
+    assert torch.equal(t_src.view(2, f)[kept], t.view(2, f)[kept])
+    with pytest.raises(InputError, match=r"train.copy_init=1.5 \(--copy_init\): must be in"):
+        TIA2VTrainConfig(copy_init=1.5)
+    cfg.first_frame = "noised"
+    with pytest.raises(InputError, match=r"--copy_init\) is for a motion model given the first frame clean"):
+        TIA2VModule(cfg, ProcessConfig(steps=100), TIA2VTrainConfig(copy_init=0.5))
+
+
 def test_audio_guidance_mixes_the_sound_and_null_predictions():
     from tav.pipelines.tia2v import AudioGuided
 

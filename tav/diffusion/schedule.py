@@ -259,9 +259,13 @@ class GaussianSchedule:
         """``(batch,)`` LongTensor of step indices drawn uniformly from [0, num_timesteps), or, for a schedule with
         ``max_t``, from the indices whose original step is below it (on the generator's device)."""
         draw_on = generator.device if generator is not None else device
-        high = int((self.timestep_map < self.max_t).sum()) if self.max_t else self.num_timesteps
-        t = torch.randint(0, high, (batch,), generator=generator, device=draw_on)
+        t = torch.randint(0, self.trained_steps, (batch,), generator=generator, device=draw_on)
         return t.to(device)
+
+    @property
+    def trained_steps(self) -> int:
+        """How many step indices the network learns: all, or those whose original step is below ``max_t``."""
+        return int((self.timestep_map < self.max_t).sum()) if self.max_t else self.num_timesteps
 
     # -- forward process and posterior ---------------------------------------------------------------------
 
@@ -373,8 +377,13 @@ class GaussianSchedule:
         t: Tensor | int,
         noise: Tensor | None = None,
         model_kwargs: dict | None = None,
+        x_src: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Per-sample ``(B,)`` losses at steps ``t`` for data ``x0 (B, C, ...)``; one network call.
+
+        ``x_src`` (default ``x0``): the data x_t is noised from, when it is not the target (a sampler that starts
+        from another picture noised to t). The losses still target ``x0``: with ε prediction the target is the ε
+        that gives back ``x0`` from this x_t, ``(x_t − √ᾱ_t·x0) / √(1 − ᾱ_t)``.
 
         - ``mse``: mean over non-batch dims of (target − prediction)², target ε (or x_0 with predict_xstart);
         - ``vb`` (learn_sigma or loss "kl"): the variational-bound term in bits — KL(q posterior ‖ p) for t > 0,
@@ -384,7 +393,9 @@ class GaussianSchedule:
         """
         t = self._steps(t, x0)
         noise = torch.randn_like(x0) if noise is None else noise
-        x_t = self.q_sample(x0, t, noise)
+        x_t = self.q_sample(x0 if x_src is None else x_src, t, noise)
+        if x_src is not None:  # predict_eps_from_xstart(x_t, t, x0), so written that rows with x_src = x0 keep ε
+            noise = noise + (x_src - x0) / gather_coef(self.sqrt_recipm1_alphas_cumprod, t, x0)
         model_output = net(x_t, self.net_timesteps(t), **(model_kwargs or {}))
         if self.loss == "kl":
             vb = self._vb_bits(model_output, x0, x_t, t)

@@ -45,6 +45,9 @@ class TIA2VTrainConfig(DiffusionTrainConfig):
     per_frame_t: bool = True  # content/motion: an independent timestep per frame (upstream) or one per clip
     freeze_spatial: bool = False  # motion: train only the tensors that did not come from the content model
     audio_dropout: float = 0.0  # motion: share of clips trained with null (zero) audio tokens, for audio CFG
+    # motion with first_frame=clean: share of clips trained as the sampler's --motion_init first starts, frames
+    # 1.. noised to the top trained step from copies of frame 0 (the loss still targets the clip's own frames)
+    copy_init: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,6 +56,8 @@ class TIA2VTrainConfig(DiffusionTrainConfig):
                              "models train on whole frames (use 0)")
         if not 0.0 <= self.audio_dropout <= 1.0:
             raise InputError(f"train.audio_dropout={self.audio_dropout} (--audio_dropout): must be in [0, 1]")
+        if not 0.0 <= self.copy_init <= 1.0:
+            raise InputError(f"train.copy_init={self.copy_init} (--copy_init): must be in [0, 1]")
 
 
 def tia2v_train_config(data: dict[str, Any], where: str = "train") -> TIA2VTrainConfig:
@@ -91,6 +96,9 @@ class TIA2VModule(DiffusionModule):
         self.data_record = data  # tav.data.config.data_record of the training data, recorded in files
         self.hparams["data"] = data
         self.init_report: dict | None = None  # content -> motion transfer (copied / skipped / fresh keys)
+        if train_cfg.copy_init > 0 and not self.clean_first_frame:
+            raise InputError(f"train.copy_init={train_cfg.copy_init} (--copy_init) is for a motion model given the "
+                             "first frame clean: add --set first_frame=clean, or use --copy_init 0")
 
     @property
     def stage(self) -> str:
@@ -141,6 +149,20 @@ class TIA2VModule(DiffusionModule):
             t = t.reshape(-1)
         return x0, t
 
+    def copy_start(self, x0: Tensor, t: Tensor, frames: int) -> tuple[Tensor | None, Tensor]:
+        """``train.copy_init``: for that share of the clips, frames 1.. of ``x0`` ``(B·F, C, H, W)`` are replaced by
+        copies of frame 0 as the data to noise, at the top trained step (where ``--motion_init first`` starts).
+        Returns (the data to noise or None, the timesteps ``(B·F,)``); draws nothing when the share is 0."""
+        share = self.train_cfg.copy_init
+        if share <= 0:
+            return None, t
+        b = len(t) // frames
+        pick = torch.rand(b, generator=self._gen, device=x0.device) < share  # (B,)
+        rows = (pick[:, None] & (torch.arange(frames, device=x0.device) > 0)).reshape(-1)  # (B·F,)
+        first = x0.view(b, frames, *x0.shape[1:])[:, :1].expand(-1, frames, *x0.shape[1:]).reshape(x0.shape)
+        x_src = torch.where(rows.view(-1, *[1] * (x0.dim() - 1)), first, x0)
+        return x_src, torch.where(rows, torch.full_like(t, self.schedule.trained_steps - 1), t)
+
     @property
     def clean_first_frame(self) -> bool:
         """Motion with ``first_frame: clean``: frame 0 enters at t = 0 and is left out of the loss."""
@@ -163,7 +185,8 @@ class TIA2VModule(DiffusionModule):
             keep = torch.rand(len(batch["audio_tokens"]), generator=self._gen, device=x0.device)
             keep = keep >= self.train_cfg.audio_dropout
         kwargs = conditions_of(batch, self.unet_cfg.part, keep)
-        terms = self.schedule.training_losses(self.net, x0, t, noise=noise, model_kwargs=kwargs)
+        x_src, t = self.copy_start(x0, t, self.input_video(batch).shape[2])
+        terms = self.schedule.training_losses(self.net, x0, t, noise=noise, model_kwargs=kwargs, x_src=x_src)
         if self.clean_first_frame:
             f = self.input_video(batch).shape[2]
             keep = torch.arange(len(t), device=t.device) % f != 0
