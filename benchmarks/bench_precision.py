@@ -48,6 +48,112 @@ NETS = ("unet", "unet_guidance", "vqgan_decode", "clip_image", "audioclip_image"
 DEFAULT_NETS = NETS[:6]
 
 
+def _unet(name: str, frames: int) -> Callable[[], None]:
+    """The release-size U-Net at 64 px: a training step (``unet*``) or a guided step's backward to the input
+    (``unet_guidance*``); ``*_cl``: weights and input in channels_last_3d (NDHWC)."""
+    import torch
+    from bench_unet import bench_config
+
+    from tav.diffusion.unet3d import UNet
+
+    train = not name.startswith("unet_guidance")
+    net = UNet(bench_config()).train(train).requires_grad_(train)
+    x, t = torch.randn(1, 3, frames, 64, 64), torch.tensor([500.0])
+    if name.endswith("_cl"):
+        net.to(memory_format=torch.channels_last_3d)
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    if train:
+        def call():
+            net.zero_grad(set_to_none=True)
+            net(x, t).float().square().mean().backward()
+        return call
+
+    def guided():
+        x_in = x.clone().requires_grad_(True)
+        torch.autograd.grad(net(x_in, t).float().square().mean(), x_in)
+    return guided
+
+
+def _vqgan_decode(frames: int) -> Callable[[], None]:
+    """The URMP VQGAN decoding a 4 x 12 x 12 code grid, without autograd."""
+    import torch
+
+    from tav.vqgan import VQGAN, vqgan_preset
+
+    vq = VQGAN(vqgan_preset("urmp")).eval()
+    codes = torch.randint(0, vq.cfg.n_codes, (1, 4, 12, 12))
+    return lambda: _no_grad(torch, lambda: vq.decode(codes))
+
+
+def _input_grad(encode, images) -> Callable[[], None]:
+    """A frozen image tower's forward and backward to its input ``images`` (a guidance term's work)."""
+    import torch
+
+    def call():
+        x_in = images.clone().requires_grad_(True)
+        torch.autograd.grad(encode(x_in).float().square().mean(), x_in)
+    return call
+
+
+def _clip_image(frames: int) -> Callable[[], None]:
+    """CLIP ViT-B/32's image tower on 16 images of 224 px, run sequence-first as the guidance runs it
+    (see tav.encoders.clip.sequence_first)."""
+    import open_clip
+    import torch
+
+    from tav.encoders.clip import CLIPEncoder
+
+    model = CLIPEncoder(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).float()).model
+    return _input_grad(model.encode_image, torch.randn(16, 3, 224, 224))
+
+
+def _audioclip_image(frames: int) -> Callable[[], None]:
+    """AudioCLIP's image tower on 16 frames of 64 px."""
+    import torch
+
+    from tav.encoders.audioclip import AudioCLIP, AudioCLIPConfig
+
+    model = AudioCLIP(AudioCLIPConfig()).freeze()
+    return _input_grad(model.encode_images, torch.rand(16, 3, 64, 64))
+
+
+def _demo_vqgan(frames: int) -> Callable[[], None]:
+    """One training step of the demo VQGAN (reconstruction + commitment) on 8 clips of 8 x 32 x 32."""
+    import torch
+
+    from tav.vqgan import VQGAN, vqgan_preset
+
+    vq = VQGAN(vqgan_preset("demo")).train()
+    video = torch.rand(8, 3, 8, 32, 32) - 0.5
+
+    def vq_step():
+        vq.zero_grad(set_to_none=True)
+        recon, codes = vq(video)
+        (4 * (recon.float() - video).square().mean() + 0.25 * codes["commitment_loss"].float()).backward()
+    return vq_step
+
+
+def _demo_unet(frames: int) -> Callable[[], None]:
+    """One training step of the demo's diffusion prior on 4 clips of 8 x 16 x 16."""
+    import torch
+
+    from tav.config import load_yaml, preset_path
+    from tav.diffusion.config import unet_config_from_dict
+    from tav.diffusion.unet3d import UNet
+
+    net = UNet(unet_config_from_dict(load_yaml(preset_path("diffusion", "demo"))["model"])).train()
+    x, t = torch.randn(4, 3, 8, 16, 16), torch.tensor([10.0, 500.0, 2000.0, 3900.0])
+
+    def unet_step():
+        net.zero_grad(set_to_none=True)
+        net(x, t).float().square().mean().backward()
+    return unet_step
+
+
+BUILDERS = {"vqgan_decode": _vqgan_decode, "clip_image": _clip_image, "audioclip_image": _audioclip_image,
+            "demo_vqgan": _demo_vqgan, "demo_unet": _demo_unet}
+
+
 def build(name: str, frames: int) -> Callable[[], None] | dict[str, Callable[[], None]]:
     """The call to time for network ``name`` (inputs built once), or one call per precision (``"32"``,
     ``"bf16"``) where the precision changes more than the autocast context."""
@@ -59,78 +165,9 @@ def build(name: str, frames: int) -> Callable[[], None] | dict[str, Callable[[],
         return {p: build_runner(1, False, 2, p).step for p in ("32", "bf16")}
     torch.manual_seed(0)
     if name.startswith("unet"):
-        from bench_unet import bench_config
-
-        from tav.diffusion.unet3d import UNet
-
-        train = name.startswith("unet") and not name.startswith("unet_guidance")
-        net = UNet(bench_config()).train(train).requires_grad_(train)
-        x, t = torch.randn(1, 3, frames, 64, 64), torch.tensor([500.0])
-        if name.endswith("_cl"):  # weights and input in channels_last_3d (NDHWC)
-            net.to(memory_format=torch.channels_last_3d)
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        if train:
-            def call():
-                net.zero_grad(set_to_none=True)
-                net(x, t).float().square().mean().backward()
-            return call
-
-        def guided():
-            x_in = x.clone().requires_grad_(True)
-            torch.autograd.grad(net(x_in, t).float().square().mean(), x_in)
-        return guided
-    if name == "vqgan_decode":
-        from tav.vqgan import VQGAN, vqgan_preset
-
-        vq = VQGAN(vqgan_preset("urmp")).eval()
-        codes = torch.randint(0, vq.cfg.n_codes, (1, 4, 12, 12))
-        return lambda: _no_grad(torch, lambda: vq.decode(codes))
-    if name == "clip_image":
-        import open_clip
-
-        from tav.encoders.clip import CLIPEncoder
-
-        # the guidance's tower: CLIPEncoder runs it sequence-first (see tav.encoders.clip.sequence_first)
-        model = CLIPEncoder(open_clip.create_model("ViT-B-32-quickgelu", pretrained=None).float()).model
-        images = torch.randn(16, 3, 224, 224)
-
-        def clip_call():
-            x_in = images.clone().requires_grad_(True)
-            torch.autograd.grad(model.encode_image(x_in).float().square().mean(), x_in)
-        return clip_call
-    if name == "audioclip_image":
-        from tav.encoders.audioclip import AudioCLIP, AudioCLIPConfig
-
-        model = AudioCLIP(AudioCLIPConfig()).freeze()
-        frames = torch.rand(16, 3, 64, 64)
-
-        def audioclip_call():
-            x_in = frames.clone().requires_grad_(True)
-            torch.autograd.grad(model.encode_images(x_in).float().square().mean(), x_in)
-        return audioclip_call
-    if name == "demo_vqgan":
-        from tav.vqgan import VQGAN, vqgan_preset
-
-        vq = VQGAN(vqgan_preset("demo")).train()
-        video = torch.rand(8, 3, 8, 32, 32) - 0.5
-
-        def vq_step():
-            vq.zero_grad(set_to_none=True)
-            recon, codes = vq(video)
-            (4 * (recon.float() - video).square().mean() + 0.25 * codes["commitment_loss"].float()).backward()
-        return vq_step
-    if name == "demo_unet":
-        from tav.config import load_yaml, preset_path
-        from tav.diffusion.config import unet_config_from_dict
-        from tav.diffusion.unet3d import UNet
-
-        net = UNet(unet_config_from_dict(load_yaml(preset_path("diffusion", "demo"))["model"])).train()
-        x, t = torch.randn(4, 3, 8, 16, 16), torch.tensor([10.0, 500.0, 2000.0, 3900.0])
-
-        def unet_step():
-            net.zero_grad(set_to_none=True)
-            net(x, t).float().square().mean().backward()
-        return unet_step
+        return _unet(name, frames)
+    if name in BUILDERS:
+        return BUILDERS[name](frames)
     raise ValueError(f"unknown network {name!r}; choose from {NETS}")
 
 

@@ -1,5 +1,5 @@
 """Helpers shared by the test modules: the state-dict tables, a tiny VQGAN config and noise clips,
-the tiny VAT dataset of the training tests and the metrics a training run logs."""
+a tiny GPT, the tiny VAT dataset of the training tests and the metrics a training run logs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from tav.gpt import GPT, GPTConfig
 from tav.vqgan import VQGANConfig
 
 from .vat_fixtures import make_vat
@@ -109,3 +110,28 @@ def assert_same_videos(a: Path, b: Path) -> int:
         fa, fb = read_video(a / name)[0], read_video(b / name)[0]
         assert np.array_equal(fa, fb), f"{name}: max |diff| {np.abs(fa.astype(int) - fb).max()}"
     return len(names)
+
+
+def tiny_gpt_cfg(**kw) -> GPTConfig:
+    """A 2-layer, 32-wide GPT config over 4 text and 12 video positions (``kw`` overrides)."""
+    base = dict(text_vocab_size=50, text_seq_len=4, n_codes=24, latent_shape=(2, 2, 3), block_size=32,
+                n_layer=2, n_head=2, n_embd=32, embd_pdrop=0.0, resid_pdrop=0.0, attn_pdrop=0.0)
+    base.update(kw)
+    return GPTConfig(**base)
+
+
+def tiny_gpt(seed: int = 0, **kw) -> GPT:
+    """A seeded ``GPT(tiny_gpt_cfg(**kw))`` in eval mode, its position table random so positions matter."""
+    torch.manual_seed(seed)
+    model = GPT(tiny_gpt_cfg(**kw)).eval()
+    with torch.no_grad():  # break the zero init of pos_emb so positions matter
+        model.pos_emb.normal_(0, 0.5)
+    return model
+
+
+def rand_ids(cfg: GPTConfig, batch: int, n_video: int, seed: int = 0) -> torch.Tensor:
+    """Seeded token ids ``(batch, text_seq_len + n_video)``: random text ids, then random video ids."""
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, cfg.text_vocab_size, (batch, cfg.text_seq_len), generator=g)
+    codes = torch.randint(0, cfg.n_codes, (batch, n_video), generator=g)
+    return torch.cat([text, codes + cfg.video_offset], dim=1)
