@@ -11,7 +11,10 @@ motion model (the ``demo`` variant). Every other ``--variant NAME[:STEPS]=FLAGS`
 ``<out>/<NAME>_<STEPS>``. Each model is sampled as the demo samples it (``sample_motion_optim.py``, ``ddim50``
 from copies of the given frame), once per ``--skips`` value (the SDEdit start ``t = 999 - skip``), without SHR,
 and judged: colour on every frame, ``onset_f1`` and its chance level ``onset_f1_chance`` (each clip's motion
-against the other clips' sound), the share of clips that move and of windows with a note start that move.
+against the other clips' sound), the share of clips that move and of windows with a note start that move; and
+``audio_gain``, how much the model relies on its sound there (``tav.tia2v.reliance``: from copies of the given
+frame at the start t, the share of the error on frames that change that the clip's own sound removes against
+another clip's; 4 windows of each test clip; 0 for a model deaf to its sound).
 ``--sample_args`` adds sampling flags to every row (e.g. ``--audio_cfg_scale 3`` for a variant trained with
 ``--audio_dropout``); each setting samples into its own folder. Finished runs are reused. Prints a markdown table
 and writes the rows with ``--json``.
@@ -27,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-FIGURES = ("colour_frame_acc", "onset_f1", "onset_f1_chance", "moved", "onset_windows_moved")
+FIGURES = ("colour_frame_acc", "onset_f1", "onset_f1_chance", "moved", "onset_windows_moved", "audio_gain")
+RELIANCE_WINDOWS = 4  # windows per test clip (crop seeds 0..3) for the audio reliance
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,6 +105,34 @@ def sample_and_judge(run, motion: Path, skip: int, save: Path, extra: Sequence[s
             else None, "windows_with_onset": len(onset_windows) / max(len(verdicts), 1)}
 
 
+def reliance_batch(motion: Path, data_root: Path, cache_dir: Path, windows: int = RELIANCE_WINDOWS) -> dict:
+    """``windows`` seeded windows of every test clip (crop seeds 0, 1, ...), stacked as the
+    motion model's batch (``tav.tia2v.reliance.audio_reliance``), under the data config of ``motion``'s run."""
+    from dataclasses import replace
+
+    import torch
+    import yaml
+
+    from tav.config import from_dict
+    from tav.data.config import DataConfig
+    from tav.tia2v.data import TIA2VDataset
+
+    config = yaml.safe_load((motion.parent / "config.yaml").read_text(encoding="utf-8"))
+    data = from_dict(DataConfig, config["data"], "data")
+    items = [item for seed in range(windows) for item in
+             TIA2VDataset(data_root, "test", replace(data, crop_seed=seed), cache_dir, train=False)]
+    return {k: torch.stack([item[k] for item in items]) for k in ("video", "text", "image", "audio_tokens")}
+
+
+def audio_gain(motion: Path, batch: dict, t: int) -> float | None:
+    """How much of the error on the frames that change the right sound removes, from copies of frame 0 at
+    ``t`` (where the sampler starts): ``Reliance.gain`` of ``tav.tia2v.reliance``."""
+    from tav.tia2v.load import load_tia2v_unet
+    from tav.tia2v.reliance import audio_reliance
+
+    return audio_reliance(load_tia2v_unet(motion, "motion"), batch, [t], start="first")[0].gain
+
+
 def learned_max_t(motion: Path) -> int:
     """``process.max_t`` of the training run that exported ``motion`` (0: the whole chain)."""
     import yaml
@@ -123,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     variants = [parse_variant(v) for v in args.variant or ["demo="]]
     run = base_run(args.out / "base", args.n_test, shlex.split(args.demo_args))
-    rows = []
+    rows, batch = [], None
     for name, steps, flags in variants:
         if name == "demo" and not flags and steps is None:
             motion, steps = run.state["tia2v_models"]["motion"], run.args.tia2v_motion_steps
@@ -138,6 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
             tag = re.sub(r"[^A-Za-z0-9.]+", "_", args.sample_args).strip("_")  # a folder per sampling setting
             judged = sample_and_judge(run, motion, skip, motion.parent / f"skip{skip}{'_' + tag if tag else ''}",
                                       shlex.split(args.sample_args))
+            batch = batch or reliance_batch(motion, run.state["data_root"], run.out / "tia2v_cache")
+            judged["audio_gain"] = audio_gain(motion, batch, 999 - skip)
             rows.append({"variant": name, "steps": steps, "flags": flags, "skip": skip, "sample_args": args.sample_args,
                          **judged})
             print(f"  {name} ({steps} steps) from t = {999 - skip}: " + ", ".join(

@@ -34,7 +34,12 @@ def test_variants_and_starts_are_trained_sampled_judged_and_reused(bench, tmp_pa
     config = (out / "whole_3" / "config.yaml").read_text()
     assert "max_t: 0" in config and "first_frame: clean" in config  # the demo's recipe, the variant's flag last
     for r in rows:
-        assert r["n"] == 3 and all(r[k] is None or 0.0 <= r[k] <= 1.0 for k in bench.FIGURES)
+        assert r["n"] == 3 and all(r[k] is None or 0.0 <= r[k] <= 1.0 for k in bench.FIGURES if k != "audio_gain")
+        assert r["audio_gain"] is None or r["audio_gain"] <= 1.0  # (other - own) / other
+    # the reliance: 4 windows of each of the 3 test clips, scored from copies at the row's start
+    batch = bench.reliance_batch(out / "whole_3" / "ema000003.pt", out / "base" / "data", out / "base" / "tia2v_cache")
+    assert batch["video"].shape[:3] == (12, 3, 4) and batch["audio_tokens"].shape[:2] == (12, 4)
+    assert rows[2]["audio_gain"] == bench.audio_gain(out / "whole_3" / "ema000003.pt", batch, 999)
     folder = out / "whole_3" / "skip0" / "0_tacm_urmp"  # the row is the judge tool's verdict on that folder
     judged = judge_folders(results_items(folder)[0])["folders"]["fake_stage1"]
     assert rows[2]["onset_f1"] == pytest.approx(judged["onset_f1"])
