@@ -116,12 +116,13 @@ def reliance_batch(motion: Path, data_root: Path, cache_dir: Path, windows: int 
     from tav.config import from_dict
     from tav.data.config import DataConfig
     from tav.tia2v.data import TIA2VDataset
+    from tav.tia2v.reliance import BATCH_KEYS
 
     config = yaml.safe_load((motion.parent / "config.yaml").read_text(encoding="utf-8"))
     data = from_dict(DataConfig, config["data"], "data")
     items = [item for seed in range(windows) for item in
              TIA2VDataset(data_root, "test", replace(data, crop_seed=seed), cache_dir, train=False)]
-    return {k: torch.stack([item[k] for item in items]) for k in ("video", "text", "image", "audio_tokens")}
+    return {k: torch.stack([item[k] for item in items]) for k in BATCH_KEYS}
 
 
 def audio_gain(motion: Path, batch: dict, t: int) -> float | None:
