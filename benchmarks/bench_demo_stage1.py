@@ -7,7 +7,7 @@ GPT recipes trained on one VQGAN.
                                            [--cfg_scale S] [--json OUT.json]
     python benchmarks/bench_demo_stage1.py --train A="--set pos_emb=absolute --base_lr 1e-3" \
         --train B="--set pos_emb=axial --base_lr 4e-3" --seeds 1234 1 2 --out /tmp/bench_gpt \
-        [--vqgan saved_ckpts/demo/vqgan.ckpt] [--steps 1200] [--data ...] [--reps 6] [--json OUT.json]
+        [--vqgan saved_ckpts/demo/vqgan.ckpt] [--steps N] [--data ...] [--reps 6] [--json OUT.json]
 
 Each folder holds ``gpt.ckpt`` and ``vqgan.ckpt`` (what ``make demo`` leaves in ``saved_ckpts/demo/``). Each
 ``--train`` recipe is the demo's GPT training (``demo_stages.gpt_argv``: preset ``demo``, ``--steps`` steps) with
@@ -108,7 +108,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a GPT recipe: a name and train_text_transformer.py flags added to the demo's (repeatable)")
     p.add_argument("--vqgan", type=Path, default=Path("saved_ckpts/demo/vqgan.ckpt"), help="--train: the VQGAN")
     p.add_argument("--seeds", type=int, nargs="+", default=[1234], help="--train: training seeds")
-    p.add_argument("--steps", type=int, default=1200, help="--train: GPT training steps (the demo's: 1200)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="--train: GPT training steps (default: the demo's, scripts/demo.py --gpt_steps)")
     p.add_argument("--out", type=Path, default=None, help="--train: folder of the run folders")
     p.add_argument("--data", type=Path, default=Path("results/demo/data"), help="the demo dataset")
     p.add_argument("--reps", type=int, default=6, help="seeds per caption")
@@ -146,6 +147,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--train needs --out DIR for the run folders")
     if recipes and not args.vqgan.is_file():
         p.error(f"--vqgan {args.vqgan}: no such file; run `make demo` first (or pass a VQGAN checkpoint)")
+    if args.steps is None:
+        from tav_scripts.demo import parse_args as demo_options
+
+        args.steps = demo_options([]).gpt_steps
     if args.steps < 1:
         p.error(f"--steps {args.steps}: must be >= 1")
     if not (args.data / "manifest.jsonl").is_file():

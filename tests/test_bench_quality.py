@@ -267,6 +267,10 @@ def test_demo_stage1_bench_judges_each_folder_the_same_way(kit, tmp_path, monkey
     assert total == pytest.approx(a["shape_acc"][0] * len(named))
     assert json.loads(out.read_text())["results"]["a"] == a
     assert not list(tmp_path.glob("*.tmp*"))
+    from tav_scripts.demo import parse_args as demo_options
+
+    parsed = b1.parse_args(["--ckpt_dir", f"a={kit['ckpt']}", "--data", str(kit["data"])])
+    assert parsed.steps == demo_options([]).gpt_steps  # --train's default steps are the demo GPT's
     with pytest.raises(SystemExit):
         b1.main(["--ckpt_dir", str(kit["ckpt"]), "--data", str(kit["data"])])  # no NAME=
     with pytest.raises(SystemExit):
