@@ -10,9 +10,10 @@ GPT recipes trained on one VQGAN.
         [--vqgan saved_ckpts/demo/vqgan.ckpt] [--steps N] [--data ...] [--reps 6] [--json OUT.json]
 
 Each folder holds ``gpt.ckpt`` and ``vqgan.ckpt`` (what ``make demo`` leaves in ``saved_ckpts/demo/``). Each
-``--train`` recipe is the demo's GPT training (``demo_stages.gpt_argv``: preset ``demo``, ``--steps`` steps) with
-its flags appended, once per ``--seeds`` seed, in ``<out>/<NAME>_s<seed>`` (a finished run folder is reused); its
-validation loss is reported with the judges, which are pooled over the seeds. Seed 1234 is the demo's own. The
+``--train`` recipe is the demo's GPT training (``demo_stages.gpt_argv``: preset ``demo``, ``--steps`` steps, in the
+precision ``make demo`` trains it in on this CPU, ``demo_stages.gpt_precision``) with its flags appended, once per
+``--seeds`` seed, in ``<out>/<NAME>_s<seed>`` (a finished run folder is reused); its validation loss is reported
+with the judges, which are pooled over the seeds. Seed 1234 is the demo's own. The
 preset is read when each run starts, so a recipe should set every field it compares rather than lean on the
 preset's values. The GPT is sampled as the demo samples it: top-k 2048, top-p 0.8, classifier-free guidance 2 when
 it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``rep * 100 + i`` for caption ``i`` of
@@ -80,14 +81,19 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
 
 def train_runs(args: argparse.Namespace, n_train: int) -> dict[str, list[tuple[int, Path]]]:
     """Train (or reuse) every ``--train`` recipe at every seed: ``{name: [(seed, checkpoint), ...]}``."""
-    from tav_scripts import train_text_transformer
-    from tav_scripts.demo_stages import _trained, gpt_argv
+    import torch
 
+    from tav.utils.runtime import resolve_precision
+    from tav_scripts import train_text_transformer
+    from tav_scripts.demo_stages import _trained, gpt_argv, gpt_precision
+
+    precision = gpt_precision(resolve_precision("auto", torch.device("cpu")))  # make demo's choice on this CPU
     runs: dict[str, list[tuple[int, Path]]] = {}
     for name, flags in args.recipes.items():
         for seed in args.seeds:
             root = args.out / f"{name}_s{seed}"
-            argv = [*gpt_argv(args.vqgan, args.data, root, n_train, args.steps), "--seed", str(seed), *flags]
+            argv = [*gpt_argv(args.vqgan, args.data, root, n_train, args.steps, precision), "--seed", str(seed),
+                    *flags]
             runs.setdefault(name, []).append((seed, _trained(root, argv, train_text_transformer.train)))
     return runs
 

@@ -18,9 +18,10 @@ the medians. Networks (``--nets``):
   U-Net, AudioCLIP and CLIP forward + backward, the DDPM update; batch 1 of 16x64x64), one prepared sampler per
   precision, each holding its frozen networks' weights as the samplers do (``tav.utils.runtime.sampling_weights``:
   under bf16 cast once, on a CPU with AMX channels-last), so the two interleave in one process;
-- ``demo_vqgan``, ``demo_unet`` (not by default): a training step's forward + backward of ``make demo``'s VQGAN
-  (batch 8 of 8x32x32) and diffusion prior (batch 4 of 8x16x16), whose precision ``make demo --precision auto``
-  picks per CPU kind;
+- ``demo_vqgan``, ``demo_unet``, ``demo_gpt`` (not by default): a training step's forward + backward of ``make
+  demo``'s VQGAN (batch 8 of 8x32x32), diffusion prior (batch 4 of 8x16x16) and GPT (batch 16: 12 caption ids and
+  the 2x8x8 code grid, the loss over the video codes), whose precision ``make demo --precision auto`` picks per CPU
+  kind;
 - ``unet_cl``, ``unet_guidance_cl`` (not by default): ``unet`` and ``unet_guidance`` with the weights and the input
   in ``channels_last_3d``.
 
@@ -44,7 +45,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NETS = ("unet", "unet_guidance", "vqgan_decode", "clip_image", "audioclip_image", "guided_step", "demo_vqgan",
-        "demo_unet", "unet_cl", "unet_guidance_cl")
+        "demo_unet", "demo_gpt", "unet_cl", "unet_guidance_cl")
 DEFAULT_NETS = NETS[:6]
 
 
@@ -150,8 +151,28 @@ def _demo_unet(frames: int) -> Callable[[], None]:
     return unet_step
 
 
+def _demo_gpt(frames: int) -> Callable[[], None]:
+    """One training step of the demo GPT (teacher-forced loss over the video codes) on 16 captions and code grids;
+    the call returns the loss (a scalar, about ln n_codes at the random start)."""
+    import torch
+
+    from tav.gpt import GPT, gpt_preset
+
+    cfg = gpt_preset("demo")
+    gpt = GPT(cfg).train()
+    prefix = torch.randint(0, cfg.text_vocab_size, (16, cfg.text_seq_len))
+    codes = torch.randint(0, cfg.n_codes, (16, *cfg.latent_shape))
+
+    def gpt_step():
+        gpt.zero_grad(set_to_none=True)
+        loss = gpt.loss(prefix, codes, video_only=True).float()
+        loss.backward()
+        return loss.detach()
+    return gpt_step
+
+
 BUILDERS = {"vqgan_decode": _vqgan_decode, "clip_image": _clip_image, "audioclip_image": _audioclip_image,
-            "demo_vqgan": _demo_vqgan, "demo_unet": _demo_unet}
+            "demo_vqgan": _demo_vqgan, "demo_unet": _demo_unet, "demo_gpt": _demo_gpt}
 
 
 def build(name: str, frames: int) -> Callable[[], None] | dict[str, Callable[[], None]]:

@@ -21,6 +21,7 @@ from tav.errors import InputError
 from tav.gpt import load_gpt, sample_codes
 from tav.training.resume import newest_checkpoint
 from tav.utils.contact_sheet import contact_sheet, save_png
+from tav.utils.runtime import cpu_bf16_units
 from tav.vqgan import load_vqgan
 from tav_scripts import diffusion_video_train_3d, train_joint_encoder, train_text_transformer, train_vqgan
 from tav_scripts.demo_quality import judge_clips, psnr, record_quality
@@ -51,9 +52,17 @@ def base_clips_flags(run) -> list[str]:
 def precision_flags(run) -> list[str]:
     """``--precision bf16`` for a training when the demo runs in bf16 (``--precision auto`` on a CPU with bf16
     units). Used by the stages it speeds up, measured per step on the 2-core machines: VQGAN 1.46x (AMX) and
-    1.58x (AMD Zen 4, AVX-512 bf16), diffusion prior 1.46x and 1.29x, TIA2V U-Nets 1.8x (AMX); not the GPT
-    (128 wide: 204 s against 194 s in fp32 on AMX)."""
+    1.58x (AMD Zen 4, AVX-512 bf16), diffusion prior 1.46x and 1.29x, TIA2V U-Nets 1.8x (AMX); the GPT's is
+    :func:`gpt_precision`."""
     return ["--precision", "bf16"] if run.state.get("precision") == "bf16" else []
+
+
+def gpt_precision(demo_precision: str) -> str:
+    """The demo GPT's training precision when the demo runs in ``demo_precision`` (``32`` or ``bf16``): bf16 on a
+    CPU whose bf16 units are AVX-512 bf16 (AMD Zen 4: the forward + backward 1.83x faster than fp32 with the GPT's
+    math attention in bf16, ``benchmarks/bench_precision.py --nets demo_gpt``), fp32 on a CPU with AMX, where the
+    GPT last measured slower in bf16 (204 s against 194 s, before that attention change; docs/demo.md)."""
+    return "bf16" if demo_precision == "bf16" and cpu_bf16_units() != "amx" else "32"
 
 
 def sampling_precision_flags(run) -> list[str]:
@@ -130,12 +139,14 @@ def stage_vqgan(run) -> None:
           f"{run.out / 'vqgan_recon.mp4'}")
 
 
-def gpt_argv(vqgan_ckpt: Path, data_root: Path, root: Path, n_train: int, steps: int) -> list[str]:
+def gpt_argv(vqgan_ckpt: Path, data_root: Path, root: Path, n_train: int, steps: int,
+             precision: str = "32") -> list[str]:
     """``train_text_transformer.py`` arguments of the demo's GPT: preset ``demo`` on the VQGAN's cached codes,
-    ``steps`` steps, run folder ``root`` (also what ``benchmarks/bench_demo_stage1.py --train`` runs)."""
+    ``steps`` steps in ``precision``, run folder ``root`` (also what ``benchmarks/bench_demo_stage1.py --train``
+    runs)."""
     return ["--config", "demo", "--vqvae", str(vqgan_ckpt), "--data_path", str(data_root), "--default_root_dir",
             str(root), "--precompute_tokens", "--token_stride", "8", "--batch_size", str(min(16, n_train)),
-            *_steps(steps), *QUIET]
+            *_steps(steps), *QUIET, "--precision", precision]
 
 
 def stage_gpt(run) -> None:
@@ -143,7 +154,7 @@ def stage_gpt(run) -> None:
     a, root = run.args, run.out / "gpt"
     vq = load_vqgan(run.state["vqgan_ckpt"])
     argv = gpt_argv(run.state["vqgan_ckpt"], run.state["data_root"], root, train_clips(run, every=True),
-                    a.gpt_steps) + verbose_flag(run)
+                    a.gpt_steps, gpt_precision(run.state.get("precision", "32"))) + verbose_flag(run)
     ckpt = _trained(root, argv, train_text_transformer.train)
     gpt = load_gpt(ckpt)
     run.state["gpt_ckpt"] = ckpt

@@ -334,3 +334,16 @@ def test_demo_stage1_bench_trains_recipes_per_seed_and_reuses_them(kit, tmp_path
     assert ckpts[-1].stat().st_mtime_ns == stamp
     with pytest.raises(SystemExit):
         b1.main(["--train", "x=", "--data", str(data)])  # no --out
+
+
+@pytest.mark.parametrize("units, demo, expected", [("avx512_bf16", "bf16", "bf16"), ("amx", "bf16", "32"),
+                                                   ("avx512_bf16", "32", "32"), (None, "32", "32")])
+def test_demo_gpt_trains_in_bf16_on_avx512_bf16_only(monkeypatch, units, demo, expected):
+    """The demo GPT's precision follows the demo's, except on AMX (measured slower there); ``gpt_argv`` carries it,
+    so ``bench_demo_stage1.py --train`` trains what ``make demo`` trains on the same CPU."""
+    from tav_scripts import demo_stages
+
+    monkeypatch.setattr(demo_stages, "cpu_bf16_units", lambda: units)
+    assert demo_stages.gpt_precision(demo) == expected
+    argv = demo_stages.gpt_argv(REPO / "v.ckpt", REPO / "d", REPO / "r", 4, 10, demo_stages.gpt_precision(demo))
+    assert argv[argv.index("--precision") + 1] == expected and argv.count("--precision") == 1

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tav.errors import InputError
+from tav.utils.attention import attention  # noqa: F401  (re-exported: the TIA2V blocks import it from here)
 
 
 def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
@@ -121,22 +122,6 @@ class ResBlock(TimestepBlock):
         else:
             h = self.out_layers(h + e)
         return self.skip_connection(x) + h
-
-
-def attention(q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
-    """Softmax attention ``softmax(q k^T / sqrt(d)) v`` over the token axis.
-
-    q, k, v: (B, heads, L, d). Returns (B, heads, L, d). ``"sdpa"`` calls
-    ``F.scaled_dot_product_attention``; ``"math"`` writes it out, with the softmax in float32.
-    """
-    if impl == "sdpa":  # contiguous inputs let PyTorch pick its fused (flash) CPU/GPU kernels
-        return F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous())
-    if impl != "math":
-        raise InputError(f"attention impl {impl!r}: must be 'sdpa' or 'math'")
-    scale = q.shape[-1] ** -0.25  # split between q and k, as upstream, to keep fp16 logits small
-    weight = torch.einsum("bhld,bhmd->bhlm", q * scale, k * scale)  # (B, heads, L, L)
-    weight = torch.softmax(weight.float(), dim=-1).to(q.dtype)
-    return torch.einsum("bhlm,bhmd->bhld", weight, v)
 
 
 class AttentionBlock(nn.Module):

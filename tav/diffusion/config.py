@@ -20,6 +20,7 @@ from torch import Tensor
 
 from tav.config import from_dict
 from tav.errors import InputError
+from tav.utils.attention import IMPLS
 
 NORM_GROUPS = 32  # GroupNorm(32, C) everywhere, as upstream
 
@@ -106,7 +107,8 @@ class UNetConfig(UNetShape):
     dims: int = 3  # 3 = videos (B, C, T, H, W) with frames never down-sampled; 2 = images (B, C, H, W)
     use_new_attention_order: bool = False  # False = legacy per-head (q, k, v) channel order of the weights
     gradient_checkpointing: bool = False  # recompute ResBlock/attention activations in the backward pass
-    attention_impl: Literal["sdpa", "math"] = "sdpa"  # F.scaled_dot_product_attention, or explicit softmax
+    attention_impl: Literal["auto", "sdpa", "math"] = "auto"  # tav.utils.attention: SDPA, written out, or the
+    # faster of the two (written out on a CPU in bf16 for short sequences with a gradient)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -125,8 +127,8 @@ def _validate(cfg: UNetConfig) -> None:
         raise InputError(f"unet.dims={cfg.dims}: must be 2 (images) or 3 (videos)")
     if not 0.0 <= cfg.dropout < 1.0:
         raise InputError(f"unet.dropout={cfg.dropout}: must be in [0, 1)")
-    if cfg.attention_impl not in ("sdpa", "math"):
-        raise InputError(f"unet.attention_impl={cfg.attention_impl!r}: must be 'sdpa' or 'math'")
+    if cfg.attention_impl not in IMPLS:
+        raise InputError(f"unet.attention_impl={cfg.attention_impl!r}: must be one of {', '.join(IMPLS)}")
     if cfg.num_head_channels != -1 and cfg.num_head_channels < 1:
         raise InputError(f"unet.num_head_channels={cfg.num_head_channels}: must be >= 1, or -1 to use num_heads")
     check_norm_widths(cfg, "unet")

@@ -3,7 +3,8 @@
 Pre-LN causal transformer: token embedding + learned absolute position embedding (zeros at init; ``pos_emb:
 axial`` adds learned time, row and column vectors of the code grid at the video positions),
 ``n_layer`` blocks ``x + Attn(LN(x)); x + MLP(LN(x))``, final LayerNorm, bias-free head. Attention goes
-through ``F.scaled_dot_product_attention`` (causal via ``is_causal``; no mask buffer is kept).
+through ``tav.utils.attention.attention`` (``auto``: PyTorch's SDPA, causal via ``is_causal``, except where the
+written-out form is faster, as when training in bf16 on a CPU); no mask buffer is kept.
 
 Parameter names follow upstream's ``transformer_text.*`` keys (``tok_emb``, ``pos_emb``,
 ``blocks.N.{ln1,ln2,attn.{key,query,value,proj},mlp.{0,2}}``, ``ln_f``, ``head``), so released weights load
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 
 from tav.errors import InputError
 from tav.gpt.config import GPTConfig
+from tav.utils.attention import attention
 
 
 @dataclass
@@ -68,7 +70,7 @@ class CausalSelfAttention(nn.Module):
         ``causal`` aligns query i with key i (S == T); ``mask`` is a boolean ``(T, S)`` keep-mask.
         """
         p = self.attn_pdrop if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
+        return attention(q, k, v, "auto", mask, causal, p)
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor] | None = None, start: int = 0) -> Tensor:
         """``x (B, T, C)`` -> ``(B, T, C)``. With ``kv`` (this layer's cache), keys/values are written at

@@ -27,6 +27,7 @@ from typing import Any, Literal
 from tav.config import from_dict, load_yaml, preset_path
 from tav.diffusion.config import UNetShape, check_head_widths, check_norm_widths
 from tav.errors import InputError
+from tav.utils.attention import IMPLS
 
 PARTS = ("content", "motion", "shr")
 PRESETS = ("content", "motion", "shr", "content-tiny", "motion-tiny", "shr-tiny")
@@ -68,7 +69,8 @@ class TIA2VUNetConfig(UNetShape):
     first_frame: Literal["noised", "clean"] = "noised"  # motion: frame 0 noised like the others (upstream), or
     # the given image kept clean at t = 0 in training and sampling, the other frames denoised around it (tav)
     gradient_checkpointing: bool = False  # recompute block activations in the backward pass
-    attention_impl: Literal["sdpa", "math"] = "sdpa"  # F.scaled_dot_product_attention, or explicit softmax
+    attention_impl: Literal["auto", "sdpa", "math"] = "auto"  # tav.utils.attention: SDPA, written out, or the
+    # faster of the two (written out on a CPU in bf16 for short sequences with a gradient)
 
     def __post_init__(self) -> None:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
@@ -108,8 +110,8 @@ def _validate(cfg: TIA2VUNetConfig) -> None:
             raise InputError(f"tia2v.{name}={getattr(cfg, name)}: must be in [0, 1)")
     if not 0.0 <= cfg.mix_ratio <= 1.0:
         raise InputError(f"tia2v.mix_ratio={cfg.mix_ratio}: must be in [0, 1]")
-    if cfg.attention_impl not in ("sdpa", "math"):
-        raise InputError(f"tia2v.attention_impl={cfg.attention_impl!r}: must be 'sdpa' or 'math'")
+    if cfg.attention_impl not in IMPLS:
+        raise InputError(f"tia2v.attention_impl={cfg.attention_impl!r}: must be one of {', '.join(IMPLS)}")
     if cfg.temporal_pos_emb not in ("none", "sinusoidal", "learned"):
         raise InputError(f"tia2v.temporal_pos_emb={cfg.temporal_pos_emb!r}: must be 'none', 'sinusoidal' or 'learned'")
     if cfg.num_head_channels != -1 and cfg.num_head_channels < 1:
