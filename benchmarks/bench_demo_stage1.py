@@ -16,8 +16,10 @@ precision ``make demo`` trains it in on this CPU, ``demo_stages.gpt_precision``)
 with the judges, which are pooled over the seeds. Seed 1234 is the demo's own. The
 preset is read when each run starts, so a recipe should set every field it compares rather than lean on the
 preset's values. The GPT is sampled as the demo samples it: top-k 2048, top-p 0.8, classifier-free guidance 2 when
-it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``rep * 100 + i`` for caption ``i`` of
-repetition ``rep``; in fp32 unless ``--precision bf16``. Clips are judged at the VQGAN's resolution. Values are
+it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``--first_seed + rep * 100 + i`` for caption
+``i`` of repetition ``rep`` (``--first_seed 404``: repetition 0 draws the demo's own codes, judged here without the
+demo's mp4 round trip); in fp32 unless ``--precision
+bf16``. Clips are judged at the VQGAN's resolution. Values are
 means with a 95% confidence interval over the ``reps × captions`` clips (× seeds).
 """
 
@@ -43,10 +45,12 @@ def split_captions(data: Path, split: str = "test") -> list[str]:
 
 
 def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: int, precision: str = "32",
-                 cfg_scale: float | None = None) -> dict:
-    """``{judge: [mean, ci]}``, ``n``, ``cfg_scale`` and ``by_shape`` (``{shape: [mean, ci]}`` of shape_acc over the
-    captions naming it) for a GPT and its VQGAN on ``captions``; the GPT decodes under ``precision`` (``32`` or
-    ``bf16`` autocast) with classifier-free guidance ``cfg_scale`` (None: the demo's for this GPT)."""
+                 cfg_scale: float | None = None, first_seed: int = 0) -> dict:
+    """``{judge: [mean, ci]}``, ``n``, ``cfg_scale``, ``by_shape`` (``{shape: [mean, ci]}`` of shape_acc over the
+    captions naming it) and ``by_rep`` (``[{judge: mean}]``, one per repetition) for a GPT and its VQGAN on
+    ``captions``; the GPT decodes under ``precision`` (``32`` or ``bf16`` autocast) with classifier-free guidance
+    ``cfg_scale`` (None: the demo's for this GPT); caption ``i`` of repetition ``rep`` draws with seed
+    ``first_seed + rep * 100 + i``."""
     import torch
 
     from tav.data.text import build_tokenizer
@@ -61,8 +65,10 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
     ids = build_tokenizer("bert", gpt.cfg.text_seq_len)(captions)
     scores: dict[str, list[float]] = {k: [] for k in JUDGED}
     by_shape: dict[str, list[float]] = {}
+    by_rep: list[dict[str, float]] = []
     for rep in range(reps):
-        seeds = [rep * 100 + i for i in range(len(captions))]
+        seeds = [first_seed + rep * 100 + i for i in range(len(captions))]
+        before = {k: len(v) for k, v in scores.items()}
         with torch.inference_mode():
             with autocast(precision, torch.device("cpu")):
                 codes = sample_codes(gpt, ids, top_k=TOP_K, top_p=TOP_P, seeds=seeds, cfg_scale=cfg_scale)
@@ -75,8 +81,9 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
             shape = parse_caption(caption)[1]
             if shape is not None and verdict.shape_acc is not None:
                 by_shape.setdefault(shape, []).append(verdict.shape_acc)
+        by_rep.append({k: sum(v[before[k]:]) / (len(v) - before[k]) for k, v in scores.items() if len(v) > before[k]})
     return {"n": len(scores["colour_acc"]), "cfg_scale": cfg_scale, **{k: list(mean_ci(v)) for k, v in scores.items()},
-            "by_shape": {k: list(mean_ci(v)) for k, v in sorted(by_shape.items())}, "values": scores}
+            "by_shape": {k: list(mean_ci(v)) for k, v in sorted(by_shape.items())}, "by_rep": by_rep, "values": scores}
 
 
 def train_runs(args: argparse.Namespace, n_train: int) -> dict[str, list[tuple[int, Path]]]:
@@ -119,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="--train: folder of the run folders")
     p.add_argument("--data", type=Path, default=Path("results/demo/data"), help="the demo dataset")
     p.add_argument("--reps", type=int, default=6, help="seeds per caption")
+    p.add_argument("--first_seed", type=int, default=0,
+                   help="caption i of repetition r draws with seed FIRST_SEED + 100 r + i (404: repetition 0 is the "
+                        "demo's own draw, sample_tav.py's default --seed)")
     p.add_argument("--split", choices=["test", "train"], default="test",
                    help="whose captions (train: choose a sampling setting without looking at the test split)")
     p.add_argument("--cfg_scale", type=float, default=None,
@@ -180,20 +190,21 @@ def main(argv: list[str] | None = None) -> dict:
     if not captions:
         raise SystemExit(f"--data {args.data}: no {args.split} captions in manifest.jsonl")
     results = {name: judge_stage1(folder / "gpt.ckpt", folder / "vqgan.ckpt", captions, args.reps, args.precision,
-                                  args.cfg_scale)
+                                  args.cfg_scale, args.first_seed)
                for name, folder in args.folders.items()}
     n_train = len(split_captions(args.data, "train"))
     trained = train_runs(args, n_train) if args.recipes else {}
     for name, runs in trained.items():
         per_seed = {str(seed): {"val_loss": val_loss(ckpt),
                                 **judge_stage1(ckpt, args.vqgan, captions, args.reps, args.precision,
-                                               args.cfg_scale)}
+                                               args.cfg_scale, args.first_seed)}
                     for seed, ckpt in runs}
         pooled = {k: [v for r in per_seed.values() for v in r["values"][k]] for k in JUDGED}
         results[name] = {"flags": shlex.join(args.recipes[name]), "per_seed": per_seed,
                          "n": len(pooled["colour_acc"]), "cfg_scale": next(iter(per_seed.values()))["cfg_scale"],
                          **{k: list(mean_ci(v)) for k, v in pooled.items()}}
-    record = {**run_info(), "reps": args.reps, "split": args.split, "captions": len(captions), "top_k": TOP_K,
+    record = {**run_info(), "reps": args.reps, "first_seed": args.first_seed, "split": args.split,
+              "captions": len(captions), "top_k": TOP_K,
               "top_p": TOP_P,
               "precision": args.precision, "results": results}
     if trained:

@@ -267,6 +267,12 @@ def test_demo_stage1_bench_judges_each_folder_the_same_way(kit, tmp_path, monkey
     assert total == pytest.approx(a["shape_acc"][0] * len(named))
     assert json.loads(out.read_text())["results"]["a"] == a
     assert not list(tmp_path.glob("*.tmp*"))
+    # per repetition: their mean is the overall figure, and --first_seed 100 draws what repetition 1 drew
+    assert len(a["by_rep"]) == 2 and rec["first_seed"] == 0
+    assert sum(r["colour_acc"] for r in a["by_rep"]) / 2 == pytest.approx(a["colour_acc"][0])
+    shifted = b1.main(["--ckpt_dir", f"a={kit['ckpt']}", "--data", str(kit["data"]), "--reps", "1", "--first_seed",
+                       "100"])["results"]["a"]
+    assert shifted["by_rep"] == a["by_rep"][1:] and shifted["values"]["shape_acc"] == a["values"]["shape_acc"][2:]
     from tav_scripts.demo import parse_args as demo_options
 
     parsed = b1.parse_args(["--ckpt_dir", f"a={kit['ckpt']}", "--data", str(kit["data"])])

@@ -7,13 +7,14 @@
 - ``"auto"`` (the configs' default): ``"math"`` where it was measured faster, else ``"sdpa"``
   (:func:`prefer_written_out`).
 
-Why ``auto``: on a CPU in bf16 the fused kernel's backward is slow for short sequences. Forward + backward in bf16
-on the AMD Zen 4 kind (2 threads; one-off timings, the networks' shapes as (batch·heads, L, S, head width)):
-(8, 64, 64, 16) 1.09 ms fused against 0.58 written out, (64, 4, 85, 16) 3.2 against 0.63, the demo GPT's
-(64, 139, 139, 32) 20.0 against 6.3; the written-out form loses from L = 512 on: (8, 512, 512, 16) 7.5 against 10.1,
-(4, 1024, 1024, 64) 19 against 43. Forward alone (no gradient) the fused kernel wins at every size. The training step
-of the demo's GPT is 1.64-1.83x faster in bf16 than in fp32 this way (``benchmarks/bench_precision.py --nets
-demo_gpt``), the demo TIA2V motion model's 1.2x faster than with the fused kernel.
+Why ``auto``: on a CPU in bf16 the fused kernel's backward is slow for short sequences. Forward + backward in bf16,
+fused against written out, on the AMD Zen 4 kind (2 threads, ``benchmarks/bench_attention.py``; shapes as (batch·heads,
+L, S, head width)): the TIA2V tiny models' (8, 64, 64, 16) 0.89 against 0.34 ms and (64, 4, 85, 16) 2.95 against
+0.54, the demo GPT's causal (64, 139, 139, 32) 19.2 against 6.0; from L = 512 the fused kernel is faster ((8, 512,
+512, 16) 6.3 against 9.4, (4, 1024, 1024, 64) 21.0 against 30.7). In fp32 ``auto`` keeps SDPA (the written-out
+form is ahead only on the tiny shapes, by at most 0.2 ms). So the
+demo GPT's training step is 1.83x faster in bf16 than in fp32 (``benchmarks/bench_precision.py --nets demo_gpt``)
+where it was 1.23x with the fused kernel, and the demo's TIA2V motion model trains about 1.2x faster.
 """
 
 from __future__ import annotations
