@@ -315,6 +315,30 @@ def test_overfits_one_clip(tmp_path, vqgans):
     assert acc[-1] > 0.5
 
 
+def test_metrics_logged_only_where_lightning_writes_them_give_the_same_rows(tmp_path, vqgans, monkeypatch):
+    """The module logs (and computes its accuracies) only at the steps Lightning writes (``logs_this_step``): the
+    rows of metrics.jsonl are those of a run that logs at every step, values included."""
+    import json
+
+    from tav.training import gpt_module
+
+    one = make_tiny_vat(tmp_path / "one", n_frames=4, stems=("c_3",))
+    argv = ["--load_vid_len", 4, "--batch_size", 1, "--max_steps", 7, "--limit_val_batches", 0,
+            "--save_every_n_steps", 0, "--precompute_tokens"]
+
+    def rows(root):
+        text = (root / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in text]
+
+    script.train(tiny(one, vqgans[0], tmp_path / "gated", *argv, "--log_every_n_steps", 3))
+    monkeypatch.setattr(gpt_module, "logs_this_step", lambda module: True)
+    script.train(tiny(one, vqgans[0], tmp_path / "every", *argv, "--log_every_n_steps", 3))
+    gated = rows(tmp_path / "gated")
+    assert [r["step"] for r in gated if "train_text_loss" in r] == [3, 6]
+    assert gated == rows(tmp_path / "every")
+    assert all({"train_text_acc1", "train_text_acc5", "lr"} <= r.keys() for r in gated if "train_text_loss" in r)
+
+
 def test_caption_dropout_replaces_whole_rows_at_the_configured_rate_in_training_only():
     cfg = dataclasses.replace(gpt_preset("tiny"), text_dropout=0.25)
     module = GPTModule(cfg, GPTTrainConfig(seed=7)).train()

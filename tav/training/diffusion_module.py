@@ -38,6 +38,7 @@ from tav.training.callbacks import PeriodicExport, check_finite
 from tav.training.crops import detail_crops
 from tav.training.determinism import step_seed
 from tav.training.optim import adam
+from tav.training.trainer import logs_this_step, shows_progress
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +173,14 @@ class DiffusionModule(pl.LightningModule):
         terms, t = self.diffusion_terms(batch)
         loss = terms["loss"].mean()
         check_finite(self.trainer, loss, "diffusion", self.global_step)
-        bs = len(batch[self.train_cfg.input_key])
-        self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
-        parts = {f"train_{k}": v.mean() for k, v in terms.items() if k != "loss"}
-        parts.update(quartile_losses(terms["loss"].detach(), t, self.schedule.num_timesteps))
-        parts["step"] = float(self.global_step + 1)
-        self.log_dict(parts, on_step=True, on_epoch=False, batch_size=bs)
+        bs, logging = len(batch[self.train_cfg.input_key]), logs_this_step(self)
+        if logging or shows_progress(self):
+            self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        if logging:
+            parts = {f"train_{k}": v.mean() for k, v in terms.items() if k != "loss"}
+            parts.update(quartile_losses(terms["loss"].detach(), t, self.schedule.num_timesteps))
+            parts["step"] = float(self.global_step + 1)
+            self.log_dict(parts, on_step=True, on_epoch=False, batch_size=bs)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -45,6 +45,7 @@ from tav.gpt.sampling import null_prefix
 from tav.training.callbacks import check_finite
 from tav.training.determinism import step_seed
 from tav.training.optim import adam
+from tav.training.trainer import logs_this_step, shows_progress
 from tav.vqgan.model import VQGAN
 
 log = logging.getLogger(__name__)
@@ -218,23 +219,28 @@ class GPTModule(pl.LightningModule):
                              f"{tuple(cfg.latent_shape)}: clip size and VQGAN do not match the config")
         return prefix, codes
 
-    def _loss_and_accuracy(self, batch: dict) -> tuple[Tensor, Tensor, Tensor, int]:
+    def _loss_and_accuracy(self, batch: dict, accuracy: bool = True
+                           ) -> tuple[Tensor, Tensor | None, Tensor | None, int]:
+        """Loss, top-1 and top-5 accuracy (None unless ``accuracy``) and batch size of one batch."""
         prefix, codes = self.batch_inputs(batch)
         prefix = self.drop_captions(prefix)
         video_only = self.train_cfg.softmax == "video"
         logits, targets = self.gpt.training_logits(prefix, codes, video_only)  # (B, N, V), (B, N): video positions
         loss = token_loss(logits, targets)
-        acc1, acc5 = token_accuracy(logits.detach(), targets)
+        acc1, acc5 = token_accuracy(logits.detach(), targets) if accuracy else (None, None)
         return loss, acc1, acc5, prefix.shape[0]
 
     # ------------------------------------------------------------------------------------ steps
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss, acc1, acc5, bs = self._loss_and_accuracy(batch)
+        logging = logs_this_step(self)
+        loss, acc1, acc5, bs = self._loss_and_accuracy(batch, accuracy=logging)
         check_finite(self.trainer, loss, "text", self.global_step)
-        lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self.log("train_text_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
-        self.log_dict({"train_text_acc1": acc1, "train_text_acc5": acc5, "lr": float(lr),
-                       "step": float(self._steps_after(batch_idx))}, on_step=True, on_epoch=False, batch_size=bs)
+        if logging or shows_progress(self):
+            self.log("train_text_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=bs)
+        if logging:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log_dict({"train_text_acc1": acc1, "train_text_acc5": acc5, "lr": float(lr),
+                           "step": float(self._steps_after(batch_idx))}, on_step=True, on_epoch=False, batch_size=bs)
         return loss
 
     def _steps_after(self, batch_idx: int) -> int:

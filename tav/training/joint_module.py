@@ -41,6 +41,7 @@ from tav.errors import InputError
 from tav.training.callbacks import check_finite
 from tav.training.determinism import step_seed
 from tav.training.optim import adam
+from tav.training.trainer import logs_this_step
 
 
 @dataclass
@@ -191,7 +192,8 @@ class JointModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         parts = self.losses(batch)
         check_finite(self.trainer, parts["loss"], "joint-encoder", self.global_step, parts)
-        self.log_dict({f"train_{k}": v.detach() for k, v in parts.items()}, batch_size=len(batch["text"]))
+        if logs_this_step(self):
+            self.log_dict({f"train_{k}": v.detach() for k, v in parts.items()}, batch_size=len(batch["text"]))
         return parts["loss"]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

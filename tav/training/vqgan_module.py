@@ -37,6 +37,7 @@ from tav.training.callbacks import check_finite
 from tav.training.crops import detail_crops
 from tav.training.gpt_module import lr_factor
 from tav.training.optim import adam
+from tav.training.trainer import logs_this_step
 from tav.vqgan.config import VQGANConfig
 from tav.vqgan.losses import (
     Perceptual,
@@ -186,6 +187,8 @@ class VQGANModule(pl.LightningModule):
         frame_idx = random_frame_index(video)
         g_parts = self.generator_step(video, recon, vq, step, frame_idx, boundary)
         d_parts = self.discriminator_step(video, recon, step, frame_idx, boundary)
+        if not logs_this_step(self):
+            return
         logs = {f"train_{k}": v for k, v in {**g_parts, **d_parts}.items()}
         logs["train_used_codes"] = float(torch.unique(vq["codes"]).numel())  # distinct codes in this micro-batch
         logs["lr"] = float(self.optimizers()[0].optimizer.param_groups[0]["lr"])
