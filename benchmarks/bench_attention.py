@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.threads < 1 or args.rounds < 1:
+        p.error(f"--threads {args.threads} and --rounds {args.rounds}: each must be >= 1")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 

@@ -140,6 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.reps < 1:
         p.error(f"--reps {args.reps}: must be >= 1")
+    if args.first_seed < 0:
+        p.error(f"--first_seed {args.first_seed}: must be >= 0")
     if args.cfg_scale is not None and args.cfg_scale < 0:
         p.error(f"--cfg_scale {args.cfg_scale}: must be >= 0 (1 = no guidance)")
     if not args.ckpt_dir and not args.train:

@@ -59,9 +59,9 @@ def precision_flags(run) -> list[str]:
 
 def gpt_precision(demo_precision: str) -> str:
     """The demo GPT's training precision when the demo runs in ``demo_precision`` (``32`` or ``bf16``): bf16 on a
-    CPU whose bf16 units are AVX-512 bf16 (AMD Zen 4: the forward + backward 1.83x faster than fp32 with the GPT's
-    math attention in bf16, ``benchmarks/bench_precision.py --nets demo_gpt``), fp32 on a CPU with AMX, where the
-    GPT last measured slower in bf16 (204 s against 194 s, before that attention change; docs/demo.md)."""
+    CPU whose bf16 units are AVX-512 bf16 (AMD Zen 4: forward + backward 1.83x faster than fp32, with the attention
+    written out in bf16, ``tav.utils.attention``; ``benchmarks/bench_precision.py --nets demo_gpt``), fp32 on a CPU
+    with AMX, where the GPT last measured slower in bf16 (204 s against 194 s, before that attention change)."""
     return "bf16" if demo_precision == "bf16" and cpu_bf16_units() != "amx" else "32"
 
 

@@ -342,4 +342,3 @@ def test_decode_attention_leaves_out_cudnn_on_cuda_only():
     assert [f() for f in flags] == start
     with decode_attention(torch.device("cpu")):
         assert [f() for f in flags] == start
-

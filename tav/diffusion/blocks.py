@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tav.errors import InputError
-from tav.utils.attention import attention  # noqa: F401  (re-exported: the TIA2V blocks import it from here)
+from tav.utils.attention import attention
 
 
 def conv_nd(dims: int, *args, **kwargs) -> nn.Module:

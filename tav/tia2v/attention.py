@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from tav.diffusion.blocks import GroupNorm32, attention, conv_nd, zero_init
+from tav.diffusion.blocks import GroupNorm32, conv_nd, zero_init
 from tav.errors import InputError
+from tav.utils.attention import attention
 
 TRANSFORMER_NORM_EPS = 1e-6  # GroupNorm eps of latent-diffusion's ``Normalize`` (ResBlocks keep 1e-5)
 

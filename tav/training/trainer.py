@@ -121,8 +121,8 @@ def logs_this_step(module: pl.LightningModule) -> bool:
     """Whether Lightning writes this training step's on-step metrics to the loggers: every ``log_every_n_steps``
     optimiser steps (its own test, ``should_update_logs``, which its learning-rate and throughput monitors use too)
     or on a ``fast_dev_run``. The training modules log (and compute what they only log) when this is true, so
-    the written rows are the same and the other steps skip ``self.log``'s per-call work: 5 of the 85 ms of the
-    demo GPT's step (AMD Zen 4, 2 threads, cProfile). Always true outside a fit loop or where Lightning has no
+    the written rows are the same and the other steps skip ``self.log``'s per-call work: 5-10 ms of the demo
+    GPT's 85-ms step (AMD Zen 4, 2 threads). Always true outside a fit loop or where Lightning has no
     such test."""
     trainer = module.trainer
     try:
