@@ -4,7 +4,8 @@ GPT recipes trained on one VQGAN.
 
     python benchmarks/bench_demo_stage1.py --ckpt_dir demo=saved_ckpts/demo [--ckpt_dir other=DIR ...]
                                            [--data results/demo/data] [--reps 6] [--split test|train]
-                                           [--cfg_scale S] [--json OUT.json]
+                                           [--cfg_scale S] [--top_k K] [--top_p P] [--temperature T]
+                                           [--json OUT.json]
     python benchmarks/bench_demo_stage1.py --train A="--set pos_emb=absolute --base_lr 1e-3" \
         --train B="--set pos_emb=axial --base_lr 4e-3" --seeds 1234 1 2 --out /tmp/bench_gpt \
         [--vqgan saved_ckpts/demo/vqgan.ckpt] [--steps N] [--data ...] [--reps 6] [--json OUT.json]
@@ -13,14 +14,14 @@ Each folder holds ``gpt.ckpt`` and ``vqgan.ckpt`` (what ``make demo`` leaves in 
 ``--train`` recipe is the demo's GPT training (``demo_stages.gpt_argv``: preset ``demo``, ``--steps`` steps, in the
 precision ``make demo`` trains it in on this CPU, ``demo_stages.gpt_precision``) with its flags appended, once per
 ``--seeds`` seed, in ``<out>/<NAME>_s<seed>`` (a finished run folder is reused); its validation loss is reported
-with the judges, which are pooled over the seeds. Seed 1234 is the demo's own. The
-preset is read when each run starts, so a recipe should set every field it compares rather than lean on the
-preset's values. The GPT is sampled as the demo samples it: top-k 2048, top-p 0.8, classifier-free guidance 2 when
-it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``--first_seed + rep * 100 + i`` for caption
-``i`` of repetition ``rep`` (``--first_seed 404``: repetition 0 draws the demo's own codes, judged here without the
-demo's mp4 round trip); in fp32 unless ``--precision
-bf16``. Clips are judged at the VQGAN's resolution. Values are
-means with a 95% confidence interval over the ``reps × captions`` clips (× seeds).
+with the judges, which are pooled over the seeds. Seed 1234 is the demo's own. The preset is read when each run
+starts, so a recipe should set every field it compares rather than lean on the preset's values. The GPT is sampled
+as the demo samples it unless told otherwise (``--top_k``, ``--top_p``, ``--temperature``, ``--cfg_scale``): top-k
+2048, top-p 0.4 (``demo_stages.DEMO_TOP_P``; 0.8 until the commit after 0f49f77), temperature 1, classifier-free
+guidance 2 when it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``--first_seed + rep * 100
++ i`` for caption ``i`` of repetition ``rep`` (``--first_seed 404``: repetition 0 draws the demo's own codes, judged
+here without the demo's mp4 round trip); in fp32 unless ``--precision bf16``. Clips are judged at the VQGAN's
+resolution. Values are means with a 95% confidence interval over the ``reps × captions`` clips (× seeds).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from pathlib import Path
 from bench_quality import demo_cfg_scale, mean_ci, run_info
 
 from tav.utils.fileio import write_text_atomic
+from tav_scripts.demo_stages import DEMO_TOP_K, DEMO_TOP_P
 
-TOP_K, TOP_P = 2048, 0.8  # the demo's sample_tav.py flags
+TOP_K, TOP_P, TEMPERATURE = DEMO_TOP_K, DEMO_TOP_P, 1.0  # the demo's sampling
 JUDGED = ("colour_acc", "shape_acc")
 
 
@@ -45,12 +47,13 @@ def split_captions(data: Path, split: str = "test") -> list[str]:
 
 
 def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: int, precision: str = "32",
-                 cfg_scale: float | None = None, first_seed: int = 0) -> dict:
+                 cfg_scale: float | None = None, first_seed: int = 0, top_k: int = TOP_K, top_p: float = TOP_P,
+                 temperature: float = TEMPERATURE) -> dict:
     """``{judge: [mean, ci]}``, ``n``, ``cfg_scale``, ``by_shape`` (``{shape: [mean, ci]}`` of shape_acc over the
     captions naming it) and ``by_rep`` (``[{judge: mean}]``, one per repetition) for a GPT and its VQGAN on
     ``captions``; the GPT decodes under ``precision`` (``32`` or ``bf16`` autocast) with classifier-free guidance
-    ``cfg_scale`` (None: the demo's for this GPT); caption ``i`` of repetition ``rep`` draws with seed
-    ``first_seed + rep * 100 + i``."""
+    ``cfg_scale`` (None: the demo's for this GPT), ``top_k``, ``top_p`` and ``temperature``; caption ``i`` of
+    repetition ``rep`` draws with seed ``first_seed + rep * 100 + i``."""
     import torch
 
     from tav.data.text import build_tokenizer
@@ -71,7 +74,8 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
         before = {k: len(v) for k, v in scores.items()}
         with torch.inference_mode():
             with autocast(precision, torch.device("cpu")):
-                codes = sample_codes(gpt, ids, top_k=TOP_K, top_p=TOP_P, seeds=seeds, cfg_scale=cfg_scale)
+                codes = sample_codes(gpt, ids, temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds,
+                                     cfg_scale=cfg_scale)
             videos = vqgan.decode(codes).clamp(-0.5, 0.5)  # (B, 3, T, H, W) in [-0.5, 0.5]
         for video, caption in zip(videos, captions, strict=True):
             verdict = judge_video(to_uint8(video).numpy(), 30.0, caption=caption)
@@ -134,6 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg_scale", type=float, default=None,
                    help="the GPT's classifier-free guidance (default: the demo's, for a GPT trained with caption "
                         "dropout)")
+    p.add_argument("--top_k", type=int, default=TOP_K, help="the GPT's top-k (default: the demo's)")
+    p.add_argument("--top_p", type=float, default=TOP_P, help="the GPT's top-p (default: the demo's)")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="the GPT's temperature (default: 1)")
     p.add_argument("--precision", choices=["32", "bf16"], default="32",
                    help="the GPT decodes in fp32 (the samplers' choice on a CPU) or under bf16 autocast")
     p.add_argument("--json", type=Path, default=None)
@@ -144,6 +151,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--first_seed {args.first_seed}: must be >= 0")
     if args.cfg_scale is not None and args.cfg_scale < 0:
         p.error(f"--cfg_scale {args.cfg_scale}: must be >= 0 (1 = no guidance)")
+    if args.top_k < 1:
+        p.error(f"--top_k {args.top_k}: must be >= 1")
+    if not 0 < args.top_p <= 1:
+        p.error(f"--top_p {args.top_p}: must be in (0, 1]")
+    if args.temperature <= 0:
+        p.error(f"--temperature {args.temperature}: must be > 0")
     if not args.ckpt_dir and not args.train:
         p.error("give --ckpt_dir NAME=DIR or --train NAME=FLAGS (or both)")
     folders = {}
@@ -177,6 +190,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def sampling(args: argparse.Namespace) -> tuple[int, float, float]:
+    """``(top_k, top_p, temperature)`` from the options."""
+    return args.top_k, args.top_p, args.temperature
+
+
 def shape_cells(result: dict) -> str:
     """``"  (circle 0.97, diamond 0.14, ...)"``: shape_acc per named shape, where ``result`` has it."""
     shapes = result.get("by_shape")
@@ -192,22 +210,22 @@ def main(argv: list[str] | None = None) -> dict:
     if not captions:
         raise SystemExit(f"--data {args.data}: no {args.split} captions in manifest.jsonl")
     results = {name: judge_stage1(folder / "gpt.ckpt", folder / "vqgan.ckpt", captions, args.reps, args.precision,
-                                  args.cfg_scale, args.first_seed)
+                                  args.cfg_scale, args.first_seed, *sampling(args))
                for name, folder in args.folders.items()}
     n_train = len(split_captions(args.data, "train"))
     trained = train_runs(args, n_train) if args.recipes else {}
     for name, runs in trained.items():
         per_seed = {str(seed): {"val_loss": val_loss(ckpt),
                                 **judge_stage1(ckpt, args.vqgan, captions, args.reps, args.precision,
-                                               args.cfg_scale, args.first_seed)}
+                                               args.cfg_scale, args.first_seed, *sampling(args))}
                     for seed, ckpt in runs}
         pooled = {k: [v for r in per_seed.values() for v in r["values"][k]] for k in JUDGED}
         results[name] = {"flags": shlex.join(args.recipes[name]), "per_seed": per_seed,
                          "n": len(pooled["colour_acc"]), "cfg_scale": next(iter(per_seed.values()))["cfg_scale"],
                          **{k: list(mean_ci(v)) for k, v in pooled.items()}}
     record = {**run_info(), "reps": args.reps, "first_seed": args.first_seed, "split": args.split,
-              "captions": len(captions), "top_k": TOP_K,
-              "top_p": TOP_P,
+              "captions": len(captions), "top_k": args.top_k,
+              "top_p": args.top_p, "temperature": args.temperature,
               "precision": args.precision, "results": results}
     if trained:
         record.update(vqgan=str(args.vqgan), steps=args.steps, seeds=args.seeds)

@@ -37,7 +37,8 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
 The judges of ``tools/synthetic_judge.py`` on each stage's test outputs go to ``<out>/quality.json``
 (``scripts/demo_quality.py``); the demo's last lines are their table.
 
-Later stages read what earlier ones left in ``run.state``; a stage whose run folder holds a finished
+Later stages read what earlier ones left in ``run.state``, or, when those did not run this time, what they left in
+``--out`` (the dataset, the finished VQGAN, GPT and prior runs); a stage whose run folder holds a finished
 checkpoint reuses it.
 """
 
@@ -46,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -57,6 +59,7 @@ from tav.data.audio import read_audio
 from tav.data.demo import build_demo_dataset, format_summary
 from tav.data.layout import clip_files
 from tav.data.video import read_video, write_video
+from tav.errors import InputError
 from tav.utils.console import configure_output
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav.utils.runtime import precision_note, resolve_precision
@@ -64,7 +67,14 @@ from tav_scripts.demo_generate import stage_generate
 from tav_scripts.demo_metrics import RUN_TAG, stage_metrics
 from tav_scripts.demo_quality import QUALITY_FILE, quality_lines
 from tav_scripts.demo_sample import stage_sample
-from tav_scripts.demo_stages import stage_diffusion, stage_gpt, stage_joint, stage_vqgan
+from tav_scripts.demo_stages import (
+    finished_checkpoint,
+    newest_ema,
+    stage_diffusion,
+    stage_gpt,
+    stage_joint,
+    stage_vqgan,
+)
 from tav_scripts.demo_tia2v import DEMO_RUN, stage_tia2v
 
 
@@ -119,6 +129,35 @@ def stage_report(run: DemoRun) -> None:
                        title="tav demo")
     run.state["report"] = rep.index
     print(f"  report: {rep.index} ({rep.videos} videos, {len(rep.plots)} plots; open it in a browser)")
+
+
+# What each stage reads from the stages before it (run.state keys those stages set)
+NEEDS = {"vqgan": ("data",), "gpt": ("data", "vqgan"), "diffusion": ("data",), "joint": ("data",),
+         "sample": ("data", "vqgan", "gpt", "diffusion"), "tia2v": ("data",),
+         "generate": ("data", "vqgan", "gpt", "diffusion")}
+STATE_KEY = {"data": "data_root", "vqgan": "vqgan_ckpt", "gpt": "gpt_ckpt", "diffusion": "diffusion_ckpt"}
+
+
+def restore_state(run: DemoRun) -> None:
+    """Fill ``run.state`` from what earlier runs left in ``--out``: the dataset and the finished VQGAN, GPT and
+    prior runs, so that some stages can run alone (``--stages sample`` after a whole run); the stages that run
+    replace these values."""
+    manifest = run.out / "data" / "manifest.jsonl"
+    if manifest.is_file():
+        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+        run.state.update(data_root=manifest.parent, manifest=rows)
+    found = {"vqgan_ckpt": finished_checkpoint(run.out / "vqgan"), "gpt_ckpt": finished_checkpoint(run.out / "gpt"),
+             "diffusion_ckpt": newest_ema(run.out / "diffusion") if finished_checkpoint(run.out / "diffusion")
+             else None}
+    run.state.update({k: v for k, v in found.items() if v is not None})
+
+
+def check_needs(run: DemoRun, name: str) -> None:
+    """One-line ``InputError`` when stage ``name`` needs an earlier stage that neither ran nor left its output."""
+    for need in NEEDS.get(name, ()):
+        if STATE_KEY[need] not in run.state:
+            raise InputError(f"--stages {name}: {run.out} has no finished {need} stage; run it first "
+                             f"(--stages {need} {name})")
 
 
 STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [
@@ -188,10 +227,12 @@ def main(argv: list[str] | None = None) -> DemoRun:
     run.out.mkdir(parents=True, exist_ok=True)
     run.state["precision"] = resolve_precision(args.precision, torch.device("cpu"))
     print(f"[demo] precision: {precision_note(args.precision, torch.device('cpu'))}")
+    restore_state(run)
     t_all = time.perf_counter()
     for name, stage in STAGES:
         if name not in args.stages:
             continue
+        check_needs(run, name)
         t0 = time.perf_counter()
         stage(run)
         print(f"[{name}] {time.perf_counter() - t0:.1f} s")
@@ -203,4 +244,8 @@ def main(argv: list[str] | None = None) -> DemoRun:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as err:
+        print(f"demo.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

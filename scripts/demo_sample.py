@@ -23,7 +23,7 @@ from tav.gpt import load_gpt, save_gpt
 from tav.utils.contact_sheet import contact_sheet, save_png
 from tav.utils.fileio import atomic_path, file_sha256, write_text_atomic
 from tav_scripts.demo_quality import record_results
-from tav_scripts.demo_stages import DEMO_CFG, sampling_precision_flags
+from tav_scripts.demo_stages import DEMO_CFG, DEMO_TOP_K, DEMO_TOP_P, sampling_precision_flags
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_RUN = "17"  # the README command's --run
@@ -74,10 +74,12 @@ def gather_checkpoints(run, folder: Path) -> dict[str, Path]:
 
 
 def sample_command(files: dict[str, Path], data_root: Path, save: Path, n_sample: int) -> list[str]:
-    """The README sampling line for the demo: same flags and values, demo paths and sizes."""
+    """The README sampling line for the demo: same flags and values, demo paths and sizes, with the demo's own
+    settings where commented (--top_p: ``DEMO_TOP_P``, a narrower nucleus that draws the caption more often)."""
     return ["scripts/sample_tav.py", "--gpt_text_ckpt", _rel(files["gpt"]), "--text_stft_cond",
             "--vqgan_ckpt", _rel(files["vqgan"]), "--text_emb_model", "bert", "--data_path", _rel(data_root),
-            "--top_k", "2048", "--top_p", "0.80", "--n_sample", str(n_sample), "--run", DEMO_RUN, "--dataset", "URMP",
+            "--top_k", str(DEMO_TOP_K), "--top_p", str(DEMO_TOP_P), "--n_sample", str(n_sample), "--run", DEMO_RUN,
+            "--dataset", "URMP",
             "--load_vid_len", "90", "--audio_emb_model", "joint", "--resolution", "32", "--batch_size", "4",
             "--model_output_size", str(DEMO_SIZE), "--noise_schedule", "cosine", "--iterations_num", "1",
             "--audio_guidance_lambda", "10000", "--direction_lambda", "5000", "--text_guidance_lambda", "10000",

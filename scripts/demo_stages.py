@@ -28,6 +28,9 @@ from tav_scripts.demo_quality import judge_clips, psnr, record_quality
 
 LOADER_WORKERS = ["--num_workers", "2"]  # VQGAN: crops and resizes overlap the step (0.18 s a step against 0.21)
 DEMO_CFG = 2.0  # --gpt_cfg_scale of the demo's stage 1 (its GPT trains with text_dropout 0.1: docs/training.md)
+# The demo GPT's --top_k / --top_p: the seed command's top-k, a narrower nucleus than its 0.80 (chosen on the training
+# captions, docs/sampling.md "The demo GPT's nucleus")
+DEMO_TOP_K, DEMO_TOP_P = 2048, 0.4
 QUIET = ["--num_workers", "0", "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1",
          "--lr_scaling", "none", "--limit_val_batches", "2"]
 
@@ -75,14 +78,29 @@ def _steps(n: int) -> list[str]:
     return ["--max_steps", str(n), "--val_check_interval", str(n), "--save_every_n_steps", str(n)]
 
 
+def finished_checkpoint(root: Path) -> Path | None:
+    """The best (else last) checkpoint of the finished run in ``root`` (one with ``checkpoints/last.ckpt``), or
+    None."""
+    last = root / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    best = sorted((root / "checkpoints").glob("best-*.ckpt"))
+    return best[-1] if best else last
+
+
+def newest_ema(root: Path) -> Path | None:
+    """The prior's newest exported EMA weights ``root/emaNNNNNN.pt``, or None."""
+    emas = list(root.glob("ema*.pt"))
+    return max(emas, key=lambda p: int(p.stem[3:])) if emas else None
+
+
 def _trained(root: Path, argv: list[str], train_fn) -> Path:
     """Train unless ``root/checkpoints/last.ckpt`` exists (an interrupted run is resumed); return the best (else
     last) checkpoint."""
-    last = root / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        best = sorted((root / "checkpoints").glob("best-*.ckpt"))
+    done = finished_checkpoint(root)
+    if done is not None:
         print(f"  reusing {root} (delete it to retrain)")
-        return best[-1] if best else last
+        return done
     if newest_checkpoint(root / "checkpoints") is not None:
         argv = [*argv, "--resume", "last"]
     ckpt = train_fn(argv)
@@ -161,7 +179,7 @@ def stage_gpt(run) -> None:
     rows = _test_clips(run, 4)
     ids = build_tokenizer("bert", gpt.cfg.text_seq_len)([r["caption"] for r in rows])
     with torch.inference_mode():
-        codes = sample_codes(gpt, ids, top_k=32, top_p=0.9, seeds=list(range(len(rows))),
+        codes = sample_codes(gpt, ids, top_k=DEMO_TOP_K, top_p=DEMO_TOP_P, seeds=list(range(len(rows))),
                              cfg_scale=DEMO_CFG if gpt.cfg.text_dropout > 0 else 1.0)
         videos = vq.decode(codes).clamp(-0.5, 0.5)
     clips = [to_uint8(v).numpy() for v in videos]
@@ -180,7 +198,7 @@ def stage_diffusion(run) -> None:
             "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1", "--log_interval", "25",
             *base_clips_flags(run), *precision_flags(run), *verbose_flag(run)]
     _trained(root, argv, diffusion_video_train_3d.train)
-    ema = max(root.glob("ema*.pt"), key=lambda p: int(p.stem[3:]))
+    ema = newest_ema(root)
     net, schedule = load_diffusion(ema, respacing="ddim50")
     size, n = net.config.image_size, 4
     shape = (n, 3, 8, size, size)

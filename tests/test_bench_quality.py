@@ -22,7 +22,7 @@ from tav.gpt.load import file_sha256
 from tav.metrics.synthetic import parse_caption
 from tav.vqgan import VQGAN, save_vqgan
 from tav_scripts import demo_quality as dq
-from tav_scripts.demo_stages import DEMO_CFG
+from tav_scripts.demo_stages import DEMO_CFG, DEMO_TOP_K, DEMO_TOP_P
 
 from .helpers import REPO, load_script, tiny_vqgan_cfg
 
@@ -296,10 +296,11 @@ def test_demo_stage1_bench_split_and_cfg_scale(kit, tmp_path, monkeypatch):
     base = ["--ckpt_dir", f"a={kit['ckpt']}", "--data", str(data), "--reps", "1"]
     with pytest.raises(InputError, match="text_dropout"):  # the tiny GPT has no unconditional model to guide
         b1.main([*base, "--cfg_scale", "4"])
-    scales, sample = [], tav.gpt.sample_codes  # record the scale, then sample unguided
+    scales, nucleus, sample = [], [], tav.gpt.sample_codes  # record the settings, then sample unguided
 
     def recorded(*a, **k):
         scales.append(k["cfg_scale"])
+        nucleus.append((k["top_k"], k["top_p"], k["temperature"]))
         return sample(*a, **{**k, "cfg_scale": 1.0})
 
     monkeypatch.setattr(tav.gpt, "sample_codes", recorded)
@@ -309,8 +310,33 @@ def test_demo_stage1_bench_split_and_cfg_scale(kit, tmp_path, monkeypatch):
     assert scales == [1.0, 1.0]  # trained without caption dropout: the demo's scale for this GPT is 1
     guided = b1.main([*base, "--cfg_scale", "4"])["results"]["a"]
     assert guided["cfg_scale"] == 4.0 and scales[-1] == 4.0
-    with pytest.raises(SystemExit):
-        b1.main([*base, "--cfg_scale", "-1"])
+    assert nucleus[0] == (DEMO_TOP_K, DEMO_TOP_P, 1.0)  # by default the GPT samples as the demo samples it
+    rec = b1.main([*base, "--top_k", "7", "--top_p", "0.9", "--temperature", "0.5"])
+    assert nucleus[-1] == (7, 0.9, 0.5) and (rec["top_k"], rec["top_p"], rec["temperature"]) == (7, 0.9, 0.5)
+    for bad in (["--cfg_scale", "-1"], ["--top_k", "0"], ["--top_p", "0"], ["--top_p", "1.5"], ["--temperature", "0"]):
+        with pytest.raises(SystemExit):
+            b1.main([*base, *bad])
+
+
+def test_the_demo_samples_stage_one_with_one_nucleus(kit, tmp_path):
+    """``sample_tav.sh``, ``generate.sh`` and bench_quality.py give the demo GPT the same top-k and top-p
+    (``DEMO_TOP_K``, ``DEMO_TOP_P``), and sample_tav.py's parser reads them back as given."""
+    from tav_scripts import demo_generate, demo_sample, sample_tav
+
+    def flag(argv, name):
+        return argv[argv.index(name) + 1]
+
+    files = {k: tmp_path / f"{k}.ckpt" for k in ("gpt", "vqgan", "diffusion", "joint")}
+    sample = demo_sample.sample_command(files, kit["data"], tmp_path / "out", 2)
+    generate = demo_generate.generate_commands(files, {"clip_l": tmp_path / "c", "beats": tmp_path / "b"},
+                                               {"motion": tmp_path / "m", "shr": tmp_path / "s"})["ta2v"]
+    bench = _bench().sample_argv(kit["ckpt"], kit["data"], tmp_path, 2, {})
+    for argv in (sample, generate, bench):
+        assert (flag(argv, "--top_k"), float(flag(argv, "--top_p"))) == (str(DEMO_TOP_K), DEMO_TOP_P)
+    from tav_scripts import sampling
+
+    args = sampling.build_parser(sample_tav.TA2VRecipe(), sample[1:]).parse_args(sample[1:])
+    assert (args.top_k, args.top_p) == (DEMO_TOP_K, DEMO_TOP_P)
 
 
 def test_demo_stage1_bench_trains_recipes_per_seed_and_reuses_them(kit, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from tav.utils.contact_sheet import LABEL_HEIGHT, contact_sheet, save_png
 from tav_scripts import demo as demo_script
 from tav_scripts import make_demo_dataset
 
-from .helpers import run_script
+from .helpers import REPO, run_script
 
 
 def _frame_change(frames: np.ndarray) -> np.ndarray:
@@ -181,6 +182,19 @@ def test_demo_script_tiny(tmp_path, capsys):
     assert len(run.state["manifest"]) == 3
     demo_script.main(argv)  # resumed: nothing rebuilt
     assert "0 written, 3 already complete" in capsys.readouterr().out
+    # a later stage alone finds the dataset in --out, and names the stage it still lacks
+    with pytest.raises(InputError, match=r"no finished vqgan stage; run it first \(--stages vqgan gpt\)"):
+        demo_script.main([*argv[:-1], "gpt"])
+
+
+def test_demo_stage_without_its_inputs_is_one_line(tmp_path):
+    """``scripts/demo.py --stages sample`` on an empty ``--out``: exit 2 and one line naming the stage to run."""
+    out = tmp_path / "none"
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--out", str(out), "--stages", "sample"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [f"demo.py: error: --stages sample: {out} has no finished data stage; "
+                                                "run it first (--stages data sample)"]
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -281,3 +295,7 @@ def test_demo_model_stages_tiny(tmp_path, capsys):
     assert read_video(tia2v_out)[0].shape == (15, 32, 32, 3) and tia2v_out.with_suffix(".json").is_file()
     demo_script.main(argv)
     assert capsys.readouterr().out.count("reusing") == 8
+    again = demo_script.main([*argv, "--stages", "gpt", "sample"])  # some stages alone: the rest read from --out
+    assert "[vqgan]" not in capsys.readouterr().out
+    for key in ("data_root", "vqgan_ckpt", "gpt_ckpt", "diffusion_ckpt"):
+        assert again.state[key] == run.state[key], key
