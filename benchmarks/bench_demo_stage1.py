@@ -17,7 +17,7 @@ precision ``make demo`` trains it in on this CPU, ``demo_stages.gpt_precision``)
 with the judges, which are pooled over the seeds. Seed 1234 is the demo's own. The preset is read when each run
 starts, so a recipe should set every field it compares rather than lean on the preset's values. The GPT is sampled
 as the demo samples it unless told otherwise (``--top_k``, ``--top_p``, ``--temperature``, ``--cfg_scale``): top-k
-2048, top-p 0.4 (``demo_stages.DEMO_TOP_P``; 0.8 until the commit after 0f49f77), temperature 1, classifier-free
+2048, top-p 0.4 (``demo_stages.DEMO_TOP_P``; 0.8 before dba4d6a), temperature 1, classifier-free
 guidance 2 when it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``--first_seed + rep * 100
 + i`` for caption ``i`` of repetition ``rep`` (``--first_seed 404``: repetition 0 draws the demo's own codes, judged
 here without the demo's mp4 round trip); in fp32 unless ``--precision bf16``. Clips are judged at the VQGAN's
