@@ -21,7 +21,10 @@ as the demo samples it unless told otherwise (``--top_k``, ``--top_p``, ``--temp
 guidance 2 when it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``--first_seed + rep * 100
 + i`` for caption ``i`` of repetition ``rep`` (``--first_seed 404``: repetition 0 draws the demo's own codes, judged
 here without the demo's mp4 round trip); in fp32 unless ``--precision bf16``. Clips are judged at the VQGAN's
-resolution. Values are means with a 95% confidence interval over the ``reps × captions`` clips (× seeds).
+resolution. Values are means with a 95% confidence interval over the ``reps × captions`` clips (× seeds). With two
+or more repetitions it also reports what sampling costs in variety (:func:`draw_variety`): the position spread (the
+mean distance between the shape's centre in two draws of one caption, fraction of the side; the same between two
+real clips of the split cut to a draw's length is printed as the reference) and the share of identical draws.
 """
 
 from __future__ import annotations
@@ -46,14 +49,58 @@ def split_captions(data: Path, split: str = "test") -> list[str]:
     return [r["caption"] for r in rows if r["split"] == split]
 
 
+def real_position_spread(data: Path, split: str = "test", n_frames: int = 8) -> float | None:
+    """The same spread over the split's real clips, each cut to its first ``n_frames`` (the length of a draw): the
+    mean distance between the shape's mean centres of two clips (fraction of the side; their positions follow
+    their melodies), the reference for ``position_spread``."""
+    import numpy as np
+
+    from tav.data.layout import clip_files
+    from tav.data.video import read_video
+    from tav.metrics.synthetic import judge_video
+
+    rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+    centres = []
+    for r in (r for r in rows if r["split"] == split):
+        frames, fps = read_video(clip_files(data / split, r["stem"]).mp4)
+        verdict = judge_video(frames[:n_frames], fps)
+        if verdict.features.any():
+            centres.append(verdict.features[[5, 7]])
+    gaps = [np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[:i]]
+    return float(np.mean(gaps)) if gaps else None
+
+
+def draw_variety(draws: list, centres: list) -> dict | None:
+    """How much the draws of one caption differ, from one entry per repetition (the same B captions in each):
+    ``draws`` ``(B, ...)`` codes, ``centres`` ``(B, 2)`` the shape's mean centre over the clip as fractions of the
+    side (NaN where no shape was seen). Returns ``{"position_spread": mean distance between the centres of two draws
+    of a caption (fraction of the side), "identical_pairs": share of pairs of draws with the same codes}``, averaged
+    over the pairs of repetitions and the captions (pairs with an unseen shape left out of the spread), or None for
+    fewer than two repetitions."""
+    import numpy as np
+    import torch
+
+    if len(draws) < 2:
+        return None
+    codes = torch.stack([d.reshape(d.shape[0], -1) for d in draws])  # (R, B, N)
+    where = np.stack(centres)  # (R, B, 2)
+    pairs = [(r, q) for r in range(len(draws)) for q in range(r)]
+    same = torch.stack([(codes[r] == codes[q]).all(-1) for r, q in pairs]).float().mean().item()
+    gaps = np.stack([np.linalg.norm(where[r] - where[q], axis=-1) for r, q in pairs])  # (pairs, B)
+    seen = np.isfinite(gaps)
+    return {"position_spread": float(gaps[seen].mean()) if seen.any() else None, "identical_pairs": same}
+
+
 def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: int, precision: str = "32",
                  cfg_scale: float | None = None, first_seed: int = 0, top_k: int = TOP_K, top_p: float = TOP_P,
                  temperature: float = TEMPERATURE) -> dict:
     """``{judge: [mean, ci]}``, ``n``, ``cfg_scale``, ``by_shape`` (``{shape: [mean, ci]}`` of shape_acc over the
-    captions naming it) and ``by_rep`` (``[{judge: mean}]``, one per repetition) for a GPT and its VQGAN on
-    ``captions``; the GPT decodes under ``precision`` (``32`` or ``bf16`` autocast) with classifier-free guidance
-    ``cfg_scale`` (None: the demo's for this GPT), ``top_k``, ``top_p`` and ``temperature``; caption ``i`` of
-    repetition ``rep`` draws with seed ``first_seed + rep * 100 + i``."""
+    captions naming it), ``by_rep`` (``[{judge: mean}]``, one per repetition) and ``variety``
+    (:func:`draw_variety` of the draws; None for one repetition) for a GPT and its VQGAN on ``captions``; the GPT
+    decodes under ``precision`` (``32`` or ``bf16`` autocast) with classifier-free guidance ``cfg_scale`` (None:
+    the demo's for this GPT), ``top_k``, ``top_p`` and ``temperature``; caption ``i`` of repetition ``rep`` draws
+    with seed ``first_seed + rep * 100 + i``."""
+    import numpy as np
     import torch
 
     from tav.data.text import build_tokenizer
@@ -69,6 +116,7 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
     scores: dict[str, list[float]] = {k: [] for k in JUDGED}
     by_shape: dict[str, list[float]] = {}
     by_rep: list[dict[str, float]] = []
+    draws, centres = [], []
     for rep in range(reps):
         seeds = [first_seed + rep * 100 + i for i in range(len(captions))]
         before = {k: len(v) for k, v in scores.items()}
@@ -76,9 +124,13 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
             with autocast(precision, torch.device("cpu")):
                 codes = sample_codes(gpt, ids, temperature=temperature, top_k=top_k, top_p=top_p, seeds=seeds,
                                      cfg_scale=cfg_scale)
+            draws.append(codes)
             videos = vqgan.decode(codes).clamp(-0.5, 0.5)  # (B, 3, T, H, W) in [-0.5, 0.5]
-        for video, caption in zip(videos, captions, strict=True):
+        centres.append(np.full((len(captions), 2), np.nan))
+        for i, (video, caption) in enumerate(zip(videos, captions, strict=True)):
             verdict = judge_video(to_uint8(video).numpy(), 30.0, caption=caption)
+            if verdict.features.any():  # features 5 and 7: the shape's mean centre x and y (judge_video)
+                centres[-1][i] = verdict.features[[5, 7]]
             for key in JUDGED:
                 if getattr(verdict, key) is not None:
                     scores[key].append(getattr(verdict, key))
@@ -86,8 +138,10 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
             if shape is not None and verdict.shape_acc is not None:
                 by_shape.setdefault(shape, []).append(verdict.shape_acc)
         by_rep.append({k: sum(v[before[k]:]) / (len(v) - before[k]) for k, v in scores.items() if len(v) > before[k]})
-    return {"n": len(scores["colour_acc"]), "cfg_scale": cfg_scale, **{k: list(mean_ci(v)) for k, v in scores.items()},
-            "by_shape": {k: list(mean_ci(v)) for k, v in sorted(by_shape.items())}, "by_rep": by_rep, "values": scores}
+    return {"n": len(scores["colour_acc"]), "cfg_scale": cfg_scale, "frames": int(videos.shape[2]),
+            **{k: list(mean_ci(v)) for k, v in scores.items()},
+            "by_shape": {k: list(mean_ci(v)) for k, v in sorted(by_shape.items())}, "by_rep": by_rep,
+            "variety": draw_variety(draws, centres), "values": scores}
 
 
 def train_runs(args: argparse.Namespace, n_train: int) -> dict[str, list[tuple[int, Path]]]:
@@ -195,6 +249,19 @@ def sampling(args: argparse.Namespace) -> tuple[int, float, float]:
     return args.top_k, args.top_p, args.temperature
 
 
+def draw_frames(results: dict) -> int:
+    """Frames of a draw (the VQGAN's clip length), from any judged result; 8 (the demo's) when none has it."""
+    return next((r["frames"] for r in results.values() if "frames" in r), 8)
+
+
+def variety_cells(result: dict) -> str:
+    """``"  position spread 0.123, identical pairs 0.05"`` where ``result`` has :func:`draw_variety`'s figures."""
+    v = result.get("variety")
+    if not v or v["position_spread"] is None:
+        return ""
+    return f"  position spread {v['position_spread']:.3f}, identical pairs {v['identical_pairs']:.2f}"
+
+
 def shape_cells(result: dict) -> str:
     """``"  (circle 0.97, diamond 0.14, ...)"``: shape_acc per named shape, where ``result`` has it."""
     shapes = result.get("by_shape")
@@ -222,8 +289,10 @@ def main(argv: list[str] | None = None) -> dict:
         pooled = {k: [v for r in per_seed.values() for v in r["values"][k]] for k in JUDGED}
         results[name] = {"flags": shlex.join(args.recipes[name]), "per_seed": per_seed,
                          "n": len(pooled["colour_acc"]), "cfg_scale": next(iter(per_seed.values()))["cfg_scale"],
+                         "frames": next(iter(per_seed.values()))["frames"],
                          **{k: list(mean_ci(v)) for k, v in pooled.items()}}
     record = {**run_info(), "reps": args.reps, "first_seed": args.first_seed, "split": args.split,
+              "real_position_spread": real_position_spread(args.data, args.split, draw_frames(results)),
               "captions": len(captions), "top_k": args.top_k,
               "top_p": args.top_p, "temperature": args.temperature,
               "precision": args.precision, "results": results}
@@ -231,12 +300,14 @@ def main(argv: list[str] | None = None) -> dict:
         record.update(vqgan=str(args.vqgan), steps=args.steps, seeds=args.seeds)
     print(f"stage 1 on {len(captions)} {args.split} captions x {args.reps} seeds, decoded in {args.precision} "
           "(mean ± 95% CI)")
+    if record["real_position_spread"] is not None:
+        print(f"  real clips: position spread {record['real_position_spread']:.3f} (between two clips of the split)")
     for name, r in results.items():
         cells = "  ".join(f"{k} {r[k][0]:.3f} ± {r[k][1]:.3f}" for k in JUDGED)
-        print(f"  {name:<16} cfg {r['cfg_scale']:g}  {cells}{shape_cells(r)}")
+        print(f"  {name:<16} cfg {r['cfg_scale']:g}  {cells}{shape_cells(r)}{variety_cells(r)}")
         for seed, one in r.get("per_seed", {}).items():
             cells = "  ".join(f"{k} {one[k][0]:.3f}" for k in JUDGED)
-            print(f"    seed {seed:<10} val_loss {one['val_loss']:.3f}  {cells}{shape_cells(one)}")
+            print(f"    seed {seed:<10} val_loss {one['val_loss']:.3f}  {cells}{shape_cells(one)}{variety_cells(one)}")
     if args.json is not None:
         write_text_atomic(args.json, json.dumps(record, indent=1) + "\n")
     return record

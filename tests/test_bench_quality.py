@@ -267,6 +267,8 @@ def test_demo_stage1_bench_judges_each_folder_the_same_way(kit, tmp_path, monkey
     assert total == pytest.approx(a["shape_acc"][0] * len(named))
     assert json.loads(out.read_text())["results"]["a"] == a
     assert not list(tmp_path.glob("*.tmp*"))
+    assert set(a["variety"]) == {"position_spread", "identical_pairs"} and 0 <= a["variety"]["identical_pairs"] <= 1
+    assert rec["real_position_spread"] is None or 0 <= rec["real_position_spread"] <= 2 ** 0.5
     # per repetition: their mean is the overall figure, and --first_seed 100 draws what repetition 1 drew
     assert len(a["by_rep"]) == 2 and rec["first_seed"] == 0
     assert sum(r["colour_acc"] for r in a["by_rep"]) / 2 == pytest.approx(a["colour_acc"][0])
@@ -281,6 +283,23 @@ def test_demo_stage1_bench_judges_each_folder_the_same_way(kit, tmp_path, monkey
         b1.main(["--ckpt_dir", str(kit["ckpt"]), "--data", str(kit["data"])])  # no NAME=
     with pytest.raises(SystemExit):
         b1.main(["--ckpt_dir", f"a={tmp_path}", "--data", str(kit["data"])])  # no checkpoints there
+
+
+def test_draw_variety_on_hand_made_draws(monkeypatch):
+    """Position spread: the mean distance between two draws' centres of one caption, unseen shapes left out;
+    identical pairs: the share of draw pairs with the same codes; None below two repetitions."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_demo_stage1 as b1
+
+    codes = [torch.tensor([[1, 2, 3], [4, 5, 6]]), torch.tensor([[1, 2, 3], [4, 5, 7]])]  # caption 0 drawn twice alike
+    centres = [np.array([[0.1, 0.1], [0.5, 0.5]]), np.array([[0.4, 0.5], [np.nan, np.nan]])]
+    v = b1.draw_variety(codes, centres)
+    assert v["identical_pairs"] == 0.5 and v["position_spread"] == pytest.approx(0.5)  # the 3-4-5 triangle
+    three = b1.draw_variety([*codes, codes[0]], [*centres, centres[0]])  # pairs (1,0), (2,0), (2,1)
+    assert three["identical_pairs"] == pytest.approx(4 / 6)  # caption 0 in all three pairs, caption 1 in one
+    # seen gaps: caption 0 in pairs (1,0), (2,0), (2,1): 0.5, 0, 0.5; caption 1 only in (2,0): 0
+    assert three["position_spread"] == pytest.approx((0.5 + 0.0 + 0.5 + 0.0) / 4)
+    assert b1.draw_variety(codes[:1], centres[:1]) is None
 
 
 def test_demo_stage1_bench_split_and_cfg_scale(kit, tmp_path, monkeypatch):
