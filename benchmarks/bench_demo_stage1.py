@@ -17,7 +17,8 @@ precision ``make demo`` trains it in on this CPU, ``demo_stages.gpt_precision``)
 with the judges, which are pooled over the seeds. Seed 1234 is the demo's own. The preset is read when each run
 starts, so a recipe should set every field it compares rather than lean on the preset's values. The GPT is sampled
 as the demo samples it unless told otherwise (``--top_k``, ``--top_p``, ``--temperature``, ``--cfg_scale``): top-k
-2048, top-p 0.4 (``demo_stages.DEMO_TOP_P``; 0.8 before dba4d6a), temperature 1, classifier-free
+2048, top-p 0.8, temperature 0.5 (``demo_stages.DEMO_TEMPERATURE``; before dba4d6a top-p 0.8 at temperature 1, at
+dba4d6a top-p 0.4 at temperature 1), classifier-free
 guidance 2 when it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``--first_seed + rep * 100
 + i`` for caption ``i`` of repetition ``rep`` (``--first_seed 404``: repetition 0 draws the demo's own codes, judged
 here without the demo's mp4 round trip); in fp32 unless ``--precision bf16``. Clips are judged at the VQGAN's
@@ -37,9 +38,9 @@ from pathlib import Path
 from bench_quality import demo_cfg_scale, mean_ci, run_info
 
 from tav.utils.fileio import write_text_atomic
-from tav_scripts.demo_stages import DEMO_TOP_K, DEMO_TOP_P
+from tav_scripts.demo_stages import DEMO_TEMPERATURE, DEMO_TOP_K, DEMO_TOP_P
 
-TOP_K, TOP_P, TEMPERATURE = DEMO_TOP_K, DEMO_TOP_P, 1.0  # the demo's sampling
+TOP_K, TOP_P, TEMPERATURE = DEMO_TOP_K, DEMO_TOP_P, DEMO_TEMPERATURE  # the demo's sampling
 JUDGED = ("colour_acc", "shape_acc")
 
 
@@ -194,7 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "dropout)")
     p.add_argument("--top_k", type=int, default=TOP_K, help="the GPT's top-k (default: the demo's)")
     p.add_argument("--top_p", type=float, default=TOP_P, help="the GPT's top-p (default: the demo's)")
-    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="the GPT's temperature (default: 1)")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="the GPT's temperature (default: the demo's)")
     p.add_argument("--precision", choices=["32", "bf16"], default="32",
                    help="the GPT decodes in fp32 (the samplers' choice on a CPU) or under bf16 autocast")
     p.add_argument("--json", type=Path, default=None)

@@ -45,7 +45,7 @@ import numpy as np
 
 from tav.utils.fileio import write_text_atomic
 from tav_scripts.demo_sample import DEMO_BLUR, DEMO_SIZE, DEMO_SKIP
-from tav_scripts.demo_stages import DEMO_TOP_K, DEMO_TOP_P
+from tav_scripts.demo_stages import DEMO_TEMPERATURE, DEMO_TOP_K, DEMO_TOP_P
 
 REPO = Path(__file__).resolve().parent.parent
 JUDGES = ("colour_acc", "shape_acc", "onset_f1", "pitch_height", "flicker")
@@ -177,7 +177,8 @@ def sample_argv(ckpt: Path, data: Path, save: Path, n: int, overrides: dict, ext
     """``sample_tav.py`` flags of the demo's sampling command (stage 1 guided as the demo guides it) with
     ``overrides`` (flag -> value; True = switch), then the ``extra`` flags (they win: argparse keeps the last value)."""
     flags = {"gpt_text_ckpt": ckpt / "gpt.ckpt", "vqgan_ckpt": ckpt / "vqgan.ckpt", "diffusion_ckpt":
-             ckpt / "diffusion.pt", "data_path": data, "top_k": DEMO_TOP_K, "top_p": DEMO_TOP_P, "n_sample": n,
+             ckpt / "diffusion.pt", "data_path": data, "top_k": DEMO_TOP_K, "top_p": DEMO_TOP_P,
+             "temperature": DEMO_TEMPERATURE, "n_sample": n,
              "run": "bench", "dataset": "URMP", "load_vid_len": 90, "resolution": 32, "batch_size": 4,
              "sequence_length": 8,
              "model_output_size": DEMO_SIZE, "iterations_num": 1, "audio_emb_model": "joint", "text_guidance_model":

@@ -24,7 +24,7 @@ from tav.errors import InputError
 from tav.utils.fileio import write_text_atomic
 from tav_scripts.demo_quality import judge_clips, record_quality
 from tav_scripts.demo_sample import DEMO_BLUR, DEMO_SIZE, DEMO_SKIP, REPO, _rel, gather_checkpoints
-from tav_scripts.demo_stages import DEMO_CFG, DEMO_TOP_K, DEMO_TOP_P, sampling_precision_flags
+from tav_scripts.demo_stages import DEMO_CFG, DEMO_TEMPERATURE, DEMO_TOP_K, DEMO_TOP_P, sampling_precision_flags
 from tav_scripts.demo_tia2v import MOTION_START, SHR_SIZE, tiny_encoders, train_models
 
 MELODY_S, MELODY_SEED = 10.0, 1010  # the demo's own song: longer than any window
@@ -53,6 +53,7 @@ def generate_commands(files: dict[str, Path], enc: dict[str, Path], models: dict
             _rel(files["joint"]), "--model_output_size", str(DEMO_SIZE), "--timestep_respacing", "ddim50", "--ddim",
             "--skip_timesteps", str(DEMO_SKIP // 2), "--guidance_blur", str(DEMO_BLUR),
             "--gpt_cfg_scale", str(DEMO_CFG), "--top_k", str(DEMO_TOP_K), "--top_p", str(DEMO_TOP_P),
+            "--temperature", str(DEMO_TEMPERATURE),
             "--context_frames", "0"]  # independent GPT windows: see above
     tia2v = ["--model_path", _rel(models["motion"]), "--diffusion_ckpt", _rel(models["shr"]), "--clip_l_ckpt",
              _rel(enc["clip_l"]), "--beats_ckpt", _rel(enc["beats"]), "--model_output_size", str(SHR_SIZE),

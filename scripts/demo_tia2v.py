@@ -22,6 +22,7 @@ from tav_scripts import tia2v_cli
 from tav_scripts.demo_quality import first_frame_psnr, record_quality, record_results
 from tav_scripts.demo_sample import _rel, show_results, write_script
 from tav_scripts.demo_stages import (
+    LOSSLESS,
     base_clips_flags,
     precision_flags,
     sampling_precision_flags,
@@ -116,7 +117,7 @@ def sample_command(run, enc: dict[str, Path], models: dict[str, Path]) -> list[s
             DEMO_RUN, "--dataset", "urmp", "--diffusion_ckpt", _rel(models["shr"]), "--model_output_size",
             str(SHR_SIZE), "--clip_l_ckpt", _rel(enc["clip_l"]), "--beats_ckpt", _rel(enc["beats"]),
             "--cache_dir", _rel(run.out / "tia2v_cache"), "--save", _rel(run.out), *MOTION_START, "--progress",
-            "False"]
+            "False", *LOSSLESS]
 
 
 COMMENT = ["# Written by `make demo`: the README's TIA2V sampling command (sample_motion_optim.py) with every seed",

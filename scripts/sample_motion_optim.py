@@ -110,7 +110,8 @@ class TIA2VRecipe(sampling.SamplingRecipe):
         clear_encoder_cache()  # the conditions are cached: the encoders are not needed while sampling
         data = dm.dataset("test")
         results = ResultsFolder(Path(args.save) / f"{args.run}_tacm_{name}", data_cfg.fps, data_cfg.sample_rate,
-                                naming="tia2v", legacy_folders=args.legacy_folders, stage2=sampler.shr is not None)
+                                naming="tia2v", legacy_folders=args.legacy_folders, stage2=sampler.shr is not None,
+                                lossless=args.lossless_video)
         hashes = {"model_path": file_sha256(args.model_path)}
         if sampler.shr is not None:
             hashes["diffusion_ckpt"] = file_sha256(args.diffusion_ckpt)

@@ -113,7 +113,7 @@ class TA2VRecipe(sampling.SamplingRecipe):
                                     audio_context_s=_audio_context_s(guidance))
         data = VATDataset(args.data_path, "test", data_cfg)
         results = ResultsFolder(Path(args.save) / f"{args.run}_tav_{args.dataset}", data_cfg.fps,
-                                data_cfg.sample_rate)
+                                data_cfg.sample_rate, lossless=args.lossless_video)
         hashes = {k: file_sha256(getattr(args, k)) for k in ("gpt_text_ckpt", "vqgan_ckpt", "diffusion_ckpt")}
         sampler = TwoStageSampler(gpt, vqgan, net, schedule, guidance, scfg)
         return sampling.Setup(data, results, hashes, min(args.n_sample, len(data)), {"sampler": sampler})

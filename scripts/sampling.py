@@ -132,6 +132,9 @@ def add_common_flags(p: argparse.ArgumentParser, n_flag: tuple[str, ...], n_defa
     d.add_argument("--progress", type=cli.str2bool, default=True, help="per-step bars")
     d.add_argument("--shard", default=None, help="i/n: this process makes samples i, i+n, ... into the same folder "
                    "(default: torchrun's RANK/WORLD_SIZE, else 0/1)")
+    d.add_argument("--lossless_video", type=cli.str2bool, default=False,
+                   help="write the result mp4s bit-exact (H.264 RGB, crf 0) so that the metrics score the sampler's "
+                        "frames, not the codec's; most browsers cannot play them (default: %(default)s: H.264 crf 17)")
     d.add_argument("--overwrite", action="store_true", help="replace the samples of a results folder made with "
                    "other checkpoints or settings (default: stop and say what differs)")
     return d

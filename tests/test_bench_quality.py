@@ -22,7 +22,7 @@ from tav.gpt.load import file_sha256
 from tav.metrics.synthetic import parse_caption
 from tav.vqgan import VQGAN, save_vqgan
 from tav_scripts import demo_quality as dq
-from tav_scripts.demo_stages import DEMO_CFG, DEMO_TOP_K, DEMO_TOP_P
+from tav_scripts.demo_stages import DEMO_CFG, DEMO_TEMPERATURE, DEMO_TOP_K, DEMO_TOP_P
 
 from .helpers import REPO, load_script, tiny_vqgan_cfg
 
@@ -329,7 +329,7 @@ def test_demo_stage1_bench_split_and_cfg_scale(kit, tmp_path, monkeypatch):
     assert scales == [1.0, 1.0]  # trained without caption dropout: the demo's scale for this GPT is 1
     guided = b1.main([*base, "--cfg_scale", "4"])["results"]["a"]
     assert guided["cfg_scale"] == 4.0 and scales[-1] == 4.0
-    assert nucleus[0] == (DEMO_TOP_K, DEMO_TOP_P, 1.0)  # by default the GPT samples as the demo samples it
+    assert nucleus[0] == (DEMO_TOP_K, DEMO_TOP_P, DEMO_TEMPERATURE)  # by default the GPT samples as the demo does
     rec = b1.main([*base, "--top_k", "7", "--top_p", "0.9", "--temperature", "0.5"])
     assert nucleus[-1] == (7, 0.9, 0.5) and (rec["top_k"], rec["top_p"], rec["temperature"]) == (7, 0.9, 0.5)
     for bad in (["--cfg_scale", "-1"], ["--top_k", "0"], ["--top_p", "0"], ["--top_p", "1.5"], ["--temperature", "0"]):
@@ -337,9 +337,10 @@ def test_demo_stage1_bench_split_and_cfg_scale(kit, tmp_path, monkeypatch):
             b1.main([*base, *bad])
 
 
-def test_the_demo_samples_stage_one_with_one_nucleus(kit, tmp_path):
+def test_the_demo_samples_stage_one_with_one_setting(kit, tmp_path):
     """``sample_tav.sh``, ``generate.sh`` and bench_quality.py give the demo GPT the same top-k and top-p
-    (``DEMO_TOP_K``, ``DEMO_TOP_P``), and sample_tav.py's parser reads them back as given."""
+    and temperature (``DEMO_TOP_K``, ``DEMO_TOP_P``, ``DEMO_TEMPERATURE``), and sample_tav.py's parser reads them
+    back as given."""
     from tav_scripts import demo_generate, demo_sample, sample_tav
 
     def flag(argv, name):
@@ -351,11 +352,13 @@ def test_the_demo_samples_stage_one_with_one_nucleus(kit, tmp_path):
                                                {"motion": tmp_path / "m", "shr": tmp_path / "s"})["ta2v"]
     bench = _bench().sample_argv(kit["ckpt"], kit["data"], tmp_path, 2, {})
     for argv in (sample, generate, bench):
-        assert (flag(argv, "--top_k"), float(flag(argv, "--top_p"))) == (str(DEMO_TOP_K), DEMO_TOP_P)
+        assert (flag(argv, "--top_k"), float(flag(argv, "--top_p")), float(flag(argv, "--temperature"))) == (
+            str(DEMO_TOP_K), DEMO_TOP_P, DEMO_TEMPERATURE)
     from tav_scripts import sampling
 
     args = sampling.build_parser(sample_tav.TA2VRecipe(), sample[1:]).parse_args(sample[1:])
-    assert (args.top_k, args.top_p) == (DEMO_TOP_K, DEMO_TOP_P)
+    assert (args.top_k, args.top_p, args.temperature) == (DEMO_TOP_K, DEMO_TOP_P, DEMO_TEMPERATURE)
+    assert args.lossless_video is True  # the demo's results are bit-exact, so the judges see the sampler's frames
 
 
 def test_demo_stage1_bench_trains_recipes_per_seed_and_reuses_them(kit, tmp_path, monkeypatch):

@@ -15,7 +15,10 @@ model), ``fake_stage2/video_<i>.mp4`` (SHR), ``audio/groundtruth_<i>.wav``, ``tx
 the dataset fps: the names are kept for old scripts, the frame rates are not).
 
 Every mp4 carries the clip's audio (AAC); frames are rounded to uint8 with clamping, at the model resolution,
-with no border. Every file is written atomically and the manifest row last (the manifest itself is rewritten
+with no border. The video is H.264 at crf 17 (yuv420p), or with ``lossless=True`` bit-exact RGB (``libx264rgb``
+crf 0: the metrics then score the sampler's frames, not the codec's; on 32-px demo clips the lossy codec turns about
+one shape in six into another; most browsers cannot play these files, the HTML report makes playable copies).
+Every file is written atomically and the manifest row last (the manifest itself is rewritten
 atomically), so a sample is finished exactly when it has a manifest row; a re-run skips those. A sharded run
 (``set_shard``: several processes, one folder) writes each process's rows to ``manifest.shard-<i>-of-<n>.jsonl``
 and merges them into ``manifest.jsonl`` under a file lock as each process finishes; readers take the union.
@@ -106,8 +109,8 @@ class ResultsFolder:
     """Writes samples into ``root`` and knows which are already finished (from ``manifest.jsonl``)."""
 
     def __init__(self, root: str | os.PathLike, fps: float, sample_rate: int, naming: str = "ta2v",
-                 legacy_folders: bool = False, stage2: bool = True):
-        self.root, self.fps, self.sample_rate = Path(root), fps, sample_rate
+                 legacy_folders: bool = False, stage2: bool = True, lossless: bool = False):
+        self.root, self.fps, self.sample_rate, self.lossless = Path(root), fps, sample_rate, lossless
         self.naming, self.legacy_folders, self.stage2 = naming, legacy_folders, stage2  # stage2: False = none
         sample_paths(root, "x", 0, naming)  # an unknown naming fails here
         self.manifest = self.root / MANIFEST
@@ -217,4 +220,4 @@ class ResultsFolder:
 
     def _video(self, path: Path, video: Tensor, audio: np.ndarray) -> None:
         frames = to_uint8(video.detach().float().cpu()).numpy()  # (T, H, W, 3), rounded and clamped
-        write_video(path, frames, self.fps, audio=audio, sample_rate=self.sample_rate)
+        write_video(path, frames, self.fps, audio=audio, sample_rate=self.sample_rate, lossless=self.lossless)
