@@ -33,7 +33,7 @@ DEMO_CFG = 2.0  # --gpt_cfg_scale of the demo's stage 1 (its GPT trains with tex
 # temperature")
 DEMO_TOP_K, DEMO_TOP_P, DEMO_TEMPERATURE = 2048, 0.8, 0.5
 # The sampling scripts write the results' mp4s bit-exact: the judges score the models' frames (H.264 at crf 17 turns
-# about one 32-px stage-1 shape in six into another: docs/sampling.md, "The demo GPT's temperature")
+# about one 32-px stage-1 shape in six into another: docs/sampling.md, "Lossless results for the judges")
 LOSSLESS = ["--lossless_video", "True"]
 QUIET = ["--num_workers", "0", "--progress_bar_refresh_rate", "0", "--accelerator", "cpu", "--devices", "1",
          "--lr_scaling", "none", "--limit_val_batches", "2"]
