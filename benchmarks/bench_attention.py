@@ -11,7 +11,6 @@ forward + backward (``prefer_written_out``) and which was faster.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -104,9 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
               "rows": rows}
     print(markdown(record))
     if args.json is not None:
-        from tav.utils.fileio import write_text_atomic
+        from tav.utils.fileio import write_json_atomic
 
-        write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
+        write_json_atomic(args.json, record)
     return record
 
 

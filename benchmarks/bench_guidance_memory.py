@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"machine": machine, "res_blocks": args.res_blocks, "points": points}
     print(markdown(points, machine))
     if args.json is not None:
-        from tav.utils.fileio import write_text_atomic
+        from tav.utils.fileio import write_json_atomic
 
-        write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
+        write_json_atomic(args.json, record)
     return record
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import tempfile
 import time
@@ -61,9 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"bf16 units: {record['cpu_bf16_units']}; {args.n} clips, DDPM/DDIM {args.respacing} skip {args.skip}: "
           f"held {med['held']:.2f} s, plain {med['plain']:.2f} s (plain / held {record['plain_over_held']:.3f})")
     if args.json is not None:
-        from tav.utils.fileio import write_text_atomic
+        from tav.utils.fileio import write_json_atomic
 
-        write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
+        write_json_atomic(args.json, record)
     return record
 
 

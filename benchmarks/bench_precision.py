@@ -35,7 +35,6 @@ the medians. Networks (``--nets``):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -270,9 +269,9 @@ def main(argv: list[str] | None = None) -> dict:
               "frames": args.frames, "nets": {name: measure(name, args) for name in args.nets}}
     print(markdown(record))
     if args.json is not None:
-        from tav.utils.fileio import write_text_atomic
+        from tav.utils.fileio import write_json_atomic
 
-        write_text_atomic(args.json, json.dumps(record, indent=2) + "\n")
+        write_json_atomic(args.json, record)
     return record
 
 

@@ -115,6 +115,13 @@ def test_json_is_written_strict(tmp_path):
     assert json.loads(text, parse_constant=pytest.fail) == {"id": 0, "audio": None, "x": [1.0, None]}
     write_record(tmp_path / "r.json", {"value": float("-inf"), "N": 2})
     assert json.loads((tmp_path / "r.json").read_text(), parse_constant=pytest.fail) == {"value": None, "N": 2}
+    from tav.utils.fileio import write_json_atomic  # what the benchmarks' --json writes through
+
+    write_json_atomic(tmp_path / "b.json", {"p": tmp_path, "x": [float("nan"), 1.5]})
+    text = (tmp_path / "b.json").read_text()
+    assert text.endswith("}\n")
+    assert json.loads(text, parse_constant=pytest.fail) == {"p": str(tmp_path), "x": [None, 1.5]}
+    assert not [f for f in tmp_path.iterdir() if f.name not in ("m.jsonl", "r.json", "b.json")]  # no temp left
 
 
 @pytest.mark.parametrize("script", ["train_vqgan", "diffusion_video_train_3d"])

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from tav.metrics.folders import chunks
-from tav.utils.fileio import dumps_strict, write_text_atomic
+from tav.utils.fileio import write_json_atomic
 
 MODES = ("full", "size")
 
@@ -108,4 +108,4 @@ def metric_record(metric: str, protocol: str, values: Mapping[str, dict], backbo
 
 def write_record(path: str | os.PathLike, record: Mapping) -> None:
     """Write ``record`` as indented JSON, atomically."""
-    write_text_atomic(path, dumps_strict(record, indent=2, sort_keys=False, default=str) + "\n")
+    write_json_atomic(path, record)

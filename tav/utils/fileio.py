@@ -150,6 +150,12 @@ def dumps_strict(obj: Any, **kwargs: Any) -> str:
     return json.dumps(strict_json(obj), allow_nan=False, **kwargs)
 
 
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
+    """Write ``obj`` as strict, indented JSON (one trailing newline; values JSON lacks, e.g. paths, as ``str``) to
+    ``path`` atomically."""
+    write_text_atomic(path, dumps_strict(obj, indent=indent, default=str) + "\n")
+
+
 def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write ``rows`` as strict JSON lines to ``path`` atomically."""
     write_text_atomic(path, "".join(dumps_strict(r, sort_keys=True) + "\n" for r in rows))
