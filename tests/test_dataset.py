@@ -3,6 +3,7 @@
 import logging
 import os
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from tav.data.audio import fit_length, read_audio
 from tav.data.config import DataConfig, check_divisible, load_data_config
 from tav.data.dataset import VATDataModule, VATDataset, split_clip_limit
-from tav.data.layout import clip_files
+from tav.data.layout import clip_files, write_clip
 from tav.errors import InputError
 
 from .vat_fixtures import GRAY_STEP, make_vat
@@ -175,6 +176,35 @@ def test_config_validation():
     with pytest.raises(InputError, match="unknown key"):
         load_data_config("urmp", resolutoin=96)
     assert load_data_config("landscape").samples_per_frame == 4800
+
+
+def test_moving_windows_draw_the_windows_in_which_the_picture_changes(tmp_path):
+    """``moving_windows``: window_motion is the change inside each window; with share 1 every training window
+    holds the clip's one change, with share 0 the starts are the uniform draws of upstream."""
+    frames = np.full((90, 32, 32, 3), 40, np.uint8)
+    frames[50:] = 200  # one change, into frame 50
+    audio = np.zeros(90 * 1600, np.float32)
+    write_clip(tmp_path / "train", "one_change", frames, 30, audio, 48000, "A gray square turns white.", None)
+    cfg = load_data_config("urmp", resolution=32, tokenizer="none", load_audio=False, cache_clips=4)
+    ds = VATDataset(tmp_path, "train", replace(cfg, moving_windows=1.0))
+    motion = ds.window_motion(0)
+    assert motion.shape == (90 - 16 + 1,)
+    inside = np.zeros(len(motion), bool)
+    inside[50 - 15: 50] = True  # starts 35..49 hold frame 50 at window frames 1..15
+    assert np.allclose(motion[inside], 160 / 255, atol=0.01) and motion[~inside].max() < 0.01
+    torch.manual_seed(0)
+    starts = [ds[0]["start"] for _ in range(200)]
+    assert sum(inside[s] for s in starts) >= 195  # the encoder's ripple may weigh a few others
+    assert len(set(starts)) > 8  # drawn among the moving windows, not one of them
+    torch.manual_seed(0)
+    uniform = [VATDataset(tmp_path, "train", cfg)[0]["start"] for _ in range(200)]
+    assert sum(inside[s] for s in uniform) < 80  # 15 of 75 starts: about 40
+    test_ds = VATDataset(tmp_path, "train", replace(cfg, moving_windows=1.0), train=False)
+    assert {test_ds[0]["start"] for _ in range(3)} == {VATDataset(tmp_path, "train", cfg, train=False)[0]["start"]}
+    with pytest.raises(InputError, match="moving_windows must be in"):
+        replace(cfg, moving_windows=1.5)
+    with pytest.raises(InputError, match="set train_crop to random"):
+        replace(cfg, moving_windows=0.5, train_crop="center")
 
 
 # --- bad input: each a one-line error naming the file -------------------------------------------------

@@ -29,6 +29,9 @@ class DataConfig:
     train_crop: str = "random"  # random | center | seeded | <int start frame>
     eval_crop: str = "seeded"  # test/val crops are deterministic: seeded per stem, centre, or fixed
     crop_seed: int = 0  # seed of the "seeded" crop start
+    # ours: share of the training windows (train_crop random) drawn in proportion to how much the picture changes
+    # in them (frames 1.. against the frame before) instead of uniformly; 0 = uniform, as upstream
+    moving_windows: float = 0.0
     downsample: tuple[int, ...] = (4, 8, 8)  # VQGAN (T, H, W) downsampling the clips must divide into
     load_audio: bool = True  # return `audio`; video-only stages (VQGAN, GPT) turn it off to skip the decode
     audio_context_s: float = 0.0  # > 0: also return `audio_context`, the sound this many seconds around the item
@@ -43,6 +46,11 @@ class DataConfig:
             raise InputError("data config: sequence_length and sample_every_n_frames must be >= 1")
         if self.max_clips < 0:
             raise InputError(f"data config: max_clips must be >= 0 (0 = every clip), got {self.max_clips}")
+        if not 0.0 <= self.moving_windows <= 1.0:
+            raise InputError(f"data config: moving_windows must be in [0, 1], got {self.moving_windows}")
+        if self.moving_windows > 0 and self.train_crop != "random":
+            raise InputError(f"data config: moving_windows={self.moving_windows} picks among random training crops; "
+                             f"set train_crop to random (it is {self.train_crop!r}) or moving_windows to 0")
         if self.audio_context_s < 0:
             raise InputError(f"data config: audio_context_s must be >= 0 seconds, got {self.audio_context_s}")
         for mode in (self.train_crop, self.eval_crop):

@@ -24,7 +24,7 @@ from tav.data.audio import chunk_per_frame, fit_length, load_array_pickle, read_
 from tav.data.config import DataConfig
 from tav.data.layout import clip_files
 from tav.data.text import build_tokenizer
-from tav.data.video import probe_video, read_video, resize_center_crop, to_model_range
+from tav.data.video import frame_changes, probe_video, read_video, resize_center_crop, to_model_range
 from tav.errors import InputError
 from tav.training.determinism import make_loader
 
@@ -122,6 +122,7 @@ class VATDataset(Dataset):
         self.captions = np.array(captions)
         self.frame_counts = np.array(frames, dtype=np.int64)
         self.text = build_tokenizer(cfg.tokenizer, cfg.text_seq_len, cfg.tokenizer_path)(captions)
+        self._motion: dict[int, np.ndarray] = {}  # window_motion per clip
         self._decoded = functools.lru_cache(maxsize=cfg.cache_clips)(self._decode) if cfg.cache_clips else None
 
     def _check_clip(self, stem: str) -> int:
@@ -145,7 +146,7 @@ class VATDataset(Dataset):
     def __getitem__(self, idx: int) -> dict:
         cfg, stem = self.cfg, str(self.stems[idx])
         n_frames = int(self.frame_counts[idx])
-        start = crop_start(self.crop, n_frames, cfg.span, stem, cfg.crop_seed, None)
+        start = self._start(idx, n_frames)
         files = clip_files(self.split_dir, stem)
         if self._decoded is not None:  # the same frames as decoding the window, without the decode
             frames = self._decoded(idx)[start: start + cfg.span]
@@ -168,6 +169,28 @@ class VATDataset(Dataset):
         if cfg.load_stft:
             item["stft"] = self._stft(files.stft, start)
         return item
+
+    def _start(self, idx: int, n_frames: int) -> int:
+        """First frame of item ``idx``'s window: ``crop_start``, or with ``cfg.moving_windows`` (training, random
+        crops) for that share of the items a window drawn in proportion to its picture change."""
+        cfg = self.cfg
+        if self.train and self.crop == "random" and cfg.moving_windows > 0:
+            if float(torch.rand(())) < cfg.moving_windows:  # draws only when on: the same stream as upstream when off
+                weights = self.window_motion(idx)
+                if weights.sum() > 0:
+                    return int(torch.multinomial(torch.from_numpy(weights), 1))
+        return crop_start(self.crop, n_frames, cfg.span, str(self.stems[idx]), cfg.crop_seed, None)
+
+    def window_motion(self, idx: int) -> np.ndarray:
+        """``(n_frames - span + 1,)`` float64: for each window start, the summed mean absolute change (in [0, 1]
+        per frame) into the window's frames 1..span-1. Computed once per clip and kept."""
+        if idx not in self._motion:
+            n = int(self.frame_counts[idx])
+            frames = self._decoded(idx) if self._decoded is not None else self._decode(idx)
+            changes = np.concatenate([[0.0], np.cumsum(frame_changes(frames[:n]), dtype=np.float64)])
+            span = self.cfg.span
+            self._motion[idx] = changes[span - 1:] - changes[: n - span + 1]
+        return self._motion[idx]
 
     def _decode(self, idx: int) -> np.ndarray:
         """Every frame of clip ``idx``, uint8 ``(T, H, W, 3)`` (kept by the ``cache_clips`` LRU cache)."""

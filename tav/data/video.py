@@ -174,6 +174,11 @@ def _encode_audio(container, stream, audio: np.ndarray, sample_rate: int) -> Non
     container.mux(stream.encode(None))
 
 
+def frame_changes(frames: np.ndarray) -> np.ndarray:
+    """uint8 ``(T, H, W, 3)`` frames -> ``(T - 1,)`` mean absolute change into frames 1..T-1, in [0, 1]."""
+    return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3)) / 255.0
+
+
 def to_model_range(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 ``(T, H, W, 3)`` -> float32 ``(3, T, H, W)`` in [-0.5, 0.5]."""
     import torch

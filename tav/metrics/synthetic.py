@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tav.data.demo import COLOURS, SHAPES
+from tav.data.video import frame_changes
 
 JUMP = 0.05  # a move of the shape's centre by more than this fraction of the side is a motion event
 MIN_CONTRAST = 40.0  # RGB distance below which nothing stands out from the background
@@ -201,11 +202,6 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     if ok.sum() < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
         return math.nan
     return float(spearmanr(a[ok], b[ok]).statistic)
-
-
-def frame_changes(frames: np.ndarray) -> np.ndarray:
-    """``(T - 1,)`` mean absolute change into frames 1..T-1, in [0, 1]."""
-    return np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(axis=(1, 2, 3)) / 255.0
 
 
 def _calm(n_changes: int, moments: Sequence[int]) -> np.ndarray:
