@@ -15,9 +15,10 @@ against the other clips' sound), the share of clips that move and of windows wit
 ``audio_gain``, how much the model relies on its sound there (``tav.tia2v.reliance``: from copies of the given
 frame at the start t, the share of the error on frames that change that the clip's own sound removes against
 another clip's; 4 windows of each test clip; 0 for a model deaf to its sound).
-``--sample_args`` adds sampling flags to every row (e.g. ``--audio_cfg_scale 3`` for a variant trained with
-``--audio_dropout``); each setting samples into its own folder. Finished runs are reused. Prints a markdown table
-and writes the rows with ``--json``.
+``--with_shr`` also runs the demo's SHR model after each motion sample (as ``make demo`` does) and judges its
+clips too (the ``shr_*`` columns). ``--sample_args`` adds sampling flags to every row (e.g. ``--audio_cfg_scale
+3`` for a variant trained with ``--audio_dropout``); each setting samples into its own folder. Finished runs are
+reused. Prints a markdown table and writes the rows with ``--json``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 FIGURES = ("colour_frame_acc", "onset_f1", "onset_f1_chance", "moved", "onset_windows_moved", "audio_gain")
+SHR_FIGURES = ("shr_colour_frame_acc", "shr_onset_f1", "shr_onset_f1_chance")
 RELIANCE_WINDOWS = 4  # windows per test clip (crop seeds 0..3) for the audio reliance
 
 
@@ -45,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--demo_args", default="", help="extra scripts/demo.py flags for the base run (tests: fewer steps)")
     p.add_argument("--sample_args", default="", help="extra sample_motion_optim.py flags for every variant's sampling "
                    "(e.g. --audio_cfg_scale 3)")
+    p.add_argument("--with_shr", action="store_true", help="also refine with the demo's SHR model and judge that")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
@@ -81,8 +84,9 @@ def train_variant(run, root: Path, steps: int | None, flags: str) -> Path:
     return demo_tia2v._train("motion", root, argv)
 
 
-def sample_and_judge(run, motion: Path, skip: int, save: Path, extra: Sequence[str] = ()) -> dict:
-    """``sample_motion_optim.py`` as the demo runs it, from ``t = 999 - skip``, without SHR; the judges."""
+def sample_and_judge(run, motion: Path, skip: int, save: Path, extra: Sequence[str] = (), shr: bool = False) -> dict:
+    """``sample_motion_optim.py`` as the demo runs it, from ``t = 999 - skip``, with the demo's SHR model after
+    it when ``shr`` (else none); the judges of the motion model's clips (and of the SHR clips: ``shr_*``)."""
     from tav.metrics.synthetic import summarize
     from tav.metrics.synthetic_folders import judge_item, results_items
     from tav_scripts import demo_tia2v, sample_motion_optim
@@ -91,18 +95,23 @@ def sample_and_judge(run, motion: Path, skip: int, save: Path, extra: Sequence[s
     folder = save / f"{demo_tia2v.DEMO_RUN}_tacm_urmp"
     command = demo_tia2v.sample_command(run, enc, {**run.state["tia2v_models"], "motion": motion})
     # the sampler resumes: samples already in the folder are kept
-    if sample_motion_optim.main([*command[1:], "--skip_shr", "--skip_timesteps", str(skip), "--save", str(save),
-                                 *extra]):
+    if sample_motion_optim.main([*command[1:], *([] if shr else ["--skip_shr"]), "--skip_timesteps", str(skip),
+                                 "--save", str(save), *extra]):
         raise SystemExit(f"sample_motion_optim.py failed for {motion} from skip {skip} (its error is above)")
     items, _ = results_items(folder)
     verdicts = [judge_item(it)[0] for it in items["fake_stage1"]]
     s = summarize(verdicts)
     onset_windows = [v for v in verdicts if v.onsets]
-    return {"n": len(verdicts), "colour_frame_acc": s["colour_frame_acc"], "onset_f1": s["onset_f1"],
-            "onset_f1_chance": s.get("onset_f1_chance"),
-            "moved": float(np.mean([len(v.events) > 0 for v in verdicts])),
-            "onset_windows_moved": float(np.mean([len(v.events) > 0 for v in onset_windows])) if onset_windows
-            else None, "windows_with_onset": len(onset_windows) / max(len(verdicts), 1)}
+    judged = {"n": len(verdicts), "colour_frame_acc": s["colour_frame_acc"], "onset_f1": s["onset_f1"],
+              "onset_f1_chance": s.get("onset_f1_chance"),
+              "moved": float(np.mean([len(v.events) > 0 for v in verdicts])),
+              "onset_windows_moved": float(np.mean([len(v.events) > 0 for v in onset_windows])) if onset_windows
+              else None, "windows_with_onset": len(onset_windows) / max(len(verdicts), 1)}
+    if shr:
+        r = summarize([judge_item(it)[0] for it in items["fake_stage2"]])
+        judged.update(shr_colour_frame_acc=r["colour_frame_acc"], shr_onset_f1=r["onset_f1"],
+                      shr_onset_f1_chance=r.get("onset_f1_chance"))
+    return judged
 
 
 def reliance_batch(motion: Path, data_root: Path, cache_dir: Path, windows: int = RELIANCE_WINDOWS) -> dict:
@@ -143,10 +152,11 @@ def learned_max_t(motion: Path) -> int:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| variant | steps | flags | start | " + " | ".join(FIGURES) + " |"
-    lines = [head, "|---" * (4 + len(FIGURES)) + "|"]
+    figures = FIGURES + (SHR_FIGURES if any(SHR_FIGURES[0] in r for r in rows) else ())
+    head = "| variant | steps | flags | start | " + " | ".join(figures) + " |"
+    lines = [head, "|---" * (4 + len(figures)) + "|"]
     for r in rows:
-        cells = ["-" if r[k] is None else f"{r[k]:.2f}" for k in FIGURES]
+        cells = ["-" if r.get(k) is None else f"{r[k]:.2f}" for k in figures]
         lines.append(f"| {r['variant']} | {r['steps']} | `{r['flags']}` | t = {999 - r['skip']} | " + " | ".join(cells)
                      + " |")
     return "\n".join(lines)
@@ -168,15 +178,15 @@ def main(argv: list[str] | None = None) -> dict:
             if max_t and 999 - skip >= max_t:
                 print(f"  {name}: learned t < {max_t} only, not sampled from t = {999 - skip}")
                 continue
-            tag = re.sub(r"[^A-Za-z0-9.]+", "_", args.sample_args).strip("_")  # a folder per sampling setting
+            tag = re.sub(r"[^A-Za-z0-9.]+", "_", args.sample_args + (" shr" if args.with_shr else "")).strip("_")
             judged = sample_and_judge(run, motion, skip, motion.parent / f"skip{skip}{'_' + tag if tag else ''}",
-                                      shlex.split(args.sample_args))
+                                      shlex.split(args.sample_args), args.with_shr)
             batch = batch or reliance_batch(motion, run.state["data_root"], run.out / "tia2v_cache")
             judged["audio_gain"] = audio_gain(motion, batch, 999 - skip)
             rows.append({"variant": name, "steps": steps, "flags": flags, "skip": skip, "sample_args": args.sample_args,
                          **judged})
             print(f"  {name} ({steps} steps) from t = {999 - skip}: " + ", ".join(
-                f"{k} {judged[k]:.3f}" for k in FIGURES if judged[k] is not None), flush=True)
+                f"{k} {judged[k]:.3f}" for k in FIGURES + SHR_FIGURES if judged.get(k) is not None), flush=True)
     print(markdown(rows))
     record = {"n_test": args.n_test, "rows": rows}
     if args.json is not None:

@@ -43,7 +43,8 @@ class TIA2VRecipe(training.Recipe):
     flag_fields = {**cli.GD_FLAG_FIELDS, "in_channels": ("model", "in_channels"),
                    "transformer_depth": ("model", "transformer_depth"), "context_dim": ("model", "context_dim"),
                    "per_frame_t": ("train", "per_frame_t"), "freeze_spatial": ("train", "freeze_spatial"),
-                   "audio_dropout": ("train", "audio_dropout"), "copy_init": ("train", "copy_init")}
+                   "audio_dropout": ("train", "audio_dropout"), "copy_init": ("train", "copy_init"),
+                   "copy_path": ("train", "copy_path")}
     arch_fields = ("part", "in_channels", "model_channels", "out_channels", "channel_mult", "num_res_blocks",
                    "attention_resolutions", "context_dim", "num_frames")
     log = logging.getLogger("tia2v_train")
@@ -80,6 +81,10 @@ class TIA2VRecipe(training.Recipe):
                            help="share of clips trained as --motion_init first starts sampling: frames 1.. noised "
                                 "from copies of frame 0 at the top trained step, so the model learns to move them "
                                 "from the sound (ours; default 0; needs --set first_frame=clean)")
+            t.add_argument("--copy_path", type=B, default=None,
+                           help="with --copy_init: train those clips at their own t on the path DDIM takes from the "
+                                "copies (the copy's share of the input fading from 1 at the top step to 0 at t = 0), "
+                                "not all at the top step (ours; default False)")
             t.add_argument("--remap_shifted", action="store_true",
                            help="also transfer the content modules whose index moved (12 tensors upstream drops)")
 

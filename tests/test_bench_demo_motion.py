@@ -48,14 +48,19 @@ def test_variants_and_starts_are_trained_sampled_judged_and_reused(bench, tmp_pa
     capsys.readouterr()
     assert bench.main(argv)["rows"] == rows and (out / "whole_3" / "ema000003.pt").stat().st_mtime_ns == stamp
     assert "| whole | 3 |" in capsys.readouterr().out
-    # the base run is reused; the sampling flags go to every row
+    # the base run is reused; the sampling flags go to every row; --with_shr judges the SHR clips too
     guided = bench.main(["--out", str(out), "--n_test", "3", "--skips", "0", "--variant",
-                         "cfg:3=--max_t 0 --audio_dropout 0.2 --copy_init 0.5", "--sample_args",
-                         "--audio_cfg_scale 3", "--demo_args", tiny])["rows"]
+                         "cfg:3=--max_t 0 --audio_dropout 0.2 --copy_init 0.5 --copy_path True", "--sample_args",
+                         "--audio_cfg_scale 3", "--with_shr", "--demo_args", tiny])["rows"]
     assert [(r["variant"], r["skip"], r["sample_args"]) for r in guided] == [("cfg", 0, "--audio_cfg_scale 3")]
     config = (out / "cfg_3" / "config.yaml").read_text()
-    assert "audio_dropout: 0.2" in config and "copy_init: 0.5" in config
-    assert (out / "cfg_3" / "skip0_audio_cfg_scale_3" / "0_tacm_urmp").is_dir()
+    assert "audio_dropout: 0.2" in config and "copy_init: 0.5" in config and "copy_path: true" in config
+    folder = out / "cfg_3" / "skip0_audio_cfg_scale_3_shr" / "0_tacm_urmp"
+    judged = judge_folders(results_items(folder)[0])["folders"]
+    assert guided[0]["shr_colour_frame_acc"] == pytest.approx(judged["fake_stage2"]["colour_frame_acc"])
+    assert guided[0]["shr_onset_f1"] == pytest.approx(judged["fake_stage2"]["onset_f1"])
+    assert guided[0]["colour_frame_acc"] == pytest.approx(judged["fake_stage1"]["colour_frame_acc"])
+    assert "shr_onset_f1" not in rows[0]  # rows without --with_shr carry no SHR figures
 
 
 def test_a_malformed_variant_is_one_line(bench):

@@ -390,6 +390,49 @@ def test_copy_init_trains_clips_from_copies_of_the_first_frame():
         TIA2VModule(cfg, ProcessConfig(steps=100), TIA2VTrainConfig(copy_init=0.5))
 
 
+def test_copy_path_trains_the_states_ddim_passes_through_from_the_copies():
+    """``copy_path``: a picked clip's frames 1.. keep their own t and are noised from x0 + w_t·(copy − x0); those are
+    exactly the states deterministic DDIM visits from the copies noised to the top step when every step predicts
+    the clip's own frames (so ε is one and the same along the path), w = 1 at the top and 0 at t = 0."""
+    from tav.diffusion.samplers import ddim_sample
+
+    cfg = tia2v_preset("motion-tiny")
+    cfg.first_frame = "clean"
+    module, batch = _motion_module_and_batch(cfg, per_frame_t=True)
+    module.schedule = GaussianSchedule.from_config(ProcessConfig(steps=100, loss="rescaled_mse", max_t=30))
+    module.train_cfg.copy_init, module.train_cfg.copy_path = 1.0, True
+    f = cfg.num_frames
+    x0, t = module.flat_inputs(batch)
+    x_src, t_src = module.copy_start(x0, t, f)
+    assert torch.equal(t_src, t)
+    copy = x0.view(2, f, -1)[:, :1].expand(-1, f, -1).reshape(x0.shape)
+    w = module.copy_weight(t, torch.full_like(t, 29)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(x_src.view(2, f, -1)[:, 1:], (x0 + w * (copy - x0)).view(2, f, -1)[:, 1:])
+    assert torch.equal(x_src.view(2, f, -1)[:, 0], x0.view(2, f, -1)[:, 0])
+    ws = module.copy_weight(torch.arange(29, -1, -1), torch.full((30,), 29))
+    assert ws[0] == pytest.approx(1.0) and ws[-1] < 0.05 and (ws.diff() < 0).all()
+
+    sched = GaussianSchedule.from_config(ProcessConfig(steps=100, learn_sigma=False))
+    target, start = x0[1:2], copy[1:2]  # one frame that the copy does not match
+    assert not torch.equal(target, start)
+    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(0))
+    seen, steps = [], iter(range(29, -1, -1))
+
+    def oracle(x, _t):  # predicts the clip's own frame at every step, and records the state it is given
+        i = next(steps)
+        seen.append((i, x.clone()))
+        a = sched.alphas_cumprod[i]
+        return ((x.double() - a.sqrt() * target) / (1 - a).sqrt()).float()
+
+    ddim_sample(oracle, sched, target.shape, x_init=start, skip_timesteps=70, noise=noise)
+    assert [i for i, _ in seen] == list(range(29, -1, -1))
+    for i, x in seen[::7]:
+        wi = module.copy_weight(torch.tensor([i]), torch.tensor([29])).view(1, 1, 1, 1)
+        torch.testing.assert_close(x, sched.q_sample(target + wi * (start - target), i, noise), atol=1e-4, rtol=0)
+    with pytest.raises(InputError, match=r"train.copy_path \(--copy_path\) moves the clips that train.copy_init"):
+        TIA2VTrainConfig(copy_path=True)
+
+
 def test_audio_guidance_mixes_the_sound_and_null_predictions():
     from tav.pipelines.tia2v import AudioGuided
 

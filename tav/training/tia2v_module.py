@@ -48,6 +48,9 @@ class TIA2VTrainConfig(DiffusionTrainConfig):
     # motion with first_frame=clean: share of clips trained as the sampler's --motion_init first starts, frames
     # 1.. noised to the top trained step from copies of frame 0 (the loss still targets the clip's own frames)
     copy_init: float = 0.0
+    # with copy_init: draw those clips at their own t on the path DDIM takes from the copies at the top step
+    # (x_src = x0 + w_t·(copy − x0), w_t = 1 at the top step and 0 at t = 0) instead of all at the top step
+    copy_path: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -58,6 +61,9 @@ class TIA2VTrainConfig(DiffusionTrainConfig):
             raise InputError(f"train.audio_dropout={self.audio_dropout} (--audio_dropout): must be in [0, 1]")
         if not 0.0 <= self.copy_init <= 1.0:
             raise InputError(f"train.copy_init={self.copy_init} (--copy_init): must be in [0, 1]")
+        if self.copy_path and self.copy_init <= 0:
+            raise InputError("train.copy_path (--copy_path) moves the clips that train.copy_init draws: add "
+                             "--copy_init P with P > 0, or drop --copy_path")
 
 
 def tia2v_train_config(data: dict[str, Any], where: str = "train") -> TIA2VTrainConfig:
@@ -160,8 +166,20 @@ class TIA2VModule(DiffusionModule):
         pick = torch.rand(b, generator=self._gen, device=x0.device) < share  # (B,)
         rows = (pick[:, None] & (torch.arange(frames, device=x0.device) > 0)).reshape(-1)  # (B·F,)
         first = x0.view(b, frames, *x0.shape[1:])[:, :1].expand(-1, frames, *x0.shape[1:]).reshape(x0.shape)
+        top = torch.full_like(t, self.schedule.trained_steps - 1)
+        if self.train_cfg.copy_path:
+            w = self.copy_weight(t, top).view(-1, *[1] * (x0.dim() - 1)).to(x0.dtype)
+            return torch.where(rows.view_as(w), x0 + w * (first - x0), x0), t
         x_src = torch.where(rows.view(-1, *[1] * (x0.dim() - 1)), first, x0)
-        return x_src, torch.where(rows, torch.full_like(t, self.schedule.trained_steps - 1), t)
+        return x_src, torch.where(rows, top, t)
+
+    def copy_weight(self, t: Tensor, top: Tensor) -> Tensor:
+        """``(B·F,)`` share of (copy − x0) left at step ``t`` on the deterministic DDIM path from the copies
+        noised to ``top`` when every step predicts x0: sqrt(ᾱ_top (1 − ᾱ_t) / (ᾱ_t (1 − ᾱ_top))), 1 at the
+        top, 0 at t = 0 (the path keeps ε = (x_t − sqrt(ᾱ_t) x0) / sqrt(1 − ᾱ_t) constant)."""
+        ac = self.schedule.alphas_cumprod.to(t.device)
+        a_t, a_top = ac[t].double(), ac[top].double()
+        return torch.sqrt(a_top * (1 - a_t) / (a_t * (1 - a_top))).clamp(max=1.0).float()
 
     @property
     def clean_first_frame(self) -> bool:
