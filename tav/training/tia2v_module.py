@@ -157,8 +157,9 @@ class TIA2VModule(DiffusionModule):
 
     def copy_start(self, x0: Tensor, t: Tensor, frames: int) -> tuple[Tensor | None, Tensor]:
         """``train.copy_init``: for that share of the clips, frames 1.. of ``x0`` ``(B·F, C, H, W)`` are replaced by
-        copies of frame 0 as the data to noise, at the top trained step (where ``--motion_init first`` starts).
-        Returns (the data to noise or None, the timesteps ``(B·F,)``); draws nothing when the share is 0."""
+        copies of frame 0 as the data to noise, at the top trained step (where ``--motion_init first`` starts), or
+        with ``copy_path`` by x0 + w_t·(copy − x0) at their own t (:meth:`copy_weight`). Returns (the data to noise
+        or None, the timesteps ``(B·F,)``); draws nothing when the share is 0."""
         share = self.train_cfg.copy_init
         if share <= 0:
             return None, t
@@ -176,10 +177,12 @@ class TIA2VModule(DiffusionModule):
     def copy_weight(self, t: Tensor, top: Tensor) -> Tensor:
         """``(B·F,)`` share of (copy − x0) left at step ``t`` on the deterministic DDIM path from the copies
         noised to ``top`` when every step predicts x0: sqrt(ᾱ_top (1 − ᾱ_t) / (ᾱ_t (1 − ᾱ_top))), 1 at the
-        top, 0 at t = 0 (the path keeps ε = (x_t − sqrt(ᾱ_t) x0) / sqrt(1 − ᾱ_t) constant)."""
-        ac = self.schedule.alphas_cumprod.to(t.device)
-        a_t, a_top = ac[t].double(), ac[top].double()
-        return torch.sqrt(a_top * (1 - a_t) / (a_t * (1 - a_top))).clamp(max=1.0).float()
+        top, falling to nearly 0 at t = 0 (the path keeps ε = (x_t − sqrt(ᾱ_t) x0) / sqrt(1 − ᾱ_t) constant).
+        Computed in float64 on the CPU, where the schedule lives, and returned as float32 on ``t``'s device."""
+        ac = self.schedule.alphas_cumprod  # float64, CPU
+        a_t, a_top = ac[t.cpu()], ac[top.cpu()]
+        w = torch.sqrt(a_top * (1 - a_t) / (a_t * (1 - a_top))).clamp(max=1.0)
+        return w.to(device=t.device, dtype=torch.float32)
 
     @property
     def clean_first_frame(self) -> bool:
