@@ -4,17 +4,19 @@
         --variant demo= --variant whole:350="--max_t 0" --variant whole:1500="--max_t 0" \\
         --variant whole_one_t:1000="--max_t 0 --per_frame_t False" --json /tmp/bm.json
 
-``<out>/base`` is the demo's own ``data`` and ``tia2v`` stages (``scripts/demo.py``, the demo's seed and 64
-training clips, ``--n_test`` test clips): its tiny CLIP-L and BEATs stand-ins, content model, condition cache and
-motion model (the ``demo`` variant). Every other ``--variant NAME[:STEPS]=FLAGS`` trains the demo's motion model
+``<out>/base`` is the demo's own ``data`` and ``tia2v`` stages (``scripts/demo.py``, the demo's seed and 64 training
+clips, ``--n_test`` test clips): its tiny CLIP-L and BEATs stand-ins, content model, condition cache and motion
+model (the ``demo`` variant: ``scripts/demo_tia2v.py``'s recipe, along the sampler's path, 1000 steps; the demo's
+recipe before it, which kept the shape still, is ``--copy_init 0 --copy_path False --set data.moving_windows=0 --set
+temporal_dropout=0.1`` at 350 steps). Every other ``--variant NAME[:STEPS]=FLAGS`` trains the demo's motion model
 (``train_temp.py``, from the same content model) for STEPS steps (default: the demo's) with FLAGS appended, in
-``<out>/<NAME>_<STEPS>``. Each model is sampled as the demo samples it (``sample_motion_optim.py``, ``ddim50``
-from copies of the given frame), once per ``--skips`` value (the SDEdit start ``t = 999 - skip``), without SHR,
-and judged: colour on every frame, ``onset_f1`` and its chance level ``onset_f1_chance`` (each clip's motion
-against the other clips' sound), the share of clips that move and of windows with a note start that move; and
-``audio_gain``, how much the model relies on its sound there (``tav.tia2v.reliance``: from copies of the given
-frame at the start t, the share of the error on frames that change that the clip's own sound removes against
-another clip's; 4 windows of each test clip; 0 for a model deaf to its sound).
+``<out>/<NAME>_<STEPS>``. Each model is sampled as the demo samples it (``sample_motion_optim.py``, ``ddim50`` from
+copies of the given frame), once per ``--skips`` value (the SDEdit start ``t = 999 - skip``), without SHR, and
+judged: colour on every frame, ``onset_f1`` and its chance level ``onset_f1_chance`` (each clip's motion against the
+other clips' sound), the share of clips that move and of windows with a note start that move; and ``audio_gain``,
+how much the model relies on its sound there (``tav.tia2v.reliance``: from copies of the given frame at the start t,
+the share of the error on frames that change that the clip's own sound removes against another clip's; 4 windows of
+each test clip; 0 for a model deaf to its sound).
 ``--with_shr`` also runs the demo's SHR model after each motion sample (as ``make demo`` does) and judges its
 clips too (the ``shr_*`` columns). ``--sample_args`` adds sampling flags to every row (e.g. ``--audio_cfg_scale
 3`` for a variant trained with ``--audio_dropout``); each setting samples into its own folder. Finished runs are

@@ -205,7 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n_sample", type=int, default=16, help=hidden)  # the whole demo test split
     p.add_argument("--sample_args", default="", help=hidden)  # extra sample_tav.py flags (tests: fewer steps)
     p.add_argument("--tia2v_steps", type=int, default=50, help=hidden)  # content: it only initialises the motion model
-    p.add_argument("--tia2v_motion_steps", type=int, default=350, help=hidden)
+    p.add_argument("--tia2v_motion_steps", type=int, default=1000, help=hidden)
     p.add_argument("--tia2v_shr_steps", type=int, default=200, help=hidden)
     p.add_argument("--tia2v_sample_args", default="", help=hidden)  # extra sample_motion_optim.py flags
     p.add_argument("--generate_seconds", type=float, default=8.0, help=hidden)  # length of the demo's own song

@@ -18,7 +18,13 @@ from tav.diffusion.load import load_diffusion, load_unet, read_unet_checkpoint, 
 from tav.diffusion.schedule import GaussianSchedule, ProcessConfig
 from tav.diffusion.unet3d import UNet
 from tav.errors import InputError
-from tav.training.diffusion_module import DiffusionModule, DiffusionTrainConfig, ema_update, quartile_losses
+from tav.training.diffusion_module import (
+    DiffusionModule,
+    DiffusionTrainConfig,
+    ema_tensors,
+    ema_update,
+    quartile_losses,
+)
 from tav.vqgan import VQGAN, save_vqgan
 from tav_scripts import diffusion_video_train_3d as script
 
@@ -101,6 +107,25 @@ def test_ema_update_arithmetic():
     ema_update(ema, net, 0.0)  # rate 0 copies
     for e, p in zip(ema.parameters(), net.parameters(), strict=True):
         torch.testing.assert_close(e, p.detach())
+
+
+def test_ema_update_with_collected_tensors_matches_and_copies_buffers():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema, fresh = copy.deepcopy(net), copy.deepcopy(net)
+    tensors = ema_tensors(ema, net)
+    for step in range(3):  # the same lists, reused across steps, as the module does
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.1 * (step + 1))
+            net[1].running_mean.add_(1.0)
+        ema_update(ema, net, 0.9, tensors)
+        ema_update(fresh, net, 0.9)
+    for a, b in zip(ema.state_dict().values(), fresh.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ema[1].running_mean, torch.full((4,), 3.0))  # buffers are copied, not averaged
+    with pytest.raises(InputError, match="EMA copy has 2 parameters"):
+        ema_tensors(torch.nn.Linear(3, 4), net)
 
 
 def test_quartile_losses_group_by_timestep():
