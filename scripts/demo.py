@@ -37,8 +37,16 @@ Stages run in order; each is a function ``stage(run)`` in ``STAGES`` and prints 
 The judges of ``tools/synthetic_judge.py`` on each stage's test outputs go to ``<out>/quality.json``
 (``scripts/demo_quality.py``); the demo's last lines are their table.
 
+The trainings run in two lanes side by side (``LANES``: vqgan, gpt, joint | diffusion, tia2v), each a process of
+its own (``python -m tav_scripts.demo ... --lane N``) with half the cores' threads: the demo's small models use a
+second thread poorly (the GPT's step is 1.1x faster on two threads than on one, the motion model's 1.36x), so two
+one-thread lanes on a 2-core machine finish both in less time than the trainings one after another on two threads.
+Each lane's output is printed when it ends (also in ``<out>/lanes/``). A lane runs with the same threads whether
+its partner runs or not, so a stage run alone (``--stages gpt``) trains the same weights as in the whole demo;
+``--lanes 1`` runs them one after another in this process on every thread instead (other weights).
+
 Later stages read what earlier ones left in ``run.state``, or, when those did not run this time, what they left in
-``--out`` (the dataset, the finished VQGAN, GPT and prior runs); a stage whose run folder holds a finished
+``--out`` (the dataset, the finished VQGAN, GPT, prior and TIA2V runs); a stage whose run folder holds a finished
 checkpoint reuses it.
 """
 
@@ -47,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -139,9 +148,9 @@ STATE_KEY = {"data": "data_root", "vqgan": "vqgan_ckpt", "gpt": "gpt_ckpt", "dif
 
 
 def restore_state(run: DemoRun) -> None:
-    """Fill ``run.state`` from what earlier runs left in ``--out``: the dataset and the finished VQGAN, GPT and
-    prior runs, so that some stages can run alone (``--stages sample`` after a whole run); the stages that run
-    replace these values."""
+    """Fill ``run.state`` from what earlier runs (or this run's lanes) left in ``--out``: the dataset and the
+    finished VQGAN, GPT, prior and TIA2V runs, so that some stages can run alone (``--stages sample`` after a whole
+    run); the stages that run replace these values."""
     manifest = run.out / "data" / "manifest.jsonl"
     if manifest.is_file():
         rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
@@ -150,12 +159,16 @@ def restore_state(run: DemoRun) -> None:
              "diffusion_ckpt": newest_ema(run.out / "diffusion") if finished_checkpoint(run.out / "diffusion")
              else None}
     run.state.update({k: v for k, v in found.items() if v is not None})
+    tia2v = {part: newest_ema(run.out / f"tia2v_{part}") for part in ("content", "motion", "shr")}
+    if all(tia2v.values()):
+        run.state["tia2v_models"] = tia2v
 
 
-def check_needs(run: DemoRun, name: str) -> None:
-    """One-line ``InputError`` when stage ``name`` needs an earlier stage that neither ran nor left its output."""
+def check_needs(run: DemoRun, name: str, before: tuple[str, ...] = ()) -> None:
+    """One-line ``InputError`` when stage ``name`` needs an earlier stage that neither ran nor left its output
+    (``before``: the stages that will run before it in its lane)."""
     for need in NEEDS.get(name, ()):
-        if STATE_KEY[need] not in run.state:
+        if STATE_KEY[need] not in run.state and need not in before:
             raise InputError(f"--stages {name}: {run.out} has no finished {need} stage; run it first "
                              f"(--stages {need} {name})")
 
@@ -174,6 +187,63 @@ STAGES: list[tuple[str, Callable[[DemoRun], None]]] = [
 ]
 
 
+# The trainings' two lanes (module docstring); every other stage runs in the demo's own process, on every thread.
+LANES = (("vqgan", "gpt", "joint"), ("diffusion", "tia2v"))
+
+
+def lane_plan(args: argparse.Namespace) -> list[tuple[str, ...]]:
+    """The lanes to start for ``args.stages`` (each lane's requested stages, in order); none in a lane itself or
+    with ``--lanes 1``."""
+    if args.lane or args.lanes == 1:
+        return []
+    return [lane for lane in (tuple(n for n in names if n in args.stages) for names in LANES) if lane]
+
+
+def run_lanes(run: DemoRun, argv: list[str], lanes: list[tuple[str, ...]]) -> None:
+    """Run each lane's stages in a process of its own (this script with ``argv``, ``--stages`` of the lane and
+    ``--lane THREADS``) side by side; print each lane's output as it ends; ``InputError`` when one fails (the
+    others are stopped)."""
+    for lane in lanes:
+        for i, name in enumerate(lane):
+            check_needs(run, name, lane[:i])
+    threads = max(1, torch.get_num_threads() // 2)
+    folder = run.out / "lanes"
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    print(f"[lanes] {' | '.join(' '.join(lane) for lane in lanes)}: side by side, {threads} thread(s) each; the "
+          f"output of each when it ends (also in {folder})", flush=True)
+    started = []
+    for lane in lanes:
+        log = folder / f"{'_'.join(lane)}.log"
+        with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
+            cmd = [sys.executable, "-m", "tav_scripts.demo", *argv, "--stages", *lane, "--lane", str(threads)]
+            started.append((lane, log, subprocess.Popen(cmd, stdout=out, stderr=err, env=env), time.perf_counter()))
+    try:
+        pending = list(started)
+        while pending:
+            time.sleep(0.2)
+            for item in [item for item in pending if item[2].poll() is not None]:
+                pending.remove(item)
+                _lane_done(*item)
+    finally:
+        for _, _, proc, _ in started:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+
+
+def _lane_done(lane: tuple[str, ...], log: Path, proc: subprocess.Popen, t0: float) -> None:
+    """Print a finished lane's output and time; ``InputError`` with its last error line when it failed."""
+    err = log.with_suffix(".err").read_text(encoding="utf-8", errors="replace")
+    sys.stdout.write(log.read_text(encoding="utf-8", errors="replace"))
+    sys.stdout.flush()
+    sys.stderr.write(err)
+    if proc.returncode != 0:
+        tail = (err.strip().splitlines() or ["(no output)"])[-1].removeprefix("demo.py: error: ")
+        raise InputError(f"the lane {' '.join(lane)} failed (exit {proc.returncode}): {tail} (its output: {log})")
+    print(f"[lane {' '.join(lane)}] {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     names = [name for name, _ in STAGES]
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -185,8 +255,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="precision of the VQGAN, diffusion and TIA2V trainings and of the samplers: auto = bf16 "
                         "autocast on a CPU with bf16 units, AMX or AVX-512 bf16 (1.3-1.8x faster there), fp32 "
                         "elsewhere (default: %(default)s)")
+    p.add_argument("--lanes", type=int, choices=[1, 2], default=1 if os.name == "nt" else 2,
+                   help="2: the trainings run in two processes side by side, half the threads each (faster on the "
+                        "demo's small models); 1: one after another in this process (other weights; default: "
+                        "%(default)s)")
     # Knobs for quick tests; the defaults are the demo.
     hidden = argparse.SUPPRESS
+    p.add_argument("--lane", type=int, default=0, help=hidden)  # this process is a lane of N threads (run_lanes)
     p.add_argument("--preset", default="urmp", help=hidden)
     p.add_argument("--n_train", type=int, default=256, help=hidden)
     # every stage but the GPT trains on the first 64 training clips (0: all of them)
@@ -221,21 +296,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> DemoRun:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     configure_output(args.verbose)
     run = DemoRun(args=args, out=Path(args.out))
     run.out.mkdir(parents=True, exist_ok=True)
+    if args.lane:
+        torch.set_num_threads(args.lane)
     run.state["precision"] = resolve_precision(args.precision, torch.device("cpu"))
-    print(f"[demo] precision: {precision_note(args.precision, torch.device('cpu'))}")
+    if not args.lane:
+        print(f"[demo] precision: {precision_note(args.precision, torch.device('cpu'))}")
     restore_state(run)
+    lanes = lane_plan(args)
     t_all = time.perf_counter()
     for name, stage in STAGES:
         if name not in args.stages:
             continue
+        if any(name in lane for lane in lanes):
+            if name == min((lane[0] for lane in lanes), key=[n for n, _ in STAGES].index):
+                run_lanes(run, argv, lanes)
+                restore_state(run)
+            continue
         check_needs(run, name)
         t0 = time.perf_counter()
         stage(run)
-        print(f"[{name}] {time.perf_counter() - t0:.1f} s")
+        print(f"[{name}] {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.lane:
+        return run
     print(f"[demo] {time.perf_counter() - t_all:.1f} s; outputs in {run.out}")
     if "report" in run.state:
         print(f"[demo] HTML report: {run.state['report']}")

@@ -1,7 +1,8 @@
 """The demo's quality record: the judges of ``tools/synthetic_judge.py`` per stage, in ``<out>/quality.json``.
 
-Stages add their entry with ``record_quality`` as they finish (the file is rewritten atomically each time and
-entries of stages not run this time are kept); ``scripts/demo.py`` ends with ``quality_lines``, a table of
+Stages add their entry with ``record_quality`` as they finish (the file is rewritten atomically each time, under
+a lock, since the demo's two training lanes write it from two processes, and entries of stages not run this time
+are kept); ``scripts/demo.py`` ends with ``quality_lines``, a table of
 every entry. Keys: ``vqgan_recon`` (``psnr`` + judges of the reconstructions), ``stage1`` and ``stage2`` (the
 TA2V results' ``fake_stage1`` / ``fake_stage2``), ``tia2v_motion`` and ``tia2v_shr`` (+ ``frame0_psnr``), and
 ``real`` (the same test clips, for reference). Each entry's judge values are folder means; ``n`` counts videos.
@@ -10,7 +11,8 @@ TA2V results' ``fake_stage1`` / ``fake_stage2``), ``tia2v_motion`` and ``tia2v_s
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,13 +50,31 @@ def _plain(value):
     return value
 
 
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive lock on ``folder/.quality.lock`` while the block runs (no lock where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the demo runs its lanes one after another there
+        yield
+        return
+    with open(folder / ".quality.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def record_quality(out: Path, stage: str, values: dict) -> Path:
-    """Merge ``{stage: values}`` into ``<out>/quality.json`` (atomic rewrite); returns its path."""
+    """Merge ``{stage: values}`` into ``<out>/quality.json`` (atomic rewrite, read and written under a lock);
+    returns its path."""
     path = Path(out) / QUALITY_FILE
-    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    data[stage] = _plain(values)
-    ordered = {k: data[k] for k in (*ORDER, *sorted(set(data) - set(ORDER))) if k in data}
-    write_text_atomic(path, dumps_strict(ordered, indent=1) + "\n")
+    with _locked(Path(out)):
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        data[stage] = _plain(values)
+        ordered = {k: data[k] for k in (*ORDER, *sorted(set(data) - set(ORDER))) if k in data}
+        write_text_atomic(path, dumps_strict(ordered, indent=1) + "\n")
     return path
 
 
