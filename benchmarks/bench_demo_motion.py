@@ -8,11 +8,12 @@
 clips, ``--n_test`` test clips): its tiny CLIP-L and BEATs stand-ins, content model, condition cache and motion
 model (the ``demo`` variant: ``scripts/demo_tia2v.py``'s recipe, along the sampler's path, 1000 steps; the demo's
 recipe before it, which kept the shape still, is ``--copy_init 0 --copy_path False --set data.moving_windows=0 --set
-temporal_dropout=0.1`` at 350 steps). Every other ``--variant NAME[:STEPS]=FLAGS`` trains the demo's motion model
-(``train_temp.py``, from the same content model) for STEPS steps (default: the demo's) with FLAGS appended, in
-``<out>/<NAME>_<STEPS>``. Each model is sampled as the demo samples it (``sample_motion_optim.py``, ``ddim50`` from
-copies of the given frame), once per ``--skips`` value (the SDEdit start ``t = 999 - skip``), without SHR, and
-judged: colour on every frame, ``onset_f1`` and its chance level ``onset_f1_chance`` (each clip's motion against the
+temporal_dropout=0.1`` at 350 steps; the demo trains it in its second lane, on half the threads). Every other
+``--variant NAME[:STEPS]=FLAGS`` trains the demo's motion model (``train_temp.py``, from the same content model) for
+STEPS steps (default: the demo's) with FLAGS appended, in ``<out>/<NAME>_<STEPS>``, in this process on every thread.
+Each model is sampled as the demo samples it (``sample_motion_optim.py``, ``ddim50`` from copies of the given
+frame), once per ``--skips`` value (the SDEdit start ``t = 999 - skip``), without SHR, and judged: colour on every
+frame, ``onset_f1`` and its chance level ``onset_f1_chance`` (each clip's motion against the
 other clips' sound), the share of clips that move and of windows with a note start that move; and ``audio_gain``,
 how much the model relies on its sound there (``tav.tia2v.reliance``: from copies of the given frame at the start t,
 the share of the error on frames that change that the clip's own sound removes against another clip's; 4 windows of
