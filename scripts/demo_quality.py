@@ -11,6 +11,7 @@ TA2V results' ``fake_stage1`` / ``fake_stage2``), ``tia2v_motion`` and ``tia2v_s
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -52,12 +53,12 @@ def _plain(value):
 
 @contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive lock on ``folder/.quality.lock`` while the block runs (no lock where ``fcntl`` is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the demo runs its lanes one after another there
+    """An exclusive lock on ``folder/.quality.lock`` while the block runs (no lock on Windows)."""
+    if os.name == "nt":  # no fcntl; the demo runs its lanes one after another there (--lanes 1)
         yield
         return
+    import fcntl
+
     with open(folder / ".quality.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
