@@ -4,16 +4,40 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tav-installed
 
-.PHONY: demo test test-isa lint bench clean-venv
+.PHONY: demo test test-isa lint bench clean-venv locked-install lock
 
-# pip compiles every installed module to bytecode on one core (about a minute here); compileall does the same on
-# every core (about 20 s). Modules that do not compile on this Python (torch ships Python 3.12 test fixtures) are
-# skipped silently, as pip skips them.
-$(STAMP): setup.py
+# The install follows the pinned lock in requirements/ (what a resolving `pip install -e .[dev]` chose on our
+# machines): torch with its CUDA libraries in one pip process, everything else in another at once (unpacking 6 GB of
+# wheels is one core's work per process), each then compiling its modules to bytecode on every core (pip would do
+# it on one). `pip check` then holds the result against setup.py; where the lock does not install or does not match
+# (another Python or platform, an edited setup.py), a normal resolving install follows. Modules that do not compile
+# on this Python (torch ships Python 3.12 test fixtures) are skipped, as pip skips them. `make lock` renews the lock.
+PIP_LOCKED := $(PY) -m pip install -q --no-compile --no-deps
+PURELIB = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+COMPILE := $(PY) -m compileall -qq -j 0
+LOCK := requirements/lock-torch.txt requirements/lock-rest.txt
+
+$(STAMP): setup.py $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --no-compile -e '.[dev]'
-	$(PY) -m compileall -qq -j 0 "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
+	$(MAKE) --no-print-directory locked-install || ( $(PY) -m pip install -q --no-compile -e '.[dev]' && \
+	  ($(COMPILE) "$(PURELIB)" >/dev/null || true) )
 	touch $(STAMP)
+
+locked-install:
+	( $(PIP_LOCKED) -r requirements/lock-torch.txt && \
+	  ($(COMPILE) "$(PURELIB)/torch" "$(PURELIB)/triton" >/dev/null || true) ) & torch=$$!; \
+	$(PIP_LOCKED) -r requirements/lock-rest.txt && \
+	  ($(COMPILE) -x '/site-packages/(torch|triton|nvidia)/' "$(PURELIB)" >/dev/null || true); rest=$$?; \
+	wait $$torch && test $$rest = 0
+	$(PIP_LOCKED) -e .
+	$(PY) -m pip check -q
+
+lock:
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q --no-compile -e '.[dev]'
+	.venv-lock/bin/pip freeze --all --exclude-editable | grep -v '^pip==' > .venv-lock/all.txt
+	grep -E '^(torch|triton|nvidia-[a-z0-9-]*|cuda-[a-z-]*)==' .venv-lock/all.txt > requirements/lock-torch.txt
+	grep -v -E '^(torch|triton|nvidia-[a-z0-9-]*|cuda-[a-z-]*)==' .venv-lock/all.txt > requirements/lock-rest.txt
+	rm -rf .venv-lock
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out results/demo
