@@ -45,3 +45,35 @@ def test_no_path_hacks_or_import_fallbacks():
             assert "sys.path.insert" not in text and "sys.path.append" not in text, path
             if folder in ("scripts", "tools"):
                 assert "except ImportError" not in text, path
+
+
+def _lock() -> dict[str, dict[str, str]]:
+    """{file name: {normalised project name: pinned version}} for requirements/lock-*.txt."""
+    from packaging.utils import canonicalize_name
+    pins = {}
+    for path in sorted((REPO / "requirements").glob("lock-*.txt")):
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        assert all(line.count("==") == 1 for line in lines), path
+        pins[path.name] = {canonicalize_name(n): v for n, v in (line.split("==") for line in lines)}
+    return pins
+
+
+def test_lock_pins_what_setup_py_asks():
+    """`make` installs the pinned lock: every requirement of tav and of its dev extra is pinned there, at a version
+    the requirement admits, and each project is pinned once (torch and its CUDA libraries in one half)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    lock = _lock()
+    assert sorted(lock) == ["lock-rest.txt", "lock-torch.txt"]
+    assert not set(lock["lock-torch.txt"]) & set(lock["lock-rest.txt"])
+    assert {"torch", "triton", "nvidia-cudnn-cu13"} <= set(lock["lock-torch.txt"])
+    pins = {**lock["lock-torch.txt"], **lock["lock-rest.txt"]}
+    asked = [Requirement(r) for r in requires("tav")]
+    asked = [r for r in asked if r.marker is None or r.marker.evaluate({"extra": "dev"})]
+    assert len(asked) > 15 and any(r.name == "pytest" for r in asked)
+    for req in asked:
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req} is not in requirements/lock-*.txt: run `make lock`"
+        assert req.specifier.contains(pins[name], prereleases=True), f"the lock pins {name}=={pins[name]}: {req}"
