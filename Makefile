@@ -19,18 +19,20 @@ LOCK := requirements/lock-torch.txt requirements/lock-rest.txt
 
 $(STAMP): setup.py $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(MAKE) --no-print-directory locked-install || ( $(PY) -m pip install -q --no-compile -e '.[dev]' && \
+	@echo "[install] the pinned lock (requirements/lock-torch.txt | lock-rest.txt, two pip processes at once)"
+	@$(MAKE) --no-print-directory locked-install || ( echo "[install] the lock did not install here: resolving" \
+	  "setup.py's requirements instead" && $(PY) -m pip install -q --no-compile -e '.[dev]' && \
 	  ($(COMPILE) "$(PURELIB)" >/dev/null || true) )
 	touch $(STAMP)
 
 locked-install:
-	( $(PIP_LOCKED) -r requirements/lock-torch.txt && \
+	@( $(PIP_LOCKED) -r requirements/lock-torch.txt && \
 	  ($(COMPILE) "$(PURELIB)/torch" "$(PURELIB)/triton" >/dev/null || true) ) & torch=$$!; \
 	$(PIP_LOCKED) -r requirements/lock-rest.txt && \
 	  ($(COMPILE) -x '/site-packages/(torch|triton|nvidia)/' "$(PURELIB)" >/dev/null || true); rest=$$?; \
 	wait $$torch && test $$rest = 0
-	$(PIP_LOCKED) -e .
-	$(PY) -m pip check -q
+	@$(PIP_LOCKED) -e .
+	@$(PY) -m pip check -q
 
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q --no-compile -e '.[dev]'

@@ -31,7 +31,9 @@ from tav.metrics.i3d import (
 from tav.metrics.inception import (
     INCEPTION_FILE,
     INCEPTION_URL,
+    TINY_INCEPTION,
     FIDInception,
+    InceptionConfig,
     default_inception_path,
     inception_features,
     load_inception,
@@ -309,6 +311,33 @@ def test_inception_file_loads_and_gives_features(tmp_path, monkeypatch):
     other = path.rename(tmp_path / "pt_inception-2015-12-05-0123abcd.pth")
     monkeypatch.setenv("TAV_CKPT_DIR", str(tmp_path))
     assert default_inception_path() == other  # any pt_inception-2015-12-05-*.pth is accepted
+
+
+def test_narrow_inception_variant_saves_its_config_and_loads(tmp_path):
+    """``TINY_INCEPTION`` (make demo): the graph's layer names with a quarter of the channels, saved as a tav
+    checkpoint that records the width, rebuilt by ``load_inception``; 512 features per frame."""
+    full, tiny = FIDInception().state_dict(), FIDInception(TINY_INCEPTION).state_dict()
+    assert list(tiny) == list(full)
+    assert tuple(tiny["Conv2d_1a_3x3.conv.weight"].shape) == (8, 3, 3, 3)
+    assert tuple(tiny["Mixed_7c.branch_pool.conv.weight"].shape) == (48, 512, 1, 1)
+    assert tuple(tiny["fc.weight"].shape) == (1008, 512)
+    assert sum(v.numel() for v in full.values()) > 12 * sum(v.numel() for v in tiny.values())
+    assert {k: v.shape for k, v in FIDInception(InceptionConfig(1.0)).state_dict().items()} == \
+        {k: v.shape for k, v in full.items()}
+    path = save_tiny_inception(tmp_path / "inception_tiny_random.pth", seed=0, config=TINY_INCEPTION)
+    model = load_inception(path)
+    assert model.config == TINY_INCEPTION and model.feature_dim == 512
+    frames = np.random.default_rng(3).integers(0, 256, size=(3, 40, 48, 3), dtype=np.uint8)
+    feats = inception_features(model, frames, batch_size=2)
+    assert feats.shape == (3, 512) and torch.isfinite(feats).all() and (feats[0] - feats[1]).abs().max() > 1e-3
+    assert inception_features(model, frames[:0]).shape == (0, 512)
+    plain = tmp_path / "plain.pth"  # the variant's tensors without their config: they do not fit the graph
+    torch.save(dict(model.state_dict()), plain)
+    with pytest.raises(InputError, match=r"plain\.pth: weights do not fit the TF-FID Inception"):
+        load_inception(plain)
+    for width in (0.0, 0.3, 1.5):
+        with pytest.raises(InputError, match="multiple of 1/16"):
+            InceptionConfig(width)
 
 
 def test_inception_missing_file_error(tmp_path, monkeypatch):

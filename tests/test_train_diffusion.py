@@ -128,6 +128,33 @@ def test_ema_update_with_collected_tensors_matches_and_copies_buffers():
         ema_tensors(torch.nn.Linear(3, 4), net)
 
 
+class _BufferedUNet(torch.nn.Module):
+    """A network with a buffer, for the EMA pairing after ``.to()``."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.inner = UNet(cfg)
+        self.register_buffer("count", torch.zeros(2))
+
+
+class _BufferedModule(DiffusionModule):
+    def build_net(self, cfg):
+        return _BufferedUNet(cfg)
+
+
+def test_ema_pairs_follow_buffers_replaced_by_to():
+    """``.double()`` (as ``.to(device)``) puts new buffer tensors in place; the EMA copy must follow the network's
+    current buffers, not the ones collected at the first step."""
+    module = _BufferedModule(tiny_unet(), ProcessConfig(steps=100), DiffusionTrainConfig())
+    module.on_train_batch_end(None, None, 0)  # collects the pairs
+    module.double()
+    module._ema_step = -1  # as at the next optimiser step
+    module.net.count.fill_(7.0)
+    module.on_train_batch_end(None, None, 0)
+    assert module.ema.count.dtype == torch.float64
+    torch.testing.assert_close(module.ema.count, torch.full((2,), 7.0, dtype=torch.float64))
+
+
 def test_quartile_losses_group_by_timestep():
     loss, t = torch.tensor([1.0, 2.0, 3.0, 5.0]), torch.tensor([0, 10, 999, 500])
     assert {k: float(v) for k, v in quartile_losses(loss, t, 1000).items()} == {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,11 @@ class DiffusionModule(pl.LightningModule):
         self._ema_step = -1
         self._ema_tensors: EMATensors | None = None
         self._gen: torch.Generator | None = None
+
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> DiffusionModule:
+        # .to() / .double() / .cuda() put new tensors in place of buffers: pair the EMA's tensors up again
+        self._ema_tensors = None
+        return super()._apply(fn, *args, **kwargs)
 
     def build_net(self, cfg: Any) -> nn.Module:
         """The network trained by this module (the TA2V prior: ``UNet(cfg)``)."""
