@@ -11,7 +11,8 @@ What is measured (random features and random weights; the speed does not depend 
 2. **I3D features** (``i3d_features``, the real Kinetics-400 I3D, random weights): videos/s for
    ``--i3d-videos`` uint8 clips of 16x224x224 in batches of ``--i3d-batch``.
 3. **Inception features** (``inception_features``, the TF-FID Inception-v3): frames/s for
-   ``--inception-frames`` uint8 frames of 299x299 in batches of ``--inception-batch``.
+   ``--inception-frames`` uint8 frames of 299x299 in batches of ``--inception-batch``; the same for
+   ``TINY_INCEPTION`` (a quarter of the channels: the demo's random-weight FID network).
 4. **Resizing** 16 frames of 112x112 (the size of TA2V's real mp4s) to 224 and to 299: ``torch`` vs ``tf1``.
 5. **Feature cache of the tools** (``tav.metrics.cache``, ``--feature_cache``): a results folder of
    ``--cache-videos`` clips (16x64x64 mp4s) per folder, and ``tools/tf_fvd/fvd.py`` (the real-layout I3D with
@@ -47,7 +48,7 @@ import torch
 
 from tav.metrics.frechet import frechet_from_stats, frechet_scipy, frechet_stats
 from tav.metrics.i3d import I3D, i3d_features, seeded_random_init_
-from tav.metrics.inception import FIDInception, inception_features
+from tav.metrics.inception import TINY_INCEPTION, FIDInception, inception_features
 from tav.metrics.resize import resize_bilinear
 
 CACHE_FRAMES, CACHE_SIZE = 16, 64  # clips of the cache benchmark
@@ -107,17 +108,20 @@ def features_benchmark(args) -> dict:
     videos = gen.integers(0, 256, size=(args.i3d_videos, 16, 224, 224, 3), dtype=np.uint8)
     i3d_vps = _throughput(lambda: i3d_features(i3d, videos, batch_size=args.i3d_batch), len(videos), args.rounds)
     print(f"  I3D: {i3d_vps:.2f} videos/s", file=sys.stderr)
-    inception = seeded_random_init_(FIDInception(), 0).eval()
     frames = gen.integers(0, 256, size=(args.inception_frames, 299, 299, 3), dtype=np.uint8)
-    inc_fps = _throughput(lambda: inception_features(inception, frames, batch_size=args.inception_batch),
-                          len(frames), args.rounds)
-    print(f"  Inception: {inc_fps:.2f} frames/s", file=sys.stderr)
+    inc_fps = {}
+    for name, config in (("graph", None), ("tiny", TINY_INCEPTION)):
+        inception = seeded_random_init_(FIDInception(config), 0).eval()
+        inc_fps[name] = _throughput(lambda m=inception: inception_features(m, frames, batch_size=args.inception_batch),
+                                    len(frames), args.rounds)
+        print(f"  Inception ({name}): {inc_fps[name]:.2f} frames/s", file=sys.stderr)
     clip = torch.rand(16, 3, 112, 112)
     resize = {f"{mode}_{size}": _throughput(lambda m=mode, s=size: resize_bilinear(clip, s, mode=m), len(clip),
                                             max(args.rounds, 3))
               for size in (224, 299) for mode in ("torch", "tf1")}
     return {"i3d_videos_per_s": i3d_vps, "i3d_batch": args.i3d_batch, "i3d_videos": args.i3d_videos,
-            "inception_frames_per_s": inc_fps, "inception_batch": args.inception_batch,
+            "inception_frames_per_s": inc_fps["graph"], "inception_tiny_frames_per_s": inc_fps["tiny"],
+            "inception_batch": args.inception_batch,
             "resize_frames_per_s": resize}
 
 
@@ -192,7 +196,9 @@ def report(frechet: dict | None, feats: dict | None, load_before: str, cache: di
                   f"| I3D (Kinetics-400) | uint8 16x224x224 clips | {feats['i3d_batch']} | "
                   f"{feats['i3d_videos_per_s']:.2f} videos/s |",
                   f"| TF-FID Inception-v3 | uint8 299x299 frames | {feats['inception_batch']} | "
-                  f"{feats['inception_frames_per_s']:.2f} frames/s |", "",
+                  f"{feats['inception_frames_per_s']:.2f} frames/s |",
+                  f"| its `TINY_INCEPTION` (a quarter of the channels; make demo) | uint8 299x299 frames | "
+                  f"{feats['inception_batch']} | {feats['inception_tiny_frames_per_s']:.2f} frames/s |", "",
                   "resize of 112x112 frames, frames/s: " + ", ".join(f"{k} {v:.0f}" for k, v in r.items()), ""]
     if cache:
         lines += [f"### Feature cache: fvd.py on {cache['videos']} clips per folder ({cache['frames']}x{cache['size']}x"
