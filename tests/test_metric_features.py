@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tav.checkpoint import save_checkpoint
 from tav.errors import InputError
 from tav.metrics import frechet_distance
 from tav.metrics.frechet import frechet_from_stats, frechet_scipy, frechet_stats
@@ -338,6 +339,10 @@ def test_narrow_inception_variant_saves_its_config_and_loads(tmp_path):
     for width in (0.0, 0.3, 1.5):
         with pytest.raises(InputError, match="multiple of 1/16"):
             InceptionConfig(width)
+    odd = tmp_path / "odd.pth"  # a saved width the config refuses: the one-line error names the file
+    save_checkpoint(odd, "inception", {"width": 0.3}, model.state_dict())
+    with pytest.raises(InputError, match=r"odd\.pth: config: InceptionConfig\.width must be a multiple of 1/16"):
+        load_inception(odd)
 
 
 def test_inception_missing_file_error(tmp_path, monkeypatch):

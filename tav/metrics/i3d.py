@@ -328,7 +328,10 @@ def _saved_config(obj, path: Path) -> I3DConfig | None:
     """The ``I3DConfig`` of a variant saved by ``save_tiny_i3d(config=...)``; ``None`` for other files."""
     if not (isinstance(obj, dict) and obj.get("stage") == I3D_STAGE and isinstance(obj.get("config"), dict)):
         return None
-    return from_dict(I3DConfig, obj["config"], where=f"{path}: config")
+    try:
+        return from_dict(I3DConfig, obj["config"], where=f"{path}: config")
+    except InputError as err:  # a value the config refuses: name the file
+        raise InputError(err if str(path) in str(err) else f"{path}: config: {err}") from None
 
 
 def random_weights_note(path: str | os.PathLike) -> Path:

@@ -205,7 +205,10 @@ def _saved_config(obj, path: Path) -> InceptionConfig | None:
     """The ``InceptionConfig`` of a variant saved by ``save_tiny_inception(config=...)``; ``None`` otherwise."""
     if not (isinstance(obj, dict) and obj.get("stage") == INCEPTION_STAGE and isinstance(obj.get("config"), dict)):
         return None
-    return from_dict(InceptionConfig, obj["config"], where=f"{path}: config")
+    try:
+        return from_dict(InceptionConfig, obj["config"], where=f"{path}: config")
+    except InputError as err:  # a value the config refuses: name the file
+        raise InputError(err if str(path) in str(err) else f"{path}: config: {err}") from None
 
 
 def save_tiny_inception(path: str | os.PathLike, seed: int = 0, config: InceptionConfig | None = None) -> Path:
