@@ -289,7 +289,7 @@ def load_i3d(path: str | os.PathLike | None = None, device: str | torch.device =
         if state is None:
             raise InputError(f"{path}: no I3D state dict inside (expected a {{name: tensor}} mapping); "
                              f"pass {I3D_FLAG} with {I3D_STATE_DICT_FILE} or {I3D_TORCHSCRIPT_FILE}")
-        model = I3D(bn_eps=bn_eps, config=_saved_config(obj, path))
+        model = I3D(bn_eps=bn_eps, config=saved_variant_config(obj, path, I3D_STAGE, I3DConfig))
         misfit = weights_misfit(obj, model, state)
         if misfit:
             raise InputError(f"{path}: weights do not fit the Kinetics-400 I3D ({I3D_STATE_DICT_FILE} layout): "
@@ -324,13 +324,15 @@ def seeded_random_init_(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def _saved_config(obj, path: Path) -> I3DConfig | None:
-    """The ``I3DConfig`` of a variant saved by ``save_tiny_i3d(config=...)``; ``None`` for other files."""
-    if not (isinstance(obj, dict) and obj.get("stage") == I3D_STAGE and isinstance(obj.get("config"), dict)):
+def saved_variant_config(obj, path: Path, stage: str, cls: type):
+    """The config dataclass ``cls`` of a network variant saved as a tav checkpoint of ``stage`` (by
+    ``save_tiny_i3d(config=...)`` or ``save_tiny_inception(config=...)``); ``None`` for other files. A value the
+    config refuses raises a one-line ``InputError`` naming the file."""
+    if not (isinstance(obj, dict) and obj.get("stage") == stage and isinstance(obj.get("config"), dict)):
         return None
     try:
-        return from_dict(I3DConfig, obj["config"], where=f"{path}: config")
-    except InputError as err:  # a value the config refuses: name the file
+        return from_dict(cls, obj["config"], where=f"{path}: config")
+    except InputError as err:
         raise InputError(err if str(path) in str(err) else f"{path}: config: {err}") from None
 
 

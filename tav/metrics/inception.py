@@ -30,9 +30,9 @@ from torch import Tensor, nn
 from torchvision.models.inception import BasicConv2d, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE
 
 from tav.checkpoint import check_finite, safe_load, save_checkpoint, state_dict_of, weights_misfit
-from tav.config import from_dict, to_dict
+from tav.config import to_dict
 from tav.errors import InputError
-from tav.metrics.i3d import mark_random_weights, model_device, seeded_random_init_
+from tav.metrics.i3d import mark_random_weights, model_device, saved_variant_config, seeded_random_init_
 from tav.metrics.resize import resize_bilinear, resize_clean, to_unit_float
 from tav.utils.fileio import save_torch_atomic
 from tav.utils.paths import ckpt_dir
@@ -191,7 +191,7 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
     if state is None:
         raise InputError(f"{path}: no Inception state dict inside (expected a {{name: tensor}} mapping); "
                          f"pass {INCEPTION_FLAG} with {INCEPTION_FILE}")
-    model = FIDInception(_saved_config(obj, path))
+    model = FIDInception(saved_variant_config(obj, path, INCEPTION_STAGE, InceptionConfig))
     misfit = weights_misfit(obj, model, state)
     if misfit:
         raise InputError(f"{path}: weights do not fit the TF-FID Inception ({INCEPTION_FILE} layout): {misfit}; "
@@ -199,16 +199,6 @@ def load_inception(path: str | os.PathLike | None = None, device: str | torch.de
     check_finite(state, str(path))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval().requires_grad_(False)
-
-
-def _saved_config(obj, path: Path) -> InceptionConfig | None:
-    """The ``InceptionConfig`` of a variant saved by ``save_tiny_inception(config=...)``; ``None`` otherwise."""
-    if not (isinstance(obj, dict) and obj.get("stage") == INCEPTION_STAGE and isinstance(obj.get("config"), dict)):
-        return None
-    try:
-        return from_dict(InceptionConfig, obj["config"], where=f"{path}: config")
-    except InputError as err:  # a value the config refuses: name the file
-        raise InputError(err if str(path) in str(err) else f"{path}: config: {err}") from None
 
 
 def save_tiny_inception(path: str | os.PathLike, seed: int = 0, config: InceptionConfig | None = None) -> Path:
