@@ -17,6 +17,7 @@ PIP_LOCKED := $(PY) -m pip install -q --no-compile --no-deps
 PURELIB = $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 COMPILE := $(PY) -m compileall -qq -j 0
 LOCK := requirements/lock-torch.txt requirements/lock-rest.txt
+TORCH_PINS := '^(torch|triton|nvidia-[a-z0-9-]*|cuda-[a-z-]*)=='  # what lock-torch.txt holds
 
 $(STAMP): setup.py $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,8 +40,8 @@ locked-install:
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q --no-compile -e '.[dev]'
 	.venv-lock/bin/pip freeze --all --exclude-editable | grep -v '^pip==' > .venv-lock/all.txt
-	grep -E '^(torch|triton|nvidia-[a-z0-9-]*|cuda-[a-z-]*)==' .venv-lock/all.txt > requirements/lock-torch.txt
-	grep -v -E '^(torch|triton|nvidia-[a-z0-9-]*|cuda-[a-z-]*)==' .venv-lock/all.txt > requirements/lock-rest.txt
+	grep -E $(TORCH_PINS) .venv-lock/all.txt > requirements/lock-torch.txt
+	grep -v -E $(TORCH_PINS) .venv-lock/all.txt > requirements/lock-rest.txt
 	rm -rf .venv-lock
 
 demo: $(STAMP)
