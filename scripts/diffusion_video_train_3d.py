@@ -23,7 +23,7 @@ import pytorch_lightning as pl
 
 from tav.config import from_dict, to_dict
 from tav.data.config import DataConfig
-from tav.data.dataset import VATDataModule
+from tav.data.datamodule import VATDataModule
 from tav.diffusion.config import UNetConfig
 from tav.diffusion.schedule import ProcessConfig
 from tav.errors import InputError

@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 
 from tav.config import from_dict, to_dict
 from tav.data.config import DataConfig, data_record
-from tav.data.dataset import VATDataModule
+from tav.data.datamodule import VATDataModule
 from tav.data.token_cache import TokenDataModule
 from tav.errors import InputError
 from tav.gpt.config import gpt_config_from_dict, gpt_preset

@@ -28,7 +28,7 @@ import pytorch_lightning as pl
 
 from tav.config import from_dict, to_dict
 from tav.data.config import DataConfig
-from tav.data.dataset import VATDataModule
+from tav.data.datamodule import VATDataModule
 from tav.errors import InputError
 from tav.training.callbacks import VideoSampleLogger, checkpoint_callbacks, run_loggers
 from tav.training.trainer import TrainerOptions, build_trainer

@@ -18,7 +18,7 @@ _LAZY = {
     "save_tia2v_unet": ("tav.tia2v.load", "save_tia2v_unet"),
     "get_encoder": ("tav.encoders.registry", "get_encoder"),
     "VATDataset": ("tav.data.dataset", "VATDataset"),
-    "VATDataModule": ("tav.data.dataset", "VATDataModule"),
+    "VATDataModule": ("tav.data.datamodule", "VATDataModule"),
     "load_data_config": ("tav.data.config", "load_data_config"),
     "generate": ("tav.pipelines.generate", "generate"),
 }

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 
 from tav.data.config import load_data_config
-from tav.data.dataset import VATDataModule
+from tav.data.datamodule import VATDataModule
 
 
 class Probe(pl.LightningModule):

@@ -11,7 +11,8 @@ import torch
 
 from tav.data.audio import fit_length, read_audio
 from tav.data.config import DataConfig, check_divisible, load_data_config
-from tav.data.dataset import VATDataModule, VATDataset, split_clip_limit
+from tav.data.datamodule import VATDataModule
+from tav.data.dataset import VATDataset, split_clip_limit
 from tav.data.layout import clip_files, write_clip
 from tav.errors import InputError
 

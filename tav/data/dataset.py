@@ -1,4 +1,4 @@
-"""The VAT text-audio-video dataset and its Lightning DataModule.
+"""The VAT text-audio-video dataset (its Lightning DataModule: ``tav.data.datamodule``).
 
 An item is one ``sequence_length``-frame window of one pre-cut clip, with the audio of exactly those
 frames. Everything that can be read once (the stem list, frame counts, captions and their token ids) is
@@ -15,10 +15,9 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tav.data.audio import chunk_per_frame, fit_length, load_array_pickle, read_audio
 from tav.data.config import DataConfig
@@ -26,7 +25,6 @@ from tav.data.layout import clip_files
 from tav.data.text import build_tokenizer
 from tav.data.video import frame_changes, probe_video, read_video, resize_center_crop, to_model_range
 from tav.errors import InputError
-from tav.training.determinism import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -236,47 +234,3 @@ class VATDataset(Dataset):
                                         dtype=np.float32)) * 2 - 1  # [0,1] -> [-1,1]
         x = F.interpolate(x[:, None], size=tuple(self.cfg.stft_size), mode="bilinear", align_corners=False)
         return x.permute(1, 0, 2, 3).contiguous()  # (1, T, F, t)
-
-
-def check_enough_items(datamodule: pl.LightningDataModule, n_items: int, where: Path) -> None:
-    """Training drops incomplete batches: fewer items than one batch per process would train on nothing."""
-    world = datamodule.trainer.world_size if datamodule.trainer is not None else 1
-    if n_items < datamodule.batch_size * world:
-        raise InputError(f"{where}: {n_items} training items, fewer than one batch ({datamodule.batch_size} x "
-                         f"{world} processes); lower --batch_size or add clips")
-
-
-class VATDataModule(pl.LightningDataModule):
-    """Train on ``<data_path>/train``, validate and test on ``<data_path>/test``.
-
-    Loaders come from ``tav.training.determinism.make_loader``: each process's share, an order and random crops
-    drawn from ``seed``, and a resumed run continuing inside the epoch where it stopped.
-    """
-
-    def __init__(self, data_path: str | os.PathLike, cfg: DataConfig, batch_size: int = 8,
-                 num_workers: int = 4, pin_memory: bool = True, seed: int = 0):
-        super().__init__()
-        self.data_path, self.cfg, self.seed = Path(data_path), cfg, seed
-        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
-        self._sets: dict[str, VATDataset] = {}
-
-    def dataset(self, split: str) -> VATDataset:
-        if split not in self._sets:
-            self._sets[split] = VATDataset(self.data_path, split, self.cfg)
-        return self._sets[split]
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if shuffle:
-            check_enough_items(self, len(self.dataset(split)), self.data_path / split)
-        return make_loader(self.dataset(split), self.batch_size, shuffle=shuffle, seed=self.seed,
-                           trainer=self.trainer, num_workers=self.num_workers, drop_last=shuffle,
-                           pin_memory=self.pin_memory)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -19,7 +19,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from tav.data.audio import read_audio
-from tav.data.dataset import check_enough_items, list_stems, split_clip_limit
+from tav.data.datamodule import check_enough_items
+from tav.data.dataset import list_stems, split_clip_limit
 from tav.data.layout import clip_files
 from tav.data.text import build_tokenizer
 from tav.data.video import read_video

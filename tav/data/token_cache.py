@@ -41,7 +41,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from tav.checkpoint import safe_load
 from tav.data.config import DataConfig
-from tav.data.dataset import VATDataset, check_enough_items, crop_start
+from tav.data.datamodule import check_enough_items
+from tav.data.dataset import VATDataset, crop_start
 from tav.data.layout import clip_files
 from tav.data.video import read_video, resize_center_crop, to_model_range
 from tav.errors import InputError
