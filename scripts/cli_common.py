@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from tav.errors import InputError, NonFiniteLossError, NonFiniteOutputError
-from tav.training.trainer import TrainerOptions, resolve_devices
+from tav.training.options import TrainerOptions, resolve_devices
 from tav.utils.console import configure_output, wants_verbose
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

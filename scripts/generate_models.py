@@ -124,8 +124,8 @@ def build_ta2v(args: argparse.Namespace, device: torch.device) -> TA2VModels:
 def build_tia2v(args: argparse.Namespace, device: torch.device) -> TIA2VModels:
     from tav.encoders.registry import get_encoder
     from tav.pipelines.tia2v import load_tia2v_sampler
-    from tav.tia2v.datamodule import audio_tokens_fn
     from tav.tia2v.load import beats_mode_for
+    from tav.tia2v.splits import audio_tokens_fn
 
     if not args.model_path:
         raise InputError("--method tia2v needs --model_path (the motion checkpoint)")

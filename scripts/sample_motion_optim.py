@@ -31,8 +31,8 @@ from tav.errors import InputError
 from tav.pipelines.results import ResultsFolder
 from tav.pipelines.ta2v import stage_seed
 from tav.pipelines.tia2v import TIA2VSamplingConfig, load_tia2v_sampler
-from tav.tia2v.datamodule import ConditionSpec, TIA2VDataModule
 from tav.tia2v.load import beats_mode_for
+from tav.tia2v.splits import ConditionSpec, TIA2VSplits
 from tav.utils.fileio import file_sha256
 from tav_scripts import sampling
 from tav_scripts.cli_common import str2bool
@@ -104,8 +104,7 @@ class TIA2VRecipe(sampling.SamplingRecipe):
         data_cfg = _data_config(args, motion.config, name)
         mode = args.beats_mode or beats_mode_for(args.model_path, motion)
         spec = ConditionSpec(args.clip_l_ckpt, args.beats_ckpt, mode, str(device), need_audio=True)
-        dm = TIA2VDataModule(args.data_path, data_cfg, args.cache_dir or str(Path(args.data_path) / "tia2v_cache"),
-                             spec)
+        dm = TIA2VSplits(args.data_path, data_cfg, args.cache_dir or str(Path(args.data_path) / "tia2v_cache"), spec)
         dm.build_cache("test")
         clear_encoder_cache()  # the conditions are cached: the encoders are not needed while sampling
         data = dm.dataset("test")
