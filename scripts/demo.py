@@ -253,8 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verbose", action="store_true", help="also show Lightning's own output and debug logging")
     p.add_argument("--precision", choices=["auto", "32", "bf16"], default="auto",
                    help="precision of the VQGAN, diffusion and TIA2V trainings and of the samplers: auto = bf16 "
-                        "autocast on a CPU with bf16 units, AMX or AVX-512 bf16 (1.3-1.8x faster there), fp32 "
-                        "elsewhere (default: %(default)s)")
+                        "autocast on a CPU where bf16 pays, AMX or AMD's AVX-512 bf16 (1.3-1.8x faster there), fp32 "
+                        "elsewhere, Intel's AVX-512 bf16 without AMX among them (default: %(default)s)")
     p.add_argument("--lanes", type=int, choices=[1, 2], default=1 if os.name == "nt" else 2,
                    help="2: the trainings run in two processes side by side, half the threads each (faster on the "
                         "demo's small models); 1: one after another in this process (other weights; default: "

@@ -80,9 +80,9 @@ def test_a_training_run_prints_no_lightning_chatter(tmp_path):
     assert "checkpoint:" in done.stderr  # our own closing line
 
 
-def test_auto_precision_is_bf16_with_bf16_units(monkeypatch):
-    """bf16 autocast pays on a CPU with AMX tiles or AVX-512 bf16 (measured on both kinds); with neither, or with
-    oneDNN capped below them (as `make test-isa` does), fp32."""
+def test_auto_precision_is_bf16_where_bf16_pays(monkeypatch):
+    """bf16 autocast pays on a CPU with AMX tiles, or with AVX-512 bf16 on AMD (measured on both kinds); Intel's
+    AVX-512 bf16 without AMX, no bf16 units, or oneDNN capped below them (as `make test-isa` does): fp32."""
     import torch
 
     from tav.utils import runtime
@@ -102,8 +102,14 @@ def test_auto_precision_is_bf16_with_bf16_units(monkeypatch):
     assert runtime.cpu_bf16_units(amx) is None and runtime.cpu_bf16_units(zen4) is None
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert runtime.cpu_has_amx(amx)
-    for units, want in ((None, "32"), ("avx512_bf16", "bf16"), ("amx", "bf16")):
-        monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None, units=units: units)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    intel_amx = "vendor_id : GenuineIntel\n" + amx
+    amd_zen4 = "vendor_id : AuthenticAMD\n" + zen4
+    intel_no_amx = "vendor_id : GenuineIntel\n" + zen4  # AVX-512 bf16, AMX absent or hidden: bf16 runs slower
+    for text, want in ((intel_amx, "bf16"), (amd_zen4, "bf16"), (intel_no_amx, "32"),
+                       ("vendor_id : AuthenticAMD\nflags : fpu avx2\n", "32")):
+        monkeypatch.setattr(runtime, "read_cpuinfo", lambda text=text: text)
+        assert runtime.cpu_bf16_pays(text) == (want == "bf16")
         assert runtime.auto_precision(torch.device("cpu")) == want
 
 
@@ -120,7 +126,12 @@ def test_precision_auto_resolves_and_explains(monkeypatch):
     with runtime.autocast("auto", cpu):
         assert torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() == torch.bfloat16
     monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: "avx512_bf16")
+    monkeypatch.setattr(runtime, "read_cpuinfo", lambda: "vendor_id : AuthenticAMD\n")
     assert runtime.precision_note("auto", cpu) == "bf16 autocast (auto: this CPU has AVX-512 bf16)"
+    monkeypatch.setattr(runtime, "read_cpuinfo", lambda: "vendor_id : GenuineIntel\n")
+    assert runtime.resolve_precision("auto", cpu) == "32"
+    assert runtime.precision_note("auto", cpu) == ("fp32 (auto: this CPU has AVX-512 bf16 without AMX, slower than "
+                                                   "fp32 on Intel)")
     monkeypatch.setattr(runtime, "cpu_bf16_units", lambda cpuinfo=None: None)
     assert runtime.resolve_precision("auto", cpu) == "32" and runtime.resolve_precision("bf16", cpu) == "bf16"
     assert runtime.precision_note("auto", cpu) == "fp32 (auto: no bf16 units on this CPU)"

@@ -42,15 +42,22 @@ def deterministic_kernels(device: torch.device) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def read_cpuinfo() -> str | None:
+    """The text of /proc/cpuinfo, or None where it cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def cpu_bf16_units(cpuinfo: str | None = None) -> str | None:
     """The CPU's bf16 matrix units oneDNN may use: ``amx`` (AMX tiles, Linux flag ``amx_bf16``), ``avx512_bf16``
     (AVX-512 bf16 dot products), or None; a unit above an ``ONEDNN_MAX_CPU_ISA`` cap does not count (``make
     test-isa`` caps at ``AVX512_CORE``: None). ``cpuinfo``: the text of /proc/cpuinfo (read when None)."""
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                cpuinfo = f.read()
-        except OSError:
+        cpuinfo = read_cpuinfo()
+        if cpuinfo is None:
             return None
     flags = set(cpuinfo.split())
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
@@ -69,10 +76,8 @@ def cpu_name(cpuinfo: str | None = None) -> str:
     import platform
 
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                cpuinfo = f.read()
-        except OSError:
+        cpuinfo = read_cpuinfo()
+        if cpuinfo is None:
             return platform.processor() or platform.machine() or "cpu"
     fields = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)}
     name = fields.get("model name") or platform.processor() or platform.machine() or "cpu"
@@ -85,14 +90,25 @@ def cpu_has_amx(cpuinfo: str | None = None) -> bool:
     return cpu_bf16_units(cpuinfo) == "amx"
 
 
+def cpu_bf16_pays(cpuinfo: str | None = None) -> bool:
+    """True where bf16 autocast runs faster than fp32 on this CPU: AMX tiles, or AVX-512 bf16 on an AMD CPU. An
+    Intel CPU whose AVX-512 bf16 comes without AMX (AMX absent, or hidden by the hypervisor) runs oneDNN's bf16
+    kernels at about half fp32's speed. ``cpuinfo``: the text of /proc/cpuinfo (read when None)."""
+    if cpuinfo is None:
+        cpuinfo = read_cpuinfo() or ""
+    units = cpu_bf16_units(cpuinfo)
+    return units == "amx" or (units == "avx512_bf16" and "AuthenticAMD" in cpuinfo)
+
+
 def auto_precision(device: torch.device) -> str:
-    """``bf16`` where bf16 autocast pays on ``device``, else ``32``: a CUDA GPU with bf16 support, or a CPU with
-    bf16 units (AMX or AVX-512 bf16). Measured per training or sampling step on the two 2-core CPU kinds
-    (``benchmarks/bench_precision.py``): AMD Zen 4 (avx512_bf16, no AMX) demo VQGAN 1.58x, demo diffusion prior
-    1.29x, release U-Net guided step 1.72x; Intel with AMX demo VQGAN 1.46x, prior 1.46x, TIA2V U-Nets 1.8x."""
+    """``bf16`` where bf16 autocast pays on ``device``, else ``32``: a CUDA GPU with bf16 support, or a CPU where
+    :func:`cpu_bf16_pays`. Measured per training or sampling step on 2-core CPUs (``benchmarks/bench_precision.py``):
+    AMD Zen 4 (avx512_bf16, no AMX) demo VQGAN 1.58x, demo diffusion prior 1.29x, release U-Net guided step 1.72x;
+    Intel with AMX demo VQGAN 1.46x, prior 1.46x, TIA2V U-Nets 1.8x; Intel with avx512_bf16 and no AMX demo VQGAN
+    0.54x, prior 0.57x, GPT 0.68x (slower: fp32 there)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "32"
-    return "bf16" if device.type == "cpu" and cpu_bf16_units() is not None else "32"
+    return "bf16" if device.type == "cpu" and cpu_bf16_pays() else "32"
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -119,8 +135,11 @@ def precision_note(requested: str, device: torch.device) -> str:
     if requested != "auto":
         return name
     if device.type == "cpu":
+        units, pays = cpu_bf16_units(), cpu_bf16_pays()
         why = {"amx": "this CPU has AMX", "avx512_bf16": "this CPU has AVX-512 bf16"}.get(
-            cpu_bf16_units(), "no bf16 units on this CPU")
+            units, "no bf16 units on this CPU")
+        if units is not None and not pays:
+            why = "this CPU has AVX-512 bf16 without AMX, slower than fp32 on Intel"
     else:
         why = f"{device.type} {'with' if resolved == 'bf16' else 'without'} bf16 support"
     return f"{name} (auto: {why})"
