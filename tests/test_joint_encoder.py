@@ -105,6 +105,17 @@ def test_items_hold_frames_and_their_centred_audio(demo):
     torch.manual_seed(0)
     picks = {tuple(train.frame_indices(90).tolist()) for _ in range(5)}
     assert len(picks) > 1 and all(len(set(p)) == 3 for p in picks)  # training frames: random, distinct
+    torch.manual_seed(1)
+    anywhere = train.frame_indices(90)
+    torch.manual_seed(1)
+    assert torch.equal(torch.randperm(90)[:3].sort().values, anywhere)  # frame_span 0: the draw as before
+    near = FrameAudioDataset(demo, "train", FrameAudioConfig(frames_per_item=3, frame_span=4, image_size=32), True)
+    torch.manual_seed(0)
+    spans = [near.frame_indices(90).tolist() for _ in range(20)]
+    assert all(len(set(p)) == 3 and p == sorted(p) and p[-1] - p[0] <= 3 for p in spans)
+    assert len({p[0] for p in spans}) > 5  # the run of 4 frames moves through the clip
+    assert FrameAudioDataset(demo, "train", FrameAudioConfig(frames_per_item=5, frame_span=2, image_size=32),
+                             True).frame_indices(90).tolist() in ([i, i + 1] for i in range(89))
 
 
 def test_max_clips_keeps_the_first_training_clips(demo):

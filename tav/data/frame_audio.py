@@ -34,6 +34,7 @@ class FrameAudioConfig:
     """What an item holds (the ``data:`` section of ``configs/joint/*.yaml``)."""
 
     frames_per_item: int = 4  # K frames of one clip per item (negatives for each other)
+    frame_span: int = 0  # training draws the K frames from one run of this many consecutive frames (0: anywhere)
     window_s: float = 0.5  # seconds of audio centred on each frame
     image_size: int = 64  # frames are resized to this square (the encoder's input size)
     audio_rate: int = 16000  # Hz
@@ -79,7 +80,10 @@ class FrameAudioDataset(Dataset):
     def frame_indices(self, n_frames: int) -> Tensor:
         k = min(self.cfg.frames_per_item, n_frames)
         if self.train:
-            return torch.randperm(n_frames)[:k].sort().values
+            span = min(self.cfg.frame_span or n_frames, n_frames)
+            k = min(k, span)
+            first = int(torch.randint(n_frames - span + 1, ())) if span < n_frames else 0
+            return first + torch.randperm(span)[:k].sort().values
         return torch.linspace(0, n_frames - 1, k).round().long()
 
     def __getitem__(self, index: int) -> dict:
