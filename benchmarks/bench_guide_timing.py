@@ -37,6 +37,7 @@ from tav.data.config import load_data_config  # noqa: E402
 from tav.data.dataset import VATDataset  # noqa: E402
 from tav.data.video import read_video  # noqa: E402
 from tav.encoders.registry import get_encoder  # noqa: E402
+from tav.errors import InputError  # noqa: E402
 from tav.guidance import Guidance, GuidanceConfig  # noqa: E402
 from tav.guidance import losses as L  # noqa: E402
 from tav.metrics.synthetic import judge_video, onset_f1_chance  # noqa: E402
@@ -98,7 +99,11 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def load_clips(results: Path, data_path: Path | None):
     """The results folder's rows with the dataset items they were sampled from (``id`` indexes the test split)."""
-    rows = [json.loads(line) for line in (results / "manifest.jsonl").read_text().splitlines()]
+    manifest = results / "manifest.jsonl"
+    if not manifest.is_file():
+        raise SystemExit(f"{results}: no manifest.jsonl; pass a folder sample_tav.py wrote (e.g. "
+                         f"results/demo/17_tav_URMP after make demo)")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     s = rows[0]["settings"]
     guide = GuidanceConfig(audio_encoder="joint", text_encoder="joint", audio_window_s=s["audio_window"])
     cfg = load_data_config("urmp" if s["dataset"] == "URMP" else "landscape", frames_per_file=s["load_vid_len"],
@@ -163,4 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except InputError as e:  # a missing or wrong file: one line, no traceback
+        sys.exit(f"bench_guide_timing.py: error: {e}")
