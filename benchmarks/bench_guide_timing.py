@@ -30,17 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from tav.data.config import load_data_config
+from tav.data.dataset import VATDataset
+from tav.data.video import read_video
+from tav.encoders.registry import get_encoder
+from tav.errors import InputError
+from tav.guidance import Guidance, GuidanceConfig
+from tav.guidance import losses as L
+from tav.metrics.synthetic import judge_video, onset_f1_chance
 
-from tav.data.config import load_data_config  # noqa: E402
-from tav.data.dataset import VATDataset  # noqa: E402
-from tav.data.video import read_video  # noqa: E402
-from tav.encoders.registry import get_encoder  # noqa: E402
-from tav.errors import InputError  # noqa: E402
-from tav.guidance import Guidance, GuidanceConfig  # noqa: E402
-from tav.guidance import losses as L  # noqa: E402
-from tav.metrics.synthetic import judge_video, onset_f1_chance  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def shift_grid(radius: int) -> list[tuple[int, int]]:
