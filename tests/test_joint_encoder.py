@@ -127,6 +127,8 @@ def test_max_clips_keeps_the_first_training_clips(demo):
     assert len(test) > 1 and cut.stems == test.stems  # other splits are read whole
     with pytest.raises(InputError, match="max_clips must be >= 0"):
         FrameAudioConfig(max_clips=-1)
+    with pytest.raises(InputError, match="frame_span"):
+        FrameAudioConfig(frame_span=-2)
 
 
 def test_training_script_learns_exports_resumes_and_scores(demo, tmp_path):

@@ -46,6 +46,8 @@ class FrameAudioConfig:
     def __post_init__(self) -> None:
         if self.max_clips < 0:
             raise InputError(f"data config: max_clips must be >= 0 (0 = every clip), got {self.max_clips}")
+        if self.frame_span < 0:
+            raise InputError(f"data config: frame_span must be >= 0 (0 = frames from anywhere), got {self.frame_span}")
 
 
 class FrameAudioDataset(Dataset):
