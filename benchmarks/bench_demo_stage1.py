@@ -17,8 +17,8 @@ precision ``make demo`` trains it in on this CPU, ``demo_stages.gpt_precision``)
 with the judges, which are pooled over the seeds. Seed 1234 is the demo's own. The preset is read when each run
 starts, so a recipe should set every field it compares rather than lean on the preset's values. The GPT is sampled
 as the demo samples it unless told otherwise (``--top_k``, ``--top_p``, ``--temperature``, ``--cfg_scale``): top-k
-2048, top-p 0.8, temperature 0.5 (``demo_stages.DEMO_TEMPERATURE``; before dba4d6a top-p 0.8 at temperature 1, at
-dba4d6a top-p 0.4 at temperature 1), classifier-free
+2048, top-p 0.8, temperature 1 (``demo_stages.DEMO_TEMPERATURE``; top-p 0.4 at dba4d6a, temperature 0.5 from
+ef0ee6e to 42b411b), classifier-free
 guidance 2 when it trained with caption dropout (``bench_quality.demo_cfg_scale``); seed ``--first_seed + rep * 100
 + i`` for caption ``i`` of repetition ``rep`` (``--first_seed 404``: repetition 0 draws the demo's own codes, judged
 here without the demo's mp4 round trip); in fp32 unless ``--precision bf16``. Clips are judged at the VQGAN's
@@ -42,6 +42,7 @@ from tav_scripts.demo_stages import DEMO_TEMPERATURE, DEMO_TOP_K, DEMO_TOP_P
 
 TOP_K, TOP_P, TEMPERATURE = DEMO_TOP_K, DEMO_TOP_P, DEMO_TEMPERATURE  # the demo's sampling
 JUDGED = ("colour_acc", "shape_acc")
+REPORTED = (*JUDGED, "dark")  # dark: the share of clips with no shape in any frame
 
 
 def split_captions(data: Path, split: str = "test") -> list[str]:
@@ -96,8 +97,9 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
                  cfg_scale: float | None = None, first_seed: int = 0, top_k: int = TOP_K, top_p: float = TOP_P,
                  temperature: float = TEMPERATURE) -> dict:
     """``{judge: [mean, ci]}``, ``n``, ``cfg_scale``, ``by_shape`` (``{shape: [mean, ci]}`` of shape_acc over the
-    captions naming it), ``by_rep`` (``[{judge: mean}]``, one per repetition) and ``variety``
-    (:func:`draw_variety` of the draws; None for one repetition) for a GPT and its VQGAN on ``captions``; the GPT
+    captions naming it), ``by_rep`` (``[{judge: mean}]``, one per repetition), ``variety``
+    (:func:`draw_variety` of the draws; None for one repetition) and ``dark`` (``[mean, ci]`` of the clips in which
+    the judge sees no shape at all) for a GPT and its VQGAN on ``captions``; the GPT
     decodes under ``precision`` (``32`` or ``bf16`` autocast) with classifier-free guidance ``cfg_scale`` (None:
     the demo's for this GPT), ``top_k``, ``top_p`` and ``temperature``; caption ``i`` of repetition ``rep`` draws
     with seed ``first_seed + rep * 100 + i``."""
@@ -117,7 +119,7 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
     scores: dict[str, list[float]] = {k: [] for k in JUDGED}
     by_shape: dict[str, list[float]] = {}
     by_rep: list[dict[str, float]] = []
-    draws, centres = [], []
+    draws, centres, dark = [], [], []
     for rep in range(reps):
         seeds = [first_seed + rep * 100 + i for i in range(len(captions))]
         before = {k: len(v) for k, v in scores.items()}
@@ -130,7 +132,9 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
         centres.append(np.full((len(captions), 2), np.nan))
         for i, (video, caption) in enumerate(zip(videos, captions, strict=True)):
             verdict = judge_video(to_uint8(video).numpy(), 30.0, caption=caption)
-            if verdict.features.any():  # features 5 and 7: the shape's mean centre x and y (judge_video)
+            seen = bool(verdict.features.any())  # False: no shape in any frame, a dark clip
+            dark.append(float(not seen))
+            if seen:  # features 5 and 7: the shape's mean centre x and y (judge_video)
                 centres[-1][i] = verdict.features[[5, 7]]
             for key in JUDGED:
                 if getattr(verdict, key) is not None:
@@ -142,7 +146,8 @@ def judge_stage1(gpt_ckpt: Path, vqgan_ckpt: Path, captions: list[str], reps: in
     return {"n": len(scores["colour_acc"]), "cfg_scale": cfg_scale, "frames": int(videos.shape[2]),
             **{k: list(mean_ci(v)) for k, v in scores.items()},
             "by_shape": {k: list(mean_ci(v)) for k, v in sorted(by_shape.items())}, "by_rep": by_rep,
-            "variety": draw_variety(draws, centres), "values": scores}
+            "variety": draw_variety(draws, centres), "dark": list(mean_ci(dark)),
+            "values": {**scores, "dark": dark}}
 
 
 def train_runs(args: argparse.Namespace, n_train: int) -> dict[str, list[tuple[int, Path]]]:
@@ -287,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 **judge_stage1(ckpt, args.vqgan, captions, args.reps, args.precision,
                                                args.cfg_scale, args.first_seed, *sampling(args))}
                     for seed, ckpt in runs}
-        pooled = {k: [v for r in per_seed.values() for v in r["values"][k]] for k in JUDGED}
+        pooled = {k: [v for r in per_seed.values() for v in r["values"][k]] for k in REPORTED}
         results[name] = {"flags": shlex.join(args.recipes[name]), "per_seed": per_seed,
                          "n": len(pooled["colour_acc"]), "cfg_scale": next(iter(per_seed.values()))["cfg_scale"],
                          "frames": next(iter(per_seed.values()))["frames"],
@@ -304,10 +309,10 @@ def main(argv: list[str] | None = None) -> dict:
     if record["real_position_spread"] is not None:
         print(f"  real clips: position spread {record['real_position_spread']:.3f} (between two clips of the split)")
     for name, r in results.items():
-        cells = "  ".join(f"{k} {r[k][0]:.3f} ± {r[k][1]:.3f}" for k in JUDGED)
+        cells = "  ".join(f"{k} {r[k][0]:.3f} ± {r[k][1]:.3f}" for k in REPORTED if k in r)
         print(f"  {name:<16} cfg {r['cfg_scale']:g}  {cells}{shape_cells(r)}{variety_cells(r)}")
         for seed, one in r.get("per_seed", {}).items():
-            cells = "  ".join(f"{k} {one[k][0]:.3f}" for k in JUDGED)
+            cells = "  ".join(f"{k} {one[k][0]:.3f}" for k in REPORTED if k in one)
             print(f"    seed {seed:<10} val_loss {one['val_loss']:.3f}  {cells}{shape_cells(one)}{variety_cells(one)}")
     if args.json is not None:
         write_text_atomic(args.json, json.dumps(record, indent=1) + "\n")

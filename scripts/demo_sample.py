@@ -104,7 +104,7 @@ def sample_command(files: dict[str, Path], data_root: Path, save: Path, n_sample
             "--guidance_blur", str(DEMO_BLUR),
             # classifier-free guidance of the GPT's tokens: the demo's GPT follows the caption's colour and shape better
             "--gpt_cfg_scale", str(DEMO_CFG),
-            # a cooler GPT draws the caption's shape more often (docs/sampling.md, "The demo GPT's temperature")
+            # the seed command's temperature (docs/sampling.md, "The demo GPT's temperature")
             "--temperature", str(DEMO_TEMPERATURE),
             # the results bit-exact, so that the judges score the sampler's frames rather than the codec's
             *LOSSLESS]

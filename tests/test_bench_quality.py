@@ -268,6 +268,9 @@ def test_demo_stage1_bench_judges_each_folder_the_same_way(kit, tmp_path, monkey
     assert json.loads(out.read_text())["results"]["a"] == a
     assert not list(tmp_path.glob("*.tmp*"))
     assert set(a["variety"]) == {"position_spread", "identical_pairs"} and 0 <= a["variety"]["identical_pairs"] <= 1
+    # dark: one 0/1 per clip (1: no shape in any frame), their mean the reported share
+    assert len(a["values"]["dark"]) == 4 and set(a["values"]["dark"]) <= {0.0, 1.0}
+    assert a["dark"][0] == pytest.approx(sum(a["values"]["dark"]) / 4)
     assert rec["real_position_spread"] is None or 0 <= rec["real_position_spread"] <= 2 ** 0.5
     # per repetition: their mean is the overall figure, and --first_seed 100 draws what repetition 1 drew
     assert len(a["by_rep"]) == 2 and rec["first_seed"] == 0
